@@ -1,0 +1,3 @@
+from robustcaps.cli import main
+
+main()
