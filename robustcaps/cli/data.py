@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import click
 
+from robustcaps.cli import data_render
+
 
 @click.group()
 def data() -> None:
     """Get, check and render smallNORB-format data."""
 
 
-try:  # the renderer's commands live in their own module, written by another engineer
-    from robustcaps.cli import data_render
-except ImportError as _error:
-    if _error.name != "robustcaps.cli.data_render":
-        raise
-else:
-    for _command in data_render.COMMANDS:
-        data.add_command(_command)
+for _command in data_render.COMMANDS:
+    data.add_command(_command)
