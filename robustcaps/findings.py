@@ -1,0 +1,152 @@
+"""The README's plain-words paragraph, generated from the numbers (no conclusion is written in advance).
+
+Thresholds that turn numbers into words are stated here, once:
+- familiar errors "match" when they differ by at most MATCH_TOLERANCE (HSF18 compares at equal
+  familiar error);
+- a difference in error or accuracy "matters" when it exceeds NOTABLE (below it, a few test examples decide);
+- the capsules' robustness "survives" when every integrity check on the capsule model passes and its accuracy
+  under the worst attack we ran still beats the CNN's by more than NOTABLE.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from robustcaps.paper_results import FIG3, TABLE2
+from robustcaps.report_tables import PAPER_ATTACKS, family_of
+
+MATCH_TOLERANCE = 0.01
+NOTABLE = 0.05
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _compare(ours: float, theirs: float, lower_is_better: bool) -> str:
+    gap = theirs - ours if lower_is_better else ours - theirs
+    if abs(gap) <= NOTABLE / 2:
+        return "about the same as"
+    return "better than" if gap > 0 else "worse than"
+
+
+def demo_sentence(provenance: dict, dataset_kind: str) -> str:
+    if provenance.get("demo") or dataset_kind == "rendered":
+        return (
+            f"**These numbers are a {'CPU ' if 'cpu' in str(provenance.get('device', '')).lower() else ''}"
+            f"demo (preset `{provenance.get('preset', '?')}`) on the rendered stand-in dataset, "
+            "not the paper's setting** (real smallNORB, full-size models trained to convergence); read them "
+            "as a test that the pipeline works and as a small-scale indication, not as a replication."
+        )
+    return f"These numbers come from preset `{provenance.get('preset', '?')}` on {dataset_kind} data."
+
+
+def viewpoint_sentences(viewpoint: pd.DataFrame) -> list[str]:
+    out = []
+    for split, rows in viewpoint.groupby("split"):
+        by_family = {family_of(m): r for m, r in zip(rows["model"], rows.itertuples(), strict=True)}
+        if not {"capsnet", "cnn"} <= by_family.keys():
+            continue
+        caps, cnn = by_family["capsnet"], by_family["cnn"]
+        gap = caps.familiar_error - cnn.familiar_error
+        matched = "matched" if abs(gap) <= MATCH_TOLERANCE else f"not matched (gap {100 * gap:+.1f} points)"
+        paper_gap = TABLE2[(split, "cnn")]["novel_error"] - TABLE2[(split, "capsnet")]["novel_error"]
+        out.append(
+            f"On the {split} split the familiar-viewpoint errors were {matched} "
+            f"(capsules {_pct(caps.familiar_error)}, CNN {_pct(cnn.familiar_error)}); "
+            f"on novel viewpoints the capsules erred {_pct(caps.novel_error)} "
+            f"against the CNN's {_pct(cnn.novel_error)}, "
+            f"{_compare(caps.novel_error, cnn.novel_error, lower_is_better=True)} the CNN by "
+            f"{100 * abs(cnn.novel_error - caps.novel_error):.1f} points (paper: capsules better by "
+            f"{100 * paper_gap:.1f} points)."
+        )
+    return out
+
+
+def _at_eps(rows: pd.DataFrame, eps: float) -> tuple[float, pd.DataFrame]:
+    """The rows at the ε of ours closest to `eps` (sweeps need not contain the paper's exact ε)."""
+    nearest = rows["eps_std"].iloc[(rows["eps_std"] - eps).abs().argmin()]
+    return float(nearest), rows[(rows["eps_std"] - nearest).abs() < 1e-9]
+
+
+def attack_sentences(summary: pd.DataFrame) -> list[str]:
+    out = []
+    for targeted, eps in ((False, 0.1), (True, 0.25)):
+        for attack in PAPER_ATTACKS:
+            rows = summary[
+                (summary["attack"] == attack) & (summary["targeted"] == targeted) & (summary["source"] == "")
+            ]
+            if rows.empty:
+                continue
+            at, rows = _at_eps(rows, eps)
+            value = rows.groupby("family")["value"].mean()
+            if not {"capsnet", "cnn"} <= set(value.index):
+                continue
+            what = "targeted success rate" if targeted else "accuracy"
+            caps_paper, cnn_paper = (FIG3[(f, attack, targeted, eps)] for f in ("capsnet", "cnn"))
+            paper = f"paper at ε={eps}: {caps_paper:.2f} vs {cnn_paper:.2f}"
+            out.append(
+                f"{'Targeted' if targeted else 'Untargeted'} {attack.upper()} at ε={at:g}: {what} "
+                f"{value['capsnet']:.2f} for the capsules vs {value['cnn']:.2f} for the CNN ({paper})."
+            )
+    return out
+
+
+def worst_case(summary: pd.DataFrame, eps: float) -> tuple[float, pd.Series] | None:
+    """Per family, the lowest untargeted accuracy over every attack at the ε closest to `eps`."""
+    rows = summary[(~summary["targeted"]) & (summary["metric"] == "accuracy") & (summary["eps_std"] > 0)]
+    if rows.empty:
+        return None
+    at, rows = _at_eps(rows, eps)
+    return at, rows.groupby("family")["value"].min()
+
+
+def robustness_verdict(summary: pd.DataFrame, checks: pd.DataFrame) -> str:
+    failed = (
+        checks[~checks["passed"].astype(str).str.lower().isin(("true", "1"))] if not checks.empty else checks
+    )
+    caps_failed = (
+        sorted(failed.loc[failed["model"].map(family_of) == "capsnet", "check"]) if not failed.empty else []
+    )
+    cnn_failed = (
+        sorted(failed.loc[failed["model"].map(family_of) == "cnn", "check"]) if not failed.empty else []
+    )
+    worst = worst_case(summary, 0.1) if not summary.empty else None
+    parts = []
+    if checks.empty:
+        parts.append("No integrity checks were run, so robustness claims are unverified.")
+    else:
+        parts.append(
+            f"Integrity checks failed on the capsule model: {', '.join(caps_failed)}."
+            if caps_failed
+            else "Every integrity check passed on the capsule model."
+        )
+        if cnn_failed:
+            parts.append(f"On the CNN these failed: {', '.join(cnn_failed)}.")
+    if worst is not None and {"capsnet", "cnn"} <= set(worst[1].index):
+        at, value = worst
+        advantage = value["capsnet"] - value["cnn"]
+        parts.append(
+            f"Under the worst attack at ε={at:g}, accuracy is {value['capsnet']:.2f} (capsules) vs "
+            f"{value['cnn']:.2f} (CNN)."
+        )
+        survives = not caps_failed and not checks.empty and advantage > NOTABLE
+        parts.append(
+            "So the capsules' robustness advantage survives the integrity checks and the stronger attacks."
+            if survives
+            else "So the capsules' apparent robustness does not survive the integrity checks and the "
+            "stronger attacks (a failed check or a vanished advantage points to masked gradients "
+            "or a weak attack)."
+        )
+    return " ".join(parts)
+
+
+def findings_paragraph(results: dict, dataset_kind: str) -> str:
+    sentences = [demo_sentence(results["provenance"], dataset_kind)]
+    if not results["viewpoint"].empty:
+        sentences += viewpoint_sentences(results["viewpoint"])
+    if not results["summary"].empty:
+        sentences += attack_sentences(results["summary"])
+    if not results["summary"].empty or not results["checks"].empty:
+        sentences.append(robustness_verdict(results["summary"], results["checks"]))
+    return " ".join(sentences)

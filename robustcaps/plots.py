@@ -1,0 +1,161 @@
+"""The report's figures (seaborn): Fig. 3 analogue, all attacks, familiar vs novel error, training curves.
+
+Each figure carries a footer naming the command that regenerates it, the dataset, the device and the
+commit, so a PNG that travels alone still says where it came from. Written as PNG and PDF, atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless machines (CI, GPU nodes) have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from robustcaps.paper_results import fig3_frame, table2_frame  # noqa: E402
+from robustcaps.report_tables import PAPER_ATTACKS, family_of  # noqa: E402
+from robustcaps.runs import atomic_write_bytes  # noqa: E402
+
+FAMILY_COLOURS = {"capsnet": "tab:blue", "cnn": "tab:orange"}
+
+
+def save_figure(fig: plt.Figure, stem: Path, footer: str) -> list[Path]:
+    """Write `stem`.png and `stem`.pdf with the provenance footer; returns both paths."""
+    fig.text(0.01, 0.005, footer, fontsize=6, ha="left", va="bottom", wrap=True, color="0.3")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    paths = []
+    for suffix, kwargs in ((".png", {"dpi": 130}), (".pdf", {})):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=suffix[1:], **kwargs)
+        paths.append(atomic_write_bytes(stem.with_suffix(suffix), buffer.getvalue()))
+    plt.close(fig)
+    return paths
+
+
+def _colour(model: str) -> str:
+    return FAMILY_COLOURS.get(family_of(model), "0.4")
+
+
+def plot_fig3(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
+    """Accuracy (untargeted) and success rate (targeted) against ε for FGSM and BIM, paper points overlaid."""
+    rows = summary[summary["attack"].isin(PAPER_ATTACKS) & (summary["source"] == "")]
+    paper = fig3_frame()
+    fig, axes = plt.subplots(2, 2, figsize=(9, 7), sharex=True, sharey=True, squeeze=False)
+    for i, targeted in enumerate((False, True)):
+        for j, attack in enumerate(PAPER_ATTACKS):
+            ax = axes[i, j]
+            ours = rows[(rows["attack"] == attack) & (rows["targeted"] == targeted)]
+            ours = ours.groupby(["model", "eps_std"], as_index=False)["value"].mean()
+            for model, line in ours.groupby("model"):
+                sns.lineplot(
+                    data=line,
+                    x="eps_std",
+                    y="value",
+                    ax=ax,
+                    marker="o",
+                    color=_colour(model),
+                    label=f"{model} (ours)",
+                )
+            points = paper[(paper["attack"] == attack) & (paper["targeted"] == targeted)]
+            for family, group in points.groupby("family"):
+                ax.scatter(
+                    group["eps_std"],
+                    group["value"],
+                    marker="*",
+                    s=140,
+                    edgecolor="black",
+                    color=FAMILY_COLOURS[family],
+                    label=f"{family} (paper)",
+                    zorder=3,
+                )
+            metric = "targeted success rate" if targeted else "accuracy"
+            ax.set(
+                title=f"{attack.upper()} {'targeted' if targeted else 'untargeted'}",
+                xlabel="ε (standardised input units)",
+                ylabel=metric,
+                ylim=(-0.02, 1.02),
+            )
+            ax.legend(fontsize=7)
+    fig.suptitle("White-box attacks (cf. HSF18 Fig. 3)")
+    return save_figure(fig, stem, footer)
+
+
+def plot_all_attacks(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
+    """Untargeted accuracy against ε for every attack (including transfer and the vote attack) and model."""
+    rows = summary[(~summary["targeted"]) & (summary["metric"] == "accuracy")].copy()
+    rows["attack"] = [
+        a if not s else f"{a} (from {s})" for a, s in zip(rows["attack"], rows["source"], strict=True)
+    ]
+    grid = sns.relplot(
+        data=rows,
+        x="eps_std",
+        y="value",
+        hue="attack",
+        col="model",
+        kind="line",
+        marker="o",
+        height=3.6,
+        aspect=1.1,
+        facet_kws={"ylim": (-0.02, 1.02)},
+    )
+    grid.set_axis_labels("ε (standardised input units)", "accuracy")
+    grid.figure.suptitle("Untargeted accuracy under every attack", y=1.0)
+    return save_figure(grid.figure, stem, footer)
+
+
+def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
+    """Novel against familiar error per split and model, ours and the paper's Table 2."""
+    ours = viewpoint.assign(family=viewpoint["model"].map(family_of), source="ours")
+    points = pd.concat([ours, table2_frame().assign(source="paper (smallNORB)")], ignore_index=True)
+    splits = sorted(points["split"].unique())
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits), 4.2), squeeze=False)
+    for ax, split in zip(axes[0], splits, strict=True):
+        group = points[points["split"] == split]
+        sns.scatterplot(
+            data=group,
+            x="familiar_error",
+            y="novel_error",
+            hue="family",
+            style="source",
+            palette=FAMILY_COLOURS,
+            s=110,
+            ax=ax,
+        )
+        top = max(group[["familiar_error", "novel_error"]].max().max() * 1.15, 0.05)
+        ax.plot([0, top], [0, top], color="0.7", linestyle="--", linewidth=1, label="novel = familiar")
+        ax.set(
+            title=f"{split} split",
+            xlim=(0, top),
+            ylim=(0, top),
+            xlabel="familiar-viewpoint error",
+            ylabel="novel-viewpoint error",
+        )
+        ax.legend(fontsize=7)
+    fig.suptitle("Viewpoint generalisation at matched familiar error (cf. HSF18 Table 2)")
+    return save_figure(fig, stem, footer)
+
+
+def plot_training(training: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
+    """Training loss and validation error against step, one line per run."""
+    metrics = [m for m in ("train_loss", "train_error", "val_error", "familiar_error") if m in training]
+    long = training.melt(id_vars=["run", "step"], value_vars=metrics, var_name="metric").dropna(
+        subset=["value"]
+    )
+    grid = sns.relplot(
+        data=long,
+        x="step",
+        y="value",
+        hue="run",
+        col="metric",
+        kind="line",
+        height=3.2,
+        aspect=1.1,
+        facet_kws={"sharey": False},
+    )
+    grid.figure.suptitle("Training curves", y=1.0)
+    return save_figure(grid.figure, stem, footer)

@@ -1,0 +1,179 @@
+"""`robustcaps report`: results/README.md, its tables (CSV + Markdown) and figures (PNG + PDF).
+
+Everything is recomputed from the small CSVs in the results tree (see robustcaps.report_tables), so the
+report can be regenerated anywhere without checkpoints. Every table and figure names the command that
+regenerates it, the dataset identity, the device and the commit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from robustcaps import plots
+from robustcaps.errors import RobustcapsError
+from robustcaps.findings import findings_paragraph
+from robustcaps.report_tables import (
+    checks_table,
+    clean_table,
+    load_results,
+    markdown_table,
+    stronger_table,
+    sweep_table,
+    table2,
+)
+from robustcaps.runs import atomic_write_text
+
+TABLES_DIR = Path("tables")
+FIGURES_DIR = Path("figures")
+
+
+def provenance_lines(results: dict, results_dir: Path) -> dict[str, str]:
+    """Command, dataset, device and commit, from provenance.json or else from the attack summaries."""
+    prov = dict(results["provenance"])
+    summary = results["summary"]
+    for key, column in (("git_commit", "git_commit"), ("device", "device"), ("dataset", "dataset")):
+        if not prov.get(key) and not summary.empty and column in summary:
+            prov[key] = str(summary[column].dropna().iloc[0]) if summary[column].notna().any() else ""
+    dataset = prov.get("dataset_identity") or {}
+    if isinstance(dataset, dict) and dataset:
+        kind = dataset.get("kind", "?")
+        detail = (
+            f"seed {dataset.get('seed')}, size {dataset.get('options', {}).get('size', '?')}"
+            if kind == "rendered"
+            else f"md5 verified: {dataset.get('md5_verified')}"
+        )
+        dataset_text = f"{kind} ({detail})"
+    else:
+        dataset_text, kind = str(prov.get("dataset") or "unknown"), "unknown"
+        kind = "rendered" if "rendered" in dataset_text else kind
+    reproduce = prov.get("command") or "robustcaps reproduce"
+    return {
+        "kind": kind,
+        "dataset": dataset_text,
+        "device": str(prov.get("device_name") or prov.get("device") or "unknown"),
+        "commit": str(prov.get("git_commit") or "unknown"),
+        "reproduce": reproduce,
+        "report": f"robustcaps report --results {results_dir}",
+    }
+
+
+def caption(lines: dict[str, str]) -> str:
+    return (
+        f"Numbers: `{lines['reproduce']}`; this file: `{lines['report']}`. "
+        f"Data: {lines['dataset']}. Device: {lines['device']}. Commit: {lines['commit']}."
+    )
+
+
+def write_table(frame: pd.DataFrame, stem: Path, title: str, note: str, lines: dict) -> str:
+    """Write `stem`.csv and `stem`.md; return the Markdown section for the README."""
+    atomic_write_text(stem.with_suffix(".csv"), frame.to_csv(index=False))
+    section = f"### {title}\n\n{note}\n\n{markdown_table(frame)}\n_{caption(lines)}_\n"
+    atomic_write_text(stem.with_suffix(".md"), section)
+    return section
+
+
+def _tables(results: dict, root: Path, lines: dict) -> list[str]:
+    tables = root / TABLES_DIR
+    summary = results["summary"]
+    specs = [
+        (
+            "clean_error",
+            clean_table(results["clean"]),
+            "Clean test error",
+            "Error on the test part of each split, centre crop and 13-crop (centre + 12 diagonal offsets).",
+        ),
+        (
+            "table2",
+            table2(results["viewpoint"]),
+            "Novel viewpoints (Table 2 analogue)",
+            "The capsule network is stopped when its familiar error reaches the CNN's (checked on "
+            "familiar data only); novel viewpoints are never used to choose anything. "
+            "Paper numbers are on real smallNORB.",
+        ),
+        (
+            "untargeted",
+            sweep_table(summary, targeted=False),
+            "Untargeted FGSM / BIM: accuracy per ε",
+            "ε in units of the standardised input (Fig. 3 units). "
+            "Paper, ε=0.1: CNN 0.57/0.52, capsules 0.86/0.84.",
+        ),
+        (
+            "targeted",
+            sweep_table(summary, targeted=True),
+            "Targeted FGSM / BIM: success rate per ε",
+            "Success rate averaged over the wrong target classes. "
+            "Paper, ε=0.25: CNN 0.59/0.85, capsules 0.19/0.24.",
+        ),
+        (
+            "stronger",
+            stronger_table(summary),
+            "Stronger attacks",
+            "PGD, APGD, transfer (crafted on `source`), the vote attack and the per-example worst case.",
+        ),
+        (
+            "checks",
+            checks_table(results["checks"]),
+            "Integrity checks",
+            "Carlini et al. 2019 / Athalye et al. 2018: "
+            "a FAIL means the robustness number is not to be trusted.",
+        ),
+    ]
+    return [write_table(frame, tables / name, title, note, lines) for name, frame, title, note in specs]
+
+
+def _figures(results: dict, root: Path, lines: dict) -> list[str]:
+    figures = root / FIGURES_DIR
+    footer = caption(lines).replace("`", "")
+    summary, sections = results["summary"], []
+    jobs = [
+        ("fig3_fgsm_bim", plots.plot_fig3, summary, "FGSM and BIM against ε, paper points as stars"),
+        ("all_attacks", plots.plot_all_attacks, summary, "Untargeted accuracy under every attack"),
+        (
+            "familiar_vs_novel",
+            plots.plot_familiar_novel,
+            results["viewpoint"],
+            "Familiar against novel error",
+        ),
+        ("training_curves", plots.plot_training, results["training"], "Training curves"),
+    ]
+    for name, plot, frame, title in jobs:
+        if frame.empty:
+            continue
+        plot(frame, figures / name, footer)
+        sections.append(
+            f"### {title}\n\n![{title}]({FIGURES_DIR / name}.png) "
+            f"([PDF]({FIGURES_DIR / name}.pdf))\n\n_{caption(lines)}_\n"
+        )
+    return sections
+
+
+def write_report(results_dir: str | Path) -> Path:
+    """Read the results tree, write tables/, figures/ and README.md; returns the README path."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise RobustcapsError(f"--results {root}: no such directory; run `robustcaps reproduce` first.")
+    results = load_results(root)
+    if all(isinstance(v, pd.DataFrame) and v.empty for v in results.values() if not isinstance(v, dict)):
+        raise RobustcapsError(
+            f"--results {root}: no result CSVs found (clean/, viewpoint/, attacks/); "
+            "run `robustcaps reproduce` first."
+        )
+    lines = provenance_lines(results, root)
+    tables, figures = _tables(results, root, lines), _figures(results, root, lines)
+    text = "\n".join(
+        [
+            "# robustcaps results\n",
+            "Do matrix capsules with EM routing (HSF18) beat CNNs on novel viewpoints "
+            "and under white-box attack?\n",
+            "## What the numbers show\n",
+            findings_paragraph(results, lines["kind"]) + "\n",
+            f"_{caption(lines)}_\n",
+            "## Tables\n",
+            *tables,
+            "## Figures\n",
+            *figures,
+        ]
+    )
+    return atomic_write_text(root / "README.md", text)

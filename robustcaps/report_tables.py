@@ -1,0 +1,168 @@
+"""Read the small CSVs of a results/ tree and turn them into the report's tables.
+
+The results/ tree (written by `robustcaps reproduce`, read here):
+
+    provenance.json              preset, command, device, commit, dataset identity, step times
+    clean/clean_error.csv        model, family, split, part, crops, error, n
+    viewpoint/<split>.csv        the Table 2 analogue of one split (see robustcaps.viewpoint)
+    training/metrics.csv         run, model, family, split + the trainer's metrics.csv columns
+    attacks/<name>/summary.csv   robustcaps.attack's summary (model, attack, targeted, eps_std, value...)
+    attacks/<name>/checks.csv    robustcaps.attack's integrity checks (model, check, passed, detail)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from robustcaps.paper_results import CLEAN_ERROR, TABLE2
+
+CLEAN_CSV = Path("clean") / "clean_error.csv"
+VIEWPOINT_DIR = Path("viewpoint")
+TRAINING_CSV = Path("training") / "metrics.csv"
+ATTACKS_DIR = Path("attacks")
+PROVENANCE_JSON = Path("provenance.json")
+PAPER_ATTACKS = ("fgsm", "bim")
+
+
+def family_of(model: str) -> str:
+    """capsnet or cnn, from a model or run name (the registry's names start with the family)."""
+    name = str(model).lower()
+    return "capsnet" if "caps" in name else "cnn" if "cnn" in name else name
+
+
+def _read_csvs(paths: list[Path]) -> pd.DataFrame:
+    frames = [pd.read_csv(path) for path in sorted(paths) if path.stat().st_size > 0]
+    frames = [frame for frame in frames if not frame.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame | dict]:
+    """Every input of the report; a part that was not produced is an empty frame."""
+    root = Path(results_dir)
+    summary = _read_csvs(list((root / ATTACKS_DIR).glob("*/summary.csv")))
+    if not summary.empty:
+        summary["attack"] = summary["attack"].astype(str).str.lower()
+        summary["targeted"] = summary["targeted"].astype(str).str.lower().isin(("true", "1"))
+        source = summary["source"] if "source" in summary else pd.Series("", index=summary.index)
+        summary["source"] = source.astype(object).where(source.notna(), "").astype(str)
+        summary["family"] = summary["model"].map(family_of)
+    provenance_path = root / PROVENANCE_JSON
+    return {
+        "clean": _read_csvs([root / CLEAN_CSV] if (root / CLEAN_CSV).exists() else []),
+        "viewpoint": _read_csvs(list((root / VIEWPOINT_DIR).glob("*.csv"))),
+        "training": _read_csvs([root / TRAINING_CSV] if (root / TRAINING_CSV).exists() else []),
+        "summary": summary,
+        "checks": _read_csvs(list((root / ATTACKS_DIR).glob("*/checks.csv"))),
+        "provenance": json.loads(provenance_path.read_text()) if provenance_path.exists() else {},
+    }
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
+    """A GitHub Markdown table. Written by hand: pandas' to_markdown needs `tabulate`, not a dependency."""
+    if frame.empty:
+        return "_(no data)_\n"
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else floatfmt.format(value)
+        return str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def percent(value: float) -> str:
+    return "" if pd.isna(value) else f"{100 * value:.1f}%"
+
+
+def clean_table(clean: pd.DataFrame) -> pd.DataFrame:
+    """Clean error per model, split and part, one column per crop count (1 and 13), with the paper's."""
+    if clean.empty:
+        return clean
+    wide = clean.pivot_table(index=["model", "split", "part"], columns="crops", values="error").reset_index()
+    wide.columns = [
+        f"error ({c} crop{'s' if c != 1 else ''})" if isinstance(c, int | float) else c for c in wide.columns
+    ]
+    n = clean.groupby(["model", "split", "part"])["n"].max().reset_index()
+    wide = wide.merge(n, on=["model", "split", "part"])
+    paper = {1: [], 13: []}
+    for row in wide.itertuples(index=False):
+        for crops in paper:
+            value = CLEAN_ERROR.get((family_of(row.model), crops)) if row.split == "full" else None
+            paper[crops].append(percent(value) if value is not None and row.part == "test" else "")
+    for column in [c for c in wide.columns if c.startswith("error")]:
+        wide[column] = wide[column].map(percent)
+    wide["paper (1 crop)"], wide["paper (13 crops)"] = paper[1], paper[13]
+    return wide
+
+
+def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
+    """The Table 2 analogue: familiar and novel error per split and model, next to the paper's."""
+    if viewpoint.empty:
+        return viewpoint
+    out = pd.DataFrame(
+        {
+            "split": viewpoint["split"],
+            "model": viewpoint["model"],
+            "familiar error": viewpoint["familiar_error"].map(percent),
+            "novel error": viewpoint["novel_error"].map(percent),
+            "paper familiar": [
+                percent(TABLE2[(s, family_of(m))]["familiar_error"])
+                for s, m in zip(viewpoint["split"], viewpoint["model"], strict=True)
+            ],
+            "paper novel": [
+                percent(TABLE2[(s, family_of(m))]["novel_error"])
+                for s, m in zip(viewpoint["split"], viewpoint["model"], strict=True)
+            ],
+            "familiar gap (caps − CNN)": viewpoint["familiar_gap"].map(percent),
+            "n familiar / novel": [
+                f"{a} / {b}" for a, b in zip(viewpoint["n_familiar"], viewpoint["n_novel"], strict=True)
+            ],
+        }
+    )
+    return out.sort_values(["split", "model"]).reset_index(drop=True)
+
+
+def sweep_table(summary: pd.DataFrame, targeted: bool) -> pd.DataFrame:
+    """FGSM/BIM white-box sweeps: one row per ε (standardised units), one column per attack and model."""
+    if summary.empty:
+        return summary
+    rows = summary[
+        summary["attack"].isin(PAPER_ATTACKS) & (summary["targeted"] == targeted) & (summary["source"] == "")
+    ]
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows.assign(eps=rows["eps_std"].round(3), column=rows["attack"].str.upper() + " " + rows["model"])
+    wide = rows.pivot_table(index="eps", columns="column", values="value", aggfunc="mean")
+    return wide.reset_index().rename(columns={"eps": "ε (std units)"})
+
+
+def stronger_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Every other attack (PGD, APGD, transfer, vote, worst case): a row per attack/model, ε as columns."""
+    if summary.empty:
+        return summary
+    paper = summary["attack"].isin(PAPER_ATTACKS) & (summary["source"] == "")
+    rows = summary[~paper]
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows.assign(
+        eps=rows["eps_std"].round(3).map(lambda e: f"ε={e:g}"),
+        mode=rows["targeted"].map({True: "targeted", False: "untargeted"}),
+    )
+    index = ["attack", "source", "model", "mode", "metric"]
+    wide = rows.pivot_table(index=index, columns="eps", values="value", aggfunc="mean")
+    ordered = sorted(wide.columns, key=lambda c: float(c[2:]))
+    return wide[ordered].reset_index()
+
+
+def checks_table(checks: pd.DataFrame) -> pd.DataFrame:
+    if checks.empty:
+        return checks
+    passed = checks["passed"].astype(str).str.lower().isin(("true", "1"))
+    out = checks.assign(result=passed.map({True: "pass", False: "FAIL"}))
+    return out[["model", "check", "result", "detail"]].drop_duplicates().reset_index(drop=True)

@@ -1,0 +1,218 @@
+"""The report from fixture CSVs in the schemas the other modules write: every file, and the numbers in it."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from robustcaps.cli import cli
+from robustcaps.errors import RobustcapsError
+from robustcaps.report import write_report
+
+EPS = [0.0, 0.1, 0.25, 0.5]
+# Distinctive values so the tables can be searched for them.
+ACC = {"capsnet-small": [0.9311, 0.8123, 0.7034, 0.6045], "cnn-small": [0.9422, 0.5567, 0.2078, 0.0389]}
+
+
+def _summary(model: str, source: str = "") -> list[dict]:
+    rows = []
+    for attack in ("fgsm", "bim", "pgd", "vote" if "caps" in model else "apgd-ce"):
+        for targeted in (False, True):
+            for eps, acc in zip(EPS, ACC[model], strict=True):
+                value = acc - (0.01 if attack != "fgsm" else 0.0)
+                rows.append(
+                    {
+                        "model": model,
+                        "run_dir": f"runs/{model}",
+                        "attack": attack,
+                        "targeted": targeted,
+                        "eps_pixel": eps * 0.2,
+                        "eps_std": eps,
+                        "units": "std",
+                        "metric": "success_rate" if targeted else "accuracy",
+                        "value": round(1 - value, 4) if targeted else round(value, 4),
+                        "n": 100,
+                        "loss": "ce",
+                        "steps": 10,
+                        "restarts": 1,
+                        "source": source,
+                        "seed": 0,
+                        "sigma_mean": 0.2,
+                        "git_commit": "abc1234",
+                        "device": "cpu",
+                        "dataset": "rendered seed 0",
+                    }
+                )
+    return rows
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    root = tmp_path / "results"
+    for model in ACC:
+        attack_dir = root / "attacks" / model
+        attack_dir.mkdir(parents=True)
+        pd.DataFrame(_summary(model)).to_csv(attack_dir / "summary.csv", index=False)
+        pd.DataFrame(
+            [
+                {"model": model, "check": "monotone_in_eps", "passed": True, "detail": "ok"},
+                {
+                    "model": model,
+                    "check": "gradients_nonzero",
+                    "passed": "caps" not in model,
+                    "detail": "zero grads 73%",
+                },
+            ]
+        ).to_csv(attack_dir / "checks.csv", index=False)
+    (root / "clean").mkdir()
+    pd.DataFrame(
+        [
+            {
+                "model": "capsnet-small",
+                "family": "capsnet",
+                "split": "full",
+                "part": "test",
+                "crops": 1,
+                "error": 0.0689,
+                "n": 500,
+            },
+            {
+                "model": "capsnet-small",
+                "family": "capsnet",
+                "split": "full",
+                "part": "test",
+                "crops": 13,
+                "error": 0.0577,
+                "n": 500,
+            },
+            {
+                "model": "cnn-small",
+                "family": "cnn",
+                "split": "full",
+                "part": "test",
+                "crops": 1,
+                "error": 0.0578,
+                "n": 500,
+            },
+            {
+                "model": "cnn-small",
+                "family": "cnn",
+                "split": "full",
+                "part": "test",
+                "crops": 13,
+                "error": 0.0466,
+                "n": 500,
+            },
+        ]
+    ).to_csv(root / "clean" / "clean_error.csv", index=False)
+    (root / "viewpoint").mkdir()
+    pd.DataFrame(
+        [
+            {
+                "split": "azimuth",
+                "model": "cnn-small",
+                "family": "cnn",
+                "familiar_error": 0.0412,
+                "novel_error": 0.2233,
+                "familiar_gap": 0.0021,
+                "target_familiar_error": 0.0412,
+                "n_familiar": 300,
+                "n_novel": 600,
+            },
+            {
+                "split": "azimuth",
+                "model": "capsnet-small",
+                "family": "capsnet",
+                "familiar_error": 0.0433,
+                "novel_error": 0.1544,
+                "familiar_gap": 0.0021,
+                "target_familiar_error": 0.0412,
+                "n_familiar": 300,
+                "n_novel": 600,
+            },
+        ]
+    ).to_csv(root / "viewpoint" / "azimuth.csv", index=False)
+    (root / "training").mkdir()
+    pd.DataFrame(
+        [
+            {
+                "run": f"{m}-full",
+                "model": m,
+                "family": m.split("-")[0],
+                "split": "full",
+                "epoch": e,
+                "step": 10 * e,
+                "train_loss": 1.0 / (e + 1),
+                "train_error": 0.5 / (e + 1),
+                "val_error": 0.6 / (e + 1),
+            }
+            for m in ACC
+            for e in range(3)
+        ]
+    ).to_csv(root / "training" / "metrics.csv", index=False)
+    (root / "provenance.json").write_text(
+        json.dumps(
+            {
+                "preset": "quick",
+                "demo": True,
+                "command": "robustcaps reproduce --preset quick",
+                "device": "cpu",
+                "device_name": "CPU x86_64 x2 (testhost)",
+                "git_commit": "abc1234def",
+                "dataset_identity": {"kind": "rendered", "seed": 0, "options": {"size": "small"}},
+            }
+        )
+    )
+    return root
+
+
+def test_report_writes_every_file_with_the_fixture_numbers(results_dir):
+    readme = write_report(results_dir)
+    text = readme.read_text()
+    for name in ("fig3_fgsm_bim", "all_attacks", "familiar_vs_novel", "training_curves"):
+        for suffix in (".png", ".pdf"):
+            path = results_dir / "figures" / f"{name}{suffix}"
+            assert path.stat().st_size > 1000, path
+        assert f"figures/{name}.png" in text
+    for name in ("clean_error", "table2", "untargeted", "targeted", "stronger", "checks"):
+        assert (results_dir / "tables" / f"{name}.csv").exists()
+        assert (results_dir / "tables" / f"{name}.md").read_text() in text
+    assert "0.812" in text and "0.557" in text  # untargeted FGSM at ε=0.1, both models
+    assert "22.3%" in text and "15.4%" in text and "20.0%" in text  # novel errors, ours and the paper's
+    assert (
+        "6.9%" in text and "5.8%" in text and "1.4%" in text
+    )  # clean error 1 and 13 crops, paper multi-crop
+    assert "vote" in text and "FAIL" in text
+    assert "CPU x86_64 x2 (testhost)" in text and "abc1234def" in text
+    assert "robustcaps reproduce --preset quick" in text
+
+
+def test_findings_follow_the_numbers(results_dir):
+    text = write_report(results_dir).read_text()
+    paragraph = text.split("## What the numbers show")[1].split("##")[0]
+    assert "demo" in paragraph and "rendered stand-in" in paragraph
+    assert "better than the CNN by 6.9 points" in paragraph  # 22.33% - 15.44% novel error
+    assert "gradients_nonzero" in paragraph  # the capsule model's failed check is named
+    assert "does not survive" in paragraph
+    # Make the checks pass and the capsules' worst case still better: the verdict turns.
+    for checks in results_dir.glob("attacks/*/checks.csv"):
+        frame = pd.read_csv(checks).assign(passed=True)
+        frame.to_csv(checks, index=False)
+    paragraph = write_report(results_dir).read_text().split("## What the numbers show")[1].split("##")[0]
+    assert "survives" in paragraph and "does not survive" not in paragraph
+
+
+def test_report_cli_and_missing_results(results_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["report", "--results", str(results_dir)])
+    assert result.exit_code == 0, result.output
+    assert (results_dir / "README.md").exists()
+    with pytest.raises(RobustcapsError, match="--results"):
+        write_report(tmp_path / "nothing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(cli, ["report", "--results", str(empty)])
+    assert result.exit_code == 1 and "Error: --results" in result.output
+    assert not (empty / "README.md").exists()
