@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -83,10 +85,17 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; data files should be as readable as any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def parse_header(path: Path, head: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -183,3 +192,66 @@ def _decompress_checked(path: Path, target: Path) -> None:
                     raise NorbFormatError(f"{path}: {word}expected {expected} bytes, got {actual} unzipped")
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise NorbFormatError(f"{path}: corrupt gzip file ({error})") from None
+
+
+@dataclass(frozen=True)
+class MatrixScan:
+    """What one streamed pass over a NORB file learns: its header, MD5 as stored, and (if asked) its data."""
+
+    path: Path
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    md5: str
+    data: np.ndarray | None
+
+
+class _HashingReader(io.RawIOBase):
+    """Hashes the bytes as they are read, so a .gz is hashed and unzipped in the same pass."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.hash = f, hashlib.md5()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.f.readinto(buffer)
+        self.hash.update(memoryview(buffer)[:n])
+        return n
+
+
+def scan_matrix(path: str | os.PathLike, keep_data: bool = False) -> MatrixScan:
+    """Check a NORB file in one streamed pass and writing nothing (what `verify` needs; no cache).
+
+    Raises NorbFormatError naming the file for a missing file, bad magic or ndim, a corrupt .gz, or a
+    size that does not match the header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NorbFormatError(f"{path}: file not found")
+    try:
+        with open(path, "rb") as f:
+            reader = _HashingReader(f)
+            source = (
+                gzip.GzipFile(fileobj=reader, mode="rb")
+                if path.suffix == ".gz"
+                else io.BufferedReader(reader)
+            )
+            head = source.read(header_size(MAX_NDIM))
+            dtype, shape, header = parse_header(path, head)
+            expected = expected_size(dtype, shape, header)
+            body = bytearray(head[header:]) if keep_data else None
+            actual = len(head)
+            while chunk := source.read(_CHUNK):
+                actual += len(chunk)
+                if body is not None and actual <= expected:
+                    body += chunk
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise NorbFormatError(f"{path}: corrupt gzip file ({error})") from None
+    except OSError as error:
+        raise NorbFormatError(f"{path}: cannot read ({error.strerror or error})") from None
+    if actual != expected:
+        word = "truncated: " if actual < expected else ""
+        raise NorbFormatError(f"{path}: {word}expected {expected} bytes, got {actual}")
+    data = np.frombuffer(bytes(body), dtype=dtype).reshape(shape) if body is not None else None
+    return MatrixScan(path, dtype, shape, reader.hash.hexdigest(), data)
