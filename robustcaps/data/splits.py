@@ -165,6 +165,8 @@ def make_split(
         sets = {
             name: s.subset(stratified_subset(s.labels, max_per_part, generator)) for name, s in sets.items()
         }
+        if split == "full":  # familiar *is* the test set here, not a second draw from it
+            sets["familiar"] = sets["test"]
     identity = dataset_identity(root) | {
         "split": split,
         "stereo": stereo,

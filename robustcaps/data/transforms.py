@@ -34,7 +34,8 @@ def downsample(images: np.ndarray | torch.Tensor, size: int = DOWNSAMPLED, chunk
     """uint8 (N, C, H, W) → uint8 (N, C, size, size), antialiased; chunked, a memmap stays on disk."""
     out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
     for start in range(0, len(images), chunk):
-        block = torch.as_tensor(np.ascontiguousarray(images[start : start + chunk]))
+        block = images[start : start + chunk]
+        block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.array(block))
         out[start : start + chunk] = F.resize(block, [size, size], antialias=True)
     return out
 
