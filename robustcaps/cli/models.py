@@ -1,0 +1,31 @@
+"""`robustcaps models`: the registered models, their parameters and FLOPs per image."""
+
+from __future__ import annotations
+
+import click
+
+from robustcaps.models import list_models, model_info
+
+
+@click.command("models")
+@click.option(
+    "--in-channels",
+    type=click.IntRange(1, 2),
+    default=1,
+    show_default=True,
+    help="1: one camera per sample; 2: the stereo pair as channels (adds first-layer parameters).",
+)
+def models(in_channels: int) -> None:
+    """List the models --model accepts: parameters, configuration and FLOPs per 32×32 image.
+
+    FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (convolutions and matrix products,
+    routing's included; element-wise operations are not counted).
+    """
+    rows = [model_info(name, in_channels) for name in list_models()]
+    header = f"{'name':<14} {'parameters':>11} {'MFLOPs/image':>13}  configuration"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for row in rows:
+        click.echo(
+            f"{row['name']:<14} {row['parameters']:>11,} {row['flops_per_image'] / 1e6:>13.1f}  {row['configuration']}"
+        )

@@ -1,0 +1,102 @@
+"""Model registry: `create_model("capsnet-small")` works the same in every command (timm style).
+
+Every model takes [0, 1] images (N, C, 32, 32), C = 1 or 2, standardises them itself, and returns
+(N, 5) from `forward(x, output="logits")`; `model.family`, `model.name` and `model.config` (a frozen
+dataclass) describe it, and `create_model(model.name, **dataclasses.asdict(model.config))` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from robustcaps.errors import RobustcapsError
+from robustcaps.models.capsnet import ESTEPS, CapsNet, CapsNetConfig
+from robustcaps.models.cnn import CNN, CNNConfig
+
+__all__ = ["CNN", "CNNConfig", "CapsNet", "CapsNetConfig", "create_model", "list_models", "model_info"]
+
+# name → (model class, preset configuration); the presets are the paper's (HSF18 §5) sizes.
+PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
+    "capsnet": (CapsNet, CapsNetConfig()),  # A=B=C=D=32: 316,394 parameters ("310K")
+    "capsnet-small": (
+        CapsNet,
+        CapsNetConfig(conv1_channels=64, primary_types=8, convcaps1_types=16, convcaps2_types=16),
+    ),  # 67,154 ("68K")
+    "cnn": (CNN, CNNConfig()),  # 4,252,549 ("4.2M")
+    "cnn-small": (CNN, CNNConfig(conv1_channels=8, conv2_channels=16, hidden=64)),  # 69,349: ~capsnet-small
+}
+
+
+def list_models() -> list[str]:
+    return list(PRESETS)
+
+
+def create_model(name: str, in_channels: int = 1, **overrides: Any) -> nn.Module:
+    """The preset `name` with `in_channels` input channels (1: one camera, 2: the stereo pair) and any
+    configuration fields overridden; raises RobustcapsError for an unknown name or setting."""
+    if name not in PRESETS:
+        raise RobustcapsError(f"unknown model {name!r} (--model): choose one of {', '.join(PRESETS)}")
+    if in_channels not in (1, 2):
+        raise RobustcapsError(f"--in-channels must be 1 (one camera) or 2 (stereo pair), got {in_channels}")
+    model_class, preset = PRESETS[name]
+    fields = {field.name for field in dataclasses.fields(preset)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise RobustcapsError(
+            f"model {name!r} has no setting {', '.join(unknown)}; its settings: {', '.join(sorted(fields))}"
+        )
+    config = dataclasses.replace(preset, in_channels=in_channels, **overrides)
+    _check(name, config)
+    return model_class(config, name=name)
+
+
+def _check(name: str, config: Any) -> None:
+    if isinstance(config, CapsNetConfig):
+        if config.estep not in ESTEPS:
+            raise RobustcapsError(
+                f"model {name!r}: estep must be one of {', '.join(ESTEPS)}, got {config.estep!r}"
+            )
+        if config.iterations < 1:
+            raise RobustcapsError(f"model {name!r}: iterations must be at least 1, got {config.iterations}")
+        if config.data_mass is not None and config.data_mass <= 0:
+            raise RobustcapsError(
+                f"model {name!r}: data_mass must be positive or None, got {config.data_mass}"
+            )
+    if config.n_classes < 2:
+        raise RobustcapsError(f"model {name!r}: n_classes must be at least 2, got {config.n_classes}")
+
+
+def describe(config: Any) -> str:
+    """The configuration in one line, in the paper's terms."""
+    if isinstance(config, CapsNetConfig):
+        mass = "raw" if config.data_mass is None else f"{config.data_mass:g}"
+        return (
+            f"A={config.conv1_channels} B={config.primary_types} C={config.convcaps1_types} "
+            f"D={config.convcaps2_types}, {config.iterations} iters, E-step {config.estep}, data mass {mass}"
+        )
+    return f"conv {config.conv1_channels}-{config.conv2_channels}, FC {config.hidden}, dropout {config.dropout:g}"
+
+
+def model_info(name: str, in_channels: int = 1) -> dict[str, Any]:
+    """Parameters, configuration and FLOPs per image of a registered model.
+
+    FLOPs are counted by torch.utils.flop_counter.FlopCounterMode on one image (2 per multiply-add of
+    convolutions and matrix products, routing's included; element-wise work is not counted).
+    """
+    model = create_model(name, in_channels).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.rand(1, in_channels, 32, 32))
+    return {
+        "name": name,
+        "family": model.family,
+        "in_channels": in_channels,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "configuration": describe(model.config),
+        "flops_per_image": counter.get_total_flops(),
+    }

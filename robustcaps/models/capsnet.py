@@ -1,0 +1,237 @@
+"""Matrix capsules with EM routing (Hinton, Sabour, Frosst, ICLR 2018, Fig. 1), for 32×32 smallNORB crops.
+
+    x (N, C, 32, 32) in [0, 1] → Standardize → ReLU Conv1 5×5/2, A channels        → 14×14×A
+      → PrimaryCaps 1×1, B types (4×4 pose linear in the features + logistic activation) → 14×14×B
+      → ConvCaps1 3×3/2, C types, EM routing                                         →  6×6×C
+      → ConvCaps2 3×3/1, D types, EM routing                                         →  4×4×D
+      → ClassCaps, one type per class, matrices shared over positions, coordinate addition → 5
+
+A capsule between layers is 17 numbers, its 4×4 pose flattened row-major then its activation, kept
+channels-last: (N, H, W, types, 17). A vote is V_ij = M_i W_ij, the child's pose times a learned 4×4
+transformation matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustcaps.models.common import Standardize
+from robustcaps.models.routing import (
+    Routed,
+    conv_children,
+    em_routing,
+    initial_responsibilities,
+    inverse_temperature_schedule,
+    mass_scale,
+)
+
+IMAGE_SIZE = 32
+POSE = 16  # a 4×4 pose matrix, flattened
+OUTPUTS = ("logits", "activations", "vote_logits")
+ESTEPS = ("cross", "position")
+
+
+@dataclass(frozen=True)
+class CapsNetConfig:
+    """Sizes A, B, C, D of HSF18 Fig. 1 and the routing settings; `asdict` of it rebuilds the model.
+
+    estep: "cross" (default) normalises a child's responsibilities over every parent it feeds, at all
+    neighbouring positions, as Procedure 1 reads (R_ij sums to one over Ω_{L+1}) and Gritzman 2019 §3.3
+    shows matters; "position" normalises over the parent types at one position, as most ports do.
+    data_mass: Gritzman's normalisation of the data mass Σ_i R_ij a_i reaching a parent (the average
+    parent receives this many units; None keeps the raw paper cost). With it one λ suits layers whose
+    parents have 72 or 512 children; without it, it is a number-of-children-dependent inverse temperature.
+    """
+
+    in_channels: int = 1
+    conv1_channels: int = 32  # A
+    primary_types: int = 32  # B
+    convcaps1_types: int = 32  # C
+    convcaps2_types: int = 32  # D
+    n_classes: int = 5
+    iterations: int = 3
+    inverse_temperature: float = 0.01  # λ_final of the schedule
+    class_inverse_temperature: float = 0.0025  # λ_final / 4 at ClassCaps, as the official code
+    min_variance: float = 0.0005  # added to σ², as the official code: one child per parent has σ² = 0
+    estep: str = "cross"
+    data_mass: float | None = 100.0
+    coordinate_addition: bool = True
+    weight_std: float = 0.5  # ConvCaps/ClassCaps W: ‖V‖ ≈ ‖M‖ for a 4×4 product (4 · 0.5² = 1)
+
+
+class PrimaryCaps(nn.Module):
+    """1×1 convolution: per position and type a 4×4 pose linear in the features and a logistic activation."""
+
+    def __init__(self, in_channels: int, types: int) -> None:
+        super().__init__()
+        self.types = types
+        self.conv = nn.Conv2d(in_channels, types * (POSE + 1), kernel_size=1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        n, _, h, w = features.shape
+        x = self.conv(features).permute(0, 2, 3, 1).reshape(n, h, w, self.types, POSE + 1)
+        return torch.cat([x[..., :POSE], torch.sigmoid(x[..., POSE:])], dim=-1)  # (N, H, W, B, 17)
+
+
+class ConvCaps(nn.Module):
+    """Convolutional capsules: each K×K patch of `in_types` children votes for `out_types` parents through
+    one 4×4 W per (kernel offset, child type, parent type), shared over positions; then EM routing."""
+
+    def __init__(
+        self, in_types: int, out_types: int, kernel: int, stride: int, in_size: int, config: CapsNetConfig
+    ) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.out_types = kernel, stride, out_types
+        self.out_size = (in_size - kernel) // stride + 1
+        self.weight = nn.Parameter(
+            torch.randn(kernel * kernel * in_types, out_types, 4, 4) * config.weight_std
+        )
+        self.beta_u = nn.Parameter(torch.zeros(out_types))
+        self.beta_a = nn.Parameter(torch.zeros(out_types))
+        children = conv_children(in_size, kernel, stride, in_types)
+        cross = children if config.estep == "cross" else None
+        self.n_children = in_size * in_size * in_types
+        self.register_buffer("child_index", cross, persistent=False)
+        r0 = initial_responsibilities(cross, self.n_children, out_types)
+        self.register_buffer("responsibilities", r0, persistent=False)
+        self.mass_scale = mass_scale(cross, self.n_children, out_types, children.shape[1], config.data_mass)
+        self.schedule = inverse_temperature_schedule(config.inverse_temperature, config.iterations)
+        self.min_variance = config.min_variance
+
+    def forward(self, capsules: Tensor) -> Routed:
+        n, k, s = capsules.shape[0], self.kernel, self.stride
+        patches = capsules.unfold(1, k, s).unfold(2, k, s)  # (N, Ho, Wo, B, 17, K, K): a view
+        patches = patches.permute(0, 1, 2, 5, 6, 3, 4).reshape(n, self.out_size**2, -1, POSE + 1)
+        poses, activations = patches[..., :POSE].unflatten(-1, (4, 4)), patches[..., POSE]
+        votes = torch.einsum("nlirk,ijkc->nljirc", poses, self.weight)  # (N, L, J, I, 4, 4)
+        return em_routing(
+            votes.reshape(n, self.out_size**2, self.out_types, -1, POSE),
+            activations,
+            self.beta_u,
+            self.beta_a,
+            self.schedule,
+            self.responsibilities,
+            min_variance=self.min_variance,
+            mass_scale=self.mass_scale,
+            children=self.child_index,
+            n_children=self.n_children,
+        )
+
+
+class ClassCaps(nn.Module):
+    """One capsule per class; every child of a type shares its W over positions, so coordinate addition
+    writes where the child sits: the scaled (row, col) of its receptive-field centre is added to the
+    first two entries of the vote's right-hand column (vote entries (0, 3) and (1, 3))."""
+
+    def __init__(self, in_types: int, n_classes: int, centres: Tensor, config: CapsNetConfig) -> None:
+        super().__init__()
+        self.n_classes = n_classes
+        self.weight = nn.Parameter(torch.randn(in_types, n_classes, 4, 4) * config.weight_std)
+        self.beta_u = nn.Parameter(torch.zeros(n_classes))
+        self.beta_a = nn.Parameter(torch.zeros(n_classes))
+        offsets = torch.zeros(len(centres) ** 2, POSE)  # one row per child position, row-major
+        if config.coordinate_addition:
+            offsets[:, 3] = centres.repeat_interleave(len(centres))
+            offsets[:, 7] = centres.repeat(len(centres))
+        self.register_buffer("offsets", offsets[:, None, :], persistent=False)  # (P, 1, 16)
+        self.register_buffer(
+            "responsibilities", initial_responsibilities(None, 0, n_classes), persistent=False
+        )
+        child_slots = len(centres) ** 2 * in_types
+        self.mass_scale = mass_scale(None, 0, n_classes, child_slots, config.data_mass)
+        self.schedule = inverse_temperature_schedule(config.class_inverse_temperature, config.iterations)
+        self.min_variance = config.min_variance
+
+    def forward(self, capsules: Tensor, output: str = "logits") -> Routed:
+        """`output="vote_logits"` bypasses routing (Gu et al. 2021): uniform R, one M-step at the final λ."""
+        n, h, w, d, _ = capsules.shape
+        poses = capsules[..., :POSE].reshape(n, h * w, d, 4, 4)
+        votes = torch.einsum("npdrk,djkc->njpdrc", poses, self.weight).flatten(-2) + self.offsets
+        schedule = self.schedule[-1:] if output == "vote_logits" else self.schedule
+        return em_routing(
+            votes.reshape(n, 1, self.n_classes, h * w * d, POSE),
+            capsules[..., POSE].reshape(n, 1, h * w * d),
+            self.beta_u,
+            self.beta_a,
+            schedule,
+            self.responsibilities,
+            min_variance=self.min_variance,
+            mass_scale=self.mass_scale,
+        )
+
+
+def receptive_field_centres(layers: list[tuple[int, int]], out_size: int) -> Tensor:
+    """Centre of each output position's receptive field in the input image, scaled to [0, 1].
+
+    `layers`: (kernel, stride) from the input up; output index o sits over input index s·o + (k − 1)/2.
+    """
+    centre = torch.arange(out_size, dtype=torch.float64)
+    for kernel, stride in reversed(layers):
+        centre = stride * centre + (kernel - 1) / 2
+    return ((centre + 0.5) / IMAGE_SIZE).float()
+
+
+def _as_capsules(routed: Routed, size: int) -> Tensor:
+    """Routed parents (N, L, J, ·) → the channels-last capsule tensor (N, H, W, J, 17) of the next layer."""
+    capsules = torch.cat([routed.poses, routed.activations.unsqueeze(-1)], dim=-1)
+    return capsules.unflatten(1, (size, size))
+
+
+class CapsNet(nn.Module):
+    """The matrix capsule network of HSF18 Fig. 1; see the module docstring for the layer sizes."""
+
+    family = "capsnet"
+
+    def __init__(self, config: CapsNetConfig, name: str = "capsnet") -> None:
+        super().__init__()
+        assert config.estep in ESTEPS, f"estep must be one of {ESTEPS}"
+        self.config, self.name = config, name
+        self.standardize = Standardize()
+        self.conv1 = nn.Conv2d(config.in_channels, config.conv1_channels, kernel_size=5, stride=2)
+        self.primary_caps = PrimaryCaps(config.conv1_channels, config.primary_types)
+        self.conv_caps1 = ConvCaps(config.primary_types, config.convcaps1_types, 3, 2, 14, config)
+        self.conv_caps2 = ConvCaps(config.convcaps1_types, config.convcaps2_types, 3, 1, 6, config)
+        centres = receptive_field_centres([(5, 2), (1, 1), (3, 2), (3, 1)], self.conv_caps2.out_size)
+        self.class_caps = ClassCaps(config.convcaps2_types, config.n_classes, centres, config)
+        self.calibrate_beta_u()
+
+    def routed(self, x: Tensor, output: str = "logits") -> list[Routed]:
+        """Every routed layer's parents: [ConvCaps1, ConvCaps2, ClassCaps], positions flattened."""
+        if x.dim() != 4 or x.shape[1:] != (self.config.in_channels, IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(
+                f"{self.name} takes (N, {self.config.in_channels}, 32, 32) images, got {tuple(x.shape)}"
+            )
+        capsules = self.primary_caps(F.relu(self.conv1(self.standardize(x))))
+        first = self.conv_caps1(capsules)
+        second = self.conv_caps2(_as_capsules(first, self.conv_caps1.out_size))
+        classes = self.class_caps(_as_capsules(second, self.conv_caps2.out_size), output)
+        return [first, second, classes]
+
+    def forward(self, x: Tensor, output: str = "logits") -> Tensor:
+        """Class scores (N, n_classes): pre-sigmoid `logits` (what attacks see), sigmoid `activations`, or
+        `vote_logits` (class logits from the votes without routing, for the vote attack)."""
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        classes = self.routed(x, output)[-1]
+        return (classes.activations if output == "activations" else classes.logits).squeeze(1)
+
+    @torch.no_grad()
+    def calibrate_beta_u(self, images: int = 4, seed: int = 0) -> None:
+        """Initialise β_u so that half of the capsules in each routed layer are active at the start.
+
+        The authors' answer on OpenReview: "half of the capsules in each layer active at the start". With
+        β_a = 0 the final logit λ(β_a − (16 β_u + Σ_h log σ_h) · mass) of a parent is zero exactly when
+        β_u = −Σ_h log σ_h / 16, so β_u of each layer, in order, is set from the median Σ_h log σ_h over
+        a fixed batch of uniform random images: the median activation lands near 0.5 whatever the
+        initial vote scale. A fixed generator leaves the global random stream alone.
+        """
+        generator = torch.Generator().manual_seed(seed)
+        probe = torch.rand(images, self.config.in_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+        probe = probe.to(self.conv1.weight.device)
+        for index, layer in enumerate((self.conv_caps1, self.conv_caps2, self.class_caps)):
+            log_sigma = 0.5 * self.routed(probe)[index].variances.log().sum(-1)
+            layer.beta_u.fill_(-log_sigma.median().item() / POSE)
