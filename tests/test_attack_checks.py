@@ -1,0 +1,111 @@
+"""The integrity checks must catch a gradient-masked model, and the vote attack must get around it."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from robustcaps.attack import AttackConfig, craft
+from robustcaps.attack_checks import check_monotone, tolerance
+from robustcaps.attack_run import attack_model
+from robustcaps.attack_sweep import Victim
+from tests.test_attack import ToyNet, eval_set, train
+
+
+class QuantisedInput(nn.Module):
+    """An accurate model whose forward rounds the input to 1/16 steps: ∂output/∂x = 0 almost everywhere,
+    so gradient attacks see nothing while the decision is as fragile as the unmasked model's."""
+
+    family = "cnn"
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.name = inner, "masked-toy"
+
+    def forward(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
+        return self.inner(torch.round(x * 16) / 16, output=output)
+
+
+class MaskedRoutingToy(QuantisedInput):
+    """A stand-in capsnet: the routed `logits` are gradient-masked, the `vote_logits` path is smooth."""
+
+    family = "capsnet"
+
+    def forward(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
+        if output == "vote_logits":
+            return self.inner(x)
+        return super().forward(x, output)
+
+
+@pytest.fixture(scope="module")
+def toy() -> ToyNet:
+    return train(ToyNet(seed=0))
+
+
+def rows(summary: pd.DataFrame, attack: str, source: str = "self") -> pd.Series:
+    chosen = summary[
+        (summary["attack"] == attack) & (summary["source"] == source) & (summary["role"] == "sweep")
+    ]
+    return chosen.set_index("eps_pixel")["value"]
+
+
+def test_gradient_masked_model_fails_the_checks(toy, tmp_path):
+    masked = QuantisedInput(toy).eval()
+    config = AttackConfig(
+        attacks=("fgsm", "pgd", "square"), eps=(0.0, 0.05, 0.1), units="pixel", steps=10, queries=200
+    )
+    victim = Victim(masked, "masked-toy", source=toy, source_name="runs/smooth-toy")
+    results = attack_model(victim, eval_set(60), config, tmp_path, progress=False)
+    assert rows(results.summary, "clean").iloc[0] >= 0.9  # accurate, and ...
+    assert rows(results.summary, "pgd")[0.1] >= 0.9  # ... apparently robust to white-box PGD
+    checks = results.checks.set_index("check")["passed"]
+    assert not checks["input_gradients"]
+    assert not checks["blackbox_weaker_than_whitebox"]  # Square and transfer succeed where PGD fails
+    assert {"input_gradients", "blackbox_weaker_than_whitebox"} <= {
+        f.split(":")[0] for f in results.failed_checks
+    }
+    written = pd.read_csv(tmp_path / "checks.csv")
+    assert list(written.columns) == ["model", "check", "passed", "detail"]
+    assert not written.set_index("check").loc["input_gradients", "passed"]
+
+
+def test_vote_attack_breaks_routing_masked_gradients(toy, tmp_path):
+    capsnet = MaskedRoutingToy(toy).eval()
+    config = AttackConfig(attacks=("pgd", "pgd-vote"), eps=(0.0, 0.1), units="pixel", steps=10)
+    results = attack_model(Victim(capsnet, "toy-capsnet"), eval_set(60), config, tmp_path, progress=False)
+    routed, votes = rows(results.summary, "pgd"), rows(results.summary, "pgd-vote")
+    assert routed[0.1] >= 0.9 and votes[0.1] <= routed[0.1] - 0.5  # both judged on the routed output
+    assert rows(results.summary, "worst")[0.1] == votes[0.1]
+    detail = results.checks.set_index("check").loc["input_gradients", "detail"]
+    assert "vote_logits: finite for 1.000 of examples, all-zero for 0.000" in detail
+
+
+def test_monotonicity_tolerates_noise_but_not_a_real_rise():
+    def summary(values: list[float], n: int) -> pd.DataFrame:
+        return pd.DataFrame({
+            "attack": "fgsm", "targeted": False, "source": "self", "role": "sweep", "metric": "accuracy",
+            "eps_pixel": [0.0, 0.1, 0.2], "eps_std": [0.0, 0.1, 0.2], "value": values, "n": n,
+        })  # fmt: skip
+
+    assert check_monotone(summary([0.9, 0.5, 0.51], 1000))[0]  # one example's worth of noise
+    passed, detail = check_monotone(summary([0.9, 0.5, 0.7], 1000))
+    assert not passed and "fgsm" in detail
+    assert tolerance(0.5, 100) == pytest.approx(0.1) and tolerance(1.0, 100) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name", ["cnn-small", "capsnet-small"])
+def test_registered_models_give_finite_gradients_and_stay_in_the_ball(name):
+    from robustcaps.models import create_model
+
+    model = create_model(name).eval()
+    images, labels = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
+    attacks = ("fgsm", "pgd", "fgsm-vote") if model.family == "capsnet" else ("fgsm", "pgd")
+    for attack in attacks:
+        adversarial = craft(attack, model, images, labels, 0.05, AttackConfig(steps=2))
+        assert torch.isfinite(adversarial).all() and (adversarial - images).abs().max() <= 0.05 + 1e-6
+        assert not model.training
+    images.requires_grad_(True)
+    model(images).logsumexp(1).sum().backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
