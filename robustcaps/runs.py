@@ -13,11 +13,14 @@ import platform
 import socket
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from robustcaps.errors import RobustcapsError
 
 LIBRARIES = ("robustcaps", "torch", "torchvision", "torchattacks", "numpy", "pandas", "seaborn", "click")
 
@@ -98,3 +101,142 @@ def environment_metadata(device: str | torch.device = "cpu") -> dict[str, Any]:
         "device_name": device_description(device),
         "versions": library_versions(),
     }
+
+
+# ---- run directories: config, metadata, metrics, checkpoints ------------------------------------------
+
+CONFIG_FILE = "config.json"
+METADATA_FILE = "metadata.json"
+METRICS_FILE = "metrics.csv"
+EVAL_FILE = "eval.csv"
+CHECKPOINTS = ("best", "last")
+
+
+def checkpoint_path(run_dir: str | os.PathLike, which: str = "last") -> Path:
+    assert which in CHECKPOINTS, which
+    return Path(run_dir) / "checkpoints" / f"{which}.pt"
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """A JSON object from `path`, or one RobustcapsError line naming the file."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RobustcapsError(
+            f"{path}: no {what} here; is this a run directory made by `robustcaps train`?"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RobustcapsError(
+            f"{path}: cannot read the {what} ({error}); restore it or retrain the run"
+        ) from None
+    if not isinstance(obj, dict):
+        raise RobustcapsError(f"{path}: the {what} is not a JSON object; restore it or retrain the run")
+    return obj
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint written by `atomic_torch_save`, loaded with weights_only=True (no pickled code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RobustcapsError(f"{path}: checkpoint missing; train the run (or use --which last)")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged zip/pickle; all mean the same here
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RobustcapsError(
+            f"{path}: corrupt checkpoint ({reason}); delete it and retrain or resume"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise RobustcapsError(f"{path}: not a robustcaps checkpoint; delete it and retrain or resume")
+    return state
+
+
+def write_metrics(run_dir: str | os.PathLike, history: list[dict[str, Any]]) -> Path:
+    """metrics.csv, rewritten whole from the checkpointed history, so a resumed run never repeats a row."""
+    import pandas as pd
+
+    return atomic_write_text(Path(run_dir) / METRICS_FILE, pd.DataFrame(history).to_csv(index=False))
+
+
+# ---- random number generator states, stored as tensors and plain types for weights_only loading -----
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global torch (and CUDA), numpy and Python RNG states."""
+    import random
+
+    import numpy as np
+
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    python_version, python_state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {"version": python_version, "state": list(python_state), "gauss_next": gauss_next},
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["position"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+# ---- loading a trained run ----------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedRun:
+    """A trained model (eval mode) with the TrainConfig and metadata that made it."""
+
+    model: torch.nn.Module
+    config: Any  # robustcaps.train.TrainConfig
+    metadata: dict[str, Any]
+    run_dir: Path
+    which: str = "best"
+    step: int = 0
+    stop_reason: str = ""
+
+
+def load_run(
+    run_dir: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu"
+) -> LoadedRun:
+    """Rebuild the model of `run_dir` from config.json alone and load `checkpoints/{which}.pt` into it."""
+    from robustcaps.train import TrainConfig, build_model  # train imports runs: import here, not at the top
+
+    if which not in CHECKPOINTS:
+        raise RobustcapsError(f"--which {which!r}: choose one of {', '.join(CHECKPOINTS)}")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RobustcapsError(f"{run_dir}: no such run directory")
+    config = TrainConfig.from_json(run_dir / CONFIG_FILE)
+    metadata = read_json(run_dir / METADATA_FILE, "run metadata")
+    path = checkpoint_path(run_dir, which)
+    state = load_checkpoint(path, device)
+    model = build_model(config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise RobustcapsError(f"{path}: weights do not fit {run_dir / CONFIG_FILE} ({first})") from None
+    model.to(device).eval()
+    return LoadedRun(
+        model, config, metadata, run_dir, which, int(state["step"]), state.get("stop_reason", "")
+    )

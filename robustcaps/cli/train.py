@@ -1,0 +1,155 @@
+"""`robustcaps train` and `robustcaps eval`: options in, a TrainConfig out; logic in robustcaps.train."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from robustcaps import evaluate as evaluation
+from robustcaps import losses, runs
+from robustcaps import train as training
+from robustcaps.errors import RobustcapsError
+
+# CLI option → TrainConfig field, for the options `--resume` may not change (see train.RESUMABLE_CHANGES).
+_FIELDS = {
+    "model": "model", "model_option": "model_overrides", "data": "data", "data_size": "data_size",
+    "split": "split", "stereo": "stereo", "val_fraction": "val_fraction", "max_per_part": "max_per_part",
+    "epochs": "epochs", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
+    "lr_decay_steps": "lr_decay_steps", "margin_step_scale": "margin_step_scale", "loss": "loss",
+    "seed": "seed", "device": "device", "compile": "compile", "amp": "amp",
+    "target_familiar_error": "target_familiar_error", "checkpoint_every": "checkpoint_every",
+}  # fmt: skip
+
+
+def _model_overrides(values: tuple[str, ...]) -> dict:
+    overrides = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RobustcapsError(
+                f"--model-option {item!r}: write KEY=VALUE, e.g. --model-option iterations=2"
+            )
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a bare word is a string
+    return overrides
+
+
+def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
+    """From the options given; with --resume, from the run's config.json with only the options given."""
+    values = {_FIELDS[k]: v for k, v in options.items() if k in _FIELDS}
+    values["model_overrides"] = _model_overrides(options["model_option"])
+    if options["steps"] is not None:
+        values["epochs"] = None
+    if not options["resume"]:
+        return training.TrainConfig(**values)
+    stored = training.TrainConfig.from_json(Path(options["out"]) / runs.CONFIG_FILE).to_dict()
+    for option, name in _FIELDS.items():
+        if ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE:
+            stored[name] = values[name]
+    if ctx.get_parameter_source("steps") == click.core.ParameterSource.COMMANDLINE:
+        stored["epochs"] = None
+    elif ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE:
+        stored["steps"] = None
+    return training.TrainConfig(**stored)
+
+
+@click.command()
+@click.option(
+    "--model", default="capsnet-small", show_default=True, help="Registered model (robustcaps models)."
+)
+@click.option(
+    "--model-option", multiple=True, metavar="KEY=VALUE", help="Model config override (JSON value)."
+)
+@click.option(
+    "--data", type=click.Path(file_okay=False), help="smallNORB-format directory [rendered stand-in]."
+)
+@click.option(
+    "--data-size", default="small", show_default=True, help="Stand-in size when --data is not given."
+)
+@click.option("--split", type=click.Choice(training.SPLITS), default="full", show_default=True)
+@click.option("--stereo", type=click.Choice(training.STEREO), default="channels", show_default=True,
+              help="Stereo pair as 2 channels (official code) or each camera as its own sample.")  # fmt: skip
+@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Training data held out.")
+@click.option("--max-per-part", type=int, help="Keep at most this many images per part (quick runs).")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--steps", type=int, help="Train this many steps instead of --epochs.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch (all processes).")
+@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--lr-decay-steps", type=float, default=20_000.0, show_default=True, help="lr ×0.96 per this.")
+@click.option("--margin-step-scale", type=float, default=losses.MARGIN_STEP_SCALE, show_default=True,
+              help="Spread-loss margin schedule: m = 0.2 + 0.79·σ(min(10, step/scale − 4)).")  # fmt: skip
+@click.option("--loss", type=click.Choice(losses.LOSSES), default="auto", show_default=True,
+              help="auto: spread loss for capsules, cross-entropy for CNNs.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(training.DEVICES), default="auto", show_default=True)
+@click.option("--compile", is_flag=True, help="torch.compile the model.")
+@click.option("--amp", type=click.Choice(training.AMP), default="none", show_default=True)
+@click.option(
+    "--target-familiar-error", type=float, help="Stop when familiar-viewpoint error ≤ this (HSF18 T2)."
+)
+@click.option("--checkpoint-every", type=int, default=0, show_default=True, help="Steps; 0: each epoch.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory [runs/MODEL-SPLIT-sSEED].")
+@click.option("--resume", is_flag=True, help="Continue --out from checkpoints/last.pt (its config.json).")
+@click.pass_context
+def train(ctx: click.Context, **options) -> None:
+    """Train a model; writes config.json, metadata.json, metrics.csv and checkpoints/{last,best}.pt.
+
+    Multi-GPU/CPU: torchrun --nproc-per-node N -m robustcaps train ... (--batch-size is the global batch).
+    """
+    if options["out"] is None:
+        if options["resume"]:
+            raise RobustcapsError("--resume needs --out RUN_DIR")
+        options["out"] = f"runs/{options['model']}-{options['split']}-s{options['seed']}"
+    config = _config(ctx, options)
+    training.fit(config, options["out"], resume=options["resume"])
+
+
+def _eval_rows(loaded: runs.LoadedRun, parts: tuple[str, ...], multi_crop: bool, device: str) -> list[dict]:
+    data = training.load_split(loaded.config)
+    rows = []
+    for part in parts:
+        tensorset = getattr(data, part)
+        if len(tensorset) == 0:
+            continue  # the full split has no novel viewpoints
+        result = evaluation.evaluate(
+            loaded.model, tensorset, device, multi_crop, batch_size=loaded.config.eval_batch_size
+        )
+        base = {"which": loaded.which, "step": loaded.step, "part": part, "crops": result["crops"]}
+        rows.append(base | {"class": "all", "error": result["error"], "n": result["n"]})
+        rows += [base | {"class": name, **r} for name, r in result["per_class"].items()]
+    return rows
+
+
+@click.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--part", "parts", type=click.Choice(("familiar", "novel", "test", "val")), multiple=True,
+              help="Parts to evaluate (repeatable) [all non-empty].")  # fmt: skip
+@click.option("--multi-crop", is_flag=True, help="Average 13 crops (centre + 12 diagonal offsets).")
+@click.option("--which", type=click.Choice(runs.CHECKPOINTS), default="best", show_default=True)
+@click.option("--device", type=click.Choice(training.DEVICES), default="auto", show_default=True)
+def eval_(run_dir: str, parts: tuple[str, ...], multi_crop: bool, which: str, device: str) -> None:
+    """Error per part and per class of a trained run; prints it and writes RUN_DIR/eval.csv."""
+    import pandas as pd
+
+    from robustcaps.distributed import World
+
+    device = str(training.resolve_device(device, World()))
+    loaded = runs.load_run(run_dir, which, device)
+    rows = _eval_rows(loaded, parts or ("familiar", "novel", "test", "val"), multi_crop, device)
+    table = pd.DataFrame(rows)
+    path = Path(run_dir) / runs.EVAL_FILE
+    if path.exists():  # keep rows of other checkpoints/crop counts; replace the ones evaluated now
+        old = pd.read_csv(path, keep_default_na=False, dtype={"class": str})
+        keys = ["which", "part", "crops"]
+        fresh = set(map(tuple, table[keys].astype(str).values))
+        old = old[[tuple(k) not in fresh for k in old[keys].astype(str).values]]
+        table = pd.concat([old, table], ignore_index=True)
+    runs.atomic_write_text(path, table.to_csv(index=False))
+    shown = table[table["which"] == which].pivot_table("error", ["part", "crops"], "class", sort=False)
+    click.echo(f"{run_dir} ({which}.pt, step {loaded.step}): error per part and class")
+    click.echo(shown.to_string(float_format=lambda e: f"{e:.4f}"))
+    click.echo(f"wrote {path}")

@@ -1,0 +1,180 @@
+"""Training: Adam on the spread loss (capsules) or cross-entropy (CNN), resumable bit for bit.
+
+HSF18 §5: Adam, learning rate 3e-3 decayed ×0.96 every 20k steps (continuously, lr·0.96^(step/20000)),
+weight decay 2e-7, batch 64. Validation uses held-out *training* data only and picks `best.pt`; the
+matched protocol of HSF18 Table 2 (`target_familiar_error`) stops when the error on familiar viewpoints
+reaches a target. No choice is ever made on novel viewpoints.
+
+The loop keeps the uint8 (N, C, 48, 48) training tensors on the device and augments whole batches there
+(`transforms.train_batch`): a per-sample DataLoader would cost more than the small models' forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustcaps import distributed, losses, runs
+from robustcaps.errors import RobustcapsError
+
+SPLITS = ("full", "azimuth", "elevation")
+STEREO = ("channels", "samples")
+DEVICES = ("auto", "cpu", "cuda")
+AMP = ("none", "bf16")
+# Options a resumed run may change: how long to train and where; anything else would not be the same run.
+RESUMABLE_CHANGES = frozenset({"epochs", "steps", "device", "compile", "eval_batch_size"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; config.json holds it and rebuilds the run alone."""
+
+    model: str = "capsnet-small"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None  # a smallNORB-format directory; None renders the stand-in (data_size)
+    data_size: str = "small"
+    split: str = "full"
+    stereo: str = "channels"
+    val_fraction: float = 0.1
+    max_per_part: int | None = None
+    epochs: int | None = 20
+    steps: int | None = None
+    batch_size: int = 64
+    lr: float = 3e-3
+    lr_decay: float = 0.96
+    lr_decay_steps: float = 20_000.0
+    weight_decay: float = 2e-7
+    margin_step_scale: float = losses.MARGIN_STEP_SCALE
+    loss: str = "auto"
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    amp: str = "none"
+    target_familiar_error: float | None = None
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: at the end of each epoch only
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        checks = {
+            "--split": self.split in SPLITS,
+            "--stereo": self.stereo in STEREO,
+            "--device": self.device in DEVICES,
+            "--amp": self.amp in AMP,
+            "--loss": self.loss in losses.LOSSES,
+            "--batch-size": self.batch_size > 0,
+            "--lr": self.lr > 0,
+            "--val-fraction": 0 < self.val_fraction < 1,
+            "--checkpoint-every": self.checkpoint_every >= 0,
+            "--margin-step-scale": self.margin_step_scale > 0,
+            "--target-familiar-error": self.target_familiar_error is None or 0 <= self.target_familiar_error,
+        }
+        for option, ok in checks.items():
+            if not ok:
+                raise RobustcapsError(f"{option}: invalid value in {self!r}")
+        if (self.epochs is None) == (self.steps is None):
+            raise RobustcapsError("give exactly one of --epochs and --steps")
+        if (self.epochs or self.steps) <= 0:
+            raise RobustcapsError("--epochs/--steps must be positive")
+
+    @property
+    def in_channels(self) -> int:
+        return 2 if self.stereo == "channels" else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise RobustcapsError(
+                f"{source}: unknown settings {sorted(unknown)}; was it written by robustcaps?"
+            )
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise RobustcapsError(f"{source}: {error}") from None
+        except RobustcapsError as error:
+            raise RobustcapsError(f"{source}: {error}") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(runs.read_json(path, "run config"), source=str(path))
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    """The untrained model a config describes (the same call rebuilds it in `runs.load_run`)."""
+    from robustcaps.models import create_model, list_models
+
+    if config.model not in list_models():
+        raise RobustcapsError(f"--model {config.model!r}: choose one of {', '.join(list_models())}")
+    return create_model(config.model, in_channels=config.in_channels, **config.model_overrides)
+
+
+def load_split(config: TrainConfig):
+    """The `SplitData` a config trains and validates on (rendered once into the cache when data is None)."""
+    from robustcaps.data.render import default_data_root
+    from robustcaps.data.splits import make_split
+
+    root = Path(config.data) if config.data is not None else default_data_root(config.data_size)
+    return make_split(
+        root,
+        split=config.split,
+        stereo=config.stereo,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        max_per_part=config.max_per_part,
+    )
+
+
+def resolve_device(name: str, world: distributed.World) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RobustcapsError("--device cuda: no CUDA device is visible; use --device cpu")
+        return torch.device("cuda", world.local_rank)
+    return torch.device("cpu")
+
+
+def fit(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Path:
+    """Train `config` into `run_dir` (config.json, metadata.json, metrics.csv, checkpoints/) and return it.
+
+    With `resume`, continue from checkpoints/last.pt exactly where it stopped (same device: bit-identical).
+    """
+    from robustcaps.trainer import Session, run_session
+
+    run_dir = Path(run_dir)
+    world = distributed.init_world(resolve_device(config.device, distributed.World()).type)
+    try:
+        session = Session.open(config, run_dir, resume, world, resolve_device(config.device, world))
+        run_session(session)
+    finally:
+        distributed.shutdown(world)
+    return run_dir
+
+
+def check_resumable(config: TrainConfig, run_dir: Path) -> None:
+    """A resumed run must be the run that was started: only RESUMABLE_CHANGES may differ."""
+    stored = TrainConfig.from_json(run_dir / runs.CONFIG_FILE)
+    changed = [k for k, v in config.to_dict().items() if stored.to_dict()[k] != v]
+    changed = sorted(set(changed) - RESUMABLE_CHANGES)
+    if changed:
+        raise RobustcapsError(
+            f"{run_dir / runs.CONFIG_FILE}: --resume cannot change {', '.join(changed)}; "
+            "drop those options or train into a new --out"
+        )
+
+
+def config_json(config: TrainConfig) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def lr_factor(config: TrainConfig):
+    """lr(step) = lr · decay^(step / decay_steps), as LambdaLR's multiplier."""
+    return lambda step: config.lr_decay ** (step / config.lr_decay_steps)

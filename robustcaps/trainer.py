@@ -1,0 +1,325 @@
+"""The training loop behind `train.fit`: one Session holds the model, optimiser, data and progress.
+
+Resuming is bit-identical on the same device because everything random is saved with each checkpoint:
+the global torch/CUDA/numpy/Python RNG states (per rank), the augmentation generator, the data-order
+generator's state at the start of the epoch (so the epoch's permutation is drawn again) and the position
+within the epoch. The training loss is summed on the device and read back every LOG_EVERY steps and
+before every checkpoint, so a NaN/Inf never reaches a checkpoint: the last good one stays in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from robustcaps import distributed, losses, runs
+from robustcaps.errors import RobustcapsError
+from robustcaps.evaluate import evaluate
+from robustcaps.train import TrainConfig, build_model, check_resumable, config_json, load_split, lr_factor
+
+LOG_EVERY = 10  # steps between reading the loss back from the device (a sync) and refreshing the bar
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved whole in every checkpoint. Sums are over all ranks."""
+
+    order_epoch_start: torch.Tensor  # data-order generator state before this epoch's permutation
+    step: int = 0
+    epoch: int = 0  # completed epochs
+    batch_in_epoch: int = 0
+    loss_sum: float = 0.0
+    wrong: int = 0
+    seen: int = 0
+    train_seconds: float = 0.0  # this epoch, for img/s
+    seconds: float = 0.0  # the whole run, training and validation
+    best_val_error: float = math.inf
+    stop_reason: str = ""  # "", "steps" or "target"
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Session:
+    config: TrainConfig
+    run_dir: Path
+    world: distributed.World
+    device: torch.device
+    data: Any  # robustcaps.data.splits.SplitData
+    images: torch.Tensor  # training images on the device: (N, C, 48, 48) uint8
+    labels: torch.Tensor
+    model: torch.nn.Module  # what checkpoints hold and validation runs
+    net: torch.nn.Module  # what trains: the model, compiled and/or DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    augment: torch.Generator
+    progress: Progress
+    loss_name: str
+    pending: torch.Tensor = None  # on the device since the last sync: (loss·n, wrong, n), float64
+    next_order_state: torch.Tensor | None = None
+    clock: float = 0.0  # when the time not yet added to progress began
+    saved_step: int | None = None  # step of the newest last.pt
+    bar: Any = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.labels) // self.config.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.steps or self.config.epochs * self.steps_per_epoch
+
+    @classmethod
+    def open(cls, config: TrainConfig, run_dir: Path, resume: bool, world, device) -> Session:
+        _check_run_dir(config, run_dir, resume)
+        _seed_everything(config.seed + world.rank)
+        data = load_split(config)
+        if len(data.train) < config.batch_size:
+            raise RobustcapsError(
+                f"--batch-size {config.batch_size} exceeds the {len(data.train)} training images"
+            )
+        if config.target_familiar_error is not None and len(data.familiar) == 0:
+            raise RobustcapsError(f"--target-familiar-error: split {config.split!r} has no familiar images")
+        model = build_model(config).to(device)
+        net = torch.compile(model) if config.compile else model
+        net = distributed.wrap(net, world, device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        session = cls(
+            config, run_dir, world, device, data,
+            images=data.train.images.to(device), labels=data.train.labels.to(device),
+            model=model, net=net, optimizer=optimizer,
+            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config)),
+            augment=torch.Generator(device=device).manual_seed(config.seed + 1),
+            progress=Progress(torch.Generator().manual_seed(config.seed).get_state()),
+            loss_name=losses.resolve_loss(config.loss, model.family),
+        )  # fmt: skip
+        session.pending = torch.zeros(3, dtype=torch.float64, device=device)
+        last = runs.checkpoint_path(run_dir, "last")
+        if resume and last.is_file():
+            session.restore(runs.load_checkpoint(last, device))
+        if world.is_main:
+            _write_run_files(session, resume)
+        return session
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.augment.set_state(state["augment"].cpu())
+        self.progress = Progress(**state["progress"])
+        self.saved_step = self.progress.step
+        self.progress.order_epoch_start = self.progress.order_epoch_start.cpu()
+        rng = state["rng"]
+        if len(rng) != self.world.world_size:
+            tqdm.write(f"resuming {len(rng)}-process training on {self.world.world_size}: not bit-identical")
+        runs.restore_rng_state(rng[self.world.rank % len(rng)])
+        if self.progress.stop_reason == "steps" and self.progress.step < self.total_steps:
+            self.progress.stop_reason = ""  # --steps/--epochs was raised: train on
+
+    def checkpoint(self, best: bool) -> None:
+        """checkpoints/last.pt (and best.pt), then metrics.csv; each written atomically by rank 0."""
+        rng = distributed.all_gather(runs.capture_rng_state(), self.world)
+        if not self.world.is_main:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "augment": self.augment.get_state(),
+            "rng": rng,
+            "world_size": self.world.world_size,
+            "step": self.progress.step,
+            "stop_reason": self.progress.stop_reason,
+            "progress": dataclasses.asdict(self.progress),
+        }
+        if best:  # best before last: a kill between the two redoes this epoch and rewrites best identically
+            runs.atomic_torch_save(runs.checkpoint_path(self.run_dir, "best"), state)
+        runs.atomic_torch_save(runs.checkpoint_path(self.run_dir, "last"), state)
+        runs.write_metrics(self.run_dir, self.progress.history)
+        self.saved_step = self.progress.step
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
+    has_run = (run_dir / runs.CONFIG_FILE).exists()
+    if resume and not has_run:
+        raise RobustcapsError(f"--resume: {run_dir / runs.CONFIG_FILE} not found; nothing to resume")
+    if not resume and has_run:
+        raise RobustcapsError(f"--out {run_dir}: already holds a run; pass --resume or choose another --out")
+    if resume:
+        check_resumable(config, run_dir)
+
+
+def _write_run_files(s: Session, resume: bool) -> None:
+    """config.json and metadata.json; a resumed run keeps its metadata and appends where it resumed."""
+    identity = _plain(s.data.identity)
+    environment = runs.environment_metadata(s.device) | {
+        "world_size": s.world.world_size,
+        "torch_threads": torch.get_num_threads(),
+        "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+    }
+    path = s.run_dir / runs.METADATA_FILE
+    if resume and path.exists():
+        metadata = runs.read_json(path, "run metadata")
+        if metadata.get("dataset") != identity:
+            raise RobustcapsError(
+                f"{path}: the data differs from the data this run started on; resume with it"
+            )
+        metadata.setdefault("resumed", []).append(environment | {"at_step": s.progress.step})
+    else:
+        metadata = environment | {"dataset": identity}
+    runs.atomic_write_text(s.run_dir / runs.CONFIG_FILE, config_json(s.config))
+    runs.atomic_write_json(path, metadata)
+    if s.progress.history:
+        runs.write_metrics(s.run_dir, s.progress.history)
+
+
+def _plain(obj: Any) -> Any:
+    """JSON's view of an object, so the stored dataset identity compares equal to a fresh one."""
+    import json
+
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def run_session(s: Session) -> None:
+    p = s.progress
+    s.bar = tqdm(
+        total=s.total_steps, initial=p.step, disable=not s.world.is_main, unit="step",
+        desc=f"{s.config.model} {s.config.split}", dynamic_ncols=True,
+    )  # fmt: skip
+    while not p.stop_reason and p.step < s.total_steps:
+        s.clock = time.perf_counter()
+        _train_epoch(s)
+        _end_epoch(s)
+    s.bar.close()
+    if s.world.is_main:
+        best = "" if math.isinf(p.best_val_error) else f", best val error {p.best_val_error:.4f}"
+        tqdm.write(f"{s.run_dir}: stopped at step {p.step} ({_reason(s)}){best}")
+
+
+def _reason(s: Session) -> str:
+    if s.progress.stop_reason == "target":
+        return f"familiar error reached --target-familiar-error {s.config.target_familiar_error}"
+    return f"{s.total_steps} steps done"
+
+
+def _train_epoch(s: Session) -> None:
+    from robustcaps.data import transforms
+
+    p, b = s.progress, s.config.batch_size
+    order = torch.Generator().manual_seed(0)
+    order.set_state(p.order_epoch_start)
+    permutation = torch.randperm(len(s.labels), generator=order).to(s.device)
+    s.next_order_state = order.get_state()
+    local = distributed.local_slice(s.world, b)
+    for batch in range(p.batch_in_epoch, s.steps_per_epoch):
+        index = permutation[batch * b : (batch + 1) * b]
+        # The whole global batch is augmented on every rank so each slice equals one process's.
+        x = transforms.train_batch(s.images[index], s.augment)[local]
+        y = s.labels[index][local]
+        _step(s, x, y, losses.spread_margin(p.step, s.config.margin_step_scale))
+        p.step, p.batch_in_epoch = p.step + 1, batch + 1
+        every = s.config.checkpoint_every
+        checkpoint_now = every and p.step % every == 0 and batch + 1 < s.steps_per_epoch
+        if p.step % LOG_EVERY == 0 or checkpoint_now:
+            _sync(s)
+        if checkpoint_now and p.step < s.total_steps:
+            s.checkpoint(best=False)
+        if p.step >= s.total_steps:
+            break
+
+
+def _step(s: Session, x: torch.Tensor, y: torch.Tensor, margin: float) -> None:
+    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.config.amp == "bf16"):
+        loss, output = losses.training_loss(s.net, x, y, s.loss_name, margin)
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    s.optimizer.step()
+    s.scheduler.step()
+    wrong = output.detach().argmax(dim=1).ne(y).sum()
+    n = torch.full((), len(y), dtype=torch.float64, device=y.device)
+    s.pending += torch.stack([loss.detach().double() * n, wrong.double(), n])
+
+
+def _sync(s: Session) -> None:
+    """Read the summed loss back (a device sync), stop on NaN/Inf, refresh the bar."""
+    p = s.progress
+    loss_sum, wrong, seen = distributed.all_sum(s.pending, s.world).tolist()
+    s.pending.zero_()
+    if not math.isfinite(loss_sum):
+        last = runs.checkpoint_path(s.run_dir, "last")
+        kept = f"kept {last} (step {s.saved_step})" if s.saved_step is not None else "no checkpoint yet"
+        raise RobustcapsError(
+            f"training loss became {loss_sum} by step {p.step}; stopped, {kept}. Lower --lr"
+        )
+    now = time.perf_counter()
+    p.loss_sum, p.wrong, p.seen = p.loss_sum + loss_sum, p.wrong + int(wrong), p.seen + int(seen)
+    p.train_seconds, p.seconds, s.clock = p.train_seconds + now - s.clock, p.seconds + now - s.clock, now
+    s.bar.update(p.step - s.bar.n)
+    s.bar.set_postfix(
+        loss=f"{p.loss_sum / max(p.seen, 1):.4f}",
+        err=f"{p.wrong / max(p.seen, 1):.3f}",
+        img_s=f"{p.seen / max(p.train_seconds, 1e-9):.0f}",
+    )
+
+
+def _end_epoch(s: Session) -> None:
+    """Validate (held-out training data; familiar viewpoints only under the matched protocol), log, save."""
+    p, config = s.progress, s.config
+    _sync(s)
+    val_error = evaluate(s.model, s.data.val, s.device, batch_size=config.eval_batch_size)["error"]
+    familiar_error = math.nan
+    if config.target_familiar_error is not None:
+        familiar_error = evaluate(s.model, s.data.familiar, s.device, batch_size=config.eval_batch_size)[
+            "error"
+        ]
+    now = time.perf_counter()
+    p.seconds, s.clock = p.seconds + now - s.clock, now
+    p.history.append(_metrics_row(s, val_error, familiar_error))
+    improved = distributed.broadcast_flag(val_error < p.best_val_error, s.world)
+    if improved:
+        p.best_val_error = val_error
+    if distributed.broadcast_flag(familiar_error <= (config.target_familiar_error or 0.0), s.world):
+        p.stop_reason = "target"
+    elif p.step >= s.total_steps:
+        p.stop_reason = "steps"
+    if p.batch_in_epoch == s.steps_per_epoch:
+        p.epoch, p.batch_in_epoch, p.order_epoch_start = p.epoch + 1, 0, s.next_order_state
+        p.loss_sum, p.wrong, p.seen, p.train_seconds = 0.0, 0, 0, 0.0
+    s.checkpoint(best=improved)
+
+
+def _metrics_row(s: Session, val_error: float, familiar_error: float) -> dict[str, Any]:
+    p = s.progress
+    spread = s.loss_name == "spread"
+    return {
+        "epoch": p.epoch + 1,
+        "step": p.step,
+        "train_loss": p.loss_sum / max(p.seen, 1),
+        "train_error": p.wrong / max(p.seen, 1),
+        "val_error": val_error,
+        "familiar_error": familiar_error,
+        "lr": s.scheduler.get_last_lr()[0],
+        "margin": losses.spread_margin(p.step, s.config.margin_step_scale) if spread else math.nan,
+        "img_per_s": p.seen / max(p.train_seconds, 1e-9),
+        "seconds": p.seconds,
+    }
