@@ -1,0 +1,306 @@
+"""The rendered stand-in for smallNORB: 50 toy-like 3D objects shot on the smallNORB viewpoint grid, written
+as the six official files (same names, same binary format), so every command taking `--data` runs alike on
+it and on the real data.
+
+The grid (Huang & LeCun 2005): 5 categories x 10 instances (train {4,6,7,8,9}, test {0,1,2,3,5}),
+9 elevations 30°..70° step 5° (info 0..8), 18 azimuths 0°..340° step 20° (info 0,2,..,34), 6 lightings,
+2 cameras a stereo baseline apart, 96x96 uint8 grey levels. The object turns on a turntable (azimuth), the
+cameras rise (elevation), the lights stay put in the room, so each azimuth shows other sides of a
+front/back-asymmetric object, other self-occlusions and other shading: a real viewpoint-generalisation test.
+
+Renderer: our own numpy rasteriser (`raster.py`), not OpenGL. It installs with pip, runs on CI and on
+air-gapped machines with no GPU or driver, and gives byte-identical files on every machine for a seed
+(IEEE-exact elementwise float64 arithmetic, integer z-buffer keys, no BLAS, no threads sharing work).
+Geometry does not depend on lighting, so each (instance, elevation, azimuth, camera) is rasterised once
+(2x supersampled) and shaded for all its lightings: 16,200 rasterisations for the full grid.
+
+Nuisance, drawn from `seed` for the full grid in a fixed order (so a subset shows the same images):
+per stereo pair a scale (±8%) and an image offset (±3 px), per image a light gain and a background grey.
+
+Row order: the canonical order (category, instance, elevation, azimuth, lighting) permuted by one fixed
+permutation that depends only on the number of rows, so the train and test cat files are identical, as in
+the official release, and any prefix of the rows mixes all categories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from robustcaps.data.mesh import Mesh, rotate, rotation_z
+from robustcaps.data.norb import FILE_NAMES, KINDS, MANIFEST, PARTS, cache_root, write_matrix
+from robustcaps.data.raster import downsample, look_at, orbit_camera, rasterise, shade
+from robustcaps.data.shapes import build_object
+from robustcaps.errors import RobustcapsError
+from robustcaps.runs import atomic_write_json
+
+GENERATOR_VERSION = "1.0"
+INSTANCES = {"train": (4, 6, 7, 8, 9), "test": (0, 1, 2, 3, 5)}
+ELEVATIONS = tuple(range(9))  # info value e: 30 + 5e degrees
+AZIMUTHS = tuple(range(0, 36, 2))  # info value a: 10a degrees
+LIGHTINGS = tuple(range(6))
+# (azimuth from the cameras' side in degrees, elevation in degrees, diffuse, ambient, background grey)
+LIGHTS = (
+    (-50, 45, 0.80, 0.30, 175),
+    (40, 60, 0.75, 0.35, 185),
+    (0, 80, 0.70, 0.40, 195),
+    (-110, 30, 0.80, 0.25, 160),
+    (110, 35, 0.80, 0.25, 165),
+    (20, 15, 0.55, 0.50, 180),
+)
+SIZES = {
+    "full": (ELEVATIONS, AZIMUTHS, LIGHTINGS),
+    "small": ((0, 1, 2, 4, 6, 8), AZIMUTHS, (0, 3)),
+    "tiny": ((0, 5), AZIMUTHS, (0,)),
+}
+ORDER_SEED = 24300
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    seed: int = 0
+    elevations: tuple[int, ...] = ELEVATIONS
+    azimuths: tuple[int, ...] = AZIMUTHS
+    lightings: tuple[int, ...] = LIGHTINGS
+    image_size: int = 96
+    supersample: int = 2
+    distance: float = 6.0  # camera to object centre, in units of the object's half-diagonal
+    baseline: float = 0.4  # between the two cameras, same units
+    focal: float = 280.0  # pixels at 96x96: a sphere around the object spans about 95% of the frame
+
+
+def make_config(
+    seed: int = 0, size: str = "full", elevations=None, azimuths=None, lightings=None, supersample: int = 2
+) -> RenderConfig:
+    """A size preset, its elevations / azimuths / lightings optionally replaced; bad values are errors."""
+    if size not in SIZES:
+        raise RobustcapsError(f"--size {size!r}: expected one of {', '.join(SIZES)}")
+    chosen = dict(zip(("elevations", "azimuths", "lightings"), SIZES[size], strict=True))
+    for name, values, valid in (
+        ("elevations", elevations, ELEVATIONS),
+        ("azimuths", azimuths, AZIMUTHS),
+        ("lightings", lightings, LIGHTINGS),
+    ):
+        if values is None:
+            continue
+        values = tuple(sorted(set(int(v) for v in values)))
+        if not values or not set(values) <= set(valid):
+            raise RobustcapsError(f"--{name} {list(values)}: expected a non-empty subset of {list(valid)}")
+        chosen[name] = values
+    if supersample not in (1, 2, 3, 4):
+        raise RobustcapsError(f"--supersample {supersample}: expected 1, 2, 3 or 4")
+    return RenderConfig(seed=int(seed), supersample=supersample, **chosen)
+
+
+def nuisance(seed: int) -> dict[str, np.ndarray]:
+    """Per-pair scale and offset, per-image gain and background factor: the whole grid, in a fixed order."""
+    rng = np.random.default_rng(seed)
+    pose = (5, 10, len(ELEVATIONS), len(AZIMUTHS))
+    return {
+        "scale": rng.uniform(0.92, 1.08, pose),
+        "offset": rng.uniform(-3.0, 3.0, pose + (2,)),
+        "gain": rng.uniform(0.9, 1.1, pose + (len(LIGHTINGS),)),
+        "background": rng.uniform(0.88, 1.12, pose + (len(LIGHTINGS),)),
+    }
+
+
+def _light_directions() -> np.ndarray:
+    rows = []
+    for azimuth, elevation, *_ in LIGHTS:
+        a, e = math.radians(azimuth), math.radians(elevation)
+        rows.append([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
+    return np.array(rows)
+
+
+def _turn(mesh: Mesh, azimuth_info: int) -> Mesh:
+    R = rotation_z(10.0 * azimuth_info)
+    return Mesh(rotate(R, mesh.vertices), rotate(R, mesh.normals), mesh.faces, mesh.albedo)
+
+
+def render_elevation(config: RenderConfig, category: int, instance: int, elevation: int) -> np.ndarray:
+    """All azimuths x lightings x cameras of one object at one elevation: uint8 (A, L, 2, 96, 96)."""
+    mesh, noise = build_object(category, instance), nuisance(config.seed)
+    size, factor = config.image_size, config.supersample
+    lights, lit = _light_directions()[list(config.lightings)], np.array(config.lightings)
+    table = np.array([row[2:] for row in LIGHTS], dtype=np.float64)[
+        lit
+    ]  # (L, 3): diffuse, ambient, background
+    target = np.array([0.0, 0.0, float(mesh.vertices[:, 2].max()) / 2])
+    out = np.empty((len(config.azimuths), len(lit), 2, size, size), dtype=np.uint8)
+    for a, azimuth in enumerate(config.azimuths):
+        turned = _turn(mesh, azimuth)
+        pose = (category, instance, elevation, azimuth // 2)
+        gain, background = noise["gain"][pose][lit], noise["background"][pose][lit]
+        focal = config.focal * noise["scale"][pose] * factor
+        centre = (size / 2 + noise["offset"][pose]) * factor
+        for camera in (0, 1):
+            offset = (camera - 0.5) * config.baseline  # camera 0 on the left
+            eye = orbit_camera(30.0 + 5.0 * elevation, config.distance, target, offset)
+            cam = look_at(eye, target, focal, float(centre[0]), float(centre[1]))
+            covered, normals, albedo = rasterise(turned, cam, size * factor)
+            grey = shade(
+                covered,
+                normals,
+                albedo,
+                lights,
+                255.0 * gain * table[:, 0],
+                255.0 * gain * table[:, 1],
+                background * table[:, 2],
+            )
+            images = downsample(grey.reshape(len(lit), size * factor, size * factor), factor)
+            out[a, :, camera] = np.clip(np.floor(images + 0.5), 0, 255).astype(np.uint8)
+    return out
+
+
+def row_order(n: int) -> np.ndarray:
+    """Destination row of each canonical row: a fixed permutation of n rows (see the module docstring)."""
+    return np.random.default_rng([ORDER_SEED, n]).permutation(n)
+
+
+def _tasks(config: RenderConfig, part: str) -> list[tuple[int, int, int]]:
+    return [(c, i, e) for c in range(5) for i in INSTANCES[part] for e in config.elevations]
+
+
+def _render_task(args: tuple[RenderConfig, int, int, int]) -> np.ndarray:
+    return render_elevation(*args)
+
+
+def render_part(config: RenderConfig, part: str, workers: int = 1, progress: bool = True):
+    """dat uint8 (N, 2, 96, 96), cat int32 (N,), info int32 (N, 4) of one part, rows in `row_order`."""
+    tasks = _tasks(config, part)
+    per_task = len(config.azimuths) * len(config.lightings)
+    n = len(tasks) * per_task
+    dest = row_order(n)
+    dat = np.empty((n, 2, config.image_size, config.image_size), dtype=np.uint8)
+    cat, info = np.empty(n, dtype=np.int32), np.empty((n, 4), dtype=np.int32)
+    grid = np.array(
+        [(a, l) for a in config.azimuths for l in config.lightings], dtype=np.int32
+    )  # (per_task, 2)
+    bar = tqdm(total=len(tasks), desc=f"render {part} (object x elevation)", disable=not progress)
+    pool = ProcessPoolExecutor(workers, _context()) if workers > 1 else None
+    args = [(config, *task) for task in tasks]
+    results = pool.map(_render_task, args) if pool else map(_render_task, args)
+    try:
+        for k, ((category, instance, elevation), images) in enumerate(zip(tasks, results, strict=True)):
+            rows = dest[k * per_task : (k + 1) * per_task]
+            dat[rows] = images.reshape(per_task, 2, config.image_size, config.image_size)
+            cat[rows] = category
+            info[rows] = np.column_stack([np.full(per_task, instance), np.full(per_task, elevation), grid])
+            bar.update()
+    finally:
+        bar.close()
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    return dat, cat, info
+
+
+def _context():
+    # fork is cheap and the workers only run numpy; elsewhere (macOS, Windows) spawn is the safe default
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _options(config: RenderConfig, size: str) -> dict:
+    options = asdict(config)
+    options.pop("seed")
+    return {"size": size, **{k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
+
+
+def render_dataset(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    size: str = "full",
+    elevations=None,
+    azimuths=None,
+    lightings=None,
+    progress: bool = True,
+    workers: int | None = None,
+    supersample: int = 2,
+) -> Path:
+    """Render both parts into `out_dir` as the six official-name files plus `manifest.json`; returns out_dir.
+
+    The manifest is removed first and written last, so a directory with a manifest is complete. `workers`
+    processes (default: up to 2) share the views; the bytes do not depend on it. `supersample` 1 renders
+    aliased edges about 3x faster (for tests).
+    """
+    config = make_config(seed, size, elevations, azimuths, lightings, supersample)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RobustcapsError(f"--out {out_dir}: exists and is not a directory; choose another path")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    workers = workers or min(2, os.cpu_count() or 1)
+    sha256, rows = {}, {}
+    for part in PARTS:
+        arrays = dict(zip(KINDS, render_part(config, part, workers, progress), strict=True))
+        rows[part] = len(arrays["cat"])
+        for kind in KINDS:
+            path = write_matrix(out_dir / FILE_NAMES[part, kind], arrays[kind])
+            sha256[path.name] = _sha256(path)
+        del arrays
+    manifest = {
+        "generator": "robustcaps.data.render",
+        "generator_version": GENERATOR_VERSION,
+        "seed": config.seed,
+        "options": _options(config, size),
+        "instances": {part: list(ids) for part, ids in INSTANCES.items()},
+        "rows": rows,
+        "row_order": "canonical (category, instance, elevation, azimuth, lighting) permuted by "
+        f"numpy default_rng([{ORDER_SEED}, rows]).permutation(rows)",
+        "sha256": sha256,
+    }
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    return out_dir
+
+
+def default_data_root(size: str = "small", seed: int = 0, progress: bool = True) -> Path:
+    """A rendered set in the cache (`$ROBUSTCAPS_CACHE`, else ~/.cache/robustcaps), rendered on first use.
+
+    A complete set (manifest present, files of the recorded names) is reused. A new one is rendered into a
+    temporary directory and renamed into place, so two processes never see half a dataset.
+    """
+    root = cache_root() / f"rendered-{size}-seed{seed}"
+    if _complete(root, size, seed):
+        return root
+    make_config(seed, size)  # a bad size fails before any work
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        render_dataset(tmp, seed=seed, size=size, progress=progress)
+        if root.exists():  # an incomplete leftover, or another process finished first
+            if _complete(root, size, seed):
+                return root
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _complete(root: Path, size: str, seed: int) -> bool:
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    same = manifest.get("generator_version") == GENERATOR_VERSION and manifest.get("seed") == seed
+    same = same and manifest.get("options", {}).get("size") == size
+    return same and all((root / name).is_file() for name in manifest.get("sha256", {}))
