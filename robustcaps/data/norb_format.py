@@ -67,7 +67,9 @@ def write_matrix(path: str | os.PathLike, array: np.ndarray) -> Path:
     data = np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8)
     with _atomic_file(path) as f:
         # mtime=0 and no embedded name: the same array always gives the same .gz bytes (reproducible hashes)
-        out = gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) if path.suffix == ".gz" else f
+        # level 6 (gzip's own default) is ~5x faster than Python's 9 on image data for ~2% more bytes
+        gz = path.suffix == ".gz"
+        out = gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=6) if gz else f
         out.write(header)
         for start in range(0, data.size, _CHUNK):
             out.write(memoryview(data[start : start + _CHUNK]))
