@@ -45,18 +45,15 @@ def test_exact_sizes_and_disjoint_parts(norb_dir, split):
     assert not keys(data.familiar) & keys(data.novel)
     assert keys(data.familiar) | keys(data.novel) == keys(data.test)
     assert set(data.test.info[:, 0].tolist()) == {0} and set(data.train.info[:, 0].tolist()) == {4}
+    values = {
+        name: {col: set(getattr(data, name).info[:, col].tolist()) for col in (1, 2)} for name in PART_NAMES
+    }
     if split == "azimuth":
-        assert (
-            set(data.train.info[:, 2].tolist())
-            == set(TRAIN_AZIMUTHS)
-            == set(data.familiar.info[:, 2].tolist())
-        )
+        assert values["train"][2] == set(TRAIN_AZIMUTHS) == values["familiar"][2]
         assert not values["novel"][2] & set(TRAIN_AZIMUTHS) and values["train"][1] == set(range(9))
     if split == "elevation":
-        assert (
-            set(data.train.info[:, 1].tolist()) == set(TRAIN_ELEVATIONS) == set(data.val.info[:, 1].tolist())
-        )
-        assert set(data.novel.info[:, 1].tolist()) == set(range(3, 9))
+        assert values["train"][1] == set(TRAIN_ELEVATIONS) == values["val"][1] == values["familiar"][1]
+        assert values["novel"][1] == set(range(3, 9))
 
 
 def test_stereo_as_samples_keeps_both_views_of_a_pair_together(norb_dir):
