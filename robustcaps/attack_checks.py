@@ -209,7 +209,8 @@ def check_deterministic(victim: Victim, eval_set: EvalSet, config: AttackConfig)
     images = eval_set.images[: config.batch_size].to(config.device)
     first, second = victim.model(images), victim.model(images)
     difference = float((first - second).abs().max())
-    passed = not victim.model.training and difference <= DETERMINISM_ATOL
+    # Relative slack: GPU kernels may reorder float sums between two otherwise identical passes.
+    passed = not victim.model.training and difference <= DETERMINISM_ATOL * max(1.0, float(first.abs().max()))
     return passed, f"training={victim.model.training}, max |Δlogit| between two passes {difference:.2e}"
 
 

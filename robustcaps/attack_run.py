@@ -17,7 +17,16 @@ import torch
 
 from robustcaps.attack import AttackConfig, attack_loss
 from robustcaps.attack_checks import CHECK_COLUMNS, check_cells, run_checks
-from robustcaps.attack_sweep import EXAMPLE_COLUMNS, SELF, EvalSet, Victim, run_cells, sweep_cells
+from robustcaps.attack_sweep import (
+    EXAMPLE_COLUMNS,
+    SELF,
+    EvalSet,
+    Victim,
+    run_cells,
+    stratified_subset,
+    sweep_cells,
+)
+from robustcaps.errors import RobustcapsError
 from robustcaps.runs import atomic_write_json, atomic_write_text, environment_metadata
 
 CELL_COLUMNS = ["attack", "targeted", "eps_pixel", "eps_std", "source", "role", "steps", "restarts"]
@@ -135,3 +144,51 @@ def attack_model(
 
 def identity_string(identity: dict) -> str:
     return json.dumps(identity, sort_keys=True, default=str)
+
+
+def load_eval_set(loaded, config: AttackConfig) -> EvalSet:
+    """A seeded, class-stratified subset of `config.part` of the run's own split, centre-cropped to [0, 1]."""
+    from robustcaps.data import transforms
+    from robustcaps.train import load_split
+
+    data = load_split(loaded.config)
+    part = getattr(data, config.part)
+    if len(part) == 0:
+        raise RobustcapsError(
+            f"--part {config.part}: empty for a run trained on split {loaded.config.split!r}; "
+            "novel/familiar need an azimuth or elevation run"
+        )
+    index = stratified_subset(part.labels, config.n, config.seed)
+    images = transforms.test_batch(part.images[index]).float()
+    return EvalSet(images, part.labels[index], index, identity_string(data.identity))
+
+
+def attack_run_dir(
+    run_dir: str | Path, config: AttackConfig, out_dir: str | Path | None = None,
+    source: str | Path | None = None, which: str = "best", progress: bool = True,
+) -> AttackResults:  # fmt: skip
+    """`robustcaps attack`: load the run (and the transfer source), pick the examples, sweep, check."""
+    from robustcaps.runs import load_run
+
+    loaded = load_run(run_dir, which=which, device=config.device)
+    victim = Victim(loaded.model, loaded.config.model, str(run_dir))
+    if source is not None:
+        crafted_on = load_run(source, which=which, device=config.device)
+        victim = Victim(loaded.model, loaded.config.model, str(run_dir), crafted_on.model, str(source))
+    eval_set = load_eval_set(loaded, config)
+    if victim.source is not None:
+        _check_source_fits(victim, eval_set, config, source)
+    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "attacks"
+    return attack_model(victim, eval_set, config, out_dir, progress=progress)
+
+
+def _check_source_fits(victim: Victim, eval_set: EvalSet, config: AttackConfig, source) -> None:
+    try:
+        with torch.no_grad():
+            victim.source(eval_set.images[:1].to(config.device))
+    except RuntimeError as error:
+        raise RobustcapsError(
+            f"--source {source}: its model cannot read the attacked run's images "
+            f"{tuple(eval_set.images.shape[1:])} ({str(error).splitlines()[0]}); "
+            "train it with the same --stereo"
+        ) from None

@@ -33,6 +33,7 @@ from robustcaps.attack import (
     predict,
     supports_targeted,
 )
+from robustcaps.errors import RobustcapsError
 from robustcaps.runs import atomic_write_text
 
 CELLS_DIR = "cells"
@@ -108,6 +109,12 @@ def cell_key(cell: Cell, config: AttackConfig, victim: Victim, eval_set: EvalSet
 
 def sweep_cells(config: AttackConfig, victim: Victim, sigma_mean: float) -> list[Cell]:
     """The cells the user asked for: attacks × ε × modes, white-box and (with a source) transfer."""
+    family = getattr(victim.model, "family", "")
+    for attack in config.attacks:
+        if is_vote_attack(attack) and family != "capsnet":
+            raise RobustcapsError(
+                f"--attack {attack}: the vote attack needs a capsule network, and {victim.name} is a {family}"
+            )
     sources = [SELF] + ([victim.source_name] if victim.source is not None else [])
     cells = []
     for source in sources:
