@@ -10,6 +10,8 @@ gradients are masked (Athalye et al.) and the reported robustness is an artefact
 - more_steps_and_restarts: PGD with 4× steps and 2r+1 restarts loses no more accuracy than
   max(0.03, sampling slack) against the default PGD at the ε where that leaves half the clean accuracy;
 - blackbox_weaker_than_whitebox: Square and transfer attacks no stronger than the best white-box attack;
+- vote_not_stronger_than_routed: each `*-vote` attack (Gu et al. 2021) no stronger than the same attack
+  through the routed logits; when it is, routing masks gradients and routed-attack robustness is inflated;
 - input_gradients: ∇_x CE(logits, y) finite, and all-zero for < 1% of examples;
 - deterministic_forward: eval mode, and two forward passes agree.
 
@@ -176,6 +178,22 @@ def check_blackbox(summary: pd.DataFrame) -> tuple[bool, str] | None:
     return not failures, "; ".join(failures) or f"{compared} comparisons, black-box never stronger"
 
 
+def check_vote(summary: pd.DataFrame) -> tuple[bool, str] | None:
+    untargeted = summary[(summary["source"] == SELF) & ~summary["targeted"].astype(bool)]
+    routed = untargeted.set_index(["attack", "eps_pixel", "role"])["value"]
+    failures, compared = [], 0
+    for _, row in untargeted[untargeted["attack"].str.endswith("-vote")].iterrows():
+        plain = routed.get((row["attack"].removesuffix("-vote"), row["eps_pixel"], row["role"]))
+        if plain is None or row["eps_pixel"] == 0:
+            continue
+        compared += 1
+        if row["value"] < plain - tolerance(plain, int(row["n"])):
+            failures.append(f"{_describe(row)}: {row['value']:.3f} < routed {plain:.3f}")
+    if not compared:
+        return None
+    return not failures, "; ".join(failures) or f"{compared} comparisons, the vote attack never stronger"
+
+
 def check_gradients(victim: Victim, eval_set: EvalSet, config: AttackConfig) -> tuple[bool, str]:
     """∇_x CE(head(x), y) for every head an attack differentiates (logits; capsnets also vote_logits)."""
     heads = ("logits", "vote_logits") if getattr(victim.model, "family", "") == "capsnet" else ("logits",)
@@ -224,6 +242,7 @@ def run_checks(
         "large_eps_to_chance": check_large_eps(summary),
         "more_steps_and_restarts": check_stronger_budget(summary),
         "blackbox_weaker_than_whitebox": check_blackbox(summary),
+        "vote_not_stronger_than_routed": check_vote(summary),
         "input_gradients": check_gradients(victim, eval_set, config),
         "deterministic_forward": check_deterministic(victim, eval_set, config),
     }

@@ -78,8 +78,48 @@ def test_vote_attack_breaks_routing_masked_gradients(toy, tmp_path):
     routed, votes = rows(results.summary, "pgd"), rows(results.summary, "pgd-vote")
     assert routed[0.1] >= 0.9 and votes[0.1] <= routed[0.1] - 0.5  # both judged on the routed output
     assert rows(results.summary, "worst")[0.1] == votes[0.1]
-    detail = results.checks.set_index("check").loc["input_gradients", "detail"]
-    assert "vote_logits: finite for 1.000 of examples, all-zero for 0.000" in detail
+    checks = results.checks.set_index("check")
+    assert (
+        "vote_logits: finite for 1.000 of examples, all-zero for 0.000"
+        in checks.loc["input_gradients", "detail"]
+    )
+    assert not checks.loc["vote_not_stronger_than_routed", "passed"]
+    assert not checks.loc["input_gradients", "passed"]  # the routed logits have no gradient
+
+
+def test_cli_warns_on_stderr_naming_every_failed_check(toy, tmp_path, monkeypatch):
+    """The masked model through the real command: its failed checks reach stderr, one line each."""
+    from click.testing import CliRunner
+
+    import robustcaps.attack_run as attack_run
+    from robustcaps.cli import cli
+
+    def masked_run(run_dir, config, out_dir, source, which, progress):
+        return attack_model(Victim(QuantisedInput(toy).eval(), "masked-toy"), eval_set(40), config, out_dir)
+
+    monkeypatch.setattr(attack_run, "attack_run_dir", masked_run)
+    args = [
+        "attack",
+        str(tmp_path),
+        "--eps",
+        "0,0.05",
+        "--units",
+        "pixel",
+        "--attack",
+        "pgd",
+        "--attack",
+        "square",
+    ]
+    result = CliRunner().invoke(
+        cli, [*args, "--queries", "100", "--steps", "5", "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    warnings = [
+        line for line in result.stderr.splitlines() if line.startswith("Warning: integrity check failed")
+    ]
+    failed = pd.read_csv(tmp_path / "out" / "checks.csv").query("not passed")["check"]
+    assert len(failed) >= 2 and len(warnings) == len(failed)
+    assert all(any(name in line for line in warnings) for name in failed)
 
 
 def test_monotonicity_tolerates_noise_but_not_a_real_rise():
