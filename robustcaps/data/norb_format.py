@@ -136,7 +136,10 @@ def read_matrix(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise NorbFormatError(f"{path}: file not found")
     raw = decompressed(path) if path.suffix == ".gz" else path
-    dtype, shape, header = parse_header(path, _head(raw))
+    try:
+        dtype, shape, header = parse_header(path, _head(raw))
+    except PermissionError as error:
+        raise NorbFormatError(f"{path}: cannot read ({error.strerror})") from None
     expected, actual = expected_size(dtype, shape, header), raw.stat().st_size
     if actual < expected:
         raise NorbFormatError(f"{path}: truncated: expected {expected} bytes, got {actual}")
@@ -161,18 +164,24 @@ def decompressed(path: Path) -> Path:
     """
     stat = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    writable = os.access(path.parent, os.W_OK)
-    cache_dir = path.parent / ".robustcaps-cache" if writable else cache_root() / "norb"
+    if os.access(path.parent, os.W_OK):
+        cache_dir = path.parent / ".robustcaps-cache"
+    else:  # one folder per data directory, so that two read-only copies do not evict each other
+        cache_dir = cache_root() / "norb" / hashlib.sha1(str(path.parent.resolve()).encode()).hexdigest()[:12]
     target = cache_dir / f"{path.stem}.{key}"
     if target.is_file():
         return target
     created = not cache_dir.exists()
     try:
         _decompress_checked(path, target)
-    except BaseException:
+    except OSError as error:
+        raise NorbFormatError(
+            f"{path}: cannot decompress into {cache_dir} ({error.strerror or error}); "
+            "set ROBUSTCAPS_CACHE to a writable directory"
+        ) from None
+    finally:
         if created and cache_dir.is_dir() and not any(cache_dir.iterdir()):
             cache_dir.rmdir()
-        raise
     for stale in cache_dir.glob(f"{path.stem}.*"):
         if stale != target and not stale.name.endswith(".tmp"):
             stale.unlink(missing_ok=True)

@@ -130,6 +130,23 @@ def _check_options(split: str, stereo: str, val_fraction: float, max_per_part: i
         raise RobustcapsError(f"--max-per-part {max_per_part}: expected a positive number of images")
 
 
+def _viewpoint_sets(
+    parts: dict[str, TensorSet], split: str, val_fraction: float, generator: torch.Generator
+) -> dict[str, TensorSet]:
+    pool = parts["train"].subset(torch.nonzero(familiar_mask(parts["train"].info, split)).flatten())
+    val_index = stratified_subset(pool.labels, round(val_fraction * len(pool)), generator)
+    is_val = torch.zeros(len(pool), dtype=torch.bool)
+    is_val[val_index] = True
+    test, familiar = parts["test"], familiar_mask(parts["test"].info, split)
+    return {
+        "train": pool.subset(torch.nonzero(~is_val).flatten()),
+        "val": pool.subset(val_index),
+        "test": test,
+        "familiar": test if split == "full" else test.subset(torch.nonzero(familiar).flatten()),
+        "novel": test.subset(torch.nonzero(~familiar).flatten()),
+    }
+
+
 def make_split(
     root: str | os.PathLike,
     split: str = "full",
@@ -145,28 +162,16 @@ def make_split(
     many samples (seeded, class-stratified) for quick runs.
     """
     _check_options(split, stereo, val_fraction, max_per_part)
-    parts = downsampled_parts(root)
     generator = torch.Generator().manual_seed(seed)
-    pool = parts["train"].subset(torch.nonzero(familiar_mask(parts["train"].info, split)).flatten())
-    val_index = stratified_subset(pool.labels, round(val_fraction * len(pool)), generator)
-    is_val = torch.zeros(len(pool), dtype=torch.bool)
-    is_val[val_index] = True
-    test, familiar = parts["test"], familiar_mask(parts["test"].info, split)
-    sets = {
-        "train": pool.subset(torch.nonzero(~is_val).flatten()),
-        "val": pool.subset(val_index),
-        "test": test,
-        "familiar": test if split == "full" else test.subset(torch.nonzero(familiar).flatten()),
-        "novel": test.subset(torch.nonzero(~familiar).flatten()),
-    }
+    sets = _viewpoint_sets(downsampled_parts(root), split, val_fraction, generator)
     if stereo == "samples":
         sets = {name: as_samples(s) for name, s in sets.items()}
     if max_per_part is not None:
         sets = {
             name: s.subset(stratified_subset(s.labels, max_per_part, generator)) for name, s in sets.items()
         }
-        if split == "full":  # familiar *is* the test set here, not a second draw from it
-            sets["familiar"] = sets["test"]
+    if split == "full":  # familiar *is* the test set here: one object, not a second draw or copy
+        sets["familiar"] = sets["test"]
     identity = dataset_identity(root) | {
         "split": split,
         "stereo": stereo,
