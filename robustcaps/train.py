@@ -42,8 +42,8 @@ class TrainConfig:
     stereo: str = "channels"
     val_fraction: float = 0.1
     max_per_part: int | None = None
-    epochs: int | None = 20
-    steps: int | None = None
+    epochs: int = 20
+    steps: int | None = None  # when given, replaces epochs
     batch_size: int = 64
     lr: float = 3e-3
     lr_decay: float = 0.96
@@ -60,25 +60,27 @@ class TrainConfig:
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
-        checks = {
-            "--split": self.split in SPLITS,
-            "--stereo": self.stereo in STEREO,
-            "--device": self.device in DEVICES,
-            "--amp": self.amp in AMP,
-            "--loss": self.loss in losses.LOSSES,
-            "--batch-size": self.batch_size > 0,
-            "--lr": self.lr > 0,
-            "--val-fraction": 0 < self.val_fraction < 1,
-            "--checkpoint-every": self.checkpoint_every >= 0,
-            "--margin-step-scale": self.margin_step_scale > 0,
-            "--target-familiar-error": self.target_familiar_error is None or 0 <= self.target_familiar_error,
+        checks = {  # option: (value, allowed?, what is allowed)
+            "--split": (self.split, self.split in SPLITS, f"one of {SPLITS}"),
+            "--stereo": (self.stereo, self.stereo in STEREO, f"one of {STEREO}"),
+            "--device": (self.device, self.device in DEVICES, f"one of {DEVICES}"),
+            "--amp": (self.amp, self.amp in AMP, f"one of {AMP}"),
+            "--loss": (self.loss, self.loss in losses.LOSSES, f"one of {losses.LOSSES}"),
+            "--batch-size": (self.batch_size, self.batch_size > 0, "a positive number"),
+            "--lr": (self.lr, self.lr > 0, "a positive number"),
+            "--val-fraction": (self.val_fraction, 0 < self.val_fraction < 1, "a fraction in (0, 1)"),
+            "--checkpoint-every": (self.checkpoint_every, self.checkpoint_every >= 0, "0 or more steps"),
+            "--margin-step-scale": (self.margin_step_scale, self.margin_step_scale > 0, "a positive number"),
+            "--target-familiar-error": (
+                self.target_familiar_error,
+                self.target_familiar_error is None or 0 <= self.target_familiar_error <= 1,
+                "an error rate in [0, 1]",
+            ),
         }
-        for option, ok in checks.items():
+        for option, (value, ok, allowed) in checks.items():
             if not ok:
-                raise RobustcapsError(f"{option}: invalid value in {self!r}")
-        if (self.epochs is None) == (self.steps is None):
-            raise RobustcapsError("give exactly one of --epochs and --steps")
-        if (self.epochs or self.steps) <= 0:
+                raise RobustcapsError(f"{option} {value!r}: expected {allowed}")
+        if self.epochs <= 0 or (self.steps is not None and self.steps <= 0):
             raise RobustcapsError("--epochs/--steps must be positive")
 
     @property

@@ -42,18 +42,17 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
     """From the options given; with --resume, from the run's config.json with only the options given."""
     values = {_FIELDS[k]: v for k, v in options.items() if k in _FIELDS}
     values["model_overrides"] = _model_overrides(options["model_option"])
-    if options["steps"] is not None:
-        values["epochs"] = None
     if not options["resume"]:
         return training.TrainConfig(**values)
     stored = training.TrainConfig.from_json(Path(options["out"]) / runs.CONFIG_FILE).to_dict()
     for option, name in _FIELDS.items():
         if ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE:
             stored[name] = values[name]
-    if ctx.get_parameter_source("steps") == click.core.ParameterSource.COMMANDLINE:
-        stored["epochs"] = None
-    elif ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE:
-        stored["steps"] = None
+    if (
+        ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE
+        and options["steps"] is None
+    ):
+        stored["steps"] = None  # --epochs given alone replaces a stored --steps
     return training.TrainConfig(**stored)
 
 
@@ -76,7 +75,7 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
 @click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Training data held out.")
 @click.option("--max-per-part", type=int, help="Keep at most this many images per part (quick runs).")
 @click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--steps", type=int, help="Train this many steps instead of --epochs.")
+@click.option("--steps", type=int, help="Train this many steps (replaces --epochs).")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch (all processes).")
 @click.option("--lr", type=float, default=3e-3, show_default=True)
 @click.option("--lr-decay-steps", type=float, default=20_000.0, show_default=True, help="lr ×0.96 per this.")

@@ -1,0 +1,101 @@
+"""Run directories: checkpoints load weights-only, RNG states round-trip, load_run rebuilds the model,
+and every damaged file is one RobustcapsError line naming it."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from robustcaps import runs
+from robustcaps.errors import RobustcapsError
+from robustcaps.train import TrainConfig, build_model, config_json
+
+
+def _one_line_naming(error: pytest.ExceptionInfo, path) -> None:
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message
+
+
+def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    torch.randn(5), np.random.randn(5), random.random()
+    runs.atomic_torch_save(tmp_path / "rng.pt", {"model": {}, "rng": runs.capture_rng_state()})
+    expected = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    runs.restore_rng_state(runs.load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert torch.equal(torch.rand(4), expected[0])
+    assert np.array_equal(np.random.rand(4), expected[1])
+    assert [random.random() for _ in range(4)] == expected[2]
+
+
+def _make_run(run_dir, **overrides) -> tuple[TrainConfig, torch.nn.Module]:
+    config = TrainConfig(model="cnn-small", data="/nowhere", stereo="samples", steps=1, **overrides)
+    model = build_model(config)
+    runs.atomic_write_text(run_dir / runs.CONFIG_FILE, config_json(config))
+    runs.atomic_write_json(run_dir / runs.METADATA_FILE, runs.environment_metadata("cpu"))
+    for which in runs.CHECKPOINTS:
+        state = {"model": model.state_dict(), "step": 7, "stop_reason": "steps"}
+        runs.atomic_torch_save(runs.checkpoint_path(run_dir, which), state)
+    return config, model
+
+
+def test_load_run_rebuilds_the_model_from_config_json(tmp_path):
+    config, model = _make_run(tmp_path, model_overrides={"dropout": 0.25})
+    loaded = runs.load_run(tmp_path, "last")
+    assert loaded.config == config and loaded.step == 7 and not loaded.model.training
+    assert loaded.model.config.dropout == 0.25 and loaded.model.config.in_channels == 1
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
+    assert "git_commit" in loaded.metadata
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "missing"])
+def test_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, damage):
+    _make_run(tmp_path)
+    path = runs.checkpoint_path(tmp_path, "best")
+    data = path.read_bytes()
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(
+            {"garbage": b"not a checkpoint" * 10, "truncated": data[: len(data) // 2], "empty": b""}[damage]
+        )
+    with pytest.raises(RobustcapsError) as error:
+        runs.load_run(tmp_path, "best")
+    _one_line_naming(error, path)
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", '["a list"]', '{"model": "cnn-small", "no_such_field": 1}', None]
+)
+def test_damaged_config_is_one_line_naming_the_file(tmp_path, content):
+    _make_run(tmp_path)
+    path = tmp_path / runs.CONFIG_FILE
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+    with pytest.raises(RobustcapsError) as error:
+        runs.load_run(tmp_path)
+    _one_line_naming(error, path)
+
+
+def test_weights_that_do_not_fit_the_config_are_reported(tmp_path):
+    _make_run(tmp_path)
+    other = build_model(TrainConfig(model="cnn", data="/nowhere", steps=1))
+    path = runs.checkpoint_path(tmp_path, "best")
+    runs.atomic_torch_save(path, {"model": other.state_dict(), "step": 1})
+    with pytest.raises(RobustcapsError) as error:
+        runs.load_run(tmp_path)
+    _one_line_naming(error, path)
+
+
+def test_write_metrics_replaces_the_whole_file(tmp_path):
+    rows = [{"epoch": 1, "step": 10, "val_error": 0.5}, {"epoch": 2, "step": 20, "val_error": float("nan")}]
+    runs.write_metrics(tmp_path, rows)
+    runs.write_metrics(tmp_path, rows[:1])
+    assert (tmp_path / runs.METRICS_FILE).read_text().splitlines() == ["epoch,step,val_error", "1,10,0.5"]
+    assert not list(tmp_path.glob(".*tmp"))

@@ -1,0 +1,176 @@
+"""Training end to end on a tiny rendered set: kill -9 and resume is bit-identical, NaN stops cleanly,
+the loss falls, the matched protocol stops on familiar error, and bad run directories are one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from robustcaps import losses, runs
+from robustcaps.cli import cli
+from robustcaps.errors import RobustcapsError
+from robustcaps.losses import spread_margin
+from robustcaps.train import TrainConfig, config_json, fit
+
+# One thread: the same arithmetic in every process, and no starving the other tests.
+ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+STEPS = 90  # 2.7 epochs of 33 steps: the resume crosses epoch ends and mid-epoch checkpoints
+TRAIN = ["--model", "cnn-small", "--steps", str(STEPS), "--batch-size", "8", "--checkpoint-every", "4"]
+TIMING = {"img_per_s", "seconds"}
+
+
+def _train(root, out, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "robustcaps", "train", "--data", str(root), "--out", str(out), *TRAIN]
+    return subprocess.Popen([*command, *extra], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _finish(process: subprocess.Popen) -> None:
+    _, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err.decode()[-2000:]
+
+
+def _kill_after_first_checkpoint(process: subprocess.Popen, run_dir) -> int:
+    last = runs.checkpoint_path(run_dir, "last")
+    deadline = time.monotonic() + 240
+    while not last.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "training ended before a checkpoint"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return int(runs.load_checkpoint(last)["step"])
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(rendered_root, tmp_path_factory):
+    """(uninterrupted run, run SIGKILLed after its first checkpoint and then resumed, step at the kill)."""
+    base = tmp_path_factory.mktemp("runs")
+    whole, interrupted = base / "whole", base / "interrupted"
+    first = _train(rendered_root, whole)
+    victim = _train(rendered_root, interrupted)
+    killed_at = _kill_after_first_checkpoint(victim, interrupted)
+    _finish(first)
+    _finish(_train(rendered_root, interrupted, "--resume"))
+    return whole, interrupted, killed_at
+
+
+@pytest.mark.slow
+def test_kill_and_resume_equals_uninterrupted(killed_and_resumed):
+    whole, interrupted, killed_at = killed_and_resumed
+    assert 0 < killed_at < STEPS
+    a, b = (runs.load_checkpoint(runs.checkpoint_path(d, "last")) for d in (whole, interrupted))
+    assert a["step"] == b["step"] == STEPS
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    metrics = [pd.read_csv(d / runs.METRICS_FILE).drop(columns=list(TIMING)) for d in (whole, interrupted)]
+    pd.testing.assert_frame_equal(*metrics)
+    for which in ("best", "last"):
+        for run_dir in (whole, interrupted):
+            result = CliRunner().invoke(cli, ["eval", str(run_dir), "--which", which, "--device", "cpu"])
+            assert result.exit_code == 0, result.output
+        assert (whole / runs.EVAL_FILE).read_bytes() == (interrupted / runs.EVAL_FILE).read_bytes()
+    resumed = runs.read_json(interrupted / runs.METADATA_FILE, "metadata")["resumed"]
+    assert [r["at_step"] for r in resumed] == [killed_at]
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoint_is_one_line_through_the_cli(killed_and_resumed, tmp_path):
+    run_dir = shutil.copytree(killed_and_resumed[0], tmp_path / "run")
+    last = runs.checkpoint_path(run_dir, "last")
+    last.write_bytes(last.read_bytes()[:1000])
+    for command in (["eval", str(run_dir), "--which", "last"], ["train", "--out", str(run_dir), "--resume"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:") and str(last) in lines[0], result.output
+
+
+def _config(root, **changes) -> TrainConfig:
+    defaults = dict(
+        model="cnn-small", data=str(root), batch_size=16, steps=40, max_per_part=128, device="cpu"
+    )
+    return TrainConfig(**(defaults | changes))
+
+
+def test_cnn_loss_falls_and_best_is_chosen_on_validation(rendered_root, tmp_path):
+    fit(_config(rendered_root, steps=64, max_per_part=None), tmp_path)
+    metrics = pd.read_csv(tmp_path / runs.METRICS_FILE)
+    assert len(metrics) == 4 and list(metrics["step"]) == [16, 32, 48, 64]
+    assert metrics["train_loss"].iloc[-1] < 0.9 * metrics["train_loss"].iloc[0]
+    best = runs.load_run(tmp_path, "best")
+    assert (
+        best.step == metrics["step"][metrics["val_error"].idxmin()]
+    )  # first epoch with the lowest val error
+    assert metrics["val_error"].min() < 0.8  # chance is 0.8
+    assert metrics["familiar_error"].isna().all()  # no look at test data unless the protocol asks
+
+
+def test_capsnet_trains_on_spread_loss_with_the_configured_margin(rendered_root, tmp_path):
+    config = _config(
+        rendered_root, model="capsnet-small", batch_size=4, steps=2, max_per_part=8, margin_step_scale=1
+    )
+    fit(config, tmp_path)
+    row = pd.read_csv(tmp_path / runs.METRICS_FILE).iloc[-1]
+    assert row["margin"] == pytest.approx(spread_margin(2, scale=1)) and math.isfinite(row["train_loss"])
+    loaded = runs.load_run(tmp_path, "last")
+    assert loaded.model.family == "capsnet" and loaded.config == config
+    assert TrainConfig.from_json(tmp_path / runs.CONFIG_FILE) == config
+
+
+def test_target_familiar_error_stops_and_is_recorded(rendered_root, tmp_path):
+    fit(_config(rendered_root, target_familiar_error=1.0), tmp_path)
+    metrics = pd.read_csv(tmp_path / runs.METRICS_FILE)
+    assert len(metrics) == 1 and metrics["familiar_error"].notna().all()
+    assert runs.load_run(tmp_path, "last").stop_reason == "target"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(rendered_root, tmp_path, monkeypatch):
+    real, calls = losses.training_loss, []
+
+    def poisoned(*args, **kwargs):
+        loss, output = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * math.nan if len(calls) > 6 else loss), output
+
+    monkeypatch.setattr(losses, "training_loss", poisoned)
+    with pytest.raises(RobustcapsError, match="nan") as error:
+        fit(_config(rendered_root, checkpoint_every=3), tmp_path)
+    last = runs.checkpoint_path(tmp_path, "last")
+    assert "\n" not in str(error.value) and str(last) in str(error.value)
+    state = runs.load_checkpoint(last)
+    assert state["step"] == 6 and all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_resume_refuses_a_different_run_and_fresh_training_refuses_an_old_one(rendered_root, tmp_path):
+    config = _config(rendered_root, steps=4)
+    fit(config, tmp_path)
+    with pytest.raises(RobustcapsError, match="--out"):
+        fit(config, tmp_path)
+    with pytest.raises(RobustcapsError, match="lr") as error:
+        fit(dataclasses.replace(config, lr=1e-4), tmp_path, resume=True)
+    assert str(tmp_path / runs.CONFIG_FILE) in str(error.value)
+    fit(dataclasses.replace(config, steps=8), tmp_path, resume=True)  # a longer run may continue
+    assert runs.load_run(tmp_path, "last").step == 8
+
+
+def test_config_json_round_trip_and_bad_values(tmp_path):
+    config = TrainConfig(
+        model="capsnet", model_overrides={"iterations": 2, "estep": "position"}, split="azimuth",
+        stereo="samples", steps=123, lr=1e-3, margin_step_scale=500.0, target_familiar_error=0.04, amp="bf16",
+    )  # fmt: skip
+    (tmp_path / "config.json").write_text(config_json(config))
+    assert TrainConfig.from_json(tmp_path / "config.json") == config
+    for option, value in [("--split", "diagonal"), ("--batch-size", 0), ("--amp", "fp8")]:
+        field = option[2:].replace("-", "_")
+        with pytest.raises(RobustcapsError, match=option):
+            dataclasses.replace(config, **{field: value})
