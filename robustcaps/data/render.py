@@ -26,58 +26,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from robustcaps.data.mesh import Mesh, rotate, rotation_z
 from robustcaps.data.norb import FILE_NAMES, KINDS, MANIFEST, PARTS, cache_root, write_matrix
-from robustcaps.data.raster import downsample, look_at, orbit_camera, rasterise, shade
-from robustcaps.data.shapes import build_object
+from robustcaps.data.scene import (  # noqa: F401 (INSTANCES and render_elevation: re-exported for callers)
+    AZIMUTHS,
+    ELEVATIONS,
+    INSTANCES,
+    LIGHTINGS,
+    RenderConfig,
+    render_elevation,
+)
 from robustcaps.errors import RobustcapsError
 from robustcaps.runs import atomic_write_json
 
 GENERATOR_VERSION = "1.0"
-INSTANCES = {"train": (4, 6, 7, 8, 9), "test": (0, 1, 2, 3, 5)}
-ELEVATIONS = tuple(range(9))  # info value e: 30 + 5e degrees
-AZIMUTHS = tuple(range(0, 36, 2))  # info value a: 10a degrees
-LIGHTINGS = tuple(range(6))
-# (azimuth from the cameras' side in degrees, elevation in degrees, diffuse, ambient, background grey)
-LIGHTS = (
-    (-50, 45, 0.80, 0.30, 175),
-    (40, 60, 0.75, 0.35, 185),
-    (0, 80, 0.70, 0.40, 195),
-    (-110, 30, 0.80, 0.25, 160),
-    (110, 35, 0.80, 0.25, 165),
-    (20, 15, 0.55, 0.50, 180),
-)
 SIZES = {
     "full": (ELEVATIONS, AZIMUTHS, LIGHTINGS),
     "small": ((0, 1, 2, 4, 6, 8), AZIMUTHS, (0, 3)),
     "tiny": ((0, 5), AZIMUTHS, (0,)),
 }
 ORDER_SEED = 24300
-
-
-@dataclass(frozen=True)
-class RenderConfig:
-    seed: int = 0
-    elevations: tuple[int, ...] = ELEVATIONS
-    azimuths: tuple[int, ...] = AZIMUTHS
-    lightings: tuple[int, ...] = LIGHTINGS
-    image_size: int = 96
-    supersample: int = 2
-    distance: float = 6.0  # camera to object centre, in units of the object's half-diagonal
-    baseline: float = 0.4  # between the two cameras, same units
-    focal: float = 280.0  # pixels at 96x96: a sphere around the object spans about 95% of the frame
 
 
 def make_config(
@@ -101,66 +79,6 @@ def make_config(
     if supersample not in (1, 2, 3, 4):
         raise RobustcapsError(f"--supersample {supersample}: expected 1, 2, 3 or 4")
     return RenderConfig(seed=int(seed), supersample=supersample, **chosen)
-
-
-def nuisance(seed: int) -> dict[str, np.ndarray]:
-    """Per-pair scale and offset, per-image gain and background factor: the whole grid, in a fixed order."""
-    rng = np.random.default_rng(seed)
-    pose = (5, 10, len(ELEVATIONS), len(AZIMUTHS))
-    return {
-        "scale": rng.uniform(0.92, 1.08, pose),
-        "offset": rng.uniform(-3.0, 3.0, pose + (2,)),
-        "gain": rng.uniform(0.9, 1.1, pose + (len(LIGHTINGS),)),
-        "background": rng.uniform(0.88, 1.12, pose + (len(LIGHTINGS),)),
-    }
-
-
-def _light_directions() -> np.ndarray:
-    rows = []
-    for azimuth, elevation, *_ in LIGHTS:
-        a, e = math.radians(azimuth), math.radians(elevation)
-        rows.append([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
-    return np.array(rows)
-
-
-def _turn(mesh: Mesh, azimuth_info: int) -> Mesh:
-    R = rotation_z(10.0 * azimuth_info)
-    return Mesh(rotate(R, mesh.vertices), rotate(R, mesh.normals), mesh.faces, mesh.albedo)
-
-
-def render_elevation(config: RenderConfig, category: int, instance: int, elevation: int) -> np.ndarray:
-    """All azimuths x lightings x cameras of one object at one elevation: uint8 (A, L, 2, 96, 96)."""
-    mesh, noise = build_object(category, instance), nuisance(config.seed)
-    size, factor = config.image_size, config.supersample
-    lights, lit = _light_directions()[list(config.lightings)], np.array(config.lightings)
-    table = np.array([row[2:] for row in LIGHTS], dtype=np.float64)[
-        lit
-    ]  # (L, 3): diffuse, ambient, background
-    target = np.array([0.0, 0.0, float(mesh.vertices[:, 2].max()) / 2])
-    out = np.empty((len(config.azimuths), len(lit), 2, size, size), dtype=np.uint8)
-    for a, azimuth in enumerate(config.azimuths):
-        turned = _turn(mesh, azimuth)
-        pose = (category, instance, elevation, azimuth // 2)
-        gain, background = noise["gain"][pose][lit], noise["background"][pose][lit]
-        focal = config.focal * noise["scale"][pose] * factor
-        centre = (size / 2 + noise["offset"][pose]) * factor
-        for camera in (0, 1):
-            offset = (camera - 0.5) * config.baseline  # camera 0 on the left
-            eye = orbit_camera(30.0 + 5.0 * elevation, config.distance, target, offset)
-            cam = look_at(eye, target, focal, float(centre[0]), float(centre[1]))
-            covered, normals, albedo = rasterise(turned, cam, size * factor)
-            grey = shade(
-                covered,
-                normals,
-                albedo,
-                lights,
-                255.0 * gain * table[:, 0],
-                255.0 * gain * table[:, 1],
-                background * table[:, 2],
-            )
-            images = downsample(grey.reshape(len(lit), size * factor, size * factor), factor)
-            out[a, :, camera] = np.clip(np.floor(images + 0.5), 0, 255).astype(np.uint8)
-    return out
 
 
 def row_order(n: int) -> np.ndarray:

@@ -12,6 +12,10 @@ import numpy as np
 
 from robustcaps.data.mesh import Mesh, box, ellipsoid, hexahedron, instance_rng, merge, tapered_box, tube
 
+# One body style per instance, each style once among the train instances {4,6,7,8,9} and once among the
+# test instances {0,1,2,3,5}: a class's variety is split evenly, as with the smallNORB toys.
+STYLE = (0, 1, 2, 3, 4, 4, 0, 1, 2, 3)
+
 
 def _wing(
     x_root: float,
@@ -77,7 +81,7 @@ def airplane(instance: int) -> Mesh:
             tone,
         )
     )
-    engines = int(r.integers(0, 3))  # none, one pair, two pairs of pods under the wings
+    engines = STYLE[instance] % 3  # none, one pair, two pairs of pods under the wings
     for k in range(engines):
         y = span * (0.35 + 0.3 * k)
         x = x_wing - y * math.tan(math.radians(sweep)) + 0.15
@@ -130,7 +134,7 @@ def truck(instance: int) -> Mesh:
             )
         )
     back, gap = -length / 2, 0.08
-    kind = int(r.integers(0, 4))
+    kind = STYLE[instance] % 4
     cargo_len, cargo_h = cab_back - gap - back, r.uniform(0.7, 1.3)
     if kind == 0:  # box van: taller than the cab or not
         parts.append(
@@ -165,23 +169,32 @@ def truck(instance: int) -> Mesh:
     return merge(parts + _wheels(axles, half_w * 0.85, wheel))
 
 
+# car style: (hood, boot, cabin height, windscreen slope, rear slope) as fractions of the length / metres
+CAR_STYLES = (
+    ((0.28, 0.34), (0.2, 0.26), (0.3, 0.38), (0.2, 0.3), (0.2, 0.3)),  # saloon: a boot behind the cabin
+    ((0.26, 0.32), (0.0, 0.02), (0.34, 0.42), (0.2, 0.3), (0.02, 0.08)),  # hatchback: a steep rear
+    ((0.22, 0.28), (0.0, 0.0), (0.34, 0.42), (0.12, 0.2), (0.0, 0.03)),  # pickup: short cabin, open bed
+    ((0.08, 0.14), (0.0, 0.02), (0.5, 0.62), (0.3, 0.45), (0.0, 0.05)),  # van: one tall box
+    ((0.38, 0.44), (0.04, 0.08), (0.22, 0.28), (0.35, 0.45), (0.35, 0.5)),  # coupé: long hood, fastback
+)
+
+
 def car(instance: int) -> Mesh:
-    """Body with a sloped nose, a glass cabin set between hood and boot, four wheels; sedans to vans."""
-    r = instance_rng(4, instance)
-    length, half_w, wheel = r.uniform(2.1, 2.9), r.uniform(0.42, 0.52), r.uniform(0.17, 0.24)
-    tone, bottom = r.uniform(0.5, 0.9), wheel * r.uniform(0.5, 1.0)
-    top = bottom + r.uniform(0.3, 0.5)
+    """Body with a sloped nose, a glass cabin between hood and boot, four wheels: saloon, hatchback, pickup,
+    van or coupé, with proportions drawn around each style."""
+    r, style = instance_rng(4, instance), STYLE[instance]
+    hood, boot, cabin_h, windscreen, rear = (r.uniform(lo, hi) for lo, hi in CAR_STYLES[style])
+    length, half_w, wheel = r.uniform(2.2, 2.8), r.uniform(0.42, 0.5), r.uniform(0.17, 0.22)
+    tone, bottom = r.uniform(0.5, 0.9), wheel * r.uniform(0.6, 0.9)
+    top = bottom + (0.26 if style == 4 else r.uniform(0.32, 0.42))
     front, back = length / 2, -length / 2
-    parts = [
-        tapered_box(back, front, bottom, top, half_w, tone, (r.uniform(0.0, 0.15), r.uniform(0.1, 0.35)), 1.0)
-    ]
-    hood, boot = r.uniform(0.18, 0.38) * length, r.uniform(0.0, 0.3) * length
-    cabin_h = r.uniform(0.28, 0.5)
-    windscreen, rear = r.uniform(0.15, 0.45), r.uniform(0.0, 0.45) if boot > 0.1 else r.uniform(0.0, 0.15)
+    cabin_back = back + (0.45 * length if style == 2 else boot * length)
+    nose = r.uniform(0.15, 0.3) if style != 3 else 0.05
+    parts = [tapered_box(back, front, bottom, top, half_w, tone, (0.03, nose), 1.0)]
     parts.append(
         tapered_box(
-            back + boot,
-            front - hood,
+            cabin_back,
+            front - hood * length,
             top - 0.01,
             top + cabin_h,
             0.95 * half_w,
@@ -190,18 +203,14 @@ def car(instance: int) -> Mesh:
             0.85,
         )
     )
+    roof = (cabin_back + rear, front - hood * length - windscreen)
     parts.append(
-        tapered_box(
-            back + boot + rear * 0.5,
-            front - hood - windscreen * 0.5,
-            top + cabin_h * 0.92,
-            top + cabin_h + 0.03,
-            0.9 * half_w,
-            tone,
-            (0.0, 0.0),
-            0.9,
-        )
+        box(((roof[0] + roof[1]) / 2, 0, top + cabin_h), (roof[1] - roof[0], 1.6 * half_w, 0.04), tone)
     )
-    if r.uniform() < 0.3:  # a rear spoiler: one more back-only cue
-        parts.append(box((back + 0.1, 0, top + 0.12), (0.12, 1.8 * half_w, 0.04), 0.2))
+    if style == 2:  # the pickup's open bed: two sides and a tailgate
+        for y in (half_w - 0.03, -half_w + 0.03):
+            parts.append(box(((back + cabin_back) / 2, y, top + 0.1), (cabin_back - back, 0.06, 0.2), tone))
+        parts.append(box((back + 0.03, 0, top + 0.1), (0.06, 2 * half_w, 0.2), tone))
+    if style in (1, 4) or r.uniform() < 0.3:  # a rear spoiler or roof box: one more back-only cue
+        parts.append(box((back + 0.12, 0, top + 0.08), (0.14, 1.8 * half_w, 0.05), 0.2))
     return merge(parts + _wheels([front - 0.2 * length, back + 0.2 * length], half_w * 0.82, wheel))
