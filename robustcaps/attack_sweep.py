@@ -95,12 +95,26 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return order[order >= 0][:n].sort().values
 
 
-def cell_key(cell: Cell, config: AttackConfig, victim: Victim, eval_set: EvalSet) -> str:
-    """Hash of everything that changes a cell's predictions (not batch size, device or progress bar)."""
+def fingerprint(model: nn.Module | None) -> str:
+    """SHA-256 of the weights: a retrained or re-selected checkpoint must not reuse old cells."""
+    if model is None:
+        return ""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cell_key(cell: Cell, config: AttackConfig, models: tuple[str, str], eval_set: EvalSet) -> str:
+    """Hash of everything that changes a cell's predictions (not batch size, device or progress bar).
+
+    `models` are the fingerprints of the victim and the transfer source.
+    """
     settings = {
         "cell": asdict(cell), "loss": attack_loss(cell.attack, config), "queries": config.queries,
-        "seed": config.seed, "model": victim.run_dir or victim.name, "source": victim.source_name,
-        "examples": hashlib.sha256(eval_set.index.numpy().tobytes()).hexdigest(), "data": eval_set.identity,
+        "seed": config.seed, "models": models, "data": eval_set.identity,
+        "examples": hashlib.sha256(eval_set.index.numpy().tobytes()).hexdigest(),
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     mode = "targeted" if cell.targeted else "untargeted"
@@ -176,7 +190,8 @@ def run_cells(
 ) -> pd.DataFrame:
     """Run the cells not already on disk, write each atomically when done, return all their rows."""
     cells_dir = Path(out_dir) / CELLS_DIR
-    keyed = [(cell, cells_dir / f"{cell_key(cell, config, victim, eval_set)}.csv") for cell in cells]
+    models = (fingerprint(victim.model), fingerprint(victim.source))
+    keyed = [(cell, cells_dir / f"{cell_key(cell, config, models, eval_set)}.csv") for cell in cells]
     todo = [(cell, path) for cell, path in keyed if not path.exists()]
     batches = -(-len(eval_set.labels) // config.batch_size)
     with tqdm(total=len(todo) * batches, desc="attack cells", unit="batch", disable=not progress) as bar:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pandas as pd
 import pytest
 import torch
@@ -190,6 +192,12 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_cells(toy, tmp_pa
     same = second.summary.merge(first.summary, on=["attack", "eps_pixel"], suffixes=("", "_first"))
     assert (same["value"] == same["value_first"]).all()
     assert sorted(same.loc[same["attack"] == "fgsm", "eps_pixel"]) == [0.0, 0.05]
+    calls.clear()
+    retrained = copy.deepcopy(toy)
+    with torch.no_grad():
+        retrained.body[1].bias.add_(0.01)
+    attack_model(Victim(retrained, "toy"), data, wider, tmp_path, progress=False)
+    assert len(calls) == 3  # new weights: no finished cell is reused
 
 
 def test_stratified_subset_is_seeded_and_balanced():

@@ -14,7 +14,7 @@ from robustcaps.cli.attack import parse_eps
 def run_dir(rendered_root, tmp_path_factory):
     from robustcaps.train import TrainConfig, fit
 
-    config = TrainConfig(model="cnn-small", data=str(rendered_root), steps=60, epochs=None, batch_size=32,
+    config = TrainConfig(model="cnn-small", data=str(rendered_root), steps=60, batch_size=32,
                          device="cpu")  # fmt: skip
     return fit(config, tmp_path_factory.mktemp("runs") / "cnn")
 
