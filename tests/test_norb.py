@@ -308,3 +308,21 @@ def test_smallnorb_dataset_channels_and_samples(norb_dir):
     assert set(singles.labels.tolist()) == set(range(5)) and singles.info.shape == (1620, 4)
     with pytest.raises(IndexError):
         pairs[810]
+
+
+def test_files_from_another_writer_with_zero_padding_slots(tmp_path, norb_dir):
+    """The unused dim slots carry no meaning: files written by hand with 0 there load and verify alike."""
+    import struct
+
+    root = tmp_path / "other"
+    root.mkdir()
+    for (part, kind), name in FILE_NAMES.items():
+        array = np.asarray(read_matrix(norb_dir / name))
+        magic = {"dat": 0x1E3D4C55, "cat": 0x1E3D4C54, "info": 0x1E3D4C54}[kind]
+        dims = list(array.shape) + [0] * (3 - array.ndim)
+        header = struct.pack(f"<{2 + len(dims)}i", magic, array.ndim, *dims)
+        with gzip.open(root / (name + ".gz"), "wb") as f:
+            f.write(header + array.astype(array.dtype.newbyteorder("<")).tobytes())
+    report = verify(root)
+    assert [p.shapes["info"] for p in report.parts] == [(810, 4), (810, 4)]
+    np.testing.assert_array_equal(load_arrays(root, "train").info, load_arrays(norb_dir, "train").info)
