@@ -316,7 +316,7 @@ def test_files_from_another_writer_with_zero_padding_slots(tmp_path, norb_dir):
 
     root = tmp_path / "other"
     root.mkdir()
-    for (part, kind), name in FILE_NAMES.items():
+    for (_part, kind), name in FILE_NAMES.items():
         array = np.asarray(read_matrix(norb_dir / name))
         magic = {"dat": 0x1E3D4C55, "cat": 0x1E3D4C54, "info": 0x1E3D4C54}[kind]
         dims = list(array.shape) + [0] * (3 - array.ndim)
