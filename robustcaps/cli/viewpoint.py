@@ -1,0 +1,59 @@
+"""`robustcaps viewpoint`: HSF18 Table 2 at matched familiar error; logic in robustcaps.viewpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from robustcaps.presets import PRESETS
+
+
+@click.command()
+@click.option("--split", type=click.Choice(["azimuth", "elevation"]), required=True)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="smallNORB-format directory (real or rendered); default: the preset's rendered stand-in.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default="quick",
+    show_default=True,
+    help="Models, step budget and data size (see `robustcaps reproduce --help`).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="results/viewpoint",
+    show_default=True,
+    help="Where <split>.csv and <split>.md go.",
+)
+@click.option(
+    "--runs",
+    "runs_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run directories of the two models [default: runs/viewpoint-<preset>].",
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def viewpoint(
+    split: str, data: str | None, preset: str, out_dir: str, runs_dir: str | None, device: str
+) -> None:
+    """Train the CNN, then the capsule network until its familiar-viewpoint error matches the CNN's;
+    write both models' familiar and novel error next to the paper's (Table 2)."""
+    from robustcaps.data.render import default_data_root
+    from robustcaps.presets import get_preset
+    from robustcaps.viewpoint import run_viewpoint
+
+    chosen = get_preset(preset)
+    root = Path(data) if data else Path(default_data_root(chosen.data_size))
+    runs = Path(runs_dir) if runs_dir else Path("runs") / f"viewpoint-{chosen.name}"
+    note = f"Regenerate: robustcaps viewpoint --split {split} --preset {preset}" + (
+        f" --data {data}" if data else ""
+    )
+    rows = run_viewpoint(split, chosen, root, runs, Path(out_dir), device, note, click.echo)
+    click.echo(rows[["model", "familiar_error", "novel_error", "familiar_gap"]].to_string(index=False))

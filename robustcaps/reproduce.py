@@ -1,0 +1,202 @@
+"""`robustcaps reproduce`: data → training (full, azimuth, elevation) → clean error → attacks → report.
+
+Every stage is a resumable `Step` (robustcaps.steps): rerunning skips what is finished with the same
+config, so an interrupted `make demo` continues where it stopped. Checkpoints and per-example attack
+results go to the runs directory (default `runs/reproduce-<preset>/`, git-ignored); the small CSVs the
+report reads go to the results directory (default `results/`).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+
+from robustcaps.errors import RobustcapsError
+from robustcaps.presets import Preset
+from robustcaps.report_tables import CLEAN_CSV, PROVENANCE_JSON, TRAINING_CSV, VIEWPOINT_DIR, family_of
+from robustcaps.runs import atomic_write_json, atomic_write_text, environment_metadata
+from robustcaps.steps import Pipeline, Step
+from robustcaps.viewpoint import VIEWPOINT_SPLITS, evaluate_run, run_viewpoint, train, train_config
+
+CHECKPOINT_FILES = ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv")
+
+
+def prepare_data(data: str | None, preset: Preset, results: Path, echo: Callable[[str], None]) -> Path:
+    """The dataset root: --data as given, else the preset's rendered stand-in (rendered once, cached)."""
+    from robustcaps.data.norb import verify
+    from robustcaps.data.render import default_data_root
+
+    root = Path(data) if data else Path(default_data_root(preset.data_size))
+    if data and not root.is_dir():
+        raise RobustcapsError(f"--data {root}: no such directory; render one with `robustcaps data render`")
+    report = verify(root)
+    lines = report.lines()
+    if getattr(report, "mismatch", ()):
+        raise RobustcapsError(
+            f"--data {root}: files differ from its manifest.json ({', '.join(report.mismatch)})"
+        )
+    atomic_write_text(
+        results / "data_verify.txt", f"$ robustcaps data verify {root}\n" + "\n".join(lines) + "\n"
+    )
+    echo("\n".join(lines))
+    return root
+
+
+def contact_sheet(root: Path, results: Path) -> Path:
+    from robustcaps.data.render import write_contact_sheet
+
+    return Path(write_contact_sheet(root, results / "dataset" / "contact_sheet.png"))
+
+
+def clean_rows(preset: Preset, runs_dir: Path, device: str) -> pd.DataFrame:
+    """Clean error of every trained run on its own split's parts, centre crop and (if set) 13 crops."""
+    jobs = [(runs_dir / f"{m}-full", m, "full", "best", ("test",)) for m in (preset.cnn, preset.capsnet)]
+    for split in VIEWPOINT_SPLITS:
+        jobs.append((runs_dir / f"{preset.cnn}-{split}", preset.cnn, split, "best", ("familiar", "novel")))
+        jobs.append(
+            (runs_dir / f"{preset.capsnet}-{split}", preset.capsnet, split, "last", ("familiar", "novel"))
+        )
+    rows = []
+    for run_dir, model, split, which, parts in jobs:
+        for multi_crop in (False, True) if preset.multi_crop else (False,):
+            trained = evaluate_run(run_dir, which, parts, device, multi_crop=multi_crop)
+            crops = 13 if multi_crop else 1
+            rows += [{"model": model, "family": family_of(model), "split": split, "part": part,
+                      "crops": crops, "error": trained.errors[part], "n": trained.sizes[part],
+                      "checkpoint": which} for part in parts]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def training_rows(runs_dir: Path, preset: Preset) -> pd.DataFrame:
+    """Every run's metrics.csv, stacked, with the run's model and split (for the training-curve figure)."""
+    frames = []
+    for split in ("full", *VIEWPOINT_SPLITS):
+        for model in (preset.cnn, preset.capsnet):
+            metrics = pd.read_csv(runs_dir / f"{model}-{split}" / "metrics.csv")
+            frames.append(
+                metrics.assign(run=f"{model}-{split}", model=model, family=family_of(model), split=split)
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    return atomic_write_text(path, frame.to_csv(index=False))
+
+
+def training_steps(
+    preset: Preset, root: Path, results: Path, runs_dir: Path, device: str, echo
+) -> list[Step]:
+    """Both models on the full split, then the matched-familiar-error protocol on each viewpoint split."""
+    from robustcaps.data.norb import dataset_identity
+
+    identity, steps = dataset_identity(root), []
+    for model in (preset.cnn, preset.capsnet):
+        config, run_dir = train_config(preset, model, "full", root, device), runs_dir / f"{model}-full"
+        outputs = tuple(run_dir / f for f in CHECKPOINT_FILES)
+        steps.append(Step(f"train-{model}-full", {"train": config.to_dict(), "data": identity}, outputs,
+                          partial(train, config, run_dir)))  # fmt: skip
+    for split in VIEWPOINT_SPLITS:
+        outputs = (results / VIEWPOINT_DIR / f"{split}.csv", results / VIEWPOINT_DIR / f"{split}.md")
+        note = f"Regenerate: robustcaps viewpoint --split {split} --preset {preset.name} --data {root}"
+        run = partial(
+            run_viewpoint, split, preset, root, runs_dir, results / VIEWPOINT_DIR, device, note, echo
+        )
+        steps.append(Step(f"viewpoint-{split}", {"preset": asdict(preset), "data": identity}, outputs, run))
+    return steps
+
+
+def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, device: str, echo) -> list[Step]:
+    """The pipeline after data preparation, in order; each step's config is what makes its outputs."""
+    from robustcaps.reproduce_attacks import attack_victim
+
+    steps = training_steps(preset, root, results, runs_dir, device, echo)
+    trained = tuple(step.name for step in steps)
+    steps.append(
+        Step(
+            "clean-error",
+            {"multi_crop": preset.multi_crop},
+            (results / CLEAN_CSV,),
+            lambda: _write_csv(clean_rows(preset, runs_dir, device), results / CLEAN_CSV),
+            trained,
+        )
+    )
+    steps.append(
+        Step(
+            "training-curves",
+            {},
+            (results / TRAINING_CSV,),
+            lambda: _write_csv(training_rows(runs_dir, preset), results / TRAINING_CSV),
+            trained,
+        )
+    )
+    attack_settings = (
+        "eps",
+        "attack_n",
+        "attack_steps",
+        "restarts",
+        "untargeted_attacks",
+        "vote_attacks",
+        "seed",
+    )
+    config = {k: getattr(preset, k) for k in attack_settings}
+    for model, source in ((preset.cnn, None), (preset.capsnet, runs_dir / f"{preset.cnn}-full")):
+        outputs = tuple(results / "attacks" / f"{model}{suffix}" / f for suffix in ("", "-targeted")
+                        for f in ("summary.csv", "checks.csv"))  # fmt: skip
+        run = partial(attack_victim, runs_dir / f"{model}-full", model, family_of(model), source, preset,
+                      device, runs_dir / "attacks", results / "attacks")  # fmt: skip
+        steps.append(Step(f"attack-{model}", config, outputs, run, trained[:2]))
+    return steps
+
+
+def resolve_device(device: str) -> str:
+    from robustcaps.distributed import World
+    from robustcaps.train import resolve_device as trainer_device
+
+    return str(trainer_device(device, World()))
+
+
+def reproduce(
+    preset: Preset, data: str | None = None, results_dir: str | Path = "results",
+    runs_dir: str | Path | None = None, device: str = "auto", echo: Callable[[str], None] = print,
+) -> Path:  # fmt: skip
+    """Run (or resume) the whole pipeline for a preset; returns the results/README.md it writes."""
+    from robustcaps.data.norb import dataset_identity
+    from robustcaps.report import write_report
+
+    start = time.perf_counter()
+    results = Path(results_dir)
+    runs = Path(runs_dir) if runs_dir else Path("runs") / f"reproduce-{preset.name}"
+    device = resolve_device(device)
+    pipeline = Pipeline(runs / "steps", echo)
+    root = prepare_data(data, preset, results, echo)
+    try:
+        pipeline.run(
+            Step(
+                "contact-sheet",
+                {"data": dataset_identity(root)},
+                (results / "dataset" / "contact_sheet.png",),
+                lambda: contact_sheet(root, results),
+            )
+        )
+    except ImportError:
+        echo("no contact sheet: robustcaps.data.render.write_contact_sheet is not available")
+    for step in build_steps(preset, root, results, runs, device, echo):
+        pipeline.run(step)
+    provenance = {
+        "preset": preset.name, "demo": preset.demo, "preset_settings": asdict(preset),
+        "command": "robustcaps " + shlex.join(sys.argv[1:]) if "reproduce" in sys.argv else
+                   f"robustcaps reproduce --preset {preset.name}",
+        **environment_metadata(device), "dataset_identity": dataset_identity(root), "data_root": str(root),
+        "steps": pipeline.log.records, "wall_seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+    atomic_write_json(results / PROVENANCE_JSON, provenance)
+    readme = write_report(results)
+    echo(f"wrote {readme} ({provenance['wall_seconds']:.0f} s)")
+    return readme

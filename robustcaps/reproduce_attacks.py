@@ -1,0 +1,75 @@
+"""The attack part of `robustcaps reproduce`: which sweeps run on which trained model.
+
+Per victim (the full-split capsnet and CNN, val-selected checkpoints), two sweeps on the same seeded,
+class-stratified test examples:
+
+- `<model>/`: untargeted FGSM, BIM, PGD, APGD-CE, APGD-DLR over the preset's ε (standardised units), with the
+  integrity checks; the capsule network also gets the vote attack (BIM and PGD through `vote_logits`,
+  Gu et al. 2021) and transfer attacks crafted on the CNN (source), so that masked gradients show up.
+- `<model>-targeted/`: targeted FGSM and BIM (HSF18 Fig. 3, success averaged over the 4 wrong classes).
+  Kept apart so the expensive targeted mode is not also run for PGD/APGD.
+
+The full outputs (per-example CSVs, resumable cells) live under the runs directory; summary.csv and
+checks.csv are copied into results/attacks/<name>/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from robustcaps.presets import Preset
+from robustcaps.runs import atomic_write_bytes
+
+TARGETED = ("fgsm", "bim")
+
+
+def attack_configs(preset: Preset, family: str, device: str) -> dict[str, object]:
+    """{suffix: AttackConfig} for one victim: "" (untargeted + checks) and "-targeted"."""
+    from robustcaps.attack import AttackConfig
+
+    common = dict(eps=preset.eps, units="std", n=preset.attack_n, steps=preset.attack_steps,
+                  restarts=preset.restarts, seed=preset.seed, device=device, part="test")  # fmt: skip
+    attacks = preset.untargeted_attacks + (preset.vote_attacks if family == "capsnet" else ())
+    return {
+        "": AttackConfig(attacks=attacks, targeted=(False,), checks=True, **common),
+        "-targeted": AttackConfig(attacks=TARGETED, targeted=(True,), checks=False, **common),
+    }
+
+
+def eval_set_for(loaded, config) -> object:
+    """The attacked examples: a seeded, class-stratified subset of the test part, centre-cropped to [0, 1]."""
+    from robustcaps.attack_run import identity_string
+    from robustcaps.attack_sweep import EvalSet, stratified_subset
+    from robustcaps.data import transforms
+    from robustcaps.train import load_split
+
+    data = load_split(loaded.config)
+    part = getattr(data, config.part)
+    index = stratified_subset(part.labels, config.n, config.seed)
+    images = transforms.test_batch(part.images[index]).float()
+    return EvalSet(images, part.labels[index], index, identity_string(data.identity))
+
+
+def attack_victim(
+    run_dir: Path, name: str, family: str, source_dir: Path | None, preset: Preset, device: str,
+    runs_out: Path, results_out: Path, progress: bool = True,
+) -> list[Path]:  # fmt: skip
+    """Run both sweeps on one trained model; returns the summary/checks CSVs copied into results."""
+    from robustcaps.attack_run import attack_model
+    from robustcaps.attack_sweep import Victim
+    from robustcaps.runs import load_run
+
+    loaded = load_run(run_dir, which="best", device=device)
+    source = load_run(source_dir, which="best", device=device) if source_dir is not None else None
+    copied = []
+    for suffix, config in attack_configs(preset, family, device).items():
+        victim = Victim(loaded.model, name, str(run_dir))
+        if source is not None and suffix == "":
+            victim = Victim(loaded.model, name, str(run_dir), source.model, source.config.model)
+        out = runs_out / f"{name}{suffix}"
+        attack_model(victim, eval_set_for(loaded, config), config, out, progress=progress)
+        for file in ("summary.csv", "checks.csv"):
+            copied.append(
+                atomic_write_bytes(results_out / f"{name}{suffix}" / file, (out / file).read_bytes())
+            )
+    return copied

@@ -1,0 +1,149 @@
+"""Novel viewpoints at matched familiar error: the protocol of HSF18 Table 2.
+
+1. Train the CNN on the training viewpoints of the split (azimuth: 300°–40°; elevation: 30°–40°); its
+   val-selected (`best`) checkpoint gives the familiar error E_cnn on test images at those viewpoints.
+2. Train the capsule network with `target_familiar_error = E_cnn`: the trainer stops when its error on
+   familiar viewpoints reaches E_cnn (checked on familiar data only, at the end of each epoch). We evaluate
+   its `last` checkpoint: the one whose familiar error was checked against the target.
+3. Compare errors on novel viewpoints. Nothing is ever chosen on novel data; the achieved familiar gap
+   (capsules − CNN) is reported because epoch granularity and the step budget make the match inexact.
+
+    familiar_gap = E_familiar(capsnet) − E_familiar(cnn)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from robustcaps.errors import RobustcapsError
+from robustcaps.paper_results import TABLE2
+from robustcaps.presets import Preset
+from robustcaps.report_tables import markdown_table, percent
+from robustcaps.runs import atomic_write_text
+
+VIEWPOINT_SPLITS = ("azimuth", "elevation")
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained run and its errors; `which` is the checkpoint the errors come from."""
+
+    run_dir: Path
+    model: str
+    which: str
+    errors: dict[str, float]  # part -> error
+    sizes: dict[str, int]  # part -> n
+
+
+def train_config(preset: Preset, model: str, split: str, data_root: Path, device: str, **changes):
+    """The TrainConfig of one run of a preset (the trainer's dataclass, so config.json rebuilds it)."""
+    from robustcaps.train import TrainConfig
+
+    steps = preset.steps if split == "full" else preset.viewpoint_steps
+    return TrainConfig(
+        model=model, model_overrides=preset.overrides(model), data=str(data_root), data_size=preset.data_size,
+        split=split, stereo=preset.stereo,
+        max_per_part=preset.max_per_part, steps=steps, batch_size=preset.batch_size,
+        lr_decay_steps=preset.lr_decay_steps, margin_step_scale=preset.margin_step_scale, seed=preset.seed,
+        device=device, **changes,
+    )  # fmt: skip
+
+
+def train(config, run_dir: Path) -> Path:
+    """fit(), resuming a run that was interrupted with the same config instead of starting it over."""
+    from robustcaps.runs import CONFIG_FILE, checkpoint_path
+    from robustcaps.train import TrainConfig, fit
+
+    resume = checkpoint_path(run_dir, "last").exists() and (run_dir / CONFIG_FILE).exists()
+    if resume and TrainConfig.from_json(run_dir / CONFIG_FILE) != config:
+        raise RobustcapsError(f"{run_dir}: holds a run with another config; delete it or use another --runs")
+    return fit(config, run_dir, resume=resume)
+
+
+def evaluate_run(run_dir: Path, which: str, parts: tuple[str, ...], device: str, multi_crop: bool = False):
+    """Errors of a trained run on parts of its own split ("test", "familiar", "novel", "val")."""
+    from robustcaps.distributed import World
+    from robustcaps.evaluate import evaluate
+    from robustcaps.runs import load_run
+    from robustcaps.train import load_split, resolve_device
+
+    dev = resolve_device(device, World())
+    loaded = load_run(run_dir, which=which, device=dev)
+    data = load_split(loaded.config)
+    results = {
+        part: evaluate(loaded.model, getattr(data, part), dev, multi_crop=multi_crop) for part in parts
+    }
+    errors = {part: r["error"] for part, r in results.items()}
+    sizes = {part: r["n"] for part, r in results.items()}
+    return Trained(Path(run_dir), loaded.config.model, which, errors, sizes)
+
+
+def matched_pair(
+    preset: Preset, split: str, data_root: Path, runs_dir: Path, device: str,
+    echo: Callable[[str], None] = print,
+) -> tuple[Trained, Trained]:  # fmt: skip
+    """Train the CNN, then the capsule network stopped at the CNN's familiar error; evaluate both."""
+    if split not in VIEWPOINT_SPLITS:
+        raise RobustcapsError(f"--split {split}: choose one of {', '.join(VIEWPOINT_SPLITS)}")
+    parts = ("familiar", "novel")
+    cnn_dir = runs_dir / f"{preset.cnn}-{split}"
+    train(train_config(preset, preset.cnn, split, data_root, device), cnn_dir)
+    cnn = evaluate_run(cnn_dir, "best", parts, device)
+    target = cnn.errors["familiar"]
+    echo(f"{split}: CNN familiar error {percent(target)}; training {preset.capsnet} to match it")
+    caps_dir = runs_dir / f"{preset.capsnet}-{split}"
+    train(
+        train_config(preset, preset.capsnet, split, data_root, device, target_familiar_error=target), caps_dir
+    )
+    return cnn, evaluate_run(caps_dir, "last", parts, device)
+
+
+def table2_rows(split: str, cnn: Trained, caps: Trained) -> pd.DataFrame:
+    """One row per model: familiar and novel error, the paper's, the achieved familiar gap."""
+    gap = caps.errors["familiar"] - cnn.errors["familiar"]
+    rows = []
+    for family, trained in (("cnn", cnn), ("capsnet", caps)):
+        paper = TABLE2[(split, family)]
+        rows.append({
+            "split": split, "model": trained.model, "family": family, "checkpoint": trained.which,
+            "familiar_error": trained.errors["familiar"], "novel_error": trained.errors["novel"],
+            "paper_familiar_error": paper["familiar_error"], "paper_novel_error": paper["novel_error"],
+            "familiar_gap": gap, "target_familiar_error": cnn.errors["familiar"],
+            "n_familiar": trained.sizes["familiar"], "n_novel": trained.sizes["novel"],
+            "run_dir": str(trained.run_dir),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_table2(rows: pd.DataFrame, out_dir: Path, note: str) -> tuple[Path, Path]:
+    """`<split>.csv` and `<split>.md` under out_dir (the Markdown with the paper's numbers beside ours)."""
+    split = rows["split"].iloc[0]
+    csv = atomic_write_text(out_dir / f"{split}.csv", rows.to_csv(index=False))
+    shown = pd.DataFrame({
+        "model": rows["model"],
+        "familiar error": rows["familiar_error"].map(percent),
+        "novel error": rows["novel_error"].map(percent),
+        "paper familiar": rows["paper_familiar_error"].map(percent),
+        "paper novel": rows["paper_novel_error"].map(percent),
+    })  # fmt: skip
+    gap = rows["familiar_gap"].iloc[0]
+    text = (
+        f"## Novel viewpoints, {split} split (HSF18 Table 2 analogue)\n\n{markdown_table(shown)}\n"
+        f"Achieved familiar-error gap (capsules − CNN): {100 * gap:+.1f} points.\n\n_{note}_\n"
+    )
+    return csv, atomic_write_text(out_dir / f"{split}.md", text)
+
+
+def run_viewpoint(
+    split: str, preset: Preset, data_root: Path, runs_dir: Path, out_dir: Path, device: str = "auto",
+    note: str = "", echo: Callable[[str], None] = print,
+) -> pd.DataFrame:  # fmt: skip
+    """The whole protocol for one split; writes `<out_dir>/<split>.{csv,md}` and returns the rows."""
+    cnn, caps = matched_pair(preset, split, Path(data_root), Path(runs_dir), device, echo)
+    rows = table2_rows(split, cnn, caps)
+    write_table2(rows, Path(out_dir), note)
+    return rows

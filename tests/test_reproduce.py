@@ -1,0 +1,134 @@
+"""`robustcaps reproduce`: resumable steps, presets, and the whole pipeline end to end, tiny."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from robustcaps.cli import cli
+from robustcaps.errors import RobustcapsError
+from robustcaps.presets import PRESETS, get_preset, tiny
+from robustcaps.steps import Pipeline, Step
+
+
+def _counting_step(tmp_path, name, config, counter, depends=()):
+    out = tmp_path / f"{name}.txt"
+
+    def run():
+        counter[name] = counter.get(name, 0) + 1
+        out.write_text(json.dumps(config))
+
+    return Step(name, config, (out,), run, depends)
+
+
+def test_finished_steps_are_skipped_and_changed_ones_rerun(tmp_path):
+    counter, log = {}, []
+
+    def run_all(a_config):
+        pipeline = Pipeline(tmp_path / "state", log.append)
+        pipeline.run(_counting_step(tmp_path, "a", a_config, counter))
+        pipeline.run(_counting_step(tmp_path, "b", {"y": 1}, counter, depends=("a",)))
+        pipeline.run(_counting_step(tmp_path, "c", {"z": 1}, counter))
+
+    run_all({"x": 1})
+    run_all({"x": 1})
+    assert counter == {"a": 1, "b": 1, "c": 1}
+    (tmp_path / "c.txt").unlink()  # a lost output is made again
+    run_all({"x": 1})
+    assert counter == {"a": 1, "b": 1, "c": 2}
+    run_all({"x": 2})  # a changed setting reruns the step and every step that depends on it
+    assert counter == {"a": 2, "b": 2, "c": 2}
+
+
+def test_a_crashed_step_is_not_marked_finished(tmp_path):
+    def crash():
+        (tmp_path / "half.txt").write_text("half")
+        raise RuntimeError("killed")
+
+    pipeline = Pipeline(tmp_path / "state", lambda _: None)
+    with pytest.raises(RuntimeError):
+        pipeline.run(Step("s", {}, (tmp_path / "half.txt",), crash))
+    counter = {}
+    step = _counting_step(tmp_path, "s", {}, counter)
+    Pipeline(tmp_path / "state", lambda _: None).run(Step("s", {}, (tmp_path / "half.txt",), step.run))
+    assert counter == {"s": 1}
+
+
+def test_presets():
+    quick = get_preset("quick")
+    assert quick.demo and (quick.capsnet, quick.cnn) == ("capsnet-small", "cnn-small")
+    paper = get_preset("paper")
+    assert not paper.demo and (paper.capsnet, paper.cnn, paper.batch_size) == ("capsnet", "cnn", 64)
+    assert paper.margin_step_scale == 50_000 and max(paper.eps) == 0.5
+    assert get_preset("gpu").capsnet == "capsnet" and set(PRESETS) >= {"quick", "gpu", "paper"}
+    with pytest.raises(RobustcapsError, match="--preset"):
+        get_preset("huge")
+
+
+def test_cli_bad_data_is_one_line(tmp_path):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "reproduce",
+            "--preset",
+            "tiny",
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "results"),
+            "--runs",
+            str(tmp_path / "runs"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --data") and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "results" / "README.md").exists()
+
+
+@pytest.fixture
+def data_root(request, tmp_path_factory):
+    """The shared tiny rendered set (tests/conftest.py), or a tiny render of our own if it is absent."""
+    try:
+        return request.getfixturevalue("rendered_root")
+    except pytest.FixtureLookupError:
+        from robustcaps.data.render import render_dataset
+
+        return render_dataset(tmp_path_factory.mktemp("tiny"), size="tiny", progress=False)
+
+
+@pytest.mark.slow
+def test_tiny_reproduce_end_to_end_then_resume(data_root, tmp_path):
+    from robustcaps.reproduce import reproduce
+
+    results, runs, log = tmp_path / "results", tmp_path / "runs", []
+    preset = tiny().replace(steps=2, viewpoint_steps=2, attack_n=5, max_per_part=20)
+    readme = reproduce(preset, data=str(data_root), results_dir=results, runs_dir=runs, device="cpu",
+                       echo=log.append)  # fmt: skip
+    text = readme.read_text()
+    assert "demo" in text and "rendered stand-in" in text
+    for name in ("fig3_fgsm_bim", "all_attacks", "familiar_vs_novel", "training_curves"):
+        assert (results / "figures" / f"{name}.png").exists() and (
+            results / "figures" / f"{name}.pdf"
+        ).exists()
+    table2 = pd.concat(pd.read_csv(results / "viewpoint" / f"{s}.csv") for s in ("azimuth", "elevation"))
+    assert set(table2["family"]) == {"capsnet", "cnn"} and table2["novel_error"].between(0, 1).all()
+    for split in ("azimuth", "elevation"):  # the capsules' target is the CNN's measured familiar error
+        caps = json.loads((runs / f"capsnet-small-{split}" / "config.json").read_text())
+        cnn_row = table2[(table2["split"] == split) & (table2["family"] == "cnn")].iloc[0]
+        assert caps["target_familiar_error"] == pytest.approx(cnn_row["familiar_error"])
+    summary = pd.concat(pd.read_csv(p) for p in results.glob("attacks/*/summary.csv"))
+    assert {"fgsm", "bim", "bim-vote", "worst"} <= set(summary["attack"])
+    assert (summary["source"] == "cnn-small").any()  # transfer from the CNN to the capsules
+    assert summary["targeted"].any() and (results / "attacks" / "capsnet-small" / "checks.csv").exists()
+    provenance = json.loads((results / "provenance.json").read_text())
+    assert provenance["demo"] and provenance["dataset_identity"]["kind"] == "rendered"
+    ran = [line for line in log if line.startswith("[run ]")]
+    assert len(ran) >= 9
+
+    log.clear()
+    reproduce(preset, data=str(data_root), results_dir=results, runs_dir=runs, device="cpu", echo=log.append)
+    assert not [line for line in log if line.startswith("[run ]")]
+    assert sum(line.startswith("[skip]") for line in log) == len(ran)
