@@ -19,6 +19,11 @@ an image of average contrast. Every row records `sigma_mean`, `eps_pixel` and `e
 Objective. torchattacks' FGSM/BIM/PGD maximise cross-entropy on whatever the module returns, so we feed
 them logits, never the sigmoid activations (CE on activations in (0, 1) is a weak objective). The
 `loss="margin"` option turns the same CE into a monotone function of the CW logit margin (`margin_logits`).
+
+Settings, recorded per row (`steps`, `restarts`, `loss`): BIM and PGD take steps of α = 2.5·ε/steps
+(Madry et al.), PGD starts uniformly in the ball; APGD-CE/DLR use torchattacks' step-size schedule;
+CW-L2 uses c = 1, lr 0.01 and its perturbation is clipped into the L∞ ball; Square (gradient-free)
+uses the margin loss with `queries` queries per restart (its `steps` column holds the queries).
 """
 
 from __future__ import annotations
@@ -177,7 +182,7 @@ def build_attack(name: str, target: AttackTarget, eps: float, config: AttackConf
     assert kind == "square"
     return torchattacks.Square(
         target, norm="Linf", eps=eps, n_queries=config.queries, n_restarts=config.restarts,
-        seed=config.seed, loss="margin" if config.loss == "margin" else "ce",
+        seed=config.seed, loss="margin",
     )  # fmt: skip
 
 
@@ -196,7 +201,7 @@ def attack_loss(name: str, config: AttackConfig) -> str:
     kind = base_attack(name)
     if kind in MARGIN_WRAPPABLE:
         return config.loss
-    return {"apgd-ce": "ce", "apgd-dlr": "dlr", "cw": "cw-margin"}.get(kind, config.loss)
+    return {"apgd-ce": "ce", "apgd-dlr": "dlr", "cw": "cw-margin", "square": "margin"}[kind]
 
 
 def craft(
