@@ -74,7 +74,10 @@ def attack_sentences(summary: pd.DataFrame) -> list[str]:
     for targeted, eps in ((False, 0.1), (True, 0.25)):
         for attack in PAPER_ATTACKS:
             rows = summary[
-                (summary["attack"] == attack) & (summary["targeted"] == targeted) & (summary["source"] == "")
+                (summary["attack"] == attack)
+                & (summary["targeted"] == targeted)
+                & (summary["source"] == "")
+                & (summary["role"] == "sweep")
             ]
             if rows.empty:
                 continue
@@ -93,12 +96,17 @@ def attack_sentences(summary: pd.DataFrame) -> list[str]:
 
 
 def worst_case(summary: pd.DataFrame, eps: float) -> tuple[float, pd.Series] | None:
-    """Per family, the lowest untargeted accuracy over every attack at the ε closest to `eps`."""
-    rows = summary[(~summary["targeted"]) & (summary["metric"] == "accuracy") & (summary["eps_std"] > 0)]
+    """Per family, the untargeted accuracy under the worst attack at the ε closest to `eps`.
+
+    robustcaps.attack's per-example worst case ("worst" rows) when present, else the lowest accuracy of
+    any single attack (an upper bound on the per-example worst case)."""
+    rows = summary[(~summary["targeted"]) & (summary["metric"] == "accuracy") & (summary["eps_std"] > 0)
+                   & (summary["role"] == "sweep")]  # fmt: skip
     if rows.empty:
         return None
     at, rows = _at_eps(rows, eps)
-    return at, rows.groupby("family")["value"].min()
+    worst = rows[rows["attack"] == "worst"]
+    return at, (worst if not worst.empty else rows).groupby("family")["value"].min()
 
 
 def robustness_verdict(summary: pd.DataFrame, checks: pd.DataFrame) -> str:

@@ -43,7 +43,8 @@ def _colour(model: str) -> str:
 
 def plot_fig3(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
     """Accuracy (untargeted) and success rate (targeted) against ε for FGSM and BIM, paper points overlaid."""
-    rows = summary[summary["attack"].isin(PAPER_ATTACKS) & (summary["source"] == "")]
+    white_box = (summary["source"] == "") & (summary["role"] == "sweep")
+    rows = summary[summary["attack"].isin(PAPER_ATTACKS) & white_box]
     paper = fig3_frame()
     fig, axes = plt.subplots(2, 2, figsize=(9, 7), sharex=True, sharey=True, squeeze=False)
     for i, targeted in enumerate((False, True)):
@@ -87,7 +88,8 @@ def plot_fig3(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
 
 def plot_all_attacks(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
     """Untargeted accuracy against ε for every attack (including transfer and the vote attack) and model."""
-    rows = summary[(~summary["targeted"]) & (summary["metric"] == "accuracy")].copy()
+    chosen = (~summary["targeted"]) & (summary["role"] == "sweep") & (summary["attack"] != "clean")
+    rows = summary[chosen & (summary["metric"] == "accuracy")].copy()
     rows["attack"] = [
         a if not s else f"{a} (from {s})" for a, s in zip(rows["attack"], rows["source"], strict=True)
     ]

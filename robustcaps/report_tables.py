@@ -47,7 +47,10 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame | dict]:
         summary["attack"] = summary["attack"].astype(str).str.lower()
         summary["targeted"] = summary["targeted"].astype(str).str.lower().isin(("true", "1"))
         source = summary["source"] if "source" in summary else pd.Series("", index=summary.index)
-        summary["source"] = source.astype(object).where(source.notna(), "").astype(str)
+        # robustcaps.attack writes "self" for a white-box attack; here an empty source means white-box.
+        summary["source"] = source.astype(object).where(source.notna(), "").astype(str).replace("self", "")
+        role = summary["role"] if "role" in summary else pd.Series("sweep", index=summary.index)
+        summary["role"] = role.fillna("sweep").astype(str)
         summary["family"] = summary["model"].map(family_of)
     provenance_path = root / PROVENANCE_JSON
     return {
@@ -133,7 +136,10 @@ def sweep_table(summary: pd.DataFrame, targeted: bool) -> pd.DataFrame:
     if summary.empty:
         return summary
     rows = summary[
-        summary["attack"].isin(PAPER_ATTACKS) & (summary["targeted"] == targeted) & (summary["source"] == "")
+        summary["attack"].isin(PAPER_ATTACKS)
+        & (summary["targeted"] == targeted)
+        & (summary["source"] == "")
+        & (summary["role"] == "sweep")
     ]
     if rows.empty:
         return pd.DataFrame()
@@ -146,15 +152,16 @@ def stronger_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Every other attack (PGD, APGD, transfer, vote, worst case): a row per attack/model, ε as columns."""
     if summary.empty:
         return summary
-    paper = summary["attack"].isin(PAPER_ATTACKS) & (summary["source"] == "")
-    rows = summary[~paper]
+    paper = summary["attack"].isin(PAPER_ATTACKS) & (summary["source"] == "") & (summary["role"] == "sweep")
+    rows = summary[~paper & (summary["attack"] != "clean")]
     if rows.empty:
         return pd.DataFrame()
     rows = rows.assign(
         eps=rows["eps_std"].round(3).map(lambda e: f"ε={e:g}"),
         mode=rows["targeted"].map({True: "targeted", False: "untargeted"}),
     )
-    index = ["attack", "source", "model", "mode", "metric"]
+    # role "check": the extra cells of the integrity checks (PGD at ε_pixel 0.5, PGD with 4× the budget).
+    index = ["attack", "source", "model", "mode", "role", "metric"]
     wide = rows.pivot_table(index=index, columns="eps", values="value", aggfunc="mean")
     ordered = sorted(wide.columns, key=lambda c: float(c[2:]))
     return wide[ordered].reset_index()

@@ -10,7 +10,9 @@ from click.testing import CliRunner
 
 from robustcaps.cli import cli
 from robustcaps.errors import RobustcapsError
+from robustcaps.findings import findings_paragraph
 from robustcaps.report import write_report
+from robustcaps.report_tables import load_results
 
 EPS = [0.0, 0.1, 0.25, 0.5]
 # Distinctive values so the tables can be searched for them.
@@ -46,6 +48,10 @@ def _summary(model: str, source: str = "") -> list[dict]:
                         "dataset": "rendered seed 0",
                     }
                 )
+    # robustcaps.attack also writes the clean pseudo-attack and the integrity checks' extra PGD cells.
+    base = {**rows[0], "targeted": False, "metric": "accuracy", "eps_std": 0.0, "eps_pixel": 0.0}
+    rows.append({**base, "attack": "clean", "value": ACC[model][0]})
+    rows.append({**base, "attack": "pgd", "role": "check", "eps_std": 2.5, "eps_pixel": 0.5, "value": 0.0123})
     return rows
 
 
@@ -186,13 +192,13 @@ def test_report_writes_every_file_with_the_fixture_numbers(results_dir):
         "6.9%" in text and "5.8%" in text and "1.4%" in text
     )  # clean error 1 and 13 crops, paper multi-crop
     assert "vote" in text and "FAIL" in text
+    assert "| pgd |  | capsnet-small | untargeted | check | accuracy |" in text and "0.012" in text
     assert "CPU x86_64 x2 (testhost)" in text and "abc1234def" in text
     assert "robustcaps reproduce --preset quick" in text
 
 
 def test_findings_follow_the_numbers(results_dir):
-    text = write_report(results_dir).read_text()
-    paragraph = text.split("## What the numbers show")[1].split("##")[0]
+    paragraph = findings_paragraph(load_results(results_dir), "rendered")
     assert "demo" in paragraph and "rendered stand-in" in paragraph
     assert "better than the CNN by 6.9 points" in paragraph  # 22.33% - 15.44% novel error
     assert "gradients_nonzero" in paragraph  # the capsule model's failed check is named
@@ -201,7 +207,7 @@ def test_findings_follow_the_numbers(results_dir):
     for checks in results_dir.glob("attacks/*/checks.csv"):
         frame = pd.read_csv(checks).assign(passed=True)
         frame.to_csv(checks, index=False)
-    paragraph = write_report(results_dir).read_text().split("## What the numbers show")[1].split("##")[0]
+    paragraph = findings_paragraph(load_results(results_dir), "rendered")
     assert "survives" in paragraph and "does not survive" not in paragraph
 
 
