@@ -316,6 +316,7 @@ def _metrics_row(s: Session, val_error: float, familiar_error: float) -> dict[st
         "step": p.step,
         "train_loss": p.loss_sum / max(p.seen, 1),
         "train_error": p.wrong / max(p.seen, 1),
+        "train_images": p.seen,  # this epoch, all ranks
         "val_error": val_error,
         "familiar_error": familiar_error,
         "lr": s.scheduler.get_last_lr()[0],
