@@ -122,8 +122,11 @@ def load_arrays(root: str | os.PathLike, part: str) -> NorbArrays:
     return NorbArrays(dat, np.asarray(cat, dtype=np.int64), np.asarray(info, dtype=np.int64))
 
 
-def file_md5(path: Path) -> str:
-    """MD5 of a file as stored, cached by (path, size, mtime) so that loading stays cheap."""
+def file_md5(path: Path, known_md5: str | None = None) -> str:
+    """MD5 of a file as stored, cached by (path, size, mtime) so that loading stays cheap.
+
+    `known_md5`: the caller has just hashed the file (verify does, while streaming it); only remember it.
+    """
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     cache = cache_root() / "md5.json"
@@ -134,9 +137,9 @@ def file_md5(path: Path) -> str:
     if key not in known:
         digest = hashlib.md5()
         with open(path, "rb") as f:
-            while chunk := f.read(1 << 24):
+            while known_md5 is None and (chunk := f.read(1 << 24)):
                 digest.update(chunk)
-        known[key] = digest.hexdigest()
+        known[key] = known_md5 or digest.hexdigest()
         try:
             atomic_write_json(cache, known)
         except OSError:  # a read-only cache only costs speed
