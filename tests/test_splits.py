@@ -127,3 +127,12 @@ def test_stratified_subset_keeps_class_shares():
 def test_bad_options_name_the_option(norb_dir, options, message):
     with pytest.raises(RobustcapsError, match=message):
         make_split(norb_dir, **options)
+
+
+def test_read_only_data_directory_caches_under_cache_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTCAPS_CACHE", str(tmp_path / "cache"))
+    root = write_norb_set(tmp_path / "data")
+    monkeypatch.setattr(splits.os, "access", lambda path, mode: False)
+    make_split(root, split="elevation")
+    assert not (root / ".robustcaps-cache").exists()
+    assert len(list((tmp_path / "cache" / "downsampled").glob("*/downsampled48-*.pt"))) == 1

@@ -101,7 +101,10 @@ def downsampled_parts(root: str | os.PathLike) -> dict[str, TensorSet]:
     stats = [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in files]
     key_source = json.dumps([_CACHE_VERSION, DOWNSAMPLED, dataset_identity(root), stats], sort_keys=True)
     key = hashlib.sha1(key_source.encode()).hexdigest()[:16]
-    cache_dir = root / ".robustcaps-cache" if os.access(root, os.W_OK) else cache_root() / "downsampled"
+    if os.access(root, os.W_OK):
+        cache_dir = root / ".robustcaps-cache"
+    else:  # one folder per data directory, so that stale-cache cleaning never touches another dataset's
+        cache_dir = cache_root() / "downsampled" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
     path = cache_dir / f"downsampled{DOWNSAMPLED}-{key}.pt"
     if path.is_file():
         try:
