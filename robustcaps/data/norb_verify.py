@@ -48,6 +48,11 @@ class VerifyReport:
     sha256_mismatch: tuple[str, ...] = field(default=())  # rendered sets: files whose SHA-256 differs
 
     @property
+    def mismatch(self) -> tuple[str, ...]:
+        """Alias of `sha256_mismatch` (the name `robustcaps.reproduce` reads)."""
+        return self.sha256_mismatch
+
+    @property
     def official(self) -> bool:
         return all(all(p.official.values()) for p in self.parts)
 
