@@ -26,6 +26,5 @@ def models(in_channels: int) -> None:
     click.echo(header)
     click.echo("-" * len(header))
     for row in rows:
-        click.echo(
-            f"{row['name']:<14} {row['parameters']:>11,} {row['flops_per_image'] / 1e6:>13.1f}  {row['configuration']}"
-        )
+        mflops = row["flops_per_image"] / 1e6
+        click.echo(f"{row['name']:<14} {row['parameters']:>11,} {mflops:>13.1f}  {row['configuration']}")

@@ -79,7 +79,8 @@ def describe(config: Any) -> str:
             f"A={config.conv1_channels} B={config.primary_types} C={config.convcaps1_types} "
             f"D={config.convcaps2_types}, {config.iterations} iters, E-step {config.estep}, data mass {mass}"
         )
-    return f"conv {config.conv1_channels}-{config.conv2_channels}, FC {config.hidden}, dropout {config.dropout:g}"
+    widths = f"conv {config.conv1_channels}-{config.conv2_channels}, FC {config.hidden}"
+    return f"{widths}, dropout {config.dropout:g}"
 
 
 def model_info(name: str, in_channels: int = 1) -> dict[str, Any]:

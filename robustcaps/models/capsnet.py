@@ -24,7 +24,6 @@ from robustcaps.models.routing import (
     Routed,
     conv_children,
     em_routing,
-    initial_responsibilities,
     inverse_temperature_schedule,
     mass_scale,
 )
@@ -96,8 +95,6 @@ class ConvCaps(nn.Module):
         cross = children if config.estep == "cross" else None
         self.n_children = in_size * in_size * in_types
         self.register_buffer("child_index", cross, persistent=False)
-        r0 = initial_responsibilities(cross, self.n_children, out_types)
-        self.register_buffer("responsibilities", r0, persistent=False)
         self.mass_scale = mass_scale(cross, self.n_children, out_types, children.shape[1], config.data_mass)
         self.schedule = inverse_temperature_schedule(config.inverse_temperature, config.iterations)
         self.min_variance = config.min_variance
@@ -114,7 +111,6 @@ class ConvCaps(nn.Module):
             self.beta_u,
             self.beta_a,
             self.schedule,
-            self.responsibilities,
             min_variance=self.min_variance,
             mass_scale=self.mass_scale,
             children=self.child_index,
@@ -138,9 +134,6 @@ class ClassCaps(nn.Module):
             offsets[:, 3] = centres.repeat_interleave(len(centres))
             offsets[:, 7] = centres.repeat(len(centres))
         self.register_buffer("offsets", offsets[:, None, :], persistent=False)  # (P, 1, 16)
-        self.register_buffer(
-            "responsibilities", initial_responsibilities(None, 0, n_classes), persistent=False
-        )
         child_slots = len(centres) ** 2 * in_types
         self.mass_scale = mass_scale(None, 0, n_classes, child_slots, config.data_mass)
         self.schedule = inverse_temperature_schedule(config.class_inverse_temperature, config.iterations)
@@ -158,7 +151,6 @@ class ClassCaps(nn.Module):
             self.beta_u,
             self.beta_a,
             schedule,
-            self.responsibilities,
             min_variance=self.min_variance,
             mass_scale=self.mass_scale,
         )
@@ -231,7 +223,9 @@ class CapsNet(nn.Module):
         """
         generator = torch.Generator().manual_seed(seed)
         probe = torch.rand(images, self.config.in_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-        probe = probe.to(self.conv1.weight.device)
-        for index, layer in enumerate((self.conv_caps1, self.conv_caps2, self.class_caps)):
-            log_sigma = 0.5 * self.routed(probe)[index].variances.log().sum(-1)
+        capsules = self.primary_caps(F.relu(self.conv1(self.standardize(probe.to(self.conv1.weight.device)))))
+        for layer in (self.conv_caps1, self.conv_caps2, self.class_caps):
+            log_sigma = 0.5 * layer(capsules).variances.log().sum(-1)
             layer.beta_u.fill_(-log_sigma.median().item() / POSE)
+            if layer is not self.class_caps:
+                capsules = _as_capsules(layer(capsules), layer.out_size)

@@ -63,11 +63,16 @@ def conv_children(in_size: int, kernel: int, stride: int, in_types: int) -> Tens
     return (position * in_types + torch.arange(in_types)).reshape(out_size * out_size, -1)
 
 
-def initial_responsibilities(children: Tensor | None, n_children: int, parent_types: int) -> Tensor:
+def initial_responsibilities(
+    children: Tensor | None, n_children: int, parent_types: int, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """R_ij before the first M-step: uniform over the parents each child feeds. (L, I), or (1, 1)."""
     if children is None:
-        return torch.full((1, 1), 1.0 / parent_types)
-    fan_out = torch.zeros(n_children).scatter_add_(0, children.flatten(), torch.ones(children.numel()))
+        return torch.full((1, 1), 1.0 / parent_types, dtype=dtype)
+    ones = torch.ones(children.numel(), dtype=dtype, device=children.device)
+    fan_out = torch.zeros(n_children, dtype=dtype, device=children.device).scatter_add_(
+        0, children.flatten(), ones
+    )
     return 1.0 / (fan_out[children] * parent_types)
 
 
@@ -94,7 +99,6 @@ def em_routing(
     beta_u: Tensor,
     beta_a: Tensor,
     inverse_temperatures: tuple[float, ...],
-    responsibilities: Tensor,
     *,
     min_variance: float = 5e-4,
     mass_scale: float = 1.0,
@@ -103,7 +107,6 @@ def em_routing(
 ) -> Routed:
     """Route `votes` (N, L, J, I, 16) of children with `activations` (N, L, I) to J parents per position.
 
-    `responsibilities`: the initial R, (L, I) or broadcastable (see `initial_responsibilities`).
     `children` (L, I) with `n_children`: normalise the E-step over every parent a child feeds ("cross");
     None: over the J types at one position ("position"). Computed in at least float32 whatever the input
     dtype: the moments and log-densities lose everything in bfloat16. One M-step per λ in the schedule.
@@ -115,7 +118,8 @@ def em_routing(
         beta_u, beta_a = beta_u.to(work), beta_a.to(work)
         votes_sq = votes.square()
         a_child = activations.unsqueeze(2)  # (N, L, 1, I)
-        r = responsibilities.to(device=votes.device, dtype=work).unsqueeze(-2)  # (L, 1, I)
+        r = initial_responsibilities(children, n_children, votes.shape[2], work).to(votes.device)
+        r = r.unsqueeze(-2)  # (L, 1, I)
         for step, inverse_temperature in enumerate(inverse_temperatures):
             mean, variance, logits = _m_step(
                 r * a_child, votes, votes_sq, beta_u, beta_a, inverse_temperature, min_variance, mass_scale
@@ -139,10 +143,13 @@ def _m_step(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """μ, σ² and the pre-sigmoid activation of every parent from R'_ij = R_ij a_i (N, L, J, I)."""
     mass = weighted.sum(-1)  # Σ_i R'_ij: (N, L, J)
-    share = (weighted / (mass + MASS_EPSILON).unsqueeze(-1)).unsqueeze(-2)  # (N, L, J, 1, I)
+    total = (mass / (mass + MASS_EPSILON)).unsqueeze(-1)  # Σ_i s_ij: 1 up to the ε
+    share = (weighted / (mass + MASS_EPSILON).unsqueeze(-1)).unsqueeze(-2)  # s_ij: (N, L, J, 1, I)
     mean = (share @ votes).squeeze(-2)  # (N, L, J, 16)
-    # σ² = E[V²] − μ² saves a (V − μ)² pass over the votes; clamp the rounding below zero away.
-    variance = ((share @ votes_sq).squeeze(-2) - mean.square()).clamp_min(0) + min_variance
+    # Σ_i s_ij (V − μ)² = Σ_i s_ij V² − μ² (2 − Σ_i s_ij) saves a pass over the votes; clamp the
+    # rounding below zero away.
+    spread = (share @ votes_sq).squeeze(-2) - mean.square() * (2 - total)
+    variance = spread.clamp_min(0) + min_variance
     log_sigma = 0.5 * variance.log().sum(-1)  # Σ_h log σ_j^h
     cost = (votes.shape[-1] * beta_u + log_sigma) * mass * mass_scale  # Σ_h cost_j^h
     return mean, variance, inverse_temperature * (beta_a - cost)

@@ -1,0 +1,146 @@
+"""The capsule network: the paper's sizes, the model contract, the initialisation, the numerics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustcaps.errors import RobustcapsError
+from robustcaps.models import create_model, list_models
+from robustcaps.models.capsnet import CapsNet, receptive_field_centres
+from robustcaps.models.common import Standardize
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    return create_model("capsnet-small").eval()
+
+
+def images(n=4, channels=1, seed=1):
+    return torch.rand(n, channels, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_registry_lists_the_four_models():
+    assert list_models() == ["capsnet", "capsnet-small", "cnn", "cnn-small"]
+
+
+def test_paper_parameter_counts():
+    # HSF18: A=B=C=D=32 → "310K"; A=64, B=8, C=D=16 → "68K" (exact counts in docs/PAPER.md)
+    assert parameters(create_model("capsnet")) == 316_394
+    assert parameters(create_model("capsnet-small")) == 67_154
+    assert parameters(create_model("capsnet-small", in_channels=2)) == 67_154 + 25 * 64  # Conv1 only
+
+
+def test_outputs_have_the_documented_ranges_and_relations(small):
+    x = images()
+    logits, activations = small(x), small(x, output="activations")
+    vote_logits = small(x, output="vote_logits")
+    for out in (logits, activations, vote_logits):
+        assert out.shape == (4, 5) and torch.isfinite(out).all()
+    assert ((activations > 0) & (activations < 1)).all()
+    torch.testing.assert_close(torch.sigmoid(logits), activations)
+    assert not torch.allclose(vote_logits, logits), "vote logits bypass routing"
+    torch.testing.assert_close(small(x), logits, rtol=0, atol=0)  # deterministic: attacks rely on it
+    with pytest.raises(ValueError, match="output"):
+        small(x, output="probabilities")
+    with pytest.raises(ValueError, match="32, 32"):
+        small(torch.rand(2, 1, 48, 48))
+
+
+def test_half_of_the_capsules_in_each_layer_are_active_at_the_start(small):
+    x = images(8, seed=7)  # not the calibration images
+    primary = small.primary_caps(F.relu(small.conv1(small.standardize(x))))[..., -1]
+    means = [primary.mean().item()] + [layer.activations.mean().item() for layer in small.routed(x)]
+    assert all(0.35 < m < 0.65 for m in means), means
+    first_layer = small.routed(x)[0].activations
+    assert first_layer.std() > 1e-3, "activations must depend on the input, not sit at one value"
+
+
+@pytest.mark.parametrize("estep", ["cross", "position"])
+def test_gradients_are_finite_and_nonzero_for_every_parameter(estep):
+    torch.manual_seed(0)
+    model = create_model("capsnet-small", estep=estep)
+    x = images(2).requires_grad_()
+    model(x).sum().backward()
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flat_and_black_images_stay_finite(dtype):
+    torch.manual_seed(0)
+    model = create_model("capsnet-small").to(dtype)
+    x = torch.cat([torch.zeros(1, 1, 32, 32), torch.full((1, 1, 32, 32), 0.5), images(1)]).to(dtype)
+    x.requires_grad_()
+    for output in ("logits", "activations", "vote_logits"):
+        out = model(x, output=output)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+    model(x).float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_registry_rebuilds_a_model_from_its_config(small):
+    config = dataclasses.asdict(small.config)
+    rebuilt = create_model(small.name, **config)
+    assert rebuilt.config == small.config and rebuilt.family == "capsnet"
+    rebuilt.load_state_dict(small.state_dict())
+    x = images()
+    torch.testing.assert_close(rebuilt.eval()(x), small(x))
+    position = create_model("capsnet-small", estep="position", data_mass=None)
+    assert position.config.estep == "position" and position.config.data_mass is None
+
+
+def test_bad_names_and_settings_name_the_option():
+    with pytest.raises(RobustcapsError, match="--model"):
+        create_model("capsule")
+    with pytest.raises(RobustcapsError, match="routing_iters"):
+        create_model("capsnet-small", routing_iters=2)
+    with pytest.raises(RobustcapsError, match="estep"):
+        create_model("capsnet-small", estep="global")
+    with pytest.raises(RobustcapsError, match="--in-channels"):
+        create_model("capsnet-small", in_channels=3)
+
+
+def test_stereo_input_is_accepted():
+    model = create_model("capsnet-small", in_channels=2)
+    assert model(images(2, channels=2)).shape == (2, 5)
+
+
+def test_coordinate_addition_writes_the_scaled_receptive_field_centre():
+    # 32 → Conv1 5/2 → 14 → ConvCaps1 3/2 → 6 → ConvCaps2 3/1 → 4: row o is centred on pixel 4o + 8
+    centres = receptive_field_centres([(5, 2), (1, 1), (3, 2), (3, 1)], 4)
+    torch.testing.assert_close(centres, (4 * torch.arange(4) + 8.5) / 32)
+    model = create_model("capsnet-small")
+    offsets = model.class_caps.offsets[:, 0]  # (positions, 16), positions row-major
+    assert offsets[:, [3, 7]].tolist() == [
+        [centres[r].item(), centres[c].item()] for r in range(4) for c in range(4)
+    ]
+    assert offsets[:, [i for i in range(16) if i not in (3, 7)]].abs().sum() == 0
+    plain = create_model("capsnet-small", coordinate_addition=False)
+    assert plain.class_caps.offsets.abs().sum() == 0
+
+
+def test_standardize_gives_zero_mean_unit_variance_per_image():
+    x = torch.rand(5, 2, 32, 32) * torch.rand(5, 1, 1, 1) + torch.rand(5, 1, 1, 1)
+    y = Standardize()(x)
+    torch.testing.assert_close(y.mean(dim=(1, 2, 3)), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(dim=(1, 2, 3), correction=0), torch.ones(5), atol=1e-3, rtol=0)
+    assert torch.isfinite(Standardize()(torch.zeros(1, 1, 32, 32))).all()
+
+
+def test_model_attributes_follow_the_contract(small):
+    assert isinstance(small, CapsNet) and small.family == "capsnet" and small.name == "capsnet-small"
+    assert dataclasses.is_dataclass(small.config)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        small.config.iterations = 2
