@@ -200,7 +200,9 @@ def test_report_writes_every_file_with_the_fixture_numbers(results_dir):
 def test_findings_follow_the_numbers(results_dir):
     paragraph = findings_paragraph(load_results(results_dir), "rendered")
     assert "demo" in paragraph and "rendered stand-in" in paragraph
-    assert "better than the CNN by 6.9 points" in paragraph  # 22.33% - 15.44% novel error
+    assert (
+        "better than the CNN by 6.9 points" in paragraph
+    )  # 22.33% - 15.44% novel error  # 22.33% - 15.44% novel error
     assert "gradients_nonzero" in paragraph  # the capsule model's failed check is named
     assert "does not survive" in paragraph
     # Make the checks pass and the capsules' worst case still better: the verdict turns.
