@@ -57,7 +57,8 @@ def viewpoint_sentences(viewpoint: pd.DataFrame) -> list[str]:
         paper_gap = TABLE2[(split, "cnn")]["novel_error"] - TABLE2[(split, "capsnet")]["novel_error"]
         out.append(
             f"On the {split} split the familiar-viewpoint errors were {matched} "
-            f"(capsules {_pct(caps.familiar_error)}, CNN {_pct(cnn.familiar_error)}, gap {100 * gap:+.1f} points); "
+            f"(capsules {_pct(caps.familiar_error)}, CNN {_pct(cnn.familiar_error)}, "
+            f"gap {100 * gap:+.1f} points); "
             f"on novel viewpoints the capsules erred {_pct(caps.novel_error)} "
             f"against the CNN's {_pct(cnn.novel_error)}, "
             f"{_compare(caps.novel_error, cnn.novel_error, lower_is_better=True)} "
