@@ -152,6 +152,34 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return state
 
 
+def write_metadata(
+    run_dir: str | os.PathLike,
+    identity: dict[str, Any],
+    device: str | torch.device,
+    resumed_at_step: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """metadata.json: commit, device, versions and the dataset's identity. A resumed run keeps the
+    original and appends its own environment, after checking that the data is the same."""
+    import sys
+    from datetime import datetime, timezone
+
+    identity = json.loads(json.dumps(identity, sort_keys=True, default=str))  # as it reads back from JSON
+    environment = environment_metadata(device) | (extra or {})
+    environment |= {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv}
+    path = Path(run_dir) / METADATA_FILE
+    if resumed_at_step is not None and path.exists():
+        metadata = read_json(path, "run metadata")
+        if metadata.get("dataset") != identity:
+            raise RobustcapsError(
+                f"{path}: the data differs from the data this run started on; resume with that data"
+            )
+        metadata.setdefault("resumed", []).append(environment | {"at_step": resumed_at_step})
+    else:
+        metadata = environment | {"dataset": identity}
+    return atomic_write_json(path, metadata)
+
+
 def write_metrics(run_dir: str | os.PathLike, history: list[dict[str, Any]]) -> Path:
     """metrics.csv, rewritten whole from the checkpointed history, so a resumed run never repeats a row."""
     import pandas as pd
@@ -193,7 +221,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
+    keys = n["keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state((n["kind"], keys, n["position"], n["has_gauss"], n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))

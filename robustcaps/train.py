@@ -26,8 +26,9 @@ SPLITS = ("full", "azimuth", "elevation")
 STEREO = ("channels", "samples")
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
-# Options a resumed run may change: how long to train and where; anything else would not be the same run.
-RESUMABLE_CHANGES = frozenset({"epochs", "steps", "device", "compile", "eval_batch_size"})
+# Options a resumed run may change: how long to train, where, and where the data lives (metadata.json
+# checks that it is the same data); anything else would not be the same run.
+RESUMABLE_CHANGES = frozenset({"epochs", "steps", "device", "compile", "eval_batch_size", "data"})
 
 
 @dataclass(frozen=True)

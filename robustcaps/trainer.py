@@ -12,10 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +81,7 @@ class Session:
     @classmethod
     def open(cls, config: TrainConfig, run_dir: Path, resume: bool, world, device) -> Session:
         _check_run_dir(config, run_dir, resume)
+        distributed.barrier(world)  # every rank has looked at run_dir before rank 0 writes into it
         _seed_everything(config.seed + world.rank)
         data = load_split(config)
         if len(data.train) < config.batch_size:
@@ -106,6 +105,8 @@ class Session:
         )  # fmt: skip
         session.pending = torch.zeros(3, dtype=torch.float64, device=device)
         last = runs.checkpoint_path(run_dir, "last")
+        for leftover in last.parent.glob(".*.tmp") if resume and world.is_main else ():
+            leftover.unlink()  # a write cut short by the kill this run is resuming from
         if resume and last.is_file():
             session.restore(runs.load_checkpoint(last, device))
         if world.is_main:
@@ -169,35 +170,11 @@ def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
 
 
 def _write_run_files(s: Session, resume: bool) -> None:
-    """config.json and metadata.json; a resumed run keeps its metadata and appends where it resumed."""
-    identity = _plain(s.data.identity)
-    environment = runs.environment_metadata(s.device) | {
-        "world_size": s.world.world_size,
-        "torch_threads": torch.get_num_threads(),
-        "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "argv": sys.argv,
-    }
-    path = s.run_dir / runs.METADATA_FILE
-    if resume and path.exists():
-        metadata = runs.read_json(path, "run metadata")
-        if metadata.get("dataset") != identity:
-            raise RobustcapsError(
-                f"{path}: the data differs from the data this run started on; resume with it"
-            )
-        metadata.setdefault("resumed", []).append(environment | {"at_step": s.progress.step})
-    else:
-        metadata = environment | {"dataset": identity}
     runs.atomic_write_text(s.run_dir / runs.CONFIG_FILE, config_json(s.config))
-    runs.atomic_write_json(path, metadata)
+    extra = {"world_size": s.world.world_size, "torch_threads": torch.get_num_threads()}
+    runs.write_metadata(s.run_dir, s.data.identity, s.device, s.progress.step if resume else None, extra)
     if s.progress.history:
         runs.write_metrics(s.run_dir, s.progress.history)
-
-
-def _plain(obj: Any) -> Any:
-    """JSON's view of an object, so the stored dataset identity compares equal to a fresh one."""
-    import json
-
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
 def run_session(s: Session) -> None:
@@ -206,11 +183,13 @@ def run_session(s: Session) -> None:
         total=s.total_steps, initial=p.step, disable=not s.world.is_main, unit="step",
         desc=f"{s.config.model} {s.config.split}", dynamic_ncols=True,
     )  # fmt: skip
-    while not p.stop_reason and p.step < s.total_steps:
-        s.clock = time.perf_counter()
-        _train_epoch(s)
-        _end_epoch(s)
-    s.bar.close()
+    try:
+        while not p.stop_reason and p.step < s.total_steps:
+            s.clock = time.perf_counter()
+            _train_epoch(s)
+            _end_epoch(s)
+    finally:
+        s.bar.close()
     if s.world.is_main:
         best = "" if math.isinf(p.best_val_error) else f", best val error {p.best_val_error:.4f}"
         tqdm.write(f"{s.run_dir}: stopped at step {p.step} ({_reason(s)}){best}")
