@@ -82,8 +82,8 @@ class Session:
     def open(cls, config: TrainConfig, run_dir: Path, resume: bool, world, device) -> Session:
         _check_run_dir(config, run_dir, resume)
         distributed.barrier(world)  # every rank has looked at run_dir before rank 0 writes into it
-        _seed_everything(config.seed + world.rank)
         data = load_split(config)
+        _seed_everything(config.seed + world.rank)  # after the data: a first-time render may draw numbers
         if len(data.train) < config.batch_size:
             raise RobustcapsError(
                 f"--batch-size {config.batch_size} exceeds the {len(data.train)} training images"
@@ -256,7 +256,7 @@ def _sync(s: Session) -> None:
     s.bar.update(p.step - s.bar.n)
     s.bar.set_postfix(
         loss=f"{p.loss_sum / max(p.seen, 1):.4f}",
-        err=f"{p.wrong / max(p.seen, 1):.3f}",
+        acc=f"{1 - p.wrong / max(p.seen, 1):.3f}",
         img_s=f"{p.seen / max(p.train_seconds, 1e-9):.0f}",
     )
 
@@ -265,19 +265,16 @@ def _end_epoch(s: Session) -> None:
     """Validate (held-out training data; familiar viewpoints only under the matched protocol), log, save."""
     p, config = s.progress, s.config
     _sync(s)
-    val_error = evaluate(s.model, s.data.val, s.device, batch_size=config.eval_batch_size)["error"]
-    familiar_error = math.nan
-    if config.target_familiar_error is not None:
-        familiar_error = evaluate(s.model, s.data.familiar, s.device, batch_size=config.eval_batch_size)[
-            "error"
-        ]
+    val_error = _error(s, s.data.val)
+    matched = config.target_familiar_error is not None
+    familiar_error = _error(s, s.data.familiar) if matched else math.nan
     now = time.perf_counter()
     p.seconds, s.clock = p.seconds + now - s.clock, now
     p.history.append(_metrics_row(s, val_error, familiar_error))
     improved = distributed.broadcast_flag(val_error < p.best_val_error, s.world)
     if improved:
         p.best_val_error = val_error
-    if distributed.broadcast_flag(familiar_error <= (config.target_familiar_error or 0.0), s.world):
+    if distributed.broadcast_flag(matched and familiar_error <= config.target_familiar_error, s.world):
         p.stop_reason = "target"
     elif p.step >= s.total_steps:
         p.stop_reason = "steps"
@@ -285,6 +282,10 @@ def _end_epoch(s: Session) -> None:
         p.epoch, p.batch_in_epoch, p.order_epoch_start = p.epoch + 1, 0, s.next_order_state
         p.loss_sum, p.wrong, p.seen, p.train_seconds = 0.0, 0, 0, 0.0
     s.checkpoint(best=improved)
+
+
+def _error(s: Session, tensorset: Any) -> float:
+    return evaluate(s.model, tensorset, s.device, batch_size=s.config.eval_batch_size)["error"]
 
 
 def _metrics_row(s: Session, val_error: float, familiar_error: float) -> dict[str, Any]:
