@@ -80,7 +80,7 @@ class Session:
 
     @classmethod
     def open(cls, config: TrainConfig, run_dir: Path, resume: bool, world, device) -> Session:
-        _check_run_dir(config, run_dir, resume)
+        resume = _check_run_dir(config, run_dir, resume, world)
         distributed.barrier(world)  # every rank has looked at run_dir before rank 0 writes into it
         data = load_split(config)
         _seed_everything(config.seed + world.rank)  # after the data: a first-time render may draw numbers
@@ -159,14 +159,20 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
+def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, world: distributed.World) -> bool:
+    """Whether to resume: a run killed before it wrote config.json has nothing to resume and starts anew."""
     has_run = (run_dir / runs.CONFIG_FILE).exists()
-    if resume and not has_run:
-        raise RobustcapsError(f"--resume: {run_dir / runs.CONFIG_FILE} not found; nothing to resume")
     if not resume and has_run:
         raise RobustcapsError(f"--out {run_dir}: already holds a run; pass --resume or choose another --out")
+    if resume and not has_run:
+        if world.is_main:
+            tqdm.write(
+                f"--resume: no {runs.CONFIG_FILE} in {run_dir} yet; starting the run from the beginning"
+            )
+        return False
     if resume:
         check_resumable(config, run_dir)
+    return resume
 
 
 def _write_run_files(s: Session, resume: bool) -> None:

@@ -153,7 +153,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(rendered_root, tmp_pa
 
 def test_resume_refuses_a_different_run_and_fresh_training_refuses_an_old_one(rendered_root, tmp_path):
     config = _config(rendered_root, steps=4)
-    fit(config, tmp_path)
+    fit(config, tmp_path, resume=True)  # killed before config.json was written: nothing to resume, start
+    assert runs.load_run(tmp_path, "last").step == 4
     with pytest.raises(RobustcapsError, match="--out"):
         fit(config, tmp_path)
     with pytest.raises(RobustcapsError, match="lr") as error:

@@ -42,8 +42,8 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
     """From the options given; with --resume, from the run's config.json with only the options given."""
     values = {_FIELDS[k]: v for k, v in options.items() if k in _FIELDS}
     values["model_overrides"] = _model_overrides(options["model_option"])
-    if not options["resume"]:
-        return training.TrainConfig(**values)
+    if not options["resume"] or not (Path(options["out"]) / runs.CONFIG_FILE).exists():
+        return training.TrainConfig(**values)  # nothing stored yet: fit starts the run afresh
     stored = training.TrainConfig.from_json(Path(options["out"]) / runs.CONFIG_FILE).to_dict()
     for option, name in _FIELDS.items():
         if ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE:
