@@ -1,0 +1,184 @@
+"""Training and inference speed and peak memory of every registered model.
+
+    python benchmarks/bench_models.py                                   # CPU: every model, batch 64 and 256
+    python benchmarks/bench_models.py --models capsnet-small,cnn-small --batch-sizes 64 --modes eager
+    python benchmarks/bench_models.py --device cuda --modes eager,compile
+
+Training is one forward + backward + Adam step (cross-entropy on the logits); inference is a no-grad
+forward in eval mode. Each configuration runs in its own process, so that peak memory belongs to it:
+torch.cuda.max_memory_allocated on CUDA, the process's peak resident set (ru_maxrss, which includes
+Python and torch themselves) on CPU. Prints a table and merges its rows into
+benchmarks/results/<device-slug>.csv with the device name, torch version and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from robustcaps.models import create_model, list_models
+from robustcaps.runs import atomic_write_text, device_description, git_commit
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KEY = ["model", "batch_size", "mode", "phase", "threads"]
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, device: torch.device, warmup: int, steps: int) -> float:
+    """Seconds per call of `step` after `warmup` untimed calls (which also trigger compilation)."""
+    for _ in range(warmup):
+        step()
+    synchronise(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronise(device)
+    return (time.perf_counter() - start) / steps
+
+
+def measure(model_name: str, batch: int, mode: str, phase: str, device: str, warmup: int, steps: int) -> dict:
+    """One configuration, in this process: images per second and peak memory."""
+    device = torch.device(device)
+    torch.manual_seed(0)
+    model = create_model(model_name).to(device)
+    run = torch.compile(model) if mode == "compile" else model
+    x = torch.rand(batch, 1, 32, 32, device=device)
+    y = torch.randint(0, 5, (batch,), device=device)
+    if phase == "train":
+        model.train()
+        optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+        def step():
+            optimiser.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(run(x), y).backward()
+            optimiser.step()
+
+    else:
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                run(x)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = timed(step, device, warmup, steps)
+    if device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    else:  # Linux reports ru_maxrss in KiB
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
+    return {
+        "images_per_s": batch / seconds,
+        "seconds_per_step": seconds,
+        "peak_memory_mb": peak,
+        "memory_kind": kind,
+    }
+
+
+def run_isolated(config: dict, timeout: float) -> dict:
+    """`measure` in a fresh process; a configuration that fails or times out is reported, not fatal."""
+    command = [sys.executable, __file__, "--one", json.dumps(config)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:g} s"}
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--models", default=",".join(list_models()), help="comma-separated model names")
+    parser.add_argument("--batch-sizes", default="64,256", help="comma-separated batch sizes")
+    parser.add_argument("--modes", default="eager,compile", help="eager and/or compile (torch.compile)")
+    parser.add_argument("--phases", default="train,infer", help="train and/or infer")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compile happens here)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="CSV to merge into (default: results/<device>.csv)"
+    )
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.one:
+        print(json.dumps(measure(**json.loads(args.one))))
+        return
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is visible to torch")
+    unknown = set(args.models.split(",")) - set(list_models())
+    if unknown:
+        sys.exit(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(list_models())}")
+    name = device_description(args.device)
+    meta = {"device": args.device, "device_name": name, "torch": torch.__version__, "commit": git_commit()}
+    rows = []
+    for model in args.models.split(","):
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            for mode in args.modes.split(","):
+                for phase in args.phases.split(","):
+                    config = dict(
+                        model_name=model,
+                        batch=batch,
+                        mode=mode,
+                        phase=phase,
+                        device=args.device,
+                        warmup=args.warmup,
+                        steps=args.steps,
+                    )
+                    result = run_isolated(config, args.timeout)
+                    row = {
+                        "model": model,
+                        "batch_size": batch,
+                        "mode": mode,
+                        "phase": phase,
+                        "threads": torch.get_num_threads(),
+                        **result,
+                        **meta,
+                    }
+                    print(
+                        ", ".join(
+                            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in row.items()
+                            if k not in meta
+                        ),
+                        flush=True,
+                    )
+                    rows.append(row)
+    write(pd.DataFrame(rows), args.out or RESULTS / f"{slug(name)}.csv")
+
+
+def write(table: pd.DataFrame, path: Path) -> None:
+    """Merge into `path`: a new row replaces the old one of the same configuration."""
+    if path.exists():
+        table = pd.concat([pd.read_csv(path), table]).drop_duplicates(KEY, keep="last")
+    table = table.sort_values(KEY).reset_index(drop=True)
+    atomic_write_text(path, table.to_csv(index=False))
+    columns = [c for c in KEY + ["images_per_s", "peak_memory_mb", "error"] if c in table]
+    print(table[columns].to_string(index=False))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
