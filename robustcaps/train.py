@@ -21,6 +21,9 @@ import torch
 
 from robustcaps import distributed, losses, runs
 from robustcaps.errors import RobustcapsError
+from robustcaps.evaluate import evaluate  # lives in its own module; docs/ARCHITECTURE.md names it here
+
+__all__ = ["TrainConfig", "build_model", "evaluate", "fit", "load_split", "resolve_device"]
 
 SPLITS = ("full", "azimuth", "elevation")
 STEREO = ("channels", "samples")
