@@ -109,7 +109,7 @@ def test_margin_logits_keep_the_decision_and_rank_by_margin():
 
 
 def test_accuracy_falls_with_eps_and_eps_zero_is_clean(toy, tmp_path):
-    config = AttackConfig(attacks=("fgsm", "pgd"), eps=(0.0, 0.02, 0.05, 0.1, 0.3), units="pixel", steps=10)
+    config = AttackConfig(attacks=("fgsm", "pgd"), eps=(0.0, 0.02, 0.05, 0.1, 0.3), units="pixel", steps=20)
     results = attack_model(Victim(toy, "toy"), eval_set(), config, tmp_path, progress=False)
     clean = accuracy(results.summary, "clean").iloc[0]
     assert clean >= 0.9
