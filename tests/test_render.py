@@ -210,3 +210,46 @@ def test_cli_contact_sheet(rendered_root, tmp_path):
     result = CliRunner().invoke(cli, ["data", "contact-sheet", str(rendered_root), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def test_cli_render_then_verify(tmp_path):
+    out = tmp_path / "set"
+    args = [
+        "--elevations",
+        "3",
+        "--azimuths",
+        "10",
+        "--lightings",
+        "5",
+        "--supersample",
+        "1",
+        "--no-progress",
+    ]
+    result = CliRunner().invoke(cli, ["data", "render", "--out", str(out), "--size", "tiny", *args])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["data", "verify", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "manifest SHA-256: all match" in result.output
+    info = read_matrix(out / FILE_NAMES["test", "info"])
+    assert set(map(tuple, info[:, 1:].tolist())) == {(3, 10, 5)} and len(info) == 25
+
+
+def test_default_data_root_renders_once_into_the_cache(tmp_path, monkeypatch):
+    import robustcaps.data.render as render
+
+    monkeypatch.setenv("ROBUSTCAPS_CACHE", str(tmp_path))
+    monkeypatch.setitem(render.SIZES, "tiny", ((2,), (6,), (1,)))  # one view per object keeps this quick
+    root = render.default_data_root("tiny", seed=7, progress=False)
+    assert root == tmp_path / "rendered-tiny-seed7" and verify(root).sha256_mismatch == ()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left behind
+
+    def must_not_render(*args, **kwargs):
+        raise AssertionError("a complete cached set was rendered again")
+
+    monkeypatch.setattr(render, "render_dataset", must_not_render)
+    assert render.default_data_root("tiny", seed=7) == root
+    (root / MANIFEST).unlink()  # an incomplete set is rendered again
+    monkeypatch.undo()
+    monkeypatch.setenv("ROBUSTCAPS_CACHE", str(tmp_path))
+    monkeypatch.setitem(render.SIZES, "tiny", ((2,), (6,), (1,)))
+    assert render.default_data_root("tiny", seed=7, progress=False) == root and (root / MANIFEST).is_file()

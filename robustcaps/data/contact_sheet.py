@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only: no display on CI or the GPU machine
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robustcaps.data.norb import CLASSES, PARTS, load_arrays  # noqa: E402
+from robustcaps.data.norb import CLASSES, PARTS, dataset_identity, load_arrays  # noqa: E402
 from robustcaps.data.render import INSTANCES  # noqa: E402
 from robustcaps.runs import atomic_write_bytes  # noqa: E402
 
@@ -49,7 +49,7 @@ def write_contact_sheet(root: str | os.PathLike, out_path: str | os.PathLike) ->
     """Draw every (category, instance) found under `root` at a few azimuths; write a PNG atomically."""
     strips, azimuths, elevation, lighting = _strips(root)
     instances = sorted({i for _, i in strips})
-    fig, axes = plt.subplots(len(instances), len(CLASSES), figsize=(3.3 * len(CLASSES), 0.9 * len(instances)))
+    fig, axes = plt.subplots(len(instances), len(CLASSES), figsize=(4.2 * len(CLASSES), 1.1 * len(instances)))
     axes = np.atleast_2d(axes)
     for r, instance in enumerate(instances):
         for c, name in enumerate(CLASSES):
@@ -64,8 +64,13 @@ def write_contact_sheet(root: str | os.PathLike, out_path: str | os.PathLike) ->
                 split = "train" if instance in INSTANCES["train"] else "test"
                 ax.set_ylabel(f"inst {instance}\n({split})", fontsize=8)
     degrees = ", ".join(f"{10 * a}°" for a in azimuths)
+    identity = dataset_identity(root)
+    if identity["kind"] == "rendered":
+        name = f"rendered stand-in (generator {identity['generator_version']}, seed {identity['seed']})"
+    else:
+        name = "smallNORB" + (" (official MD5s)" if identity["md5_verified"] else "")
     fig.suptitle(
-        f"{Path(root).name}: camera 0, elevation {30 + 5 * elevation}°, lighting {lighting}; "
+        f"{name}: camera 0, elevation {30 + 5 * elevation}°, lighting {lighting}; "
         f"azimuths {degrees} left to right",
         fontsize=10,
     )

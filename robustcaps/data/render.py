@@ -186,7 +186,7 @@ def render_dataset(
         f"numpy default_rng([{ORDER_SEED}, rows]).permutation(rows)",
         "sha256": sha256,
     }
-    atomic_write_json(out_dir / MANIFEST, manifest)
+    os.chmod(atomic_write_json(out_dir / MANIFEST, manifest), 0o644)  # mkstemp makes it owner-only
     return out_dir
 
 
