@@ -3,9 +3,10 @@
 A `Mesh` is vertices with outward normals, triangles, and a grey albedo per triangle. Objects are unions of
 primitives (no boolean operations): the z-buffer in `robustcaps.data.raster` resolves the overlaps.
 
-Byte-determinism: every angle goes through Python's `math` (the platform libm, called on a few scalars), and
-vectors are combined with explicit elementwise products and sums in a fixed order, never BLAS (`@`,
-`einsum`), whose blocking and FMA use differ between machines and would change the rounded pixels.
+Byte-determinism: trigonometry goes through `cos_deg` / `sin_deg`, which round the platform libm's result to
+a 2^-32 grid (libms may differ in the last bit; after rounding they agree but for a ~2^-21 chance per
+value), and vectors are combined with explicit elementwise products and sums in a fixed order, never BLAS
+(`@`, `einsum`), whose blocking and FMA use differ between machines and would change the rounded pixels.
 """
 
 from __future__ import annotations
@@ -32,14 +33,30 @@ def instance_rng(category: int, instance: int) -> np.random.Generator:
     return np.random.default_rng([SHAPE_SEED, category, instance])
 
 
+_GRID = 2.0**32
+
+
+def cos_deg(degrees: float) -> float:
+    return round(math.cos(math.radians(degrees)) * _GRID) / _GRID
+
+
+def sin_deg(degrees: float) -> float:
+    return round(math.sin(math.radians(degrees)) * _GRID) / _GRID
+
+
+def tan_deg(degrees: float) -> float:
+    return sin_deg(degrees) / cos_deg(degrees)
+
+
 def polar(size: float, pitch: float, yaw: float = 0.0) -> np.ndarray:
     """A vector of length `size` pitched `pitch` degrees up from +x and turned `yaw` degrees towards +y."""
-    p, y = math.radians(pitch), math.radians(yaw)
-    return size * np.array([math.cos(p) * math.cos(y), math.cos(p) * math.sin(y), math.sin(p)])
+    cp, sp, cy, sy = cos_deg(pitch), sin_deg(pitch), cos_deg(yaw), sin_deg(yaw)
+    return size * np.array([cp * cy, cp * sy, sp])
 
 
 def length(v: np.ndarray) -> float:
-    return math.sqrt(float(v[0]) ** 2 + float(v[1]) ** 2 + float(v[2]) ** 2)
+    x, y, z = float(v[0]), float(v[1]), float(v[2])
+    return math.sqrt(x * x + y * y + z * z)
 
 
 def merge(meshes: list[Mesh]) -> Mesh:
@@ -58,13 +75,13 @@ def rotate(R: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def rotation_z(degrees: float) -> np.ndarray:
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    c, s = cos_deg(degrees), sin_deg(degrees)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 def rotation_y(degrees: float) -> np.ndarray:
     """Positive angles pitch the +x axis up (towards +z)."""
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    c, s = cos_deg(degrees), sin_deg(degrees)
     return np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
 
 
@@ -98,15 +115,15 @@ def _outward(vertices: np.ndarray, faces: np.ndarray, outward: np.ndarray) -> np
 
 
 def _unit_circle(n: int) -> tuple[np.ndarray, np.ndarray]:
-    angles = [2.0 * math.pi * k / n for k in range(n)]
-    return np.array([math.cos(a) for a in angles]), np.array([math.sin(a) for a in angles])
+    angles = [360.0 * k / n for k in range(n)]
+    return np.array([cos_deg(a) for a in angles]), np.array([sin_deg(a) for a in angles])
 
 
 def ellipsoid(center, radii, albedo: float, R: np.ndarray | None = None, n_u: int = 16, n_v: int = 9) -> Mesh:
     """UV sphere scaled by `radii` along its axes, rotated by R, then moved to `center`."""
     cu, su = _unit_circle(n_u)
-    lat = [math.pi * (k / n_v - 0.5) for k in range(n_v + 1)]
-    cv, sv = np.array([math.cos(a) for a in lat]), np.array([math.sin(a) for a in lat])
+    lat = [180.0 * (k / n_v - 0.5) for k in range(n_v + 1)]
+    cv, sv = np.array([cos_deg(a) for a in lat]), np.array([sin_deg(a) for a in lat])
     unit = np.stack(np.broadcast_arrays(cv[:, None] * cu, cv[:, None] * su, sv[:, None]), -1).reshape(-1, 3)
     radii = np.asarray(radii, dtype=np.float64)
     R = np.eye(3) if R is None else R

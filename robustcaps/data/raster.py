@@ -17,12 +17,11 @@ triangle id), so ties break the same way everywhere and no float reduction order
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from robustcaps.data.mesh import Mesh, cross, normalize
+from robustcaps.data.mesh import Mesh, cos_deg, cross, normalize, sin_deg
 
 _TRI_BITS = 22  # triangle id in the low bits of the z-buffer key: up to 4M triangles
 
@@ -47,8 +46,7 @@ def look_at(eye: np.ndarray, target: np.ndarray, focal: float, cx: float, cy: fl
 def orbit_camera(elevation: float, distance: float, target: np.ndarray, offset: float) -> np.ndarray:
     """Eye position at `elevation` degrees above the horizon on the +x side, moved `offset` along the
     camera's right vector (the stereo baseline)."""
-    e = math.radians(elevation)
-    eye = target + distance * np.array([math.cos(e), 0.0, math.sin(e)])
+    eye = target + distance * np.array([cos_deg(elevation), 0.0, sin_deg(elevation)])
     right = normalize(cross(target - eye, np.array([0.0, 0.0, 1.0])))
     return eye + offset * right
 

@@ -8,13 +8,12 @@ nuisance adds a scale and an image offset; per image a light gain and a backgrou
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from robustcaps.data.mesh import Mesh, rotate, rotation_z
+from robustcaps.data.mesh import Mesh, polar, rotate, rotation_z
 from robustcaps.data.raster import downsample, look_at, orbit_camera, rasterise, shade
 from robustcaps.data.shapes import build_object
 
@@ -61,8 +60,7 @@ def nuisance(seed: int) -> dict[str, np.ndarray]:
 def _light_directions() -> np.ndarray:
     rows = []
     for azimuth, elevation, *_ in LIGHTS:
-        a, e = math.radians(azimuth), math.radians(elevation)
-        rows.append([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
+        rows.append(polar(1.0, elevation, azimuth))
     return np.array(rows)
 
 

@@ -6,11 +6,19 @@ a hood, a sloped windscreen and a boot of different lengths), so that the azimut
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from robustcaps.data.mesh import Mesh, box, ellipsoid, hexahedron, instance_rng, merge, tapered_box, tube
+from robustcaps.data.mesh import (
+    Mesh,
+    box,
+    ellipsoid,
+    hexahedron,
+    instance_rng,
+    merge,
+    tan_deg,
+    tapered_box,
+    tube,
+)
 
 # One body style per instance, each style once among the train instances {4,6,7,8,9} and once among the
 # test instances {0,1,2,3,5}: a class's variety is split evenly, as with the smallNORB toys.
@@ -30,8 +38,8 @@ def _wing(
     tone: float,
 ) -> Mesh:
     """One swept, tapered, thin wing (or tailplane, or fin when side=0 and the span goes up)."""
-    shift = span * math.tan(math.radians(sweep))
-    lift = span * math.tan(math.radians(dihedral))
+    shift = span * tan_deg(sweep)
+    lift = span * tan_deg(dihedral)
     corners = []
     for i in range(8):
         tip, front, top = bool(i & 2), bool(i & 1), bool(i & 4)
@@ -84,7 +92,7 @@ def airplane(instance: int) -> Mesh:
     engines = STYLE[instance] % 3  # none, one pair, two pairs of pods under the wings
     for k in range(engines):
         y = span * (0.35 + 0.3 * k)
-        x = x_wing - y * math.tan(math.radians(sweep)) + 0.15
+        x = x_wing - y * tan_deg(sweep) + 0.15
         for side in (1, -1):
             parts.append(ellipsoid((x, side * y, z_wing - 0.12), (0.25, 0.08, 0.08), 0.3))
     return merge(parts)
