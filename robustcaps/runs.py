@@ -190,6 +190,17 @@ def write_metrics(run_dir: str | os.PathLike, history: list[dict[str, Any]]) -> 
 # ---- random number generator states, stored as tensors and plain types for weights_only loading -----
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch (every CUDA device too), numpy and Python's `random`."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def capture_rng_state() -> dict[str, Any]:
     """The global torch (and CUDA), numpy and Python RNG states."""
     import random

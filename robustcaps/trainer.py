@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -83,7 +81,7 @@ class Session:
         resume = _check_run_dir(config, run_dir, resume, world)
         distributed.barrier(world)  # every rank has looked at run_dir before rank 0 writes into it
         data = load_split(config)
-        _seed_everything(config.seed + world.rank)  # after the data: a first-time render may draw numbers
+        runs.seed_everything(config.seed + world.rank)  # after the data: a first-time render may draw numbers
         if len(data.train) < config.batch_size:
             raise RobustcapsError(
                 f"--batch-size {config.batch_size} exceeds the {len(data.train)} training images"
@@ -151,12 +149,6 @@ class Session:
         runs.atomic_torch_save(runs.checkpoint_path(self.run_dir, "last"), state)
         runs.write_metrics(self.run_dir, self.progress.history)
         self.saved_step = self.progress.step
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, world: distributed.World) -> bool:
