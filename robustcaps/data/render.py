@@ -10,7 +10,8 @@ front/back-asymmetric object, other self-occlusions and other shading: a real vi
 
 Renderer: our own numpy rasteriser (`raster.py`), not OpenGL. It installs with pip, runs on CI and on
 air-gapped machines with no GPU or driver, and gives byte-identical files on every machine for a seed
-(IEEE-exact elementwise float64 arithmetic, integer z-buffer keys, no BLAS, no threads sharing work).
+(IEEE-exact elementwise float64 arithmetic, libm trigonometry rounded to a coarse grid, integer z-buffer
+keys, no BLAS, no threads sharing one computation; the worker count does not change the bytes).
 Geometry does not depend on lighting, so each (instance, elevation, azimuth, camera) is rasterised once
 (2x supersampled) and shaded for all its lightings: 16,200 rasterisations for the full grid.
 
@@ -50,6 +51,9 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.runs import atomic_write_json
 
 GENERATOR_VERSION = "1.0"
+# (elevations, azimuths, lightings) per preset; every class and instance is always in. full: 24,300 stereo
+# pairs per part; small: 5,400; tiny: 900. Each keeps the azimuth and elevation splits' familiar and novel
+# viewpoints non-empty.
 SIZES = {
     "full": (ELEVATIONS, AZIMUTHS, LIGHTINGS),
     "small": ((0, 1, 2, 4, 6, 8), AZIMUTHS, (0, 3)),
