@@ -208,11 +208,13 @@ def default_data_root(size: str = "small", seed: int = 0, progress: bool = True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         render_dataset(tmp, seed=seed, size=size, progress=progress)
-        if root.exists():  # an incomplete leftover, or another process finished first
-            if _complete(root, size, seed):
-                return root
-            shutil.rmtree(root)
-        os.replace(tmp, root)
+        if root.exists() and not _complete(root, size, seed):  # an incomplete leftover
+            shutil.rmtree(root, ignore_errors=True)
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process renamed its complete copy into place first
+            if not _complete(root, size, seed):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
