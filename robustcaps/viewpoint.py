@@ -43,7 +43,7 @@ def train_config(preset: Preset, model: str, split: str, data_root: Path, device
     """The TrainConfig of one run of a preset (the trainer's dataclass, so config.json rebuilds it)."""
     from robustcaps.train import TrainConfig
 
-    steps = preset.steps if split == "full" else preset.viewpoint_steps
+    steps = preset.capsnet_steps if model == preset.capsnet else preset.cnn_steps
     return TrainConfig(
         model=model, model_overrides=preset.overrides(model), data=str(data_root), data_size=preset.data_size,
         split=split, stereo=preset.stereo,

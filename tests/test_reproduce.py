@@ -104,7 +104,7 @@ def test_tiny_reproduce_end_to_end_then_resume(data_root, tmp_path):
     from robustcaps.reproduce import reproduce
 
     results, runs, log = tmp_path / "results", tmp_path / "runs", []
-    preset = tiny().replace(steps=2, viewpoint_steps=2, attack_n=5, max_per_part=20)
+    preset = tiny().replace(cnn_steps=2, capsnet_steps=2, attack_n=5, max_per_part=20)
     readme = reproduce(preset, data=str(data_root), results_dir=results, runs_dir=runs, device="cpu",
                        echo=log.append)  # fmt: skip
     text = readme.read_text()
