@@ -179,7 +179,14 @@ def render_dataset(
             path = write_matrix(out_dir / FILE_NAMES[part, kind], arrays[kind])
             sha256[path.name] = _sha256(path)
         del arrays
-    manifest = {
+    manifest = _manifest(config, size, rows, sha256)
+    os.chmod(atomic_write_json(out_dir / MANIFEST, manifest), 0o644)  # mkstemp makes it owner-only
+    return out_dir
+
+
+def _manifest(config: RenderConfig, size: str, rows: dict[str, int], sha256: dict[str, str]) -> dict:
+    """What `dataset_identity` reports for this set: generator version, seed, options and file hashes."""
+    return {
         "generator": "robustcaps.data.render",
         "generator_version": GENERATOR_VERSION,
         "seed": config.seed,
@@ -190,8 +197,6 @@ def render_dataset(
         f"numpy default_rng([{ORDER_SEED}, rows]).permutation(rows)",
         "sha256": sha256,
     }
-    os.chmod(atomic_write_json(out_dir / MANIFEST, manifest), 0o644)  # mkstemp makes it owner-only
-    return out_dir
 
 
 def default_data_root(size: str = "small", seed: int = 0, progress: bool = True) -> Path:

@@ -113,66 +113,42 @@ def _wheels(xs: list[float], half_width: float, radius: float) -> list[Mesh]:
     ]
 
 
+def _cargo(kind: int, back: float, end: float, floor: float, half_w: float, height: float, tone: float):
+    """The load-carrying body from x = back to x = end: box van, tanker, flatbed with a load, or tipper."""
+    cargo_len = end - back
+    if kind == 0:  # box van: taller than the cab or not
+        centre = (back + cargo_len / 2, 0, floor + height / 2)
+        return [box(centre, (cargo_len, 2 * half_w * 1.05, height), 0.85 - tone / 3)]
+    if kind == 1:
+        tank_r = min(half_w, height / 2)
+        return [tube((back + 0.05, 0, floor + tank_r), (end, 0, floor + tank_r), tank_r, tank_r, tone, n=14)]
+    if kind == 2:
+        bed = box((back + cargo_len / 2, 0, floor + 0.05), (cargo_len, 2 * half_w, 0.1), tone)
+        load = box((back + cargo_len * 0.4, 0, floor + 0.3), (cargo_len * 0.5, 1.5 * half_w, 0.4), 0.35)
+        return [bed, load]
+    return [tapered_box(back, end, floor, floor + 0.55 * height, half_w, tone, (-0.25, 0.0), 1.0)]
+
+
 def truck(instance: int) -> Mesh:
     """Cab at the front (cab-over or with a hood), a cargo body at the back: box, tank, flatbed or tipper."""
     r = instance_rng(3, instance)
     length, half_w, wheel = r.uniform(2.6, 3.6), r.uniform(0.42, 0.55), r.uniform(0.2, 0.3)
     tone, floor = r.uniform(0.45, 0.85), wheel * 1.6
-    front = length / 2
+    front, back, gap = length / 2, -length / 2, 0.08
     hood = r.uniform(0.3, 0.7) if r.uniform() < 0.6 else 0.0
     cab_len, cab_top = r.uniform(0.55, 0.85), floor + r.uniform(0.7, 1.1)
     cab_back = front - hood - cab_len
-    parts = [box((0, 0, floor - 0.12), (length, 2 * half_w * 0.8, 0.16), 0.25)]
-    parts.append(
-        tapered_box(
-            cab_back, front - hood, floor - 0.1, cab_top, half_w, tone, (0.0, r.uniform(0.1, 0.3)), 0.95
-        )
-    )
+    screen = (0.0, r.uniform(0.1, 0.3))
+    parts = [
+        box((0, 0, floor - 0.12), (length, 2 * half_w * 0.8, 0.16), 0.25),
+        tapered_box(cab_back, front - hood, floor - 0.1, cab_top, half_w, tone, screen, 0.95),
+    ]
     if hood:
+        bonnet = floor + 0.45 * (cab_top - floor)
         parts.append(
-            tapered_box(
-                front - hood - 0.05,
-                front,
-                floor - 0.1,
-                floor + 0.45 * (cab_top - floor),
-                0.8 * half_w,
-                tone,
-                (0.0, 0.08),
-                0.9,
-            )
+            tapered_box(front - hood - 0.05, front, floor - 0.1, bonnet, 0.8 * half_w, tone, (0.0, 0.08), 0.9)
         )
-    back, gap = -length / 2, 0.08
-    kind = STYLE[instance] % 4
-    cargo_len, cargo_h = cab_back - gap - back, r.uniform(0.7, 1.3)
-    if kind == 0:  # box van: taller than the cab or not
-        parts.append(
-            box(
-                (back + cargo_len / 2, 0, floor + cargo_h / 2),
-                (cargo_len, 2 * half_w * 1.05, cargo_h),
-                0.85 - tone / 3,
-            )
-        )
-    elif kind == 1:  # tanker
-        tank_r = min(half_w, cargo_h / 2)
-        parts.append(
-            tube(
-                (back + 0.05, 0, floor + tank_r),
-                (cab_back - gap, 0, floor + tank_r),
-                tank_r,
-                tank_r,
-                tone,
-                n=14,
-            )
-        )
-    elif kind == 2:  # flatbed with a low load
-        parts.append(box((back + cargo_len / 2, 0, floor + 0.05), (cargo_len, 2 * half_w, 0.1), tone))
-        parts.append(
-            box((back + cargo_len * 0.4, 0, floor + 0.3), (cargo_len * 0.5, 1.5 * half_w, 0.4), 0.35)
-        )
-    else:  # tipper: an open-looking body sloping up at the back
-        parts.append(
-            tapered_box(back, cab_back - gap, floor, floor + 0.55 * cargo_h, half_w, tone, (-0.25, 0.0), 1.0)
-        )
+    parts += _cargo(STYLE[instance] % 4, back, cab_back - gap, floor, half_w, r.uniform(0.7, 1.3), tone)
     axles = [front - hood - 0.35 * cab_len] + [back + 0.35 + 0.55 * k for k in range(int(r.integers(1, 3)))]
     return merge(parts + _wheels(axles, half_w * 0.85, wheel))
 
