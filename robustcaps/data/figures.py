@@ -16,16 +16,16 @@ from robustcaps.data.mesh import Mesh, box, ellipsoid, instance_rng, length, mer
 def animal(instance: int) -> Mesh:
     """A quadruped: body, four legs, a neck and head at the front, a tail at the back."""
     r = instance_rng(0, instance)
-    length, height, leg = r.uniform(1.2, 2.2), r.uniform(0.45, 0.8), r.uniform(0.35, 1.3)
+    body_len, height, leg = r.uniform(1.2, 2.2), r.uniform(0.45, 0.8), r.uniform(0.35, 1.3)
     width, tone = height * r.uniform(0.7, 1.0), r.uniform(0.45, 0.85)
     z = leg + 0.4 * height
-    parts = [ellipsoid((0, 0, z), (length / 2, width / 2, height / 2), tone, rotation_y(r.uniform(-8, 8)))]
+    parts = [ellipsoid((0, 0, z), (body_len / 2, width / 2, height / 2), tone, rotation_y(r.uniform(-8, 8)))]
     leg_r = r.uniform(0.06, 0.13)
-    for x in (0.33 * length, -0.33 * length):
+    for x in (0.33 * body_len, -0.33 * body_len):
         for y in (0.3 * width, -0.3 * width):
             foot = (x + r.uniform(-0.15, 0.15), y * 1.1, 0.0)
             parts.append(tube((x, y, z - 0.2 * height), foot, leg_r, 0.7 * leg_r, tone * 0.9))
-    neck_base = np.array([0.38 * length, 0.0, z + 0.15 * height])
+    neck_base = np.array([0.38 * body_len, 0.0, z + 0.15 * height])
     neck_top = neck_base + polar(r.uniform(0.2, 1.3), r.uniform(20, 75))
     parts.append(tube(neck_base, neck_top, r.uniform(0.1, 0.2), r.uniform(0.07, 0.12), tone))
     head = r.uniform(0.18, 0.3)
@@ -43,7 +43,7 @@ def animal(instance: int) -> Mesh:
         parts.append(
             tube(ear, ear + polar(r.uniform(0.1, 0.4), r.uniform(50, 110), side * 30), 0.05, 0.015, 0.3)
         )
-    tail_base = np.array([-0.48 * length, 0.0, z + 0.1 * height])
+    tail_base = np.array([-0.48 * body_len, 0.0, z + 0.1 * height])
     tail_end = tail_base + polar(r.uniform(0.2, 1.0), 180 - r.uniform(-60, 40))
     parts.append(tube(tail_base, tail_end, r.uniform(0.04, 0.09), 0.02, tone * 0.8))
     return merge(parts)
