@@ -29,34 +29,50 @@ TABLES_DIR = Path("tables")
 FIGURES_DIR = Path("figures")
 
 
+def dataset_text(identity: dict) -> str:
+    """One line that pins the data: the renderer's version, seed, size and a file hash, or the MD5 verdict."""
+    if identity.get("kind") == "rendered":
+        sha = next((v for k, v in sorted(identity.get("sha256", {}).items()) if "training-dat" in k), "")
+        return (f"rendered stand-in (generator {identity.get('generator_version', '?')}, seed "
+                f"{identity.get('seed')}, size {identity.get('options', {}).get('size', '?')}, "
+                f"training-dat sha256 {sha[:12]})")  # fmt: skip
+    verified = "official MD5s verified" if identity.get("md5_verified") else "MD5s NOT the official ones"
+    return f"smallNORB ({verified})"
+
+
 def provenance_lines(results: dict, results_dir: Path) -> dict[str, str]:
     """Command, dataset, device and commit, from provenance.json or else from the attack summaries."""
     prov = dict(results["provenance"])
     summary = results["summary"]
-    for key, column in (("git_commit", "git_commit"), ("device", "device"), ("dataset", "dataset")):
-        if not prov.get(key) and not summary.empty and column in summary:
-            prov[key] = str(summary[column].dropna().iloc[0]) if summary[column].notna().any() else ""
-    dataset = prov.get("dataset_identity") or {}
-    if isinstance(dataset, dict) and dataset:
-        kind = dataset.get("kind", "?")
-        detail = (
-            f"seed {dataset.get('seed')}, size {dataset.get('options', {}).get('size', '?')}"
-            if kind == "rendered"
-            else f"md5 verified: {dataset.get('md5_verified')}"
-        )
-        dataset_text = f"{kind} ({detail})"
+    for key in ("git_commit", "device", "dataset"):
+        if not prov.get(key) and not summary.empty and key in summary and summary[key].notna().any():
+            prov[key] = str(summary[key].dropna().iloc[0])
+    identity = prov.get("dataset_identity") or {}
+    if isinstance(identity, dict) and identity:
+        kind, text = identity.get("kind", "unknown"), dataset_text(identity)
     else:
-        dataset_text, kind = str(prov.get("dataset") or "unknown"), "unknown"
-        kind = "rendered" if "rendered" in dataset_text else kind
-    reproduce = prov.get("command") or "robustcaps reproduce"
+        text = str(prov.get("dataset") or "unknown")
+        kind = "rendered" if "rendered" in text else "unknown"
     return {
         "kind": kind,
-        "dataset": dataset_text,
+        "dataset": text,
         "device": str(prov.get("device_name") or prov.get("device") or "unknown"),
         "commit": str(prov.get("git_commit") or "unknown"),
-        "reproduce": reproduce,
+        "reproduce": prov.get("command") or "robustcaps reproduce",
         "report": f"robustcaps report --results {results_dir}",
     }
+
+
+def timing_text(provenance: dict) -> str:
+    """How long the pipeline took, per step (a resumed run lists the seconds each step took when it ran)."""
+    steps = provenance.get("steps") or []
+    if not steps:
+        return ""
+    total = sum(step["seconds"] for step in steps)
+    parts = ", ".join(f"{step['step']} {step['seconds']:.0f} s" for step in steps)
+    wall = provenance.get("wall_seconds", 0) / 60
+    return (f"Compute time of all steps: {total / 60:.1f} min on {provenance.get('device_name', '?')} "
+            f"(this invocation: {wall:.1f} min wall; steps: {parts}).\n")  # fmt: skip
 
 
 def caption(lines: dict[str, str]) -> str:
@@ -170,6 +186,7 @@ def write_report(results_dir: str | Path) -> Path:
             "## What the numbers show\n",
             findings_paragraph(results, lines["kind"]) + "\n",
             f"_{caption(lines)}_\n",
+            timing_text(results["provenance"]),
             "## Tables\n",
             *tables,
             "## Figures\n",

@@ -168,7 +168,15 @@ def results_dir(tmp_path):
                 "device": "cpu",
                 "device_name": "CPU x86_64 x2 (testhost)",
                 "git_commit": "abc1234def",
-                "dataset_identity": {"kind": "rendered", "seed": 0, "options": {"size": "small"}},
+                "dataset_identity": {
+                    "kind": "rendered",
+                    "seed": 0,
+                    "options": {"size": "small"},
+                    "generator_version": "1.0",
+                    "sha256": {"smallnorb-5x46789x9x18x6x2x96x96-training-dat.mat": "feedbeef0123456789"},
+                },
+                "steps": [{"step": "train-capsnet-small-full", "status": "ran", "seconds": 312.0}],
+                "wall_seconds": 400.0,
             }
         )
     )
@@ -195,6 +203,8 @@ def test_report_writes_every_file_with_the_fixture_numbers(results_dir):
     assert "| pgd |  | capsnet-small | untargeted | check | accuracy |" in text and "0.012" in text
     assert "CPU x86_64 x2 (testhost)" in text and "abc1234def" in text
     assert "robustcaps reproduce --preset quick" in text
+    assert "generator 1.0, seed 0, size small, training-dat sha256 feedbeef0123" in text
+    assert "train-capsnet-small-full 312 s" in text
 
 
 def test_findings_follow_the_numbers(results_dir):
