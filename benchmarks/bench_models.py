@@ -14,7 +14,9 @@ benchmarks/results/<device-slug>.csv with the device name, torch version and com
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import re
 import resource
 import subprocess
@@ -29,7 +31,11 @@ from robustcaps.models import create_model, list_models
 from robustcaps.runs import atomic_write_text, device_description, git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KEY = ["model", "batch_size", "mode", "phase", "threads"]
+KEY = ["model", "batch_size", "mode", "phase", "threads", "malloc"]
+# glibc serves every block over 32 MiB with a fresh mmap, so each large vote tensor costs page faults on first
+# touch (measured here: 120 ms to allocate and fill 42 MB, 10 ms to refill it). "no-mmap" keeps freed blocks
+# in the heap for reuse, like the caching allocator torch uses on CUDA.
+MALLOC = {"default": {}, "no-mmap": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}}
 
 
 def synchronise(device: torch.device) -> None:
@@ -88,11 +94,12 @@ def measure(model_name: str, batch: int, mode: str, phase: str, device: str, war
     }
 
 
-def run_isolated(config: dict, timeout: float) -> dict:
+def run_isolated(config: dict, malloc: str, timeout: float) -> dict:
     """`measure` in a fresh process; a configuration that fails or times out is reported, not fatal."""
     command = [sys.executable, __file__, "--one", json.dumps(config)]
+    env = {**os.environ, **MALLOC[malloc]}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:g} s"}
     if done.returncode != 0:
@@ -111,6 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", default="64,256", help="comma-separated batch sizes")
     parser.add_argument("--modes", default="eager,compile", help="eager and/or compile (torch.compile)")
     parser.add_argument("--phases", default="train,infer", help="train and/or infer")
+    parser.add_argument(
+        "--malloc", default="default", help="CPU allocator settings: default, no-mmap or both"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compile happens here)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration")
@@ -133,39 +143,26 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(list_models())}")
     name = device_description(args.device)
     meta = {"device": args.device, "device_name": name, "torch": torch.__version__, "commit": git_commit()}
+    mallocs = list(MALLOC) if args.malloc == "both" else [args.malloc]
+    grid = itertools.product(
+        args.models.split(","),
+        [int(b) for b in args.batch_sizes.split(",")],
+        args.modes.split(","),
+        args.phases.split(","),
+        mallocs,
+    )
     rows = []
-    for model in args.models.split(","):
-        for batch in (int(b) for b in args.batch_sizes.split(",")):
-            for mode in args.modes.split(","):
-                for phase in args.phases.split(","):
-                    config = dict(
-                        model_name=model,
-                        batch=batch,
-                        mode=mode,
-                        phase=phase,
-                        device=args.device,
-                        warmup=args.warmup,
-                        steps=args.steps,
-                    )
-                    result = run_isolated(config, args.timeout)
-                    row = {
-                        "model": model,
-                        "batch_size": batch,
-                        "mode": mode,
-                        "phase": phase,
-                        "threads": torch.get_num_threads(),
-                        **result,
-                        **meta,
-                    }
-                    print(
-                        ", ".join(
-                            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in row.items()
-                            if k not in meta
-                        ),
-                        flush=True,
-                    )
-                    rows.append(row)
+    for model, batch, mode, phase, malloc in grid:
+        config = dict(model_name=model, batch=batch, mode=mode, phase=phase, device=args.device)
+        result = run_isolated({**config, "warmup": args.warmup, "steps": args.steps}, malloc, args.timeout)
+        row = {**config, "threads": torch.get_num_threads(), "malloc": malloc, **result, **meta}
+        row["model"], row["batch_size"] = row.pop("model_name"), row.pop("batch")
+        print(
+            ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()),
+            f"<- {model} batch {batch} {mode} {phase} malloc={malloc}",
+            flush=True,
+        )
+        rows.append(row)
     write(pd.DataFrame(rows), args.out or RESULTS / f"{slug(name)}.csv")
 
 
@@ -173,7 +170,7 @@ def write(table: pd.DataFrame, path: Path) -> None:
     """Merge into `path`: a new row replaces the old one of the same configuration."""
     if path.exists():
         table = pd.concat([pd.read_csv(path), table]).drop_duplicates(KEY, keep="last")
-    table = table.sort_values(KEY).reset_index(drop=True)
+    table = table[KEY + [c for c in table if c not in KEY]].sort_values(KEY).reset_index(drop=True)
     atomic_write_text(path, table.to_csv(index=False))
     columns = [c for c in KEY + ["images_per_s", "peak_memory_mb", "error"] if c in table]
     print(table[columns].to_string(index=False))
