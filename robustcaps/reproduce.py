@@ -23,7 +23,14 @@ from robustcaps.presets import Preset
 from robustcaps.report_tables import CLEAN_CSV, PROVENANCE_JSON, TRAINING_CSV, VIEWPOINT_DIR, family_of
 from robustcaps.runs import atomic_write_json, atomic_write_text, environment_metadata
 from robustcaps.steps import Pipeline, Step
-from robustcaps.viewpoint import VIEWPOINT_SPLITS, evaluate_run, run_viewpoint, train, train_config
+from robustcaps.viewpoint import (
+    VIEWPOINT_SPLITS,
+    evaluate_run,
+    resolve_data_root,
+    run_viewpoint,
+    train,
+    train_config,
+)
 
 CHECKPOINT_FILES = ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv")
 
@@ -31,11 +38,8 @@ CHECKPOINT_FILES = ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv")
 def prepare_data(data: str | None, preset: Preset, results: Path, echo: Callable[[str], None]) -> Path:
     """The dataset root: --data as given, else the preset's rendered stand-in (rendered once, cached)."""
     from robustcaps.data.norb import verify
-    from robustcaps.data.render import default_data_root
 
-    root = Path(data) if data else Path(default_data_root(preset.data_size))
-    if data and not root.is_dir():
-        raise RobustcapsError(f"--data {root}: no such directory; render one with `robustcaps data render`")
+    root = resolve_data_root(data, preset.data_size)
     report = verify(root)
     lines = report.lines()
     if getattr(report, "mismatch", ()):

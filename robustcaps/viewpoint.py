@@ -39,6 +39,17 @@ class Trained:
     sizes: dict[str, int]  # part -> n
 
 
+def resolve_data_root(data: str | None, size: str) -> Path:
+    """--data as given (it must exist), else the rendered stand-in of `size` (rendered once, cached)."""
+    from robustcaps.data.render import default_data_root
+
+    if data is None:
+        return Path(default_data_root(size))
+    if not Path(data).is_dir():
+        raise RobustcapsError(f"--data {data}: no such directory; render one with `robustcaps data render`")
+    return Path(data)
+
+
 def train_config(preset: Preset, model: str, split: str, data_root: Path, device: str, **changes):
     """The TrainConfig of one run of a preset (the trainer's dataclass, so config.json rebuilds it)."""
     from robustcaps.train import TrainConfig

@@ -75,3 +75,26 @@ def test_full_split_is_not_a_viewpoint_split(recorded, tmp_path):
     with pytest.raises(RobustcapsError, match="--split full"):
         run_viewpoint("full", tiny(), tmp_path, tmp_path, tmp_path, "cpu", echo=lambda _: None)
     assert recorded["train"] == []
+
+
+def test_cli_missing_data_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from robustcaps.cli import cli
+
+    result = CliRunner().invoke(
+        cli,
+        [
+            "viewpoint",
+            "--split",
+            "azimuth",
+            "--data",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "out"),
+            "--runs",
+            str(tmp_path / "runs"),
+        ],
+    )
+    assert result.exit_code == 1 and result.output.startswith("Error: --data")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()

@@ -45,12 +45,11 @@ def viewpoint(
 ) -> None:
     """Train the CNN, then the capsule network until its familiar-viewpoint error matches the CNN's;
     write both models' familiar and novel error next to the paper's (Table 2)."""
-    from robustcaps.data.render import default_data_root
     from robustcaps.presets import get_preset
-    from robustcaps.viewpoint import run_viewpoint
+    from robustcaps.viewpoint import resolve_data_root, run_viewpoint
 
     chosen = get_preset(preset)
-    root = Path(data) if data else Path(default_data_root(chosen.data_size))
+    root = resolve_data_root(data, chosen.data_size)
     runs = Path(runs_dir) if runs_dir else Path("runs") / f"viewpoint-{chosen.name}"
     note = f"Regenerate: robustcaps viewpoint --split {split} --preset {preset}" + (
         f" --data {data}" if data else ""
