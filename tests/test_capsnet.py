@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import platform
+import sys
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch.nn.functional as F
 from robustcaps.errors import RobustcapsError
 from robustcaps.models import create_model, list_models
 from robustcaps.models.capsnet import CapsNet, receptive_field_centres
-from robustcaps.models.common import Standardize
+from robustcaps.models.common import Standardize, keep_freed_cpu_memory
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +146,20 @@ def test_model_attributes_follow_the_contract(small):
     assert dataclasses.is_dataclass(small.config)
     with pytest.raises(dataclasses.FrozenInstanceError):
         small.config.iterations = 2
+
+
+def test_autocast_bfloat16_routes_in_float32_and_stays_finite(small):
+    x = images(2).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = small(x)
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits.float(), small(x).detach(), atol=0.05, rtol=0.05)
+    logits.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_keep_freed_cpu_memory_takes_on_glibc_linux():
+    taken = keep_freed_cpu_memory()
+    assert isinstance(taken, bool)
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert taken
