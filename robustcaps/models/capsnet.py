@@ -39,8 +39,8 @@ class CapsNetConfig:
     """Sizes A, B, C, D of HSF18 Fig. 1 and the routing settings; `asdict` of it rebuilds the model.
 
     estep: "cross" (default) normalises a child's responsibilities over every parent it feeds, at all
-    neighbouring positions, as Procedure 1 reads (R_ij sums to one over Ω_{L+1}) and Gritzman 2019 §3.3
-    shows matters; "position" normalises over the parent types at one position, as most ports do.
+    neighbouring positions, as Procedure 1 reads (R_ij sums to one over Ω_{L+1}) and Gritzman 2019
+    argues; "position" normalises over the parent types at one position, as most ports do.
     data_mass: Gritzman's normalisation of the data mass Σ_i R_ij a_i reaching a parent (the average
     parent receives this many units; None keeps the raw paper cost). With it one λ suits layers whose
     parents have 72 or 512 children; without it, it is a number-of-children-dependent inverse temperature.

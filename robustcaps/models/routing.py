@@ -5,7 +5,7 @@ Every parent capsule j is a Gaussian cluster over the votes V_ij its children ca
     M-step:  R'_ij = R_ij a_i
              μ_j^h  = Σ_i R'_ij V_ij^h / Σ_i R'_ij
              σ_j^h² = Σ_i R'_ij (V_ij^h − μ_j^h)² / Σ_i R'_ij  + min_variance
-             cost_j^h = (β_u + log σ_j^h) Σ_i R'_ij
+             cost_j^h = (β_u + log σ_j^h) Σ_i R'_ij · mass_scale    (mass_scale = 1 in the paper)
              a_j = logistic(λ (β_a − Σ_h cost_j^h))
     E-step:  p_ij = N(V_ij; μ_j, diag σ_j²)
              R_ij = a_j p_ij / Σ_k a_k p_k      (log space: a log-sum-exp)
@@ -13,7 +13,7 @@ Every parent capsule j is a Gaussian cluster over the votes V_ij its children ca
 R starts uniform over the parents a child feeds, the last iteration skips the E-step, and gradients
 flow through the unrolled iterations. The normalising set Σ_k of the E-step is either the parent types
 at one position (`children=None`, "position") or every parent the child feeds across neighbouring
-positions (`children` given, "cross"; Gritzman 2019 §3.3: in a convolutional capsule layer parents at
+positions (`children` given, "cross"; Gritzman 2019: in a convolutional capsule layer parents at
 different positions compete for the same child).
 
 Layout, chosen so that every sum over children is one batched matrix product on contiguous memory
@@ -81,9 +81,10 @@ def mass_scale(
 ) -> float:
     """Factor on Σ_i R'_ij in the cost so that the average parent gets `target` units of data mass.
 
-    Gritzman 2019 §3.4: the raw mass a parent receives grows with its number of children (9 per parent
-    in ConvCaps, ~100 in ClassCaps), so one λ and one β cannot suit every layer. The mass of the average
-    parent is computed for uniform R and all children active; `target=None` keeps the raw paper cost.
+    Gritzman 2019: the raw mass a parent receives grows with its number of children (288 children for
+    32 parent types in ConvCaps, 512 for 5 in ClassCaps of capsnet), so one λ and one β cannot suit
+    every layer. The mass of the average parent is computed for uniform R and all children active;
+    `target=None` keeps the raw paper cost.
     """
     if target is None:
         return 1.0
