@@ -22,6 +22,9 @@ import torch
 
 from robustcaps.errors import RobustcapsError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 LIBRARIES = ("robustcaps", "torch", "torchvision", "torchattacks", "numpy", "pandas", "seaborn", "click")
 
 
@@ -30,6 +33,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; give it the mode an ordinary open() would (0666 less the umask).
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

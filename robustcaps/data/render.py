@@ -180,7 +180,7 @@ def render_dataset(
             sha256[path.name] = _sha256(path)
         del arrays
     manifest = _manifest(config, size, rows, sha256)
-    os.chmod(atomic_write_json(out_dir / MANIFEST, manifest), 0o644)  # mkstemp makes it owner-only
+    atomic_write_json(out_dir / MANIFEST, manifest)
     return out_dir
 
 
