@@ -117,7 +117,7 @@ def em_routing(
         work = torch.promote_types(dtype, torch.float32)
         votes, activations = votes.to(work), activations.to(work)
         beta_u, beta_a = beta_u.to(work), beta_a.to(work)
-        votes_sq = votes.square()
+        votes_sq = _Square.apply(votes)
         a_child = activations.unsqueeze(2)  # (N, L, 1, I)
         r = initial_responsibilities(children, n_children, votes.shape[2], work).to(votes.device)
         r = r.unsqueeze(-2)  # (L, 1, I)
@@ -130,6 +130,21 @@ def em_routing(
                 r = _normalise(log_joint, children, n_children).exp()
         out = Routed(mean, variance, torch.sigmoid(logits), logits)
     return Routed(*(t.to(dtype) for t in out))
+
+
+class _Square(torch.autograd.Function):
+    """V², whose backward is one pass (2 V g): torch's pow backward makes three vote-sized temporaries,
+    and the votes are the largest tensors of the model."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.mul(grad, x).mul_(2)
 
 
 def _m_step(
