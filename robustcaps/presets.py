@@ -43,10 +43,12 @@ class Preset:
     margin_step_scale: float = 50_000.0
     lr_decay_steps: float = 20_000.0
     stereo: str = "channels"
+    amp: str = "none"  # "bf16" autocast in training (GPU presets)
     eps: tuple[float, ...] = FIG3_EPS
     attack_n: int = 500  # examples per attack cell
     attack_steps: int = 10  # BIM / PGD iterations (HSF18 does not give BIM's)
     restarts: int = 1
+    attack_batch_size: int = 100
     # Untargeted white-box attacks on both models; the capsule network also gets the vote attacks.
     untargeted_attacks: tuple[str, ...] = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-dlr")
     vote_attacks: tuple[str, ...] = ("bim-vote", "pgd-vote")
@@ -68,13 +70,17 @@ def paper() -> Preset:
 
 
 def gpu() -> Preset:
-    # Estimate, not a measurement (no GPU in the session that wrote this): the full rendered set renders in
-    # ≲ 1 min on a 16-core GPU host; capsnet (316K) trains at ≈ 1–2k img/s on an H100 in bf16 (EM routing is
-    # memory-bound), the CNN at > 10k img/s. 6 × 1,500 steps × 64 images ≈ 4 min; the attacks on 300
-    # examples (≈ 70 BIM/PGD cells, 10 steps, batch 300) ≈ 2 min. Check with `benchmarks/bench_models.py`.
+    # An estimate, not a measurement (no GPU in the session that wrote this). From `robustcaps models`:
+    # capsnet costs 408 MFLOPs per image forward (≈ 1.2 GFLOPs per training image), the CNN 38. EM routing
+    # is memory-bound, so assume ≈ 1.5k capsnet training img/s on an H100 in bf16 (a few % of peak):
+    # - rendering the full set: ≈ 3 min (the renderer uses 2 worker processes; 5 min on 2 CPU cores);
+    # - training: 3 capsnet runs × 1,000 steps × 64 = 192k images ≈ 2.2 min; the CNN runs < 0.5 min;
+    # - attacks on 200 examples: ≈ 700 forward+backward passes of each example through capsnet ≈ 1.6 min.
+    # Total ≈ 7.5 min. Check with `python benchmarks/bench_models.py --device cuda` before relying on it.
     return Preset(
-        name="gpu", demo=False, data_size="full", capsnet="capsnet", cnn="cnn", cnn_steps=1500,
-        capsnet_steps=1500, margin_step_scale=250.0, lr_decay_steps=500.0, attack_n=300,
+        name="gpu", demo=False, data_size="full", capsnet="capsnet", cnn="cnn", cnn_steps=1000,
+        capsnet_steps=1000, margin_step_scale=170.0, lr_decay_steps=350.0, amp="bf16", attack_n=200,
+        attack_batch_size=200,
     )  # fmt: skip
 
 

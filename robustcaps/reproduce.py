@@ -135,7 +135,11 @@ def training_steps(
         run = partial(
             run_viewpoint, split, preset, root, runs_dir, results / VIEWPOINT_DIR, device, note, echo
         )
-        steps.append(Step(f"viewpoint-{split}", {"preset": asdict(preset), "data": identity}, outputs, run))
+        # The capsules' target comes from the CNN run, so the two configs (without it) define the step.
+        configs = {
+            m: train_config(preset, m, split, root, device).to_dict() for m in (preset.cnn, preset.capsnet)
+        }
+        steps.append(Step(f"viewpoint-{split}", {"train": configs, "data": identity}, outputs, run))
     return steps
 
 

@@ -28,7 +28,8 @@ def attack_configs(preset: Preset, family: str, device: str) -> dict[str, object
     from robustcaps.attack import AttackConfig
 
     common = dict(eps=preset.eps, units="std", n=preset.attack_n, steps=preset.attack_steps,
-                  restarts=preset.restarts, seed=preset.seed, device=device, part="test")  # fmt: skip
+                  restarts=preset.restarts, seed=preset.seed, device=device, part="test",
+                  batch_size=preset.attack_batch_size)  # fmt: skip
     attacks = preset.untargeted_attacks + (preset.vote_attacks if family == "capsnet" else ())
     return {
         "": AttackConfig(attacks=attacks, targeted=(False,), checks=True, **common),

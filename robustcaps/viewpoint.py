@@ -57,7 +57,7 @@ def train_config(preset: Preset, model: str, split: str, data_root: Path, device
     steps = preset.capsnet_steps if model == preset.capsnet else preset.cnn_steps
     return TrainConfig(
         model=model, model_overrides=preset.overrides(model), data=str(data_root), data_size=preset.data_size,
-        split=split, stereo=preset.stereo,
+        split=split, stereo=preset.stereo, amp=preset.amp,
         max_per_part=preset.max_per_part, steps=steps, batch_size=preset.batch_size,
         lr_decay_steps=preset.lr_decay_steps, margin_step_scale=preset.margin_step_scale, seed=preset.seed,
         device=device, **changes,
