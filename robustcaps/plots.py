@@ -31,7 +31,8 @@ def save_figure(fig: plt.Figure, stem: Path, footer: str) -> list[Path]:
     paths = []
     for suffix, kwargs in ((".png", {"dpi": 130}), (".pdf", {})):
         buffer = io.BytesIO()
-        fig.savefig(buffer, format=suffix[1:], **kwargs)
+        # bbox "tight" keeps legends that seaborn places outside the axes inside the file.
+        fig.savefig(buffer, format=suffix[1:], bbox_inches="tight", **kwargs)
         paths.append(atomic_write_bytes(stem.with_suffix(suffix), buffer.getvalue()))
     plt.close(fig)
     return paths
@@ -106,6 +107,7 @@ def plot_all_attacks(summary: pd.DataFrame, stem: Path, footer: str) -> list[Pat
         facet_kws={"ylim": (-0.02, 1.02)},
     )
     grid.set_axis_labels("ε (standardised input units)", "accuracy")
+    sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.9))  # beside the axes, not over them
     grid.figure.suptitle("Untargeted accuracy under every attack", y=1.0)
     return save_figure(grid.figure, stem, footer)
 
@@ -143,21 +145,15 @@ def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> lis
 
 
 def plot_training(training: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
-    """Training loss and validation error against step, one line per run."""
+    """Training loss and errors against step, one line per run, one row per family."""
     metrics = [m for m in ("train_loss", "train_error", "val_error", "familiar_error") if m in training]
-    long = training.melt(id_vars=["run", "step"], value_vars=metrics, var_name="metric").dropna(
-        subset=["value"]
-    )
-    grid = sns.relplot(
-        data=long,
-        x="step",
-        y="value",
-        hue="run",
-        col="metric",
-        kind="line",
-        height=3.2,
-        aspect=1.1,
-        facet_kws={"sharey": False},
-    )
+    training = training.assign(family=training["model"].map(family_of)) if "model" in training else training
+    ids = ["run", "step"] + (["family"] if "family" in training else [])
+    long = training.melt(id_vars=ids, value_vars=metrics, var_name="metric").dropna(subset=["value"])
+    # One row per family: the capsules' spread loss and the CNN's cross-entropy are not on one scale.
+    grid = sns.relplot(data=long, x="step", y="value", hue="run", col="metric",
+                       row="family" if "family" in long else None, kind="line", marker="o", markersize=4,
+                       height=3.0, aspect=1.1, facet_kws={"sharey": False, "sharex": False})  # fmt: skip
     grid.figure.suptitle("Training curves", y=1.0)
+    sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.9))
     return save_figure(grid.figure, stem, footer)
