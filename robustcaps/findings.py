@@ -4,6 +4,7 @@ Thresholds that turn numbers into words are stated here, once:
 - familiar errors "match" when they differ by at most MATCH_TOLERANCE (HSF18 compares at equal
   familiar error);
 - a difference in error or accuracy "matters" when it exceeds NOTABLE (below it, a few test examples decide);
+- a model with clean test error above USABLE_ERROR is called too weak for the comparisons to mean much;
 - the capsules' robustness "survives" when every integrity check on the capsule model passes and its accuracy
   under the worst attack we ran still beats the CNN's by more than NOTABLE.
 """
@@ -17,6 +18,7 @@ from robustcaps.report_tables import PAPER_ATTACKS, family_of
 
 MATCH_TOLERANCE = 0.01
 NOTABLE = 0.05
+USABLE_ERROR = 0.5  # chance is 80% on 5 classes; above this a model is too weak to compare robustness
 EPS_TOLERANCE = 0.05  # compare with the paper's ε only where our sweep has an ε this close to it
 
 
@@ -41,6 +43,19 @@ def demo_sentence(provenance: dict, dataset_kind: str) -> str:
             "not as a replication."
         )
     return f"These numbers come from preset `{provenance.get('preset', '?')}` on {dataset_kind} data."
+
+
+def weak_model_sentences(clean: pd.DataFrame) -> list[str]:
+    """A warning for each model whose clean error on the full split's test part is near chance."""
+    if clean.empty:
+        return []
+    rows = clean[(clean["split"] == "full") & (clean["part"] == "test") & (clean["crops"] == 1)]
+    return [
+        f"Caution: {row.model} has {_pct(row.error)} clean test error (chance: 80%), so it is too weak for "
+        "the comparisons below to say much about its family; train longer (presets `gpu`, `paper`)."
+        for row in rows.itertuples()
+        if row.error > USABLE_ERROR
+    ]
 
 
 def viewpoint_sentences(viewpoint: pd.DataFrame) -> list[str]:
@@ -166,7 +181,7 @@ def robustness_verdict(summary: pd.DataFrame, checks: pd.DataFrame) -> str:
 
 
 def findings_paragraph(results: dict, dataset_kind: str) -> str:
-    sentences = [demo_sentence(results["provenance"], dataset_kind)]
+    sentences = [demo_sentence(results["provenance"], dataset_kind), *weak_model_sentences(results["clean"])]
     if not results["viewpoint"].empty:
         sentences += viewpoint_sentences(results["viewpoint"])
     if not results["summary"].empty:

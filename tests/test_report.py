@@ -214,7 +214,14 @@ def test_findings_follow_the_numbers(results_dir):
         "better than the CNN by 6.9 points" in paragraph
     )  # 22.33% - 15.44% novel error  # 22.33% - 15.44% novel error
     assert "gradients_nonzero" in paragraph  # the capsule model's failed check is named
-    assert "does not survive" in paragraph
+    assert "does not survive" in paragraph and "Caution" not in paragraph
+    clean = pd.read_csv(results_dir / "clean" / "clean_error.csv")
+    clean.loc[clean["model"] == "capsnet-small", "error"] = 0.7661
+    clean.to_csv(results_dir / "clean" / "clean_error.csv", index=False)
+    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    assert (
+        "Caution: capsnet-small has 76.6% clean test error" in paragraph and "cnn-small has" not in paragraph
+    )
     # Make the checks pass and the capsules' worst case still better: the verdict turns.
     for checks in results_dir.glob("attacks/*/checks.csv"):
         frame = pd.read_csv(checks).assign(passed=True)
