@@ -147,6 +147,32 @@ class _Square(torch.autograd.Function):
         return torch.mul(grad, x).mul_(2)
 
 
+class _Quadratic(torch.autograd.Function):
+    """Σ_h (V_ih² p_h − V_ih q_h) for every child i: votes (…, I, 16), p and q (…, 16) → (…, I).
+
+    Autograd would sum over the children for the gradients of p and q as (16 × I) @ (I × 1) products on
+    transposed votes, 3–7× slower on the CPU than the (1 × I) @ (I × 16) form on contiguous rows used here.
+    """
+
+    @staticmethod
+    def forward(ctx, votes: Tensor, votes_sq: Tensor, p: Tensor, q: Tensor) -> Tensor:
+        ctx.save_for_backward(votes, votes_sq, p, q)
+        return (votes_sq @ p.unsqueeze(-1) - votes @ q.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        votes, votes_sq, p, q = ctx.saved_tensors
+        row, column = grad.unsqueeze(-2), grad.unsqueeze(-1)  # (…, 1, I), (…, I, 1)
+        need = ctx.needs_input_grad
+        return (
+            -column * q.unsqueeze(-2) if need[0] else None,
+            column * p.unsqueeze(-2) if need[1] else None,
+            (row @ votes_sq).squeeze(-2) if need[2] else None,
+            -(row @ votes).squeeze(-2) if need[3] else None,
+        )
+
+
 def _m_step(
     weighted: Tensor,
     votes: Tensor,
@@ -174,9 +200,9 @@ def _m_step(
 def _log_joint(votes: Tensor, votes_sq: Tensor, mean: Tensor, variance: Tensor, logits: Tensor) -> Tensor:
     """log a_j + log N(V_ij; μ_j, σ_j²): (N, L, J, I), with (V − μ)² expanded into two matrix products."""
     precision = variance.reciprocal()
-    quadratic = votes_sq @ (0.5 * precision).unsqueeze(-1) - votes @ (mean * precision).unsqueeze(-1)
+    quadratic = _Quadratic.apply(votes, votes_sq, 0.5 * precision, mean * precision)  # (N, L, J, I)
     constant = 0.5 * (mean.square() * precision + (2 * math.pi * variance).log()).sum(-1)  # (N, L, J)
-    return F.logsigmoid(logits).unsqueeze(-1) - constant.unsqueeze(-1) - quadratic.squeeze(-1)
+    return F.logsigmoid(logits).unsqueeze(-1) - constant.unsqueeze(-1) - quadratic
 
 
 def _normalise(log_joint: Tensor, children: Tensor | None, n_children: int) -> Tensor:
