@@ -200,7 +200,13 @@ def _m_step(
 def _log_joint(votes: Tensor, votes_sq: Tensor, mean: Tensor, variance: Tensor, logits: Tensor) -> Tensor:
     """log a_j + log N(V_ij; μ_j, σ_j²): (N, L, J, I), with (V − μ)² expanded into two matrix products."""
     precision = variance.reciprocal()
-    quadratic = _Quadratic.apply(votes, votes_sq, 0.5 * precision, mean * precision)  # (N, L, J, I)
+    if (
+        torch.compiler.is_compiling()
+    ):  # inductor fuses the plain form; the custom backward would break the graph
+        p, q = (0.5 * precision).unsqueeze(-1), (mean * precision).unsqueeze(-1)
+        quadratic = (votes_sq @ p - votes @ q).squeeze(-1)
+    else:
+        quadratic = _Quadratic.apply(votes, votes_sq, 0.5 * precision, mean * precision)  # (N, L, J, I)
     constant = 0.5 * (mean.square() * precision + (2 * math.pi * variance).log()).sum(-1)  # (N, L, J)
     return F.logsigmoid(logits).unsqueeze(-1) - constant.unsqueeze(-1) - quadratic
 
