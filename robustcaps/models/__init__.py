@@ -87,7 +87,9 @@ def model_info(name: str, in_channels: int = 1) -> dict[str, Any]:
     """Parameters, configuration and FLOPs per image of a registered model.
 
     FLOPs are counted by torch.utils.flop_counter.FlopCounterMode on one image (2 per multiply-add of
-    convolutions and matrix products, routing's included; element-wise work is not counted).
+    convolutions and matrix products, routing's included; element-wise work is not counted). These are
+    the FLOPs executed: capsnet casts its votes as (I₄ ⊗ W) products, four times the multiply-adds of the
+    4×4 matrix products (memory, not arithmetic, bounds that step; see capsnet.cast_votes).
     """
     model = create_model(name, in_channels).eval()
     counter = FlopCounterMode(display=False)
