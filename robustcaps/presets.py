@@ -85,16 +85,16 @@ def gpu() -> Preset:
 
 
 def quick() -> Preset:
-    # Measured on 2 CPU cores shared with other jobs (load 3-8): cnn-small trains at ~250 img/s,
-    # capsnet-small at 3-4 img/s (≈ 15 img/s on 2 free cores; 80 steps at batch 16 took 31 CPU-minutes in all
-    # with 500 images per part and 30 attacked examples). These sizes bring that to ≈ 24 CPU-minutes,
-    # ≈ 14 min on 2 free cores. The capsule network stays close to chance at this budget: a demo.
+    # Sized from runs on this project's 2 shared CPU cores. With 64 capsule steps, 400 images per part and
+    # 20 attacked examples the whole pipeline took 5.7 min wall at load ≈ 2 (capsnet-small ≈ 45 img/s in
+    # training, cnn-small ≈ 1,500); 200 capsule steps and 40 examples add ≈ 6 min, rendering the small
+    # set ≈ 1 min more on a fresh machine. The capsule network is still weak at this budget: a demo.
     # Margin: the first steps of the authors' schedule (≈ 0.2); ramping it to 0.9 within 80 steps made the
-    # spread loss grow from 0.26 to 2.74 in the measured run.
+    # spread loss grow from 0.26 to 2.74 in a measured run.
     return Preset(
-        name="quick", demo=True, data_size="small", capsnet="capsnet-small", cnn="cnn-small", cnn_steps=400,
-        capsnet_steps=64, batch_size=16, max_per_part=400, margin_step_scale=50_000.0, lr_decay_steps=100.0,
-        eps=(0.0, 0.1, 0.25, 0.5), attack_n=20, attack_steps=3, untargeted_attacks=("fgsm", "bim", "pgd"),
+        name="quick", demo=True, data_size="small", capsnet="capsnet-small", cnn="cnn-small", cnn_steps=1000,
+        capsnet_steps=200, batch_size=16, max_per_part=400, margin_step_scale=50_000.0, lr_decay_steps=100.0,
+        eps=(0.0, 0.1, 0.25, 0.5), attack_n=40, attack_steps=3, untargeted_attacks=("fgsm", "bim", "pgd"),
         vote_attacks=("bim-vote",),
     )  # fmt: skip
 

@@ -27,6 +27,7 @@ from robustcaps.viewpoint import (
     VIEWPOINT_SPLITS,
     evaluate_run,
     resolve_data_root,
+    run_dir,
     run_viewpoint,
     train,
     train_config,
@@ -84,16 +85,27 @@ def contact_sheet(root: Path, out: Path) -> Path:
 def clean_rows(preset: Preset, runs_dir: Path, device: str) -> pd.DataFrame:
     """Clean error of every trained run on its own split's parts; the 13-crop test (if set) on the full
     split's test part only, where HSF18 report it (it costs 13 forward passes per image)."""
-    jobs = [(runs_dir / f"{m}-full", m, "full", "best", ("test",)) for m in (preset.cnn, preset.capsnet)]
+    jobs = [
+        (run_dir(runs_dir, preset, m, "full"), m, "full", "best", ("test",))
+        for m in (preset.cnn, preset.capsnet)
+    ]
     for split in VIEWPOINT_SPLITS:
-        jobs.append((runs_dir / f"{preset.cnn}-{split}", preset.cnn, split, "best", ("familiar", "novel")))
         jobs.append(
-            (runs_dir / f"{preset.capsnet}-{split}", preset.capsnet, split, "last", ("familiar", "novel"))
+            (run_dir(runs_dir, preset, preset.cnn, split), preset.cnn, split, "best", ("familiar", "novel"))
+        )
+        jobs.append(
+            (
+                run_dir(runs_dir, preset, preset.capsnet, split),
+                preset.capsnet,
+                split,
+                "last",
+                ("familiar", "novel"),
+            )
         )
     rows = []
-    for run_dir, model, split, which, parts in jobs:
+    for directory, model, split, which, parts in jobs:
         for multi_crop in (False, True) if preset.multi_crop and split == "full" else (False,):
-            trained = evaluate_run(run_dir, which, parts, device, multi_crop=multi_crop)
+            trained = evaluate_run(directory, which, parts, device, multi_crop=multi_crop)
             crops = 13 if multi_crop else 1
             rows += [{"model": model, "family": family_of(model), "split": split, "part": part,
                       "crops": crops, "error": trained.errors[part], "n": trained.sizes[part],
@@ -106,7 +118,7 @@ def training_rows(runs_dir: Path, preset: Preset) -> pd.DataFrame:
     frames = []
     for split in ("full", *VIEWPOINT_SPLITS):
         for model in (preset.cnn, preset.capsnet):
-            metrics = pd.read_csv(runs_dir / f"{model}-{split}" / "metrics.csv")
+            metrics = pd.read_csv(run_dir(runs_dir, preset, model, split) / "metrics.csv")
             frames.append(
                 metrics.assign(run=f"{model}-{split}", model=model, family=family_of(model), split=split)
             )
@@ -125,10 +137,13 @@ def training_steps(
 
     identity, steps = dataset_identity(root), []
     for model in (preset.cnn, preset.capsnet):
-        config, run_dir = train_config(preset, model, "full", root, device), runs_dir / f"{model}-full"
-        outputs = tuple(run_dir / f for f in CHECKPOINT_FILES)
+        config, directory = (
+            train_config(preset, model, "full", root, device),
+            run_dir(runs_dir, preset, model, "full"),
+        )
+        outputs = tuple(directory / f for f in CHECKPOINT_FILES)
         steps.append(Step(f"train-{model}-full", {"train": config.to_dict(), "data": identity}, outputs,
-                          partial(train, config, run_dir)))  # fmt: skip
+                          partial(train, config, directory)))  # fmt: skip
     for split in VIEWPOINT_SPLITS:
         outputs = (results / VIEWPOINT_DIR / f"{split}.csv", results / VIEWPOINT_DIR / f"{split}.md")
         note = f"Regenerate: robustcaps viewpoint --split {split} --preset {preset.name} --data {root}"
@@ -177,11 +192,15 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
         "seed",
     )
     config = {k: getattr(preset, k) for k in attack_settings}
-    for model, source in ((preset.cnn, None), (preset.capsnet, runs_dir / f"{preset.cnn}-full")):
+    for model, source in (
+        (preset.cnn, None),
+        (preset.capsnet, run_dir(runs_dir, preset, preset.cnn, "full")),
+    ):
         outputs = tuple(results / "attacks" / f"{model}{suffix}" / f for suffix in ("", "-targeted")
                         for f in ("summary.csv", "checks.csv"))  # fmt: skip
-        run = partial(attack_victim, runs_dir / f"{model}-full", model, family_of(model), source, preset,
-                      device, runs_dir / "attacks", results / "attacks")  # fmt: skip
+        victim = run_dir(runs_dir, preset, model, "full")
+        run = partial(attack_victim, victim, model, family_of(model), source, preset, device,
+                      runs_dir / "attacks", results / "attacks")  # fmt: skip
         steps.append(Step(f"attack-{model}", config, outputs, run, trained[:2]))
     return steps
 

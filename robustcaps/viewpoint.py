@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,19 @@ def resolve_data_root(data: str | None, size: str) -> Path:
     if not Path(data).is_dir():
         raise RobustcapsError(f"--data {data}: no such directory; render one with `robustcaps data render`")
     return Path(data)
+
+
+TRAINING_FIELDS = (
+    "capsnet", "cnn", "cnn_steps", "capsnet_steps", "capsnet_overrides", "cnn_overrides", "batch_size",
+    "max_per_part", "margin_step_scale", "lr_decay_steps", "stereo", "amp", "seed",
+)  # fmt: skip
+
+
+def run_dir(runs_dir: Path, preset: Preset, model: str, split: str) -> Path:
+    """`<model>-<split>-<digest of the preset's training settings>`: a changed preset trains into a new
+    directory instead of colliding with (or silently resuming) a run made with other settings."""
+    settings = json.dumps({k: getattr(preset, k) for k in TRAINING_FIELDS}, sort_keys=True, default=str)
+    return Path(runs_dir) / f"{model}-{split}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
 
 
 def train_config(preset: Preset, model: str, split: str, data_root: Path, device: str, **changes):
@@ -101,12 +116,12 @@ def matched_pair(
     if split not in VIEWPOINT_SPLITS:
         raise RobustcapsError(f"--split {split}: choose one of {', '.join(VIEWPOINT_SPLITS)}")
     parts = ("familiar", "novel")
-    cnn_dir = runs_dir / f"{preset.cnn}-{split}"
+    cnn_dir = run_dir(runs_dir, preset, preset.cnn, split)
     train(train_config(preset, preset.cnn, split, data_root, device), cnn_dir)
     cnn = evaluate_run(cnn_dir, "best", parts, device)
     target = cnn.errors["familiar"]
     echo(f"{split}: CNN familiar error {percent(target)}; training {preset.capsnet} to match it")
-    caps_dir = runs_dir / f"{preset.capsnet}-{split}"
+    caps_dir = run_dir(runs_dir, preset, preset.capsnet, split)
     train(
         train_config(preset, preset.capsnet, split, data_root, device, target_familiar_error=target), caps_dir
     )

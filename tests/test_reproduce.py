@@ -116,7 +116,8 @@ def test_tiny_reproduce_end_to_end_then_resume(data_root, tmp_path):
     table2 = pd.concat(pd.read_csv(results / "viewpoint" / f"{s}.csv") for s in ("azimuth", "elevation"))
     assert set(table2["family"]) == {"capsnet", "cnn"} and table2["novel_error"].between(0, 1).all()
     for split in ("azimuth", "elevation"):  # the capsules' target is the CNN's measured familiar error
-        caps = json.loads((runs / f"capsnet-small-{split}" / "config.json").read_text())
+        (caps_dir,) = runs.glob(f"capsnet-small-{split}-*")
+        caps = json.loads((caps_dir / "config.json").read_text())
         cnn_row = table2[(table2["split"] == split) & (table2["family"] == "cnn")].iloc[0]
         assert caps["target_familiar_error"] == pytest.approx(cnn_row["familiar_error"])
     summary = pd.concat(pd.read_csv(p) for p in results.glob("attacks/*/summary.csv"))
