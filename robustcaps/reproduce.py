@@ -36,28 +36,6 @@ from robustcaps.viewpoint import (
 CHECKPOINT_FILES = ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv")
 
 
-def tune_allocator() -> None:
-    """Keep freed large blocks in the heap instead of returning them to the OS (glibc only).
-
-    glibc serves every block above its mmap threshold with a fresh mmap and unmaps it on free, so each
-    large EM-routing tensor pays page faults on first touch: measured on capsnet-small (batch 16, one
-    thread) 1.9 CPU-s per training step by default, 1.1 with mmap disabled (benchmarks/bench_models.py
-    --malloc). Setting MALLOC_MMAP_MAX_=0 in the environment does the same; mallopt works after start-up.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        libc = None
-    if libc is not None and hasattr(libc, "mallopt"):
-        m_trim_threshold, m_mmap_max = -1, -4
-        libc.mallopt(m_mmap_max, 0)
-        libc.mallopt(m_trim_threshold, 2**30)
-
-
 def prepare_data(data: str | None, preset: Preset, results: Path, echo: Callable[[str], None]) -> Path:
     """The dataset root: --data as given, else the preset's rendered stand-in (rendered once, cached)."""
     from robustcaps.data.norb import verify
@@ -221,7 +199,6 @@ def reproduce(
     from robustcaps.report import write_report
 
     start = time.perf_counter()
-    tune_allocator()
     results = Path(results_dir)
     runs = Path(runs_dir) if runs_dir else Path("runs") / f"reproduce-{preset.name}"
     device = resolve_device(device)

@@ -9,6 +9,7 @@ import click
 
 from robustcaps import __version__
 from robustcaps.errors import RobustcapsError
+from robustcaps.models.common import keep_freed_cpu_memory
 
 # (module under robustcaps.cli, attribute): each is a click.Command or click.Group.
 COMMANDS = (
@@ -41,16 +42,13 @@ def cli() -> None:
 
 
 for _module, _attr in COMMANDS:
-    try:
-        _command = getattr(import_module(f"robustcaps.cli.{_module}"), _attr)
-    except (ImportError, AttributeError) as _error:  # a command family not built yet must not break the rest
-        if getattr(_error, "name", None) not in (f"robustcaps.cli.{_module}", _attr, None):
-            raise
-        continue
-    cli.add_command(_command)
+    cli.add_command(getattr(import_module(f"robustcaps.cli.{_module}"), _attr))
 
 
 def main() -> None:
+    # Every command trains or attacks capsule networks, whose large routing tensors otherwise pay fresh
+    # page faults each step on CPU (see keep_freed_cpu_memory).
+    keep_freed_cpu_memory()
     cli(prog_name="robustcaps")
 
 

@@ -46,10 +46,8 @@ def viewpoint(
     """Train the CNN, then the capsule network until its familiar-viewpoint error matches the CNN's;
     write both models' familiar and novel error next to the paper's (Table 2)."""
     from robustcaps.presets import get_preset
-    from robustcaps.reproduce import tune_allocator
     from robustcaps.viewpoint import resolve_data_root, run_viewpoint
 
-    tune_allocator()
     chosen = get_preset(preset)
     root = resolve_data_root(data, chosen.data_size)
     runs = Path(runs_dir) if runs_dir else Path("runs") / f"viewpoint-{chosen.name}"
