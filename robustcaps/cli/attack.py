@@ -6,6 +6,7 @@ import click
 import torch
 
 from robustcaps.attack import ATTACKS, LOSSES, PARTS, UNITS, AttackConfig, supports_targeted
+from robustcaps.cli.options import device_option
 from robustcaps.errors import RobustcapsError
 
 MODES = {"untargeted": (False,), "targeted": (True,), "both": (False, True)}
@@ -104,7 +105,7 @@ def resolve_device(device: str) -> str:
     help="Checkpoint to attack.",
 )
 @click.option("--batch-size", type=int, default=100, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--checks/--no-checks",

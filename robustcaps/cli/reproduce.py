@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import click
 
-from robustcaps.presets import PRESETS
+from robustcaps.cli.options import data_option, device_option, preset_option, runs_option
 
 
 @click.command()
-@click.option("--preset", type=click.Choice(list(PRESETS)), default="quick", show_default=True,
-              help="quick: CPU demo (≲15 min, 2 cores); gpu: ≲8 min on one H100 (estimate); "
-              "paper: HSF18 settings; tiny: seconds, for tests.")  # fmt: skip
-@click.option(
-    "--data",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="smallNORB-format directory (real or rendered); default: the preset's rendered stand-in.",
+@preset_option(
+    "quick: CPU demo (≲15 min, 2 cores); gpu: ≲8 min on one H100 (estimate); "
+    "paper: HSF18 settings; tiny: seconds, for tests."
 )
+@data_option
 @click.option(
     "--out",
     "results_dir",
@@ -25,14 +21,8 @@ from robustcaps.presets import PRESETS
     show_default=True,
     help="Results tree: CSVs, tables, figures, README.md.",
 )
-@click.option(
-    "--runs",
-    "runs_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Checkpoints and per-example attack results [default: runs/reproduce-<preset>].",
-)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@runs_option("Checkpoints and per-example attack results [default: runs/reproduce-<preset>].")
+@device_option
 def reproduce(preset: str, data: str | None, results_dir: str, runs_dir: str | None, device: str) -> None:
     """Render/verify data, train capsnet and CNN on the full, azimuth and elevation splits, attack them,
     check the attacks, and write the report. Finished steps (same config, outputs present) are skipped."""

@@ -6,24 +6,13 @@ from pathlib import Path
 
 import click
 
-from robustcaps.presets import PRESETS
+from robustcaps.cli.options import data_option, device_option, preset_option, runs_option
 
 
 @click.command()
 @click.option("--split", type=click.Choice(["azimuth", "elevation"]), required=True)
-@click.option(
-    "--data",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="smallNORB-format directory (real or rendered); default: the preset's rendered stand-in.",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(list(PRESETS)),
-    default="quick",
-    show_default=True,
-    help="Models, step budget and data size (see `robustcaps reproduce --help`).",
-)
+@data_option
+@preset_option("Models, step budget and data size (see `robustcaps reproduce --help`).")
 @click.option(
     "--out",
     "out_dir",
@@ -32,14 +21,8 @@ from robustcaps.presets import PRESETS
     show_default=True,
     help="Where <split>.csv and <split>.md go.",
 )
-@click.option(
-    "--runs",
-    "runs_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Run directories of the two models [default: runs/viewpoint-<preset>].",
-)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@runs_option("Run directories of the two models [default: runs/viewpoint-<preset>].")
+@device_option
 def viewpoint(
     split: str, data: str | None, preset: str, out_dir: str, runs_dir: str | None, device: str
 ) -> None:
