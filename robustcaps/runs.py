@@ -60,20 +60,27 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+# What the pipeline itself writes into the tracked tree; changes there do not make the code dirty.
+GENERATED_PATHS = ("results", "benchmarks/results")
+
+
 def git_commit(repo: str | os.PathLike | None = None) -> str:
-    """The current commit, with `+dirty` when the work tree has uncommitted changes; 'unknown' outside git."""
+    """The current commit, with `+dirty` when tracked code has uncommitted changes; 'unknown' outside git.
+
+    Files under GENERATED_PATHS are left out of the dirty check: `make demo` rewrites the committed
+    results/ while it runs, and that must not mark its own numbers as coming from modified code.
+    """
     cwd = Path(repo) if repo else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
+        sha = git("rev-parse", "HEAD")
+        excluded = [f":(top,exclude){path}" for path in GENERATED_PATHS]
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return sha + ("+dirty" if dirty else "")

@@ -99,3 +99,23 @@ def test_write_metrics_replaces_the_whole_file(tmp_path):
     runs.write_metrics(tmp_path, rows[:1])
     assert (tmp_path / runs.METRICS_FILE).read_text().splitlines() == ["epoch,step,val_error", "1,10,0.5"]
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_git_commit_is_dirty_for_code_changes_but_not_for_generated_results(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table.csv").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = runs.git_commit(tmp_path)
+    assert len(clean) == 40
+    (tmp_path / "results" / "table.csv").write_text("b\n")
+    assert runs.git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert runs.git_commit(tmp_path) == clean + "+dirty"
