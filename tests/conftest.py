@@ -1,4 +1,5 @@
-"""Shared fixtures. `rendered_root`: a tiny rendered smallNORB-format directory, made once per session."""
+"""Shared fixtures: `rendered_root` (a tiny rendered smallNORB-format directory, made once per session),
+`norb_dir` (a small smallNORB-format set over the full viewpoint grid, per module) and `private_cache`."""
 
 from __future__ import annotations
 
@@ -24,3 +25,16 @@ def rendered_root(tmp_path_factory: pytest.TempPathFactory):
         supersample=1,
         **RENDERED_SUBSET,
     )
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A ROBUSTCAPS_CACHE of the test's own, so .gz decompression and MD5 caches never leak between tests."""
+    monkeypatch.setenv("ROBUSTCAPS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def norb_dir(tmp_path_factory: pytest.TempPathFactory):
+    from tests.test_norb import write_norb_set
+
+    return write_norb_set(tmp_path_factory.mktemp("norb"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,15 +16,7 @@ from robustcaps.data.norb import FILE_NAMES, write_matrix
 from robustcaps.errors import RobustcapsError
 from tests.test_norb import FAULTS, _broken_set, snapshot, write_norb_set
 
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ROBUSTCAPS_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def norb_dir(tmp_path_factory) -> Path:
-    return write_norb_set(tmp_path_factory.mktemp("norb"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def run(*args: str):

@@ -36,6 +36,8 @@ MAGICS = {
 }
 INSTANCES = {"train": (4, 6), "test": (0, 1)}
 
+pytestmark = pytest.mark.usefixtures("private_cache")
+
 
 def norb_grid(part: str, instances: int = 1) -> np.ndarray:
     """int32 (N, 5): class, instance, elevation, azimuth, lighting over the whole viewpoint grid."""
@@ -61,16 +63,6 @@ def write_norb_set(root: Path, gz: bool = False, instances: int = 1, seed: int =
         write_matrix(root / (FILE_NAMES[part, "cat"] + suffix), grid[:, 0].copy())
         write_matrix(root / (FILE_NAMES[part, "info"] + suffix), grid[:, 1:].copy())
     return root
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ROBUSTCAPS_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def norb_dir(tmp_path_factory) -> Path:
-    return write_norb_set(tmp_path_factory.mktemp("norb"))
 
 
 def snapshot(root: Path) -> dict[str, int]:
