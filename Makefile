@@ -11,10 +11,11 @@ TORCHATTACKS := torchattacks==3.5.1
 venv: $(STAMP)
 
 # Quick when the venv already exists: the stamp is only remade when pyproject.toml changes.
+# torchattacks pins requests~=2.25.1, which breaks resolvers: it is installed alone with --no-deps, and its
+# real imports (torch, torchvision, numpy, scipy, tqdm) come from pyproject.toml.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	# torchattacks pins requests~=2.25.1, which breaks resolvers: install it alone, its real imports come from pyproject.
 	$(BIN)/python -m pip install -q --no-deps $(TORCHATTACKS)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
