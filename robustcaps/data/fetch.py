@@ -7,7 +7,6 @@ an official name.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -16,19 +15,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from robustcaps.data.norb import FILE_NAMES, OFFICIAL_MD5
+from robustcaps.data.norb_format import file_digest
 from robustcaps.errors import RobustcapsError
 
 BASE_URL = "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/"
 GZ_MD5 = {FILE_NAMES[key] + ".gz": gz for key, (_raw, gz) in OFFICIAL_MD5.items()}
 _CHUNK = 1 << 20
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _manual_hint(root: Path) -> str:
@@ -67,7 +59,7 @@ def _download(url: str, part: Path, timeout: float, progress: bool) -> None:
 def fetch_file(name: str, root: Path, base_url: str, md5: str, timeout: float, progress: bool) -> Path:
     """One file: skip if present with the right MD5, else (resume the) download and check it."""
     target, part = root / name, root / (name + ".part")
-    if target.is_file() and _md5(target) == md5:
+    if target.is_file() and file_digest(target, "md5") == md5:
         return target
     url = base_url.rstrip("/") + "/" + name
     try:
@@ -75,7 +67,7 @@ def fetch_file(name: str, root: Path, base_url: str, md5: str, timeout: float, p
     except (urllib.error.URLError, OSError) as error:  # timeouts and refused connections are OSErrors
         reason = getattr(error, "reason", None) or error
         raise RobustcapsError(f"cannot download {url} ({reason}); {_manual_hint(root)}") from None
-    got = _md5(part)
+    got = file_digest(part, "md5")
     if got != md5:
         part.unlink()
         raise RobustcapsError(

@@ -6,7 +6,6 @@ the `SmallNORB` Dataset in `dataset.py`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from robustcaps.data.norb_format import (  # noqa: F401 (write_matrix is re-exported: the contract's home)
     NorbFormatError,
     cache_root,
+    file_digest,
     read_matrix,
     write_matrix,
 )
@@ -135,11 +135,7 @@ def file_md5(path: Path, known_md5: str | None = None) -> str:
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        digest = hashlib.md5()
-        with open(path, "rb") as f:
-            while known_md5 is None and (chunk := f.read(1 << 24)):
-                digest.update(chunk)
-        known[key] = known_md5 or digest.hexdigest()
+        known[key] = known_md5 or file_digest(path, "md5")
         try:
             atomic_write_json(cache, known)
         except OSError:  # a read-only cache only costs speed

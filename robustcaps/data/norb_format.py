@@ -94,6 +94,15 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest (hashlib `algorithm`: "md5", "sha256") of a file, streamed in 16 MiB chunks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -7,7 +7,6 @@ the official one is reported, not rejected: the rendered stand-in is such a set.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from robustcaps.data.norb import (
     is_official,
     norb_paths,
 )
-from robustcaps.data.norb_format import scan_matrix
+from robustcaps.data.norb_format import file_digest, scan_matrix
 
 
 @dataclass(frozen=True)
@@ -116,10 +115,4 @@ def _count(values: np.ndarray) -> dict[int, int]:
 
 
 def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "sha256") if path.is_file() else None

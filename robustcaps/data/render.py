@@ -25,7 +25,6 @@ the official release, and any prefix of the rows mixes all categories.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -39,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from robustcaps.data.norb import FILE_NAMES, KINDS, MANIFEST, PARTS, cache_root, write_matrix
+from robustcaps.data.norb_format import file_digest
 from robustcaps.data.scene import (  # noqa: F401 (INSTANCES and render_elevation: re-exported for callers)
     AZIMUTHS,
     ELEVATIONS,
@@ -133,14 +133,6 @@ def _context():
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _options(config: RenderConfig, size: str) -> dict:
     options = asdict(config)
     options.pop("seed")
@@ -177,7 +169,7 @@ def render_dataset(
         rows[part] = len(arrays["cat"])
         for kind in KINDS:
             path = write_matrix(out_dir / FILE_NAMES[part, kind], arrays[kind])
-            sha256[path.name] = _sha256(path)
+            sha256[path.name] = file_digest(path, "sha256")
         del arrays
     manifest = _manifest(config, size, rows, sha256)
     atomic_write_json(out_dir / MANIFEST, manifest)
