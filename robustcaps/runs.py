@@ -67,6 +67,9 @@ GENERATED_PATHS = ("results", "benchmarks/results")
 def git_commit(repo: str | os.PathLike | None = None) -> str:
     """The current commit, with `+dirty` when tracked code has uncommitted changes; 'unknown' outside git.
 
+    Outside a git checkout (a copy of the tree sent to a GPU machine without .git) the commit named by
+    $ROBUSTCAPS_GIT_COMMIT is used, so that the results made there still name their code.
+
     Files under GENERATED_PATHS are left out of the dirty check: `make demo` rewrites the committed
     results/ while it runs, and that must not mark its own numbers as coming from modified code.
     """
@@ -82,7 +85,7 @@ def git_commit(repo: str | os.PathLike | None = None) -> str:
         excluded = [f":(top,exclude){path}" for path in GENERATED_PATHS]
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("ROBUSTCAPS_GIT_COMMIT", "unknown")
     return sha + ("+dirty" if dirty else "")
 
 
@@ -291,3 +294,17 @@ def load_run(
     return LoadedRun(
         model, config, metadata, run_dir, which, int(state["step"]), state.get("stop_reason", "")
     )
+
+
+def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: str = "best") -> Path:
+    """A trained run in a form small enough to commit: config.json, metadata.json, metrics.csv, eval.csv
+    (when present) and `checkpoints/{which}.pt` holding the weights and step only (no optimiser or RNG
+    state: it cannot resume, but `load_run`, `robustcaps eval` and `robustcaps attack` read it)."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    state = load_checkpoint(checkpoint_path(run_dir, which))
+    for name in (CONFIG_FILE, METADATA_FILE, METRICS_FILE, EVAL_FILE):
+        if (run_dir / name).is_file():
+            atomic_write_bytes(out_dir / name, (run_dir / name).read_bytes())
+    slim = {key: state[key] for key in ("model", "step", "stop_reason") if key in state}
+    atomic_torch_save(checkpoint_path(out_dir, which), slim)
+    return out_dir

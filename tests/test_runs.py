@@ -52,6 +52,19 @@ def test_load_run_rebuilds_the_model_from_config_json(tmp_path):
     assert "git_commit" in loaded.metadata
 
 
+def test_exported_run_loads_with_the_same_weights_and_drops_the_optimiser(tmp_path):
+    config, model = _make_run(tmp_path / "run")
+    state = runs.load_checkpoint(runs.checkpoint_path(tmp_path / "run", "best"))
+    state["optimizer"] = {"lots": torch.zeros(1000)}
+    runs.atomic_torch_save(runs.checkpoint_path(tmp_path / "run", "best"), state)
+    out = runs.export_run(tmp_path / "run", tmp_path / "export")
+    assert set(runs.load_checkpoint(runs.checkpoint_path(out, "best"))) == {"model", "step", "stop_reason"}
+    loaded = runs.load_run(out, "best")
+    assert loaded.config == config and loaded.step == 7
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "missing"])
 def test_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, damage):
     _make_run(tmp_path)

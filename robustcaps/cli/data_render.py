@@ -45,7 +45,12 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     type=click.IntRange(1, 4),
     help="Rasterise at this multiple of 96 px and box-filter down (anti-aliasing); 1 is ~3x faster.",
 )
-@click.option("--workers", default=None, type=click.IntRange(1, 64), help="Processes (default: up to 2).")
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(1, 64),
+    help="Processes (default: one per core, at most 16).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def render(
     out_dir: Path,

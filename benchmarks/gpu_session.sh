@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The single command that made results/gpu/ and benchmarks/results/<gpu>.csv on a lent GPU machine.
+#
+# A session gets 15 minutes of GPU time, the machine's start included, and 10 minutes per command, so
+# everything runs here in one go, in order of what matters most, each part under its own time limit:
+#   1. `robustcaps reproduce --preset gpu` (render the full stand-in, train capsnet and the CNN on the full,
+#      azimuth and elevation splits, the attack sweeps and checks, the report) into results/gpu/;
+#   2. the trained full-split capsnet and CNN, slimmed to their weights (robustcaps.runs.export_run);
+#   3. benchmarks/bench_models.py on the GPU until the deadline, the configurations that the issues'
+#      bars name first.
+# What comes back is packed into $OUT (the device tool's return folder; at most 8 files of 16 MiB).
+#
+#   ROBUSTCAPS_GIT_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_session.sh        # on the GPU machine
+#   PRESET=tiny DEVICE=cpu BUDGET=300 OUT=/tmp/out bash benchmarks/gpu_session.sh     # a dry run on a CPU
+set -u
+start=$(date +%s)
+: "${OUT:?set OUT to the folder that comes back}" "${PRESET:=gpu}" "${DEVICE:=cuda}" "${BUDGET:=570}"
+: "${REPRODUCE_LIMIT:=400}" "${BENCH_MODELS:=capsnet,cnn,capsnet-small,cnn-small}"
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/session.log") 2>&1
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20 PYTHONPATH="/tmp/site:$PWD" ROBUSTCAPS_CACHE="${ROBUSTCAPS_CACHE:-/tmp/robustcaps-cache}"
+results="results/$PRESET" runs="/tmp/robustcaps-runs-$PRESET"
+elapsed() { echo $(($(date +%s) - start)); }
+
+if ls .whl/*.whl >/dev/null 2>&1; then  # torchattacks is not on the GPU image: it travels as a wheel
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl || exit 1
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+python3 -c "import torch, torchattacks, robustcaps; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+    || exit 1
+
+echo "== [$(elapsed) s] reproduce --preset $PRESET (limit $REPRODUCE_LIMIT s)"
+timeout --signal=INT --kill-after=10 "$REPRODUCE_LIMIT" \
+    python3 -m robustcaps reproduce --preset "$PRESET" --out "$results" --runs "$runs" --device "$DEVICE"
+echo "== [$(elapsed) s] reproduce exit $?"
+
+echo "== [$(elapsed) s] export the full-split models"
+python3 - "$runs" "$results/models" <<'EOF'
+import sys
+from pathlib import Path
+
+from robustcaps.runs import export_run
+
+for run in sorted(Path(sys.argv[1]).glob("*-full-*")):
+    if (run / "checkpoints" / "best.pt").is_file():
+        print("exported", export_run(run, Path(sys.argv[2]) / run.name.rsplit("-", 1)[0]))
+EOF
+tar -czf "$OUT/results.tgz" "$results" "$runs/steps" 2>/dev/null
+# A 4.25M-parameter CNN is 17 MB of weights: over one returned file's 16 MiB, so the archive is cut up.
+(cd "$OUT" && split -b 15m results.tgz results.tgz.part- && rm results.tgz)
+
+deadline=$((start + BUDGET))
+echo "== [$(elapsed) s] benchmarks until $((deadline - start)) s"
+python3 benchmarks/bench_models.py --device "$DEVICE" --in-process --deadline "$deadline" \
+    --models "$BENCH_MODELS" --routing plain,fused --out "$OUT/bench.csv"
+echo "== [$(elapsed) s] done"
+ls -la "$OUT"
