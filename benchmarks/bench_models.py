@@ -7,13 +7,17 @@
 Training is one forward + backward + Adam step (cross-entropy on the logits); inference is a no-grad
 forward in eval mode. Each configuration runs in its own process, so that peak memory belongs to it:
 torch.cuda.max_memory_allocated on CUDA, the process's peak resident set (ru_maxrss, which includes
-Python and torch themselves) on CPU. Prints a table and merges its rows into
-benchmarks/results/<device-slug>.csv with the device name, torch version and commit.
+Python and torch themselves) on CPU. On CUDA `--in-process` runs them one after another in this
+process instead (peak statistics reset between them), saving a CUDA start per configuration.
+`--deadline` (Unix seconds) skips what cannot start in time, for a GPU lease of fixed length. Prints a
+table and merges every row, as soon as it is measured, into benchmarks/results/<device-slug>.csv with
+the device name, torch version and commit.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import os
@@ -107,6 +111,37 @@ def run_isolated(config: dict, malloc: str, timeout: float) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# Seconds a configuration may need, compilation included: a configuration that cannot finish before the
+# deadline is skipped rather than cut off half-way (measured on the 2-core CPU; GPU compiles are faster).
+EXPECTED_SECONDS = {"eager": 20, "compile": 90}
+
+
+def run_here(config: dict, timeout: float) -> dict:
+    """`measure` in this process, for CUDA: peak memory is reset per configuration, caches emptied after."""
+    import signal
+
+    def stop(*_):
+        raise TimeoutError(f"timeout after {timeout:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(max(1, int(timeout)))
+    try:
+        result = measure(**config)
+        if not config["device"].startswith("cuda"):  # ru_maxrss is the whole process's, all configs so far
+            result.update(peak_memory_mb=float("nan"), memory_kind="not measured (in-process)")
+        return result
+    except Exception as error:  # a failing configuration is a row of the table, not the end of the run
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        return {"error": f"{type(error).__name__}: {first}"}
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        gc.collect()
+        torch._dynamo.reset()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
@@ -129,6 +164,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per configuration")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="every configuration in this process, one by one (CUDA; on CPU peak memory is not measured)",
+    )
+    parser.add_argument(
+        "--deadline", type=float, default=None, help="Unix time after which no configuration is started"
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="CSV to merge into (default: results/<device>.csv)"
     )
@@ -156,10 +199,18 @@ def main(argv: list[str] | None = None) -> None:
         args.phases.split(","),
         mallocs,
     )
-    rows = []
+    rows, out = [], args.out or RESULTS / f"{slug(name)}.csv"
     for model, batch, mode, phase, malloc in grid:
         config = dict(model_name=model, batch=batch, mode=mode, phase=phase, device=args.device)
-        result = run_isolated({**config, "warmup": args.warmup, "steps": args.steps}, malloc, args.timeout)
+        left = args.timeout if args.deadline is None else min(args.timeout, args.deadline - time.time())
+        if left < EXPECTED_SECONDS[mode]:
+            print(f"skipped (deadline) <- {model} batch {batch} {mode} {phase}", flush=True)
+            continue
+        timed_config = {**config, "warmup": args.warmup, "steps": args.steps}
+        if args.in_process:
+            result = run_here(timed_config, left)
+        else:
+            result = run_isolated(timed_config, malloc, left)
         row = {**config, "threads": torch.get_num_threads(), "malloc": malloc, **result, **meta}
         row["model"], row["batch_size"] = row.pop("model_name"), row.pop("batch")
         print(
@@ -168,15 +219,19 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         rows.append(row)
-    write(pd.DataFrame(rows), args.out or RESULTS / f"{slug(name)}.csv")
+        write(pd.DataFrame([row]), out, show=False)  # kept even if the run is cut off later
+    if rows:
+        write(pd.DataFrame(rows), out)
 
 
-def write(table: pd.DataFrame, path: Path) -> None:
+def write(table: pd.DataFrame, path: Path, show: bool = True) -> None:
     """Merge into `path`: a new row replaces the old one of the same configuration."""
     if path.exists():
         table = pd.concat([pd.read_csv(path), table]).drop_duplicates(KEY, keep="last")
     table = table[KEY + [c for c in table if c not in KEY]].sort_values(KEY).reset_index(drop=True)
     atomic_write_text(path, table.to_csv(index=False))
+    if not show:
+        return
     columns = [c for c in KEY + ["images_per_s", "peak_memory_mb", "error"] if c in table]
     print(table[columns].to_string(index=False))
     print(f"wrote {path}")
