@@ -34,15 +34,24 @@ def _compare(ours: float, theirs: float, lower_is_better: bool) -> str:
 
 
 def demo_sentence(provenance: dict, dataset_kind: str) -> str:
-    if provenance.get("demo") or dataset_kind == "rendered":
+    preset = provenance.get("preset", "?")
+    if provenance.get("demo"):
         where = "CPU " if "cpu" in str(provenance.get("device", "")).lower() else ""
         return (
-            f"**These numbers are a {where}demo (preset `{provenance.get('preset', '?')}`) on the rendered "
+            f"**These numbers are a {where}demo (preset `{preset}`) on the rendered "
             "stand-in dataset, not the paper's setting** (real smallNORB, full-size models trained to "
             "convergence); read them as a test that the pipeline works and as a small-scale indication, "
             "not as a replication."
         )
-    return f"These numbers come from preset `{provenance.get('preset', '?')}` on {dataset_kind} data."
+    if dataset_kind == "rendered":
+        steps = provenance.get("preset_settings", {}).get("capsnet_steps", "?")
+        return (
+            f"**These numbers come from preset `{preset}` on the rendered stand-in dataset, not the paper's "
+            f"setting** (real smallNORB, models trained to convergence): the full-size models and the whole "
+            f"protocol, but short training (at most {steps} capsule steps), so they are an indication at "
+            "this budget, not a replication."
+        )
+    return f"These numbers come from preset `{preset}` on {dataset_kind} data."
 
 
 def weak_model_sentences(clean: pd.DataFrame) -> list[str]:

@@ -207,6 +207,15 @@ def test_report_writes_every_file_with_the_fixture_numbers(results_dir):
     assert "train-capsnet-small-full 312 s" in text
 
 
+def test_a_full_size_run_on_rendered_data_is_not_called_a_demo(results_dir):
+    provenance = json.loads((results_dir / "provenance.json").read_text())
+    provenance.update(preset="gpu", demo=False, device="cuda", preset_settings={"capsnet_steps": 600})
+    (results_dir / "provenance.json").write_text(json.dumps(provenance))
+    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    assert "demo" not in paragraph and "preset `gpu` on the rendered stand-in" in paragraph
+    assert "at most 600 capsule steps" in paragraph and "not a replication" in paragraph
+
+
 def test_findings_follow_the_numbers(results_dir):
     paragraph = findings_paragraph(load_results(results_dir), "rendered")
     assert "demo" in paragraph and "rendered stand-in" in paragraph
