@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from robustcaps.errors import RobustcapsError
-from robustcaps.models.capsnet import ESTEPS, CapsNet, CapsNetConfig
+from robustcaps.models.capsnet import ESTEPS, ROUTINGS, CapsNet, CapsNetConfig
 from robustcaps.models.cnn import CNN, CNNConfig
 
 __all__ = ["CNN", "CNNConfig", "CapsNet", "CapsNetConfig", "create_model", "list_models", "model_info"]
@@ -60,6 +60,10 @@ def _check(name: str, config: Any) -> None:
         if config.estep not in ESTEPS:
             raise RobustcapsError(
                 f"model {name!r}: estep must be one of {', '.join(ESTEPS)}, got {config.estep!r}"
+            )
+        if config.routing not in ROUTINGS:
+            raise RobustcapsError(
+                f"model {name!r}: routing must be one of {', '.join(ROUTINGS)}, got {config.routing!r}"
             )
         if config.iterations < 1:
             raise RobustcapsError(f"model {name!r}: iterations must be at least 1, got {config.iterations}")

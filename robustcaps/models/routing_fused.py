@@ -1,0 +1,111 @@
+"""EM routing with the votes computed inside the routing's sums ("fused"), for torch.compile.
+
+The same Procedure 1 as `routing.em_routing` (see its docstring for the equations), taking the children's
+poses M_i (…, I, 4, 4) and the transformation matrices W_ij instead of the votes V_ij = M_i W_ij. The plain
+path materialises the votes (batch, positions, parents, children, 16) and V²: for capsnet at batch 64 the
+votes of ConvCaps1 alone are 1.36 GB in float32, read again by every M- and E-step and kept for backward,
+so a step is bound by memory traffic, not arithmetic. Here every vote is the 4×4 product written out as
+four broadcast multiply-adds (Σ_k M[…, r, k] W[…, k, c]) inside the expressions that consume it, with no
+matrix product on vote-sized tensors, so inductor can generate each M-step sum and each E-step density as
+one loop that reads M, W and R and forms the vote in registers; backward recomputes them from M and W
+(under compile the min-cut partitioner chooses to; in eager mode `capsnet` checkpoints each routed layer).
+In eager mode the same code runs and materialises the votes like the plain path.
+
+Why hand-written: no library implements EM routing (it is a per-parent Gaussian mixture fit over a sparse,
+overlapping child→parent graph, with a log-space E-step normalised over that graph), and neither
+PyTorch's fused attention nor any scatter/segment library computes its moments; a hand-written Triton
+kernel would have to re-derive the backward through the unrolled iterations that autograd gives here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from robustcaps.models.routing import MASS_EPSILON, Routed, _normalise, initial_responsibilities
+
+
+def fused_votes(poses: Tensor, weight: Tensor, offsets: Tensor | None) -> Tensor:
+    """V_ij = M_i W_ij (+ coordinate offset): poses (N, L, I, 4, 4), W (I, J, 4, 4), offsets (I, 16) →
+    (N, L, J, I, 16), as four broadcast multiply-adds that inductor can inline into the consumer."""
+    m = poses.unsqueeze(2)  # (N, L, 1, I, 4, 4)
+    w = weight.transpose(0, 1)  # (J, I, 4, 4)
+    votes = m[..., :, 0:1] * w[..., 0:1, :]
+    for k in range(1, 4):
+        votes = votes + m[..., :, k : k + 1] * w[..., k : k + 1, :]  # (N, L, J, I, 4, 4)
+    votes = votes.flatten(-2)
+    return votes if offsets is None else votes + offsets
+
+
+def fused_em_routing(
+    poses: Tensor,
+    weight: Tensor,
+    activations: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    inverse_temperatures: tuple[float, ...],
+    *,
+    offsets: Tensor | None = None,
+    min_variance: float = 5e-4,
+    mass_scale: float = 1.0,
+    children: Tensor | None = None,
+    n_children: int = 0,
+) -> Routed:
+    """Route the votes of children with poses (N, L, I, 4, 4) and `activations` (N, L, I) through W
+    (I, J, 4, 4) to J parents per position; `offsets` (I, 16) are added to every vote (coordinate
+    addition). Arguments and results as `routing.em_routing`; computed in at least float32."""
+    # the plain path's output dtype: that of its votes (poses, promoted by the offsets when present)
+    dtype = poses.dtype if offsets is None else torch.promote_types(poses.dtype, offsets.dtype)
+    with torch.autocast(poses.device.type, enabled=False):
+        work = torch.promote_types(dtype, torch.float32)
+        poses, weight, activations = poses.to(work), weight.to(work), activations.to(work)
+        beta_u, beta_a = beta_u.to(work), beta_a.to(work)
+        offsets = None if offsets is None else offsets.to(work)
+        a_child = activations.unsqueeze(2)  # (N, L, 1, I)
+        r = initial_responsibilities(children, n_children, weight.shape[1], work).to(poses.device)
+        r = r.unsqueeze(-2)  # (L, 1, I)
+        votes = fused_votes(poses, weight, offsets)  # (N, L, J, I, 16); under compile, never stored
+        for step, inverse_temperature in enumerate(inverse_temperatures):
+            mean, variance, logits = _m_step(
+                r * a_child, votes, beta_u, beta_a, inverse_temperature, min_variance, mass_scale
+            )
+            if step < len(inverse_temperatures) - 1:
+                log_joint = _log_joint(votes, mean, variance, logits)
+                r = _normalise(log_joint, children, n_children).exp()
+        out = Routed(mean, variance, torch.sigmoid(logits), logits)
+    return Routed(*(t.to(dtype) for t in out))
+
+
+def _m_step(
+    weighted: Tensor,
+    votes: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    inverse_temperature: float,
+    min_variance: float,
+    mass_scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """μ, σ² and the pre-sigmoid activation from R'_ij = R_ij a_i (N, L, J, I); sums over the children are
+    element-wise products reduced over I, which inductor fuses with the vote's multiply-adds."""
+    mass = weighted.sum(-1)  # Σ_i R'_ij: (N, L, J)
+    total = (mass / (mass + MASS_EPSILON)).unsqueeze(-1)  # Σ_i s_ij: 1 up to the ε
+    share = (weighted / (mass + MASS_EPSILON).unsqueeze(-1)).unsqueeze(-1)  # s_ij: (N, L, J, I, 1)
+    mean = (share * votes).sum(-2)  # (N, L, J, 16)
+    # the plain path's one-pass form Σ_i s_ij V² − μ² (2 − Σ_i s_ij), so both paths round alike
+    spread = (share * votes.square()).sum(-2) - mean.square() * (2 - total)
+    variance = spread.clamp_min(0) + min_variance
+    log_sigma = 0.5 * variance.log().sum(-1)  # Σ_h log σ_j^h
+    cost = (votes.shape[-1] * beta_u + log_sigma) * mass * mass_scale  # Σ_h cost_j^h
+    return mean, variance, inverse_temperature * (beta_a - cost)
+
+
+def _log_joint(votes: Tensor, mean: Tensor, variance: Tensor, logits: Tensor) -> Tensor:
+    """log a_j + log N(V_ij; μ_j, σ_j²): (N, L, J, I), the squared distance (V − μ)²/σ² summed directly
+    (one fused pass over the votes, no cancellation between two large terms)."""
+    half_precision = (0.5 / variance).unsqueeze(-2)  # (N, L, J, 1, 16)
+    quadratic = ((votes - mean.unsqueeze(-2)).square() * half_precision).sum(-1)  # (N, L, J, I)
+    constant = 0.5 * (2 * math.pi * variance).log().sum(-1)  # (N, L, J)
+    return (F.logsigmoid(logits) - constant).unsqueeze(-1) - quadratic
