@@ -3,6 +3,7 @@
     python benchmarks/bench_models.py                                   # CPU: every model, batch 64 and 256
     python benchmarks/bench_models.py --models capsnet-small,cnn-small --batch-sizes 64 --modes eager
     python benchmarks/bench_models.py --device cuda --modes eager,compile
+    python benchmarks/bench_models.py --models capsnet --routing plain,fused --modes compile  # EM routing
 
 Training is one forward + backward + Adam step (cross-entropy on the logits); inference is a no-grad
 forward in eval mode. Each configuration runs in its own process, so that peak memory belongs to it:
@@ -35,7 +36,7 @@ from robustcaps.models import create_model, list_models
 from robustcaps.runs import atomic_write_text, device_description, git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KEY = ["model", "batch_size", "mode", "phase", "threads", "malloc"]
+KEY = ["model", "routing", "batch_size", "mode", "phase", "threads", "malloc"]
 # glibc serves every block over 32 MiB with a fresh mmap, so each large vote tensor costs page faults on first
 # touch (measured here: 120 ms to allocate and fill 42 MB, 10 ms to refill it). "no-mmap" keeps freed blocks
 # in the heap for reuse, like the caching allocator torch uses on CUDA.
@@ -59,11 +60,13 @@ def timed(step, device: torch.device, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def measure(model_name: str, batch: int, mode: str, phase: str, device: str, warmup: int, steps: int) -> dict:
-    """One configuration, in this process: images per second and peak memory."""
+def measure(
+    model_name: str, routing: str, batch: int, mode: str, phase: str, device: str, warmup: int, steps: int
+) -> dict:
+    """One configuration, in this process: images per second and peak memory. `routing` "-": not a capsnet."""
     device = torch.device(device)
     torch.manual_seed(0)
-    model = create_model(model_name).to(device)
+    model = create_model(model_name, **({} if routing == "-" else {"routing": routing})).to(device)
     run = torch.compile(model) if mode == "compile" else model
     x = torch.rand(batch, 1, 32, 32, device=device)
     y = torch.randint(0, 5, (batch,), device=device)
@@ -154,6 +157,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", default="eager,compile", help="eager and/or compile (torch.compile)")
     parser.add_argument("--phases", default="train,infer", help="train and/or infer")
     parser.add_argument(
+        "--routing",
+        default="plain",
+        help="capsnet EM routing paths, comma-separated: plain and/or fused (cnn rows record '-')",
+    )
+    parser.add_argument(
         "--malloc", default="default", help="CPU allocator settings: default, no-mmap or both"
     )
     parser.add_argument(
@@ -192,19 +200,26 @@ def main(argv: list[str] | None = None) -> None:
     name = device_description(args.device)
     meta = {"device": args.device, "device_name": name, "torch": torch.__version__, "commit": git_commit()}
     mallocs = list(MALLOC) if args.malloc == "both" else [args.malloc]
+    models = [
+        (model, routing)
+        for model in args.models.split(",")
+        for routing in (args.routing.split(",") if model.startswith("capsnet") else ["-"])
+    ]
     grid = itertools.product(
-        args.models.split(","),
+        models,
         [int(b) for b in args.batch_sizes.split(",")],
         args.modes.split(","),
         args.phases.split(","),
         mallocs,
     )
     rows, out = [], args.out or RESULTS / f"{slug(name)}.csv"
-    for model, batch, mode, phase, malloc in grid:
-        config = dict(model_name=model, batch=batch, mode=mode, phase=phase, device=args.device)
+    for (model, routing), batch, mode, phase, malloc in grid:
+        config = dict(
+            model_name=model, routing=routing, batch=batch, mode=mode, phase=phase, device=args.device
+        )
         left = args.timeout if args.deadline is None else min(args.timeout, args.deadline - time.time())
         if left < EXPECTED_SECONDS[mode]:
-            print(f"skipped (deadline) <- {model} batch {batch} {mode} {phase}", flush=True)
+            print(f"skipped (deadline) <- {model} routing={routing} batch {batch} {mode} {phase}", flush=True)
             continue
         timed_config = {**config, "warmup": args.warmup, "steps": args.steps}
         if args.in_process:
@@ -215,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         row["model"], row["batch_size"] = row.pop("model_name"), row.pop("batch")
         print(
             ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()),
-            f"<- {model} batch {batch} {mode} {phase} malloc={malloc}",
+            f"<- {model} routing={routing} batch {batch} {mode} {phase} malloc={malloc}",
             flush=True,
         )
         rows.append(row)
@@ -227,7 +242,10 @@ def main(argv: list[str] | None = None) -> None:
 def write(table: pd.DataFrame, path: Path, show: bool = True) -> None:
     """Merge into `path`: a new row replaces the old one of the same configuration."""
     if path.exists():
-        table = pd.concat([pd.read_csv(path), table]).drop_duplicates(KEY, keep="last")
+        old = pd.read_csv(path)
+        if "routing" not in old:  # rows from before --routing measured the plain path (cnn: no routing)
+            old["routing"] = old["model"].map(lambda m: "plain" if m.startswith("capsnet") else "-")
+        table = pd.concat([old, table]).drop_duplicates(KEY, keep="last")
     table = table[KEY + [c for c in table if c not in KEY]].sort_values(KEY).reset_index(drop=True)
     atomic_write_text(path, table.to_csv(index=False))
     if not show:
