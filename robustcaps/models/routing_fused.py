@@ -8,7 +8,9 @@ so a step is bound by memory traffic, not arithmetic. Here every vote is the 4×
 four broadcast multiply-adds (Σ_k M[…, r, k] W[…, k, c]) inside the expressions that consume it, with no
 matrix product on vote-sized tensors, so inductor can generate each M-step sum and each E-step density as
 one loop that reads M, W and R and forms the vote in registers; backward recomputes them from M and W
-(under compile the min-cut partitioner chooses to; in eager mode `capsnet` checkpoints each routed layer).
+(`capsnet` checkpoints each routed layer). Inductor (torch 2.14, CPU) still writes the votes once per
+layer and pass, forward and backward, because an expression of 8 loads with several users exceeds its
+`realize_reads_threshold`; every M-step and E-step then reads that buffer instead of V and V² copies.
 In eager mode the same code runs and materialises the votes like the plain path.
 
 Why hand-written: no library implements EM routing (it is a per-parent Gaussian mixture fit over a sparse,
