@@ -61,9 +61,19 @@ def timed(step, device: torch.device, warmup: int, steps: int) -> float:
 
 
 def measure(
-    model_name: str, routing: str, batch: int, mode: str, phase: str, device: str, warmup: int, steps: int
+    model_name: str,
+    routing: str,
+    batch: int,
+    mode: str,
+    phase: str,
+    device: str,
+    warmup: int,
+    steps: int,
+    check: bool = False,
 ) -> dict:
-    """One configuration, in this process: images per second and peak memory. `routing` "-": not a capsnet."""
+    """One configuration, in this process: images per second and peak memory. `routing` "-": not a capsnet.
+    `check`: afterwards, compare the timed model's logits (and, in training, gradients) on the same batch
+    with the plain path in float64 (`float64_errors`)."""
     device = torch.device(device)
     torch.manual_seed(0)
     model = create_model(model_name, **({} if routing == "-" else {"routing": routing})).to(device)
@@ -93,12 +103,41 @@ def measure(
         peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     else:  # Linux reports ru_maxrss in KiB
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
-    return {
+    result = {
         "images_per_s": batch / seconds,
         "seconds_per_step": seconds,
         "peak_memory_mb": peak,
         "memory_kind": kind,
     }
+    if check and routing != "-":
+        result.update(float64_errors(model, run, model_name, x, y, phase == "train"))
+    return result
+
+
+def float64_errors(model, run, model_name: str, x, y, train: bool) -> dict:
+    """How far the timed computation (any routing path, eager or compiled, float32) is from the plain path
+    in float64 with the same weights on the same batch: max |Δlogit| / max(1, max |logit|), and for
+    training ‖Δ∇‖ / ‖∇‖ over all parameters. The plain path's own float32 row is the yardstick."""
+    reference = create_model(model_name, routing="plain").to(x.device, torch.float64)
+    reference.load_state_dict(model.state_dict())
+    reference.train(model.training)
+
+    def logits_and_grads(net, module, inputs):
+        module.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(train):
+            logits = net(inputs)
+            if not train:
+                return logits.detach(), None
+            torch.nn.functional.cross_entropy(logits, y).backward()
+        return logits.detach(), torch.cat([p.grad.flatten() for p in module.parameters()])
+
+    ref_logits, ref_grads = logits_and_grads(reference, reference, x.double())
+    logits, grads = logits_and_grads(run, model, x)
+    scale = max(1.0, float(ref_logits.abs().max()))
+    errors = {"err_logits_vs_f64": float((logits.double() - ref_logits).abs().max()) / scale}
+    if train:
+        errors["err_grads_vs_f64"] = float((grads.double() - ref_grads).norm() / ref_grads.norm())
+    return errors
 
 
 def run_isolated(config: dict, malloc: str, timeout: float) -> dict:
@@ -183,6 +222,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=None, help="CSV to merge into (default: results/<device>.csv)"
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="capsnet rows: also the error against the plain path in float64 (columns err_*_vs_f64)",
+    )
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help="explicit MODEL:ROUTING:BATCH:MODE:PHASE list, comma-separated, run in this order "
+        "(replaces the grid; ROUTING '-' for a CNN)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -212,6 +262,15 @@ def main(argv: list[str] | None = None) -> None:
         args.phases.split(","),
         mallocs,
     )
+    if args.configs:
+        bad = [c for c in args.configs.split(",") if len(c.split(":")) != 5 or not c.split(":")[2].isdigit()]
+        if bad:
+            sys.exit(f"--configs: {bad[0]!r} is not MODEL:ROUTING:BATCH:MODE:PHASE")
+        grid = [
+            ((model, routing), int(batch), mode, phase, malloc)
+            for model, routing, batch, mode, phase in (c.split(":") for c in args.configs.split(","))
+            for malloc in mallocs
+        ]
     rows, out = [], args.out or RESULTS / f"{slug(name)}.csv"
     for (model, routing), batch, mode, phase, malloc in grid:
         config = dict(
@@ -221,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         if left < EXPECTED_SECONDS[mode]:
             print(f"skipped (deadline) <- {model} routing={routing} batch {batch} {mode} {phase}", flush=True)
             continue
-        timed_config = {**config, "warmup": args.warmup, "steps": args.steps}
+        timed_config = {**config, "warmup": args.warmup, "steps": args.steps, "check": args.check}
         if args.in_process:
             result = run_here(timed_config, left)
         else:
