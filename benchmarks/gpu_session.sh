@@ -7,15 +7,16 @@
 #      azimuth and elevation splits, the attack sweeps and checks, the report) into results/gpu/;
 #   2. the trained full-split capsnet and CNN, slimmed to their weights (robustcaps.runs.export_run);
 #   3. benchmarks/bench_models.py on the GPU until the deadline, the configurations that the issues'
-#      bars name first.
+#      bars name first (bench rows already measured come back even if the command is cut off), with a
+#      one-process torchrun (NCCL) training smoke test (--compile, --amp bf16) after the first group.
 # What comes back is packed into $OUT (the device tool's return folder; at most 8 files of 16 MiB).
 #
 #   ROBUSTCAPS_GIT_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_session.sh        # on the GPU machine
-#   PRESET=tiny DEVICE=cpu BUDGET=300 OUT=/tmp/out bash benchmarks/gpu_session.sh     # a dry run on a CPU
+#   PRESET=tiny DEVICE=cpu BENCH_CAPSNET=capsnet-small OUT=/tmp/out bash benchmarks/gpu_session.sh  # CPU dry run
 set -u
 start=$(date +%s)
 : "${OUT:?set OUT to the folder that comes back}" "${PRESET:=gpu}" "${DEVICE:=cuda}" "${BUDGET:=570}"
-: "${REPRODUCE_LIMIT:=400}" "${BENCH_MODELS:=capsnet,cnn,capsnet-small,cnn-small}"
+: "${REPRODUCE_LIMIT:=400}"
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20 PYTHONPATH="/tmp/site:$PWD" ROBUSTCAPS_CACHE="${ROBUSTCAPS_CACHE:-/tmp/robustcaps-cache}"
@@ -51,8 +52,23 @@ tar -czf "$OUT/results.tgz" "$results" "$runs/steps" 2>/dev/null
 (cd "$OUT" && split -b 15m results.tgz results.tgz.part- && rm results.tgz)
 
 deadline=$((start + BUDGET))
-echo "== [$(elapsed) s] benchmarks until $((deadline - start)) s"
-python3 benchmarks/bench_models.py --device "$DEVICE" --in-process --deadline "$deadline" \
-    --models "$BENCH_MODELS" --routing plain,fused --out "$OUT/bench.csv"
+bench() {  # configurations in order of importance, until the deadline
+    echo "== [$(elapsed) s] bench $*"
+    python3 benchmarks/bench_models.py --device "$DEVICE" --in-process --deadline "$deadline" --steps 10 \
+        --warmup 3 --check --out "$OUT/bench.csv" --configs "$1"
+}
+C=${BENCH_CAPSNET:-capsnet}
+# The bars first: capsnet training at batch 64 (issue 4: the plain path as users run it; issue 8: the
+# fused path under torch.compile) and inference at batch 256; then the plain path compiled; then the rest.
+bench "$C:plain:64:eager:train,$C:fused:64:compile:train,$C:fused:256:compile:infer,$C:plain:64:compile:train"
+echo "== [$(elapsed) s] one-process DDP (NCCL) training with torch.compile and bf16 autocast, 60 steps"
+timeout 90 torchrun --nproc-per-node 1 -m robustcaps train --model cnn-small --data-size "$([ "$PRESET" = tiny ] && echo tiny || echo full)" \
+    --steps 60 --batch-size 64 --device "$DEVICE" --compile --amp bf16 --out /tmp/robustcaps-smoke \
+    && tail -n 2 /tmp/robustcaps-smoke/metrics.csv
+echo "== [$(elapsed) s] smoke exit $?"
+
+bench "$C:plain:256:eager:infer,$C:plain:256:compile:infer,$C:fused:64:compile:infer,$C:fused:256:compile:train"
+bench "cnn:-:64:eager:train,cnn:-:256:eager:infer,capsnet-small:plain:64:eager:train,capsnet-small:fused:64:compile:train,cnn-small:-:64:eager:train,cnn-small:-:256:eager:infer,capsnet-small:plain:256:eager:infer,capsnet-small:fused:256:compile:infer"
+bench "$C:plain:256:eager:train,$C:plain:64:eager:infer,cnn:-:64:compile:train,cnn:-:256:compile:infer"
 echo "== [$(elapsed) s] done"
 ls -la "$OUT"
