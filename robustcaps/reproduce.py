@@ -175,10 +175,12 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
 
 
 def resolve_device(device: str) -> str:
+    """The device for `auto`, `cuda` or `cpu` (an error for cuda without a GPU), spelt as TrainConfig
+    accepts it: the device type, not "cuda:0" (each process picks its GPU from its local rank)."""
     from robustcaps.distributed import World
     from robustcaps.train import resolve_device as trainer_device
 
-    return str(trainer_device(device, World()))
+    return trainer_device(device, World()).type
 
 
 def reproduce(

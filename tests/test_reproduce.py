@@ -133,3 +133,17 @@ def test_tiny_reproduce_end_to_end_then_resume(data_root, tmp_path):
     reproduce(preset, data=str(data_root), results_dir=results, runs_dir=runs, device="cpu", echo=log.append)
     assert not [line for line in log if line.startswith("[run ]")]
     assert sum(line.startswith("[skip]") for line in log) == len(ran)
+
+
+def test_the_resolved_device_is_a_spelling_train_config_accepts(monkeypatch):
+    # On a GPU machine the trainer resolves "auto"/"cuda" to cuda:<local rank>; the pipeline passes the
+    # device on to TrainConfig, which accepts the type only (a GPU run once failed on "cuda:0").
+    import torch
+
+    import robustcaps.train
+    from robustcaps.reproduce import resolve_device
+    from robustcaps.train import TrainConfig
+
+    monkeypatch.setattr(robustcaps.train, "resolve_device", lambda name, world: torch.device("cuda", 0))
+    device = resolve_device("auto")
+    assert device == "cuda" and TrainConfig(model="capsnet", device=device).device == "cuda"
