@@ -67,12 +67,15 @@ GENERATED_PATHS = ("results", "benchmarks/results")
 def git_commit(repo: str | os.PathLike | None = None) -> str:
     """The current commit, with `+dirty` when tracked code has uncommitted changes; 'unknown' outside git.
 
-    Outside a git checkout (a copy of the tree sent to a GPU machine without .git) the commit named by
-    $ROBUSTCAPS_GIT_COMMIT is used, so that the results made there still name their code.
+    $ROBUSTCAPS_GIT_COMMIT, when set, is the answer: a copy of the tree sent to a GPU machine may carry no
+    .git or a stale one (one such copy reported its session's first commit, +dirty, for code committed
+    later), so the sender names the commit it sent.
 
     Files under GENERATED_PATHS are left out of the dirty check: `make demo` rewrites the committed
     results/ while it runs, and that must not mark its own numbers as coming from modified code.
     """
+    if os.environ.get("ROBUSTCAPS_GIT_COMMIT"):
+        return os.environ["ROBUSTCAPS_GIT_COMMIT"]
     cwd = Path(repo) if repo else Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
@@ -85,7 +88,7 @@ def git_commit(repo: str | os.PathLike | None = None) -> str:
         excluded = [f":(top,exclude){path}" for path in GENERATED_PATHS]
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded)
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("ROBUSTCAPS_GIT_COMMIT", "unknown")
+        return "unknown"
     return sha + ("+dirty" if dirty else "")
 
 

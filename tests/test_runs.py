@@ -52,6 +52,13 @@ def test_load_run_rebuilds_the_model_from_config_json(tmp_path):
     assert "git_commit" in loaded.metadata
 
 
+def test_git_commit_named_by_the_sender_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROBUSTCAPS_GIT_COMMIT", "0123abc")
+    assert runs.git_commit() == "0123abc" and runs.git_commit(tmp_path) == "0123abc"
+    monkeypatch.delenv("ROBUSTCAPS_GIT_COMMIT")
+    assert runs.git_commit(tmp_path) == "unknown"  # not a checkout
+
+
 def test_exported_run_loads_with_the_same_weights_and_drops_the_optimiser(tmp_path):
     config, model = _make_run(tmp_path / "run")
     state = runs.load_checkpoint(runs.checkpoint_path(tmp_path / "run", "best"))
