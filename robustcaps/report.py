@@ -75,6 +75,22 @@ def timing_text(provenance: dict) -> str:
             f"(this invocation: {wall:.1f} min wall; steps: {parts}).\n")  # fmt: skip
 
 
+def notes_text(provenance: dict) -> str:
+    """Notes recorded beside the numbers (`notes`: sentences; `device_calls`: a run made over several GPU
+    calls, each with its commit and what it did), so that how the numbers came about stays with them."""
+    notes, calls = provenance.get("notes") or [], provenance.get("device_calls") or []
+    if not notes and not calls:
+        return ""
+    lines = ["## How this run was made\n", *(f"- {note}" for note in notes)]
+    for c in calls:
+        log = f" Log: `{c['log']}`." if c.get("log") else ""
+        lines.append(
+            f"- Device call {c.get('call', '?')} (commit {str(c.get('commit', '?'))[:12]}, "
+            f"{c.get('wall_s', 0):.0f} s): {c.get('what', '')}{log}"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def caption(lines: dict[str, str]) -> str:
     return (
         f"Numbers: `{lines['reproduce']}`; this file: `{lines['report']}`. "
@@ -187,6 +203,7 @@ def write_report(results_dir: str | Path) -> Path:
             findings_paragraph(results, lines["kind"]) + "\n",
             f"_{caption(lines)}_\n",
             timing_text(results["provenance"]),
+            notes_text(results["provenance"]),
             "## Tables\n",
             *tables,
             "## Figures\n",

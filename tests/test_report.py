@@ -216,6 +216,18 @@ def test_a_full_size_run_on_rendered_data_is_not_called_a_demo(results_dir):
     assert "at most 600 capsule steps" in paragraph and "not a replication" in paragraph
 
 
+def test_notes_and_device_calls_recorded_in_provenance_reach_the_readme(results_dir):
+    provenance = json.loads((results_dir / "provenance.json").read_text())
+    provenance["notes"] = ["The CNN never learned on the full split."]
+    call = {"call": 2, "commit": "ea380f1abae5f14", "wall_s": 276.9, "log": "device/call2.log"}
+    provenance["device_calls"] = [{**call, "what": "reproduce, stopped in the checks."}]
+    (results_dir / "provenance.json").write_text(json.dumps(provenance))
+    text = write_report(results_dir).read_text()
+    assert "## How this run was made" in text and "- The CNN never learned on the full split." in text
+    assert "Device call 2 (commit ea380f1abae5, 277 s): reproduce, stopped in the checks." in text
+    assert "`device/call2.log`" in text
+
+
 def test_findings_follow_the_numbers(results_dir):
     paragraph = findings_paragraph(load_results(results_dir), "rendered")
     assert "demo" in paragraph and "rendered stand-in" in paragraph
