@@ -155,3 +155,23 @@ def test_unknown_routing_names_the_setting():
     with pytest.raises(RobustcapsError, match="routing must be one of plain, fused"):
         create_model("capsnet-small", routing="triton")
     assert create_model("capsnet-small").config.routing == "plain", "the plain path stays the default"
+
+
+def test_routing_can_be_switched_on_a_built_model_and_back():
+    from robustcaps.models import routing_as
+
+    plain, fused = twin_models("cross")
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    want = plain(x)
+    plain.use_routing("fused")
+    assert plain.routing == "fused" and plain.conv_caps2.fused and plain.class_caps.fused
+    torch.testing.assert_close(plain(x), want, rtol=1e-10, atol=1e-12)
+    with routing_as(plain, "plain"):
+        assert plain.routing == "plain" and not plain.class_caps.fused
+    assert plain.routing == "fused", "the block restores the path it found"
+    assert plain.config.routing == "plain", "the config keeps what the model was built with"
+    with pytest.raises(ValueError, match="routing must be one of"):
+        plain.use_routing("triton")
+    cnn = create_model("cnn-small")
+    with routing_as(cnn, "fused") as same:  # not a capsule network: nothing to switch
+        assert same is cnn

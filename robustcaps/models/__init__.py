@@ -7,6 +7,7 @@ dataclass) describe it, and `create_model(model.name, **dataclasses.asdict(model
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -18,7 +19,16 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.models.capsnet import ESTEPS, ROUTINGS, CapsNet, CapsNetConfig
 from robustcaps.models.cnn import CNN, CNNConfig
 
-__all__ = ["CNN", "CNNConfig", "CapsNet", "CapsNetConfig", "create_model", "list_models", "model_info"]
+__all__ = [
+    "CNN",
+    "CNNConfig",
+    "CapsNet",
+    "CapsNetConfig",
+    "create_model",
+    "list_models",
+    "model_info",
+    "routing_as",
+]
 
 # name → (model class, preset configuration); the presets are the paper's (HSF18 §5) sizes.
 PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
@@ -30,6 +40,21 @@ PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "cnn": (CNN, CNNConfig()),  # 4,252,549 ("4.2M")
     "cnn-small": (CNN, CNNConfig(conv1_channels=8, conv2_channels=16, hidden=64)),  # 69,349: ~capsnet-small
 }
+
+
+@contextlib.contextmanager
+def routing_as(model: nn.Module, routing: str):
+    """Inside the block a capsule network computes routing the `routing` way ("plain" or "fused"; see
+    CapsNet.use_routing); afterwards as before. Other models are left alone."""
+    if not isinstance(model, CapsNet):
+        yield model
+        return
+    before = model.routing
+    model.use_routing(routing)
+    try:
+        yield model
+    finally:
+        model.use_routing(before)
 
 
 def list_models() -> list[str]:

@@ -256,6 +256,20 @@ class CapsNet(nn.Module):
         self.class_caps = ClassCaps(config.convcaps2_types, config.n_classes, centres, config)
         self.calibrate_beta_u()
 
+    def use_routing(self, routing: str) -> None:
+        """Compute routing the `routing` way from now on ("plain" or "fused"): the same function of the same
+        weights (tests/test_routing_fused.py), so a model trained with one path is evaluated with the other.
+        The trainer trains with fused under torch.compile and evaluates with plain, which is faster than
+        fused in eager mode; `config.routing` keeps what the model was built with."""
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        for layer in (self.conv_caps1, self.conv_caps2, self.class_caps):
+            layer.fused = routing == "fused"
+
+    @property
+    def routing(self) -> str:
+        return "fused" if self.conv_caps1.fused else "plain"
+
     def routed(self, x: Tensor, output: str = "logits") -> list[Routed]:
         """Every routed layer's parents: [ConvCaps1, ConvCaps2, ClassCaps], positions flattened."""
         if x.dim() != 4 or x.shape[1:] != (self.config.in_channels, IMAGE_SIZE, IMAGE_SIZE):
