@@ -4,6 +4,7 @@ the loss falls, the matched protocol stops on familiar error, and bad run direct
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -21,7 +22,7 @@ from robustcaps import losses, runs
 from robustcaps.cli import cli
 from robustcaps.errors import RobustcapsError
 from robustcaps.losses import spread_margin
-from robustcaps.train import TrainConfig, config_json, fit
+from robustcaps.train import TrainConfig, config_json, fit, lr_factor
 
 # One thread: the same arithmetic in every process, and no starving the other tests.
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -175,3 +176,27 @@ def test_config_json_round_trip_and_bad_values(tmp_path):
         field = option[2:].replace("-", "_")
         with pytest.raises(RobustcapsError, match=option):
             dataclasses.replace(config, **{field: value})
+
+
+def test_warmup_rises_linearly_then_follows_the_paper_decay():
+    paper = TrainConfig(warmup_steps=0, lr_decay_steps=250.0)
+    warm = dataclasses.replace(paper, warmup_steps=100)
+    decay = [0.96 ** (step / 250.0) for step in range(300)]
+    assert [lr_factor(paper)(step) for step in range(300)] == decay  # no warm-up: the old schedule exactly
+    assert lr_factor(warm)(0) == pytest.approx(0.01 * decay[0])  # Adam's first step moves weights by lr/100
+    assert lr_factor(warm)(49) == pytest.approx(0.5 * decay[49])
+    assert [lr_factor(warm)(step) for step in range(99, 300)] == decay[99:]
+    with pytest.raises(RobustcapsError, match="--warmup-steps"):
+        dataclasses.replace(paper, warmup_steps=-1)
+
+
+def test_a_config_json_from_before_warmup_rebuilds_a_run_without_it(tmp_path):
+    """Resuming or reloading an old run must not silently add the warm-up it never had."""
+    old = TrainConfig(model="cnn", steps=1000).to_dict()
+    del old["warmup_steps"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert TrainConfig.from_json(tmp_path / "config.json").warmup_steps == 0
+    assert TrainConfig().warmup_steps == 100  # new runs warm up
+    fresh = TrainConfig(model="cnn", steps=1000)
+    (tmp_path / "config.json").write_text(config_json(fresh))
+    assert TrainConfig.from_json(tmp_path / "config.json") == fresh

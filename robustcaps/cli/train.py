@@ -17,7 +17,8 @@ _FIELDS = {
     "model": "model", "model_option": "model_overrides", "data": "data", "data_size": "data_size",
     "split": "split", "stereo": "stereo", "val_fraction": "val_fraction", "max_per_part": "max_per_part",
     "epochs": "epochs", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
-    "lr_decay_steps": "lr_decay_steps", "margin_step_scale": "margin_step_scale", "loss": "loss",
+    "lr_decay_steps": "lr_decay_steps", "warmup_steps": "warmup_steps",
+    "margin_step_scale": "margin_step_scale", "loss": "loss",
     "seed": "seed", "device": "device", "compile": "compile", "amp": "amp",
     "target_familiar_error": "target_familiar_error", "checkpoint_every": "checkpoint_every",
 }  # fmt: skip
@@ -79,6 +80,8 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch (all processes).")
 @click.option("--lr", type=float, default=3e-3, show_default=True)
 @click.option("--lr-decay-steps", type=float, default=20_000.0, show_default=True, help="lr ×0.96 per this.")
+@click.option("--warmup-steps", type=int, default=training.WARMUP_STEPS, show_default=True,
+              help="Linear lr warm-up, not in the paper (0: none); see train.lr_factor.")  # fmt: skip
 @click.option("--margin-step-scale", type=float, default=losses.MARGIN_STEP_SCALE, show_default=True,
               help="Spread-loss margin schedule: m = 0.2 + 0.79·σ(min(10, step/scale − 4)).")  # fmt: skip
 @click.option("--loss", type=click.Choice(losses.LOSSES), default="auto", show_default=True,
