@@ -36,7 +36,9 @@ DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
 # Options a resumed run may change: how long to train, where, and where the data lives (metadata.json
 # checks that it is the same data); anything else would not be the same run.
-RESUMABLE_CHANGES = frozenset({"epochs", "steps", "device", "compile", "eval_batch_size", "data"})
+# `routing` and `compile` change how the same function is computed (rounding only), not what is trained.
+RESUMABLE_CHANGES = frozenset({"epochs", "steps", "device", "compile", "routing", "eval_batch_size", "data"})
+ROUTINGS = ("plain", "fused")
 WARMUP_STEPS = 100
 # A config.json written before warm-up existed trained without it: loading one must rebuild that run.
 PRE_WARMUP_DEFAULTS = {"warmup_steps": 0}
@@ -67,6 +69,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    # how a capsule network's EM routing is computed while training: "fused" (models/routing_fused.py) is
+    # the fast path under --compile; evaluation always computes it the plain way (same function)
+    routing: str = "plain"
     amp: str = "none"
     target_familiar_error: float | None = None
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: at the end of each epoch only
@@ -78,6 +83,7 @@ class TrainConfig:
             "--stereo": (self.stereo, self.stereo in STEREO, f"one of {STEREO}"),
             "--device": (self.device, self.device in DEVICES, f"one of {DEVICES}"),
             "--amp": (self.amp, self.amp in AMP, f"one of {AMP}"),
+            "--routing": (self.routing, self.routing in ROUTINGS, f"one of {ROUTINGS}"),
             "--loss": (self.loss, self.loss in losses.LOSSES, f"one of {losses.LOSSES}"),
             "--batch-size": (self.batch_size, self.batch_size > 0, "a positive number"),
             "--lr": (self.lr, self.lr > 0, "a positive number"),

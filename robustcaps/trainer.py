@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from robustcaps import distributed, losses, runs
 from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate
+from robustcaps.models import CapsNet, routing_as
 from robustcaps.train import TrainConfig, build_model, check_resumable, config_json, load_split, lr_factor
 
 LOG_EVERY = 10  # steps between reading the loss back from the device (a sync) and refreshing the bar
@@ -89,6 +90,10 @@ class Session:
         if config.target_familiar_error is not None and len(data.familiar) == 0:
             raise RobustcapsError(f"--target-familiar-error: split {config.split!r} has no familiar images")
         model = build_model(config).to(device)
+        if config.routing != "plain":
+            if not isinstance(model, CapsNet):
+                raise RobustcapsError(f"--routing {config.routing}: {config.model} has no EM routing")
+            model.use_routing(config.routing)
         net = torch.compile(model) if config.compile else model
         net = distributed.wrap(net, world, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -283,7 +288,9 @@ def _end_epoch(s: Session) -> None:
 
 
 def _error(s: Session, tensorset: Any) -> float:
-    return evaluate(s.model, tensorset, s.device, batch_size=s.config.eval_batch_size)["error"]
+    # in eager mode the plain routing path is the faster one (the fused one is for torch.compile)
+    with routing_as(s.model, "plain"):
+        return evaluate(s.model, tensorset, s.device, batch_size=s.config.eval_batch_size)["error"]
 
 
 def _metrics_row(s: Session, val_error: float, familiar_error: float) -> dict[str, Any]:

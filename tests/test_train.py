@@ -128,6 +128,33 @@ def test_capsnet_trains_on_spread_loss_with_the_configured_margin(rendered_root,
     assert TrainConfig.from_json(tmp_path / runs.CONFIG_FILE) == config
 
 
+def test_training_with_fused_routing_gives_the_plain_weights_and_loads_as_plain(
+    rendered_root, tmp_path, monkeypatch
+):
+    import robustcaps.models.capsnet as capsnet
+
+    calls = []
+    fused_em_routing = capsnet.fused_em_routing
+    monkeypatch.setattr(
+        capsnet, "fused_em_routing", lambda *a, **k: calls.append(1) or fused_em_routing(*a, **k)
+    )
+    tiny = {"conv1_channels": 8, "primary_types": 4, "convcaps1_types": 4, "convcaps2_types": 4}
+    common = dict(model="capsnet-small", model_overrides=tiny, batch_size=4, steps=3, max_per_part=8)
+    fit(_config(rendered_root, **common), tmp_path / "plain")
+    assert not calls
+    fit(_config(rendered_root, routing="fused", **common), tmp_path / "fused")
+    assert calls, "training computed routing the fused way"
+    plain, fused = (runs.load_run(tmp_path / name, "last") for name in ("plain", "fused"))
+    assert fused.config.routing == "fused" and fused.model.routing == "plain"  # evaluation path
+    weights = zip(plain.model.state_dict().items(), fused.model.state_dict().values(), strict=True)
+    for (name, want), got in weights:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)  # float32 rounding only
+    with pytest.raises(RobustcapsError, match="--routing fused: cnn-small has no EM routing"):
+        fit(_config(rendered_root, routing="fused", steps=1), tmp_path / "cnn")
+    with pytest.raises(RobustcapsError, match="--routing 'triton'"):
+        _config(rendered_root, routing="triton")
+
+
 def test_target_familiar_error_stops_and_is_recorded(rendered_root, tmp_path):
     fit(_config(rendered_root, target_familiar_error=1.0), tmp_path)
     metrics = pd.read_csv(tmp_path / runs.METRICS_FILE)

@@ -19,7 +19,7 @@ _FIELDS = {
     "epochs": "epochs", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
     "lr_decay_steps": "lr_decay_steps", "warmup_steps": "warmup_steps",
     "margin_step_scale": "margin_step_scale", "loss": "loss",
-    "seed": "seed", "device": "device", "compile": "compile", "amp": "amp",
+    "seed": "seed", "device": "device", "compile": "compile", "routing": "routing", "amp": "amp",
     "target_familiar_error": "target_familiar_error", "checkpoint_every": "checkpoint_every",
 }  # fmt: skip
 
@@ -89,6 +89,9 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(training.DEVICES), default="auto", show_default=True)
 @click.option("--compile", is_flag=True, help="torch.compile the model.")
+@click.option("--routing", type=click.Choice(training.ROUTINGS), default="plain", show_default=True,
+              help="How capsule EM routing is computed in training: fused is the fast path under "
+              "--compile (same function; evaluation always uses plain).")  # fmt: skip
 @click.option("--amp", type=click.Choice(training.AMP), default="none", show_default=True)
 @click.option(
     "--target-familiar-error", type=float, help="Stop when familiar-viewpoint error ≤ this (HSF18 T2)."
