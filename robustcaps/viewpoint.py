@@ -54,7 +54,8 @@ def resolve_data_root(data: str | None, size: str) -> Path:
 
 TRAINING_FIELDS = (
     "capsnet", "cnn", "cnn_steps", "capsnet_steps", "capsnet_overrides", "cnn_overrides", "batch_size",
-    "max_per_part", "margin_step_scale", "lr_decay_steps", "stereo", "amp", "seed",
+    "max_per_part", "margin_step_scale", "lr_decay_steps", "stereo", "amp", "seed", "capsnet_compile",
+    "capsnet_routing",
 )  # fmt: skip
 
 
@@ -65,17 +66,19 @@ def run_dir(runs_dir: Path, preset: Preset, model: str, split: str) -> Path:
     return Path(runs_dir) / f"{model}-{split}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
 
 
-def train_config(preset: Preset, model: str, split: str, data_root: Path, device: str, **changes):
+def train_config(preset: Preset, model: str, split: str, data_root: Path, device: str, **extra):
     """The TrainConfig of one run of a preset (the trainer's dataclass, so config.json rebuilds it)."""
     from robustcaps.train import TrainConfig
 
-    steps = preset.capsnet_steps if model == preset.capsnet else preset.cnn_steps
+    capsules = model == preset.capsnet
+    steps = preset.capsnet_steps if capsules else preset.cnn_steps
+    changes = {"compile": preset.capsnet_compile, "routing": preset.capsnet_routing} if capsules else {}
     return TrainConfig(
         model=model, model_overrides=preset.overrides(model), data=str(data_root), data_size=preset.data_size,
         split=split, stereo=preset.stereo, amp=preset.amp,
         max_per_part=preset.max_per_part, steps=steps, batch_size=preset.batch_size,
         lr_decay_steps=preset.lr_decay_steps, margin_step_scale=preset.margin_step_scale, seed=preset.seed,
-        device=device, **changes,
+        device=device, **({**changes, **extra}),
     )  # fmt: skip
 
 

@@ -68,6 +68,19 @@ def test_presets():
         get_preset("huge")
 
 
+def test_the_gpu_preset_compiles_only_the_capsule_network_with_fused_routing(tmp_path):
+    from robustcaps.viewpoint import run_dir, train_config
+
+    gpu = get_preset("gpu")
+    caps, cnn = (train_config(gpu, m, "full", tmp_path, "cuda") for m in (gpu.capsnet, gpu.cnn))
+    assert (caps.compile, caps.routing) == (True, "fused") and (cnn.compile, cnn.routing) == (False, "plain")
+    quick = get_preset("quick")
+    assert train_config(quick, quick.capsnet, "full", tmp_path, "cpu").routing == "plain"
+    # a changed training setting trains into another run directory rather than into the old one
+    slower = gpu.replace(capsnet_routing="plain")
+    assert run_dir(tmp_path, gpu, "capsnet", "full") != run_dir(tmp_path, slower, "capsnet", "full")
+
+
 def test_cli_bad_data_is_one_line(tmp_path):
     result = CliRunner().invoke(
         cli,
