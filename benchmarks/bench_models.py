@@ -36,7 +36,7 @@ from robustcaps.models import create_model, list_models
 from robustcaps.runs import atomic_write_text, device_description, git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KEY = ["model", "routing", "batch_size", "mode", "phase", "threads", "malloc"]
+KEY = ["model", "routing", "batch_size", "mode", "phase", "threads", "malloc", "tf32"]
 # glibc serves every block over 32 MiB with a fresh mmap, so each large vote tensor costs page faults on first
 # touch (measured here: 120 ms to allocate and fill 42 MB, 10 ms to refill it). "no-mmap" keeps freed blocks
 # in the heap for reuse, like the caching allocator torch uses on CUDA.
@@ -70,10 +70,13 @@ def measure(
     warmup: int,
     steps: int,
     check: bool = False,
+    tf32: str = "default",
 ) -> dict:
     """One configuration, in this process: images per second and peak memory. `routing` "-": not a capsnet.
     `check`: afterwards, compare the timed model's logits (and, in training, gradients) on the same batch
-    with the plain path in float64 (`float64_errors`)."""
+    with the plain path in float64 (`float64_errors`). `tf32` "off": no TF32 in cuDNN convolutions (torch
+    allows it there by default; matrix products are full float32 by default either way)."""
+    torch.backends.cudnn.allow_tf32 = tf32 == "default"
     device = torch.device(device)
     torch.manual_seed(0)
     model = create_model(model_name, **({} if routing == "-" else {"routing": routing})).to(device)
@@ -233,6 +236,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="explicit MODEL:ROUTING:BATCH:MODE:PHASE list, comma-separated, run in this order "
         "(replaces the grid; ROUTING '-' for a CNN)",
     )
+    parser.add_argument(
+        "--tf32",
+        default="default",
+        choices=("default", "off"),
+        help="off: cuDNN convolutions in full float32 (torch's default lets them use TF32 on GPUs)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -280,12 +289,25 @@ def main(argv: list[str] | None = None) -> None:
         if left < EXPECTED_SECONDS[mode]:
             print(f"skipped (deadline) <- {model} routing={routing} batch {batch} {mode} {phase}", flush=True)
             continue
-        timed_config = {**config, "warmup": args.warmup, "steps": args.steps, "check": args.check}
+        timed_config = {
+            **config,
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "check": args.check,
+            "tf32": args.tf32,
+        }
         if args.in_process:
             result = run_here(timed_config, left)
         else:
             result = run_isolated(timed_config, malloc, left)
-        row = {**config, "threads": torch.get_num_threads(), "malloc": malloc, **result, **meta}
+        row = {
+            **config,
+            "threads": torch.get_num_threads(),
+            "malloc": malloc,
+            "tf32": args.tf32,
+            **result,
+            **meta,
+        }
         row["model"], row["batch_size"] = row.pop("model_name"), row.pop("batch")
         print(
             ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()),
@@ -304,6 +326,8 @@ def write(table: pd.DataFrame, path: Path, show: bool = True) -> None:
         old = pd.read_csv(path)
         if "routing" not in old:  # rows from before --routing measured the plain path (cnn: no routing)
             old["routing"] = old["model"].map(lambda m: "plain" if m.startswith("capsnet") else "-")
+        if "tf32" not in old:  # rows from before --tf32 ran with torch's defaults
+            old["tf32"] = "default"
         table = pd.concat([old, table]).drop_duplicates(KEY, keep="last")
     table = table[KEY + [c for c in table if c not in KEY]].sort_values(KEY).reset_index(drop=True)
     atomic_write_text(path, table.to_csv(index=False))
