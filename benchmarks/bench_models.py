@@ -36,7 +36,7 @@ from robustcaps.models import create_model, list_models
 from robustcaps.runs import atomic_write_text, device_description, git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KEY = ["model", "routing", "batch_size", "mode", "phase", "threads", "malloc", "tf32"]
+KEY = ["model", "routing", "recompute", "batch_size", "mode", "phase", "threads", "malloc", "tf32"]
 # glibc serves every block over 32 MiB with a fresh mmap, so each large vote tensor costs page faults on first
 # touch (measured here: 120 ms to allocate and fill 42 MB, 10 ms to refill it). "no-mmap" keeps freed blocks
 # in the heap for reuse, like the caching allocator torch uses on CUDA.
@@ -71,6 +71,7 @@ def measure(
     steps: int,
     check: bool = False,
     tf32: str = "default",
+    recompute: str = "-",
 ) -> dict:
     """One configuration, in this process: images per second and peak memory. `routing` "-": not a capsnet.
     `check`: afterwards, compare the timed model's logits (and, in training, gradients) on the same batch
@@ -80,6 +81,8 @@ def measure(
     device = torch.device(device)
     torch.manual_seed(0)
     model = create_model(model_name, **({} if routing == "-" else {"routing": routing})).to(device)
+    if recompute != "-":
+        model.use_recompute(recompute)
     run = torch.compile(model) if mode == "compile" else model
     x = torch.rand(batch, 1, 32, 32, device=device)
     y = torch.randint(0, 5, (batch,), device=device)
@@ -242,6 +245,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("default", "off"),
         help="off: cuDNN convolutions in full float32 (torch's default lets them use TF32 on GPUs)",
     )
+    parser.add_argument(
+        "--recompute",
+        default="all",
+        choices=("all", "first", "none"),
+        help="fused routing: which routed layers recompute in backward (CapsNet.use_recompute)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -283,7 +292,13 @@ def main(argv: list[str] | None = None) -> None:
     rows, out = [], args.out or RESULTS / f"{slug(name)}.csv"
     for (model, routing), batch, mode, phase, malloc in grid:
         config = dict(
-            model_name=model, routing=routing, batch=batch, mode=mode, phase=phase, device=args.device
+            model_name=model,
+            routing=routing,
+            batch=batch,
+            mode=mode,
+            phase=phase,
+            device=args.device,
+            recompute=args.recompute if routing == "fused" else "-",
         )
         left = args.timeout if args.deadline is None else min(args.timeout, args.deadline - time.time())
         if left < EXPECTED_SECONDS[mode]:
@@ -328,6 +343,8 @@ def write(table: pd.DataFrame, path: Path, show: bool = True) -> None:
             old["routing"] = old["model"].map(lambda m: "plain" if m.startswith("capsnet") else "-")
         if "tf32" not in old:  # rows from before --tf32 ran with torch's defaults
             old["tf32"] = "default"
+        if "recompute" not in old:  # rows from before --recompute: fused recomputed every layer
+            old["recompute"] = old["routing"].map(lambda r: "all" if r == "fused" else "-")
         table = pd.concat([old, table]).drop_duplicates(KEY, keep="last")
     table = table[KEY + [c for c in table if c not in KEY]].sort_values(KEY).reset_index(drop=True)
     atomic_write_text(path, table.to_csv(index=False))

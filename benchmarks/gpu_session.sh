@@ -63,6 +63,9 @@ C=${BENCH_CAPSNET:-capsnet}
 # fused path under torch.compile) and inference at batch 256; then the plain path compiled; then the rest.
 # Is the GPU's float32 gradient error against float64 (10-15 % in the first run, 3e-5 on a CPU) TF32's?
 bench "$C:plain:64:eager:train,$C:fused:64:compile:train" --tf32 off
+# Issue 8's training target (3,700 img/s within 4 GiB): recompute only ConvCaps1 in backward, or nothing
+bench "$C:fused:64:compile:train" --recompute first
+bench "$C:fused:64:compile:train" --recompute none
 bench "$C:plain:64:eager:train,$C:fused:64:compile:train,$C:fused:256:compile:infer,$C:plain:64:compile:train"
 echo "== [$(elapsed) s] one-process DDP (NCCL) training with torch.compile and bf16 autocast, 60 steps"
 timeout 90 torchrun --nproc-per-node 1 -m robustcaps train --model cnn-small --data-size "$([ "$PRESET" = tiny ] && echo tiny || echo full)" \

@@ -175,3 +175,19 @@ def test_routing_can_be_switched_on_a_built_model_and_back():
     cnn = create_model("cnn-small")
     with routing_as(cnn, "fused") as same:  # not a capsule network: nothing to switch
         assert same is cnn
+
+
+@pytest.mark.parametrize("layers", ["first", "none"])
+def test_what_fused_routing_recomputes_in_backward_changes_no_gradient(layers):
+    plain, fused = twin_models("cross")
+    fused.use_recompute(layers)
+    assert [m.recompute for m in (fused.conv_caps1, fused.conv_caps2, fused.class_caps)] == (
+        [True, False, False] if layers == "first" else [False, False, False]
+    )
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for model in (plain, fused):
+        torch.nn.functional.cross_entropy(model(x), torch.tensor([1, 2])).backward()
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-8, atol=1e-12, msg=f"gradient of {name}")
+    with pytest.raises(ValueError, match="recompute must be one of"):
+        fused.use_recompute("some")

@@ -35,6 +35,7 @@ POSE = 16  # a 4×4 pose matrix, flattened
 OUTPUTS = ("logits", "activations", "vote_logits")
 ESTEPS = ("cross", "position")
 ROUTINGS = ("plain", "fused")
+RECOMPUTE = ("all", "first", "none")
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class ConvCaps(nn.Module):
         self.schedule = inverse_temperature_schedule(config.inverse_temperature, config.iterations)
         self.min_variance = config.min_variance
         self.fused = config.routing == "fused"
+        self.recompute = True  # fused path: backward recomputes the routing (see _fused)
 
     def forward(self, capsules: Tensor) -> Routed:
         n, k, s = capsules.shape[0], self.kernel, self.stride
@@ -117,6 +119,7 @@ class ConvCaps(nn.Module):
         poses, activations = patches[..., :POSE].unflatten(-1, (4, 4)), patches[..., POSE]
         if self.fused:
             return _fused(
+                self.recompute,
                 poses,
                 self.weight,
                 activations,
@@ -162,6 +165,7 @@ class ClassCaps(nn.Module):
         self.schedule = inverse_temperature_schedule(config.class_inverse_temperature, config.iterations)
         self.min_variance = config.min_variance
         self.fused = config.routing == "fused"
+        self.recompute = True  # fused path: backward recomputes the routing (see _fused)
 
     def forward(self, capsules: Tensor, output: str = "logits") -> Routed:
         """`output="vote_logits"` bypasses routing (Gu et al. 2021): uniform R, one M-step at the final λ."""
@@ -170,6 +174,7 @@ class ClassCaps(nn.Module):
         schedule = self.schedule[-1:] if output == "vote_logits" else self.schedule
         if self.fused:  # children numbered (position, type): W tiled over positions, offsets per position
             return _fused(
+                self.recompute,
                 poses.reshape(n, 1, h * w * d, 4, 4),
                 self.weight.repeat(h * w, 1, 1, 1),
                 capsules[..., POSE].reshape(n, 1, h * w * d),
@@ -209,13 +214,13 @@ def cast_votes(poses: Tensor, weight: Tensor) -> Tensor:
     return votes.permute(1, 2, 3, 0, 4).reshape(n, positions, parents, slots, POSE)
 
 
-def _fused(*args, **kwargs) -> Routed:
+def _fused(recompute: bool, *args, **kwargs) -> Routed:
     """fused_em_routing, checkpointed when gradients are needed: the forward keeps only the layer's inputs
     and backward recomputes the routing. Measured under torch.compile (ConvCaps1 of capsnet-small, batch 8
     on the CPU): without the checkpoint the min-cut partitioner saves one vote-sized tensor per layer,
     (V − μ), for backward; with it, none, at the same speed within the noise (0.19–0.20 vs 0.16–0.23 s per
     step at batch 32). In eager mode it replaces a dozen saved vote-sized temporaries with a recompute."""
-    if torch.is_grad_enabled():
+    if recompute and torch.is_grad_enabled():
         return Routed(*checkpoint(fused_em_routing, *args, use_reentrant=False, **kwargs))
     return fused_em_routing(*args, **kwargs)
 
@@ -265,6 +270,16 @@ class CapsNet(nn.Module):
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
         for layer in (self.conv_caps1, self.conv_caps2, self.class_caps):
             layer.fused = routing == "fused"
+
+    def use_recompute(self, layers: str) -> None:
+        """Which routed layers recompute their fused routing in backward instead of keeping what it needs:
+        "all" (the default, least memory), "first" (ConvCaps1 only, the largest: its votes are 2.3× those
+        of ConvCaps2) or "none" (fastest under torch.compile on the CPU, 1.2×, most memory). How, not what:
+        the results are the same."""
+        if layers not in RECOMPUTE:
+            raise ValueError(f"recompute must be one of {RECOMPUTE}, got {layers!r}")
+        for index, layer in enumerate((self.conv_caps1, self.conv_caps2, self.class_caps)):
+            layer.recompute = layers == "all" or (layers == "first" and index == 0)
 
     @property
     def routing(self) -> str:
