@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from robustcaps.attack import AttackConfig, craft
-from robustcaps.attack_checks import check_monotone, tolerance
+from robustcaps.attack_checks import check_monotone, run_checks, tolerance
 from robustcaps.attack_run import attack_model
 from robustcaps.attack_sweep import Victim
 from tests.test_attack import ToyNet, eval_set, train
@@ -85,6 +85,51 @@ def test_vote_attack_breaks_routing_masked_gradients(toy, tmp_path):
     )
     assert not checks.loc["vote_not_stronger_than_routed", "passed"]
     assert not checks.loc["input_gradients", "passed"]  # the routed logits have no gradient
+
+
+class ReversedVotesToy(nn.Module):
+    """A stand-in capsnet whose vote head ranks the classes backwards (as a weakly trained capsnet's did on
+    the GPU): attacking it pushes the routed output towards the right class."""
+
+    family = "capsnet"
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.name = inner, "reversed-votes-toy"
+
+    def forward(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
+        logits = self.inner(x)
+        return -logits if output == "vote_logits" else logits
+
+
+def test_a_vote_head_that_does_not_classify_is_reported_and_kept_out_of_the_checks(toy, tmp_path):
+    capsnet = ReversedVotesToy(toy).eval()
+    config = AttackConfig(attacks=("bim", "bim-vote"), eps=(0.0, 0.1, 0.2), units="pixel", steps=5)
+    results = attack_model(Victim(capsnet, "toy-capsnet"), eval_set(60), config, tmp_path, progress=False)
+    votes, routed = rows(results.summary, "bim-vote"), rows(results.summary, "bim")
+    assert votes[0.2] >= votes[0.0] and routed[0.2] <= votes[0.2] - 0.5, "the vote 'attack' does nothing"
+    checks = results.checks.set_index("check")
+    assert not checks.loc["vote_surrogate_classifies", "passed"]
+    assert "vote head: accuracy 0.0" in checks.loc["vote_surrogate_classifies", "detail"]
+    assert "vote_not_stronger_than_routed" not in checks.index
+    # a vote curve that rises with ε (accuracy above the clean one) is not held against such a model
+    rising = results.summary.copy()
+    vote_rows = (rising["attack"] == "bim-vote") & (rising["eps_pixel"] > 0)
+    rising.loc[vote_rows, "value"] = 1.0
+    rising.loc[(rising["attack"] == "bim-vote") & (rising["eps_pixel"] == 0), "value"] = 0.5
+    reversed_checks = run_checks(rising, Victim(capsnet, "toy-capsnet"), eval_set(60), config)
+    smooth_checks = run_checks(rising, Victim(MaskedRoutingToy(toy).eval(), "toy"), eval_set(60), config)
+    assert reversed_checks.set_index("check").loc["monotone_in_eps", "passed"]
+    assert not smooth_checks.set_index("check").loc["monotone_in_eps", "passed"]
+    # a vote head that classifies passes, and its attack stays in the checks
+    smooth = MaskedRoutingToy(toy).eval()
+    results = attack_model(
+        Victim(smooth, "toy-capsnet"), eval_set(60), config, tmp_path / "b", progress=False
+    )
+    checks = results.checks.set_index("check")
+    assert (
+        checks.loc["vote_surrogate_classifies", "passed"] and "vote_not_stronger_than_routed" in checks.index
+    )
 
 
 def test_cli_warns_on_stderr_naming_every_failed_check(toy, tmp_path, monkeypatch):
