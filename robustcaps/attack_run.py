@@ -165,12 +165,13 @@ def load_eval_set(loaded, config: AttackConfig) -> EvalSet:
 
 def attack_run_dir(
     run_dir: str | Path, config: AttackConfig, out_dir: str | Path | None = None,
-    source: str | Path | None = None, which: str = "best", progress: bool = True,
+    source: str | Path | None = None, which: str = "best", progress: bool = True, data: str | None = None,
 ) -> AttackResults:  # fmt: skip
-    """`robustcaps attack`: load the run (and the transfer source), pick the examples, sweep, check."""
+    """`robustcaps attack`: load the run (and the transfer source), pick the examples, sweep, check.
+    `data`: where the run's dataset is here, when not where it was trained (runs.load_run)."""
     from robustcaps.runs import load_run
 
-    loaded = load_run(run_dir, which=which, device=config.device)
+    loaded = load_run(run_dir, which=which, device=config.device, data=data)
     victim = Victim(loaded.model, loaded.config.model, str(run_dir))
     if source is not None:
         crafted_on = load_run(source, which=which, device=config.device)

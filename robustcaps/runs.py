@@ -273,9 +273,18 @@ class LoadedRun:
 
 
 def load_run(
-    run_dir: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu"
+    run_dir: str | os.PathLike,
+    which: str = "best",
+    device: str | torch.device = "cpu",
+    data: str | os.PathLike | None = None,
 ) -> LoadedRun:
-    """Rebuild the model of `run_dir` from config.json alone and load `checkpoints/{which}.pt` into it."""
+    """Rebuild the model of `run_dir` from config.json alone and load `checkpoints/{which}.pt` into it.
+
+    `data`: where the run's dataset is on this machine (a committed or copied run names the directory it
+    was trained from); it must be the same dataset, checked against metadata.json (`check_same_dataset`).
+    """
+    import dataclasses
+
     from robustcaps.train import TrainConfig, build_model  # train imports runs: import here, not at the top
 
     if which not in CHECKPOINTS:
@@ -285,6 +294,9 @@ def load_run(
         raise RobustcapsError(f"{run_dir}: no such run directory")
     config = TrainConfig.from_json(run_dir / CONFIG_FILE)
     metadata = read_json(run_dir / METADATA_FILE, "run metadata")
+    if data is not None:
+        check_same_dataset(metadata, data)
+        config = dataclasses.replace(config, data=str(data))
     path = checkpoint_path(run_dir, which)
     state = load_checkpoint(path, device)
     model = build_model(config)
@@ -297,6 +309,23 @@ def load_run(
     return LoadedRun(
         model, config, metadata, run_dir, which, int(state["step"]), state.get("stop_reason", "")
     )
+
+
+def check_same_dataset(metadata: dict[str, Any], root: str | os.PathLike) -> None:
+    """`--data root` must hold the dataset the run was trained on: its identity (official MD5s, or the
+    rendered stand-in's generator, seed, options and SHA-256s) equals the one in metadata.json."""
+    from robustcaps.data.norb import dataset_identity
+
+    if not Path(root).is_dir():
+        raise RobustcapsError(f"--data {root}: no such directory")
+    here = json.loads(json.dumps(dataset_identity(root), sort_keys=True, default=str))
+    recorded = metadata.get("dataset", {})
+    differ = sorted(key for key in here if key != "root" and recorded.get(key) != here[key])
+    if differ:
+        raise RobustcapsError(
+            f"--data {root}: not the dataset this run was trained on ({', '.join(differ)} differ from its "
+            "metadata.json)"
+        )
 
 
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: str = "best") -> Path:

@@ -3,6 +3,7 @@ and every damaged file is one RobustcapsError line naming it."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -57,6 +58,28 @@ def test_git_commit_named_by_the_sender_wins(monkeypatch, tmp_path):
     assert runs.git_commit() == "0123abc" and runs.git_commit(tmp_path) == "0123abc"
     monkeypatch.delenv("ROBUSTCAPS_GIT_COMMIT")
     assert runs.git_commit(tmp_path) == "unknown"  # not a checkout
+
+
+def test_a_run_reads_its_dataset_from_another_place_only_if_it_is_the_same(rendered_root, tmp_path):
+    import shutil
+
+    from robustcaps.data.norb import dataset_identity
+
+    _make_run(tmp_path / "run")
+    metadata = runs.read_json(tmp_path / "run" / runs.METADATA_FILE, "metadata")
+    metadata["dataset"] = {**dataset_identity(rendered_root), "root": "/gone", "split": "full"}
+    runs.atomic_write_json(tmp_path / "run" / runs.METADATA_FILE, metadata)
+    moved = shutil.copytree(rendered_root, tmp_path / "moved")
+    assert runs.load_run(tmp_path / "run", data=moved).config.data == str(moved)
+    other = shutil.copytree(rendered_root, tmp_path / "other")
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "seed": 1}))
+    with pytest.raises(
+        RobustcapsError, match=r"--data .*other: not the dataset this run was trained on \(seed"
+    ):
+        runs.load_run(tmp_path / "run", data=other)
+    with pytest.raises(RobustcapsError, match="--data .*nowhere: no such directory"):
+        runs.load_run(tmp_path / "run", data=tmp_path / "nowhere")
 
 
 def test_exported_run_loads_with_the_same_weights_and_drops_the_optimiser(tmp_path):

@@ -114,8 +114,15 @@ def resolve_device(device: str) -> str:
     help="Integrity checks (checks.csv); they add PGD cells at ε_pixel=0.5 and with a 4× budget.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where RUN_DIR's dataset is, if not where it was trained (checked against its metadata).",
+)
 def attack(run_dir: str, attacks: tuple[str, ...], eps: tuple[str, ...], mode: str, out_dir: str | None,
-           source: str | None, which: str, device: str, progress: bool, **options) -> None:  # fmt: skip
+           source: str | None, which: str, device: str, progress: bool, data: str | None,
+           **options) -> None:  # fmt: skip
     """White-box (and transfer, vote, Square) attacks on RUN_DIR's model across ε, via torchattacks.
 
     Writes per_example.csv, summary.csv and checks.csv; an interrupted sweep resumes where it stopped.
@@ -130,7 +137,7 @@ def attack(run_dir: str, attacks: tuple[str, ...], eps: tuple[str, ...], mode: s
                 click.echo(
                     f"Note: --attack {name} has no targeted mode in torchattacks; untargeted only.", err=True
                 )
-    results = attack_run_dir(run_dir, config, out_dir, source, which=which, progress=progress)
+    results = attack_run_dir(run_dir, config, out_dir, source, which=which, progress=progress, data=data)
     table = results.summary[results.summary["role"] == "sweep"]
     table = table.pivot_table(
         index=["source", "attack", "targeted", "metric"], columns="eps_std", values="value"

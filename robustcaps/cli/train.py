@@ -136,14 +136,22 @@ def _eval_rows(loaded: runs.LoadedRun, parts: tuple[str, ...], multi_crop: bool,
 @click.option("--multi-crop", is_flag=True, help="Average 13 crops (centre + 12 diagonal offsets).")
 @click.option("--which", type=click.Choice(runs.CHECKPOINTS), default="best", show_default=True)
 @click.option("--device", type=click.Choice(training.DEVICES), default="auto", show_default=True)
-def eval_(run_dir: str, parts: tuple[str, ...], multi_crop: bool, which: str, device: str) -> None:
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where RUN_DIR's dataset is, if not where it was trained (checked against its metadata).",
+)
+def eval_(
+    run_dir: str, parts: tuple[str, ...], multi_crop: bool, which: str, device: str, data: str | None
+) -> None:
     """Error per part and per class of a trained run; prints it and writes RUN_DIR/eval.csv."""
     import pandas as pd
 
     from robustcaps.distributed import World
 
     device = str(training.resolve_device(device, World()))
-    loaded = runs.load_run(run_dir, which, device)
+    loaded = runs.load_run(run_dir, which, device, data=data)
     rows = _eval_rows(loaded, parts or ("familiar", "novel", "test", "val"), multi_crop, device)
     table = pd.DataFrame(rows)
     path = Path(run_dir) / runs.EVAL_FILE
