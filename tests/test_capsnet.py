@@ -66,6 +66,27 @@ def test_half_of_the_capsules_in_each_layer_are_active_at_the_start(small):
     assert first_layer.std() > 1e-3, "activations must depend on the input, not sit at one value"
 
 
+def test_calibrating_beta_a_keeps_agreement_rewarded_and_the_class_activations_apart():
+    """calibrate="beta_a": β_u stays 0, so the cost per unit of mass is Σ log σ < 0 (more agreeing mass,
+    higher activation), and half the capsules still start active; with β_u calibrated instead, the class
+    activations start within ±0.005 of each other (measured: std 0.004 vs 0.09 on capsnet-small)."""
+    torch.manual_seed(0)
+    by_beta_a = create_model("capsnet-small", calibrate="beta_a")
+    torch.manual_seed(0)
+    by_beta_u = create_model("capsnet-small")
+    x = images(8, seed=7)
+    with torch.no_grad():
+        layers_a, layers_u = by_beta_a.routed(x), by_beta_u.routed(x)
+    layers = (by_beta_a.conv_caps1, by_beta_a.conv_caps2, by_beta_a.class_caps)
+    for layer, routed in zip(layers, layers_a, strict=True):
+        assert (layer.beta_u == 0).all() and (layer.beta_a != 0).all()
+        assert (0.5 * routed.variances.log().sum(-1) < 0).all(), "cost per unit of mass is negative"
+        assert 0.3 < routed.activations.median() < 0.7
+    assert layers_a[-1].activations.std() > 5 * layers_u[-1].activations.std()
+    with pytest.raises(RobustcapsError, match="calibrate"):
+        create_model("capsnet-small", calibrate="beta")
+
+
 @pytest.mark.parametrize("estep", ["cross", "position"])
 def test_gradients_are_finite_and_nonzero_for_every_parameter(estep):
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from robustcaps.errors import RobustcapsError
-from robustcaps.models.capsnet import ESTEPS, ROUTINGS, CapsNet, CapsNetConfig
+from robustcaps.models.capsnet import CALIBRATIONS, ESTEPS, ROUTINGS, CapsNet, CapsNetConfig
 from robustcaps.models.cnn import CNN, CNNConfig
 
 __all__ = [
@@ -89,6 +89,11 @@ def _check(name: str, config: Any) -> None:
         if config.routing not in ROUTINGS:
             raise RobustcapsError(
                 f"model {name!r}: routing must be one of {', '.join(ROUTINGS)}, got {config.routing!r}"
+            )
+        if config.calibrate not in CALIBRATIONS:
+            allowed = ", ".join(CALIBRATIONS)
+            raise RobustcapsError(
+                f"model {name!r}: calibrate must be one of {allowed}, got {config.calibrate!r}"
             )
         if config.iterations < 1:
             raise RobustcapsError(f"model {name!r}: iterations must be at least 1, got {config.iterations}")

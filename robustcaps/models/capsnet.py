@@ -36,6 +36,7 @@ OUTPUTS = ("logits", "activations", "vote_logits")
 ESTEPS = ("cross", "position")
 ROUTINGS = ("plain", "fused")
 RECOMPUTE = ("all", "first", "none")
+CALIBRATIONS = ("beta_u", "beta_a")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class CapsNetConfig:
     parents have 72 or 512 children; without it, it is a number-of-children-dependent inverse temperature.
     Default 100 (Gritzman's value), measured at init on capsnet-small: raw mass leaves the ConvCaps logits
     almost input-independent (std 0.004, every activation 0.50 ± 0.002); with 100 their std is 0.18, and
-    with β_u = 0 a third to four fifths of the ConvCaps capsules would saturate — hence calibrate_beta_u.
+    with β_u = 0 a third to four fifths of the ConvCaps capsules would saturate — hence calibrate_half_active.
     routing: how the same routing is computed. "plain" (the reference) casts the votes as a tensor and
     routes them (routing.em_routing); "fused" forms each vote inside the routing's sums and recomputes
     them in backward (routing_fused), written for torch.compile: same results, less memory traffic.
@@ -70,6 +71,7 @@ class CapsNetConfig:
     data_mass: float | None = 100.0
     coordinate_addition: bool = True
     weight_std: float = 0.5  # ConvCaps/ClassCaps W: ‖V‖ ≈ ‖M‖ for a 4×4 product (4 · 0.5² = 1)
+    calibrate: str = "beta_u"  # which bias starts half the capsules active (calibrate_half_active)
     routing: str = "plain"
 
 
@@ -251,6 +253,7 @@ class CapsNet(nn.Module):
         super().__init__()
         assert config.estep in ESTEPS, f"estep must be one of {ESTEPS}"
         assert config.routing in ROUTINGS, f"routing must be one of {ROUTINGS}"
+        assert config.calibrate in CALIBRATIONS, f"calibrate must be one of {CALIBRATIONS}"
         self.config, self.name = config, name
         self.standardize = Standardize()
         self.conv1 = nn.Conv2d(config.in_channels, config.conv1_channels, kernel_size=5, stride=2)
@@ -259,7 +262,7 @@ class CapsNet(nn.Module):
         self.conv_caps2 = ConvCaps(config.convcaps1_types, config.convcaps2_types, 3, 1, 6, config)
         centres = receptive_field_centres([(5, 2), (1, 1), (3, 2), (3, 1)], self.conv_caps2.out_size)
         self.class_caps = ClassCaps(config.convcaps2_types, config.n_classes, centres, config)
-        self.calibrate_beta_u()
+        self.calibrate_half_active()
 
     def use_routing(self, routing: str) -> None:
         """Compute routing the `routing` way from now on ("plain" or "fused"): the same function of the same
@@ -306,20 +309,28 @@ class CapsNet(nn.Module):
         return (classes.activations if output == "activations" else classes.logits).squeeze(1)
 
     @torch.no_grad()
-    def calibrate_beta_u(self, images: int = 4, seed: int = 0) -> None:
-        """Initialise β_u so that half of the capsules in each routed layer are active at the start.
+    def calibrate_half_active(self, images: int = 4, seed: int = 0) -> None:
+        """Initialise β_u (or β_a) so that half of the capsules in each routed layer are active at the start.
 
-        The authors' answer on OpenReview: "half of the capsules in each layer active at the start". With
-        β_a = 0 the final logit λ(β_a − (16 β_u + Σ_h log σ_h) · mass) of a parent is zero exactly when
-        β_u = −Σ_h log σ_h / 16, so β_u of each layer, in order, is set from the median Σ_h log σ_h over
-        a fixed batch of uniform random images: the median activation lands near 0.5 whatever the
-        initial vote scale. A fixed generator leaves the global random stream alone.
+        The authors' answer on OpenReview: "half of the capsules in each layer active at the start". A
+        parent's final logit is λ(β_a − (16 β_u + Σ_h log σ_h) · mass). `calibrate="beta_u"` (β_a = 0):
+        the logit is zero exactly when β_u = −Σ_h log σ_h / 16, so β_u is set from the median Σ_h log σ_h.
+        That centres the cost per unit of mass at zero, so for about half the parents more mass (more
+        agreeing children) *lowers* the activation. `calibrate="beta_a"` (β_u = 0): β_a is set to the
+        median cost instead, which centres the logits the same way but keeps the cost per unit of mass at
+        Σ_h log σ_h (< 0 for votes tighter than 1), so agreement raises the activation, as EM routing
+        means it to. Each layer in order, over a fixed batch of uniform random images; a fixed generator
+        leaves the global random stream alone.
         """
         generator = torch.Generator().manual_seed(seed)
         probe = torch.rand(images, self.config.in_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
         capsules = self.primary_caps(F.relu(self.conv1(self.standardize(probe.to(self.conv1.weight.device)))))
         for layer in (self.conv_caps1, self.conv_caps2, self.class_caps):
-            log_sigma = 0.5 * layer(capsules).variances.log().sum(-1)
-            layer.beta_u.fill_(-log_sigma.median().item() / POSE)
+            routed = layer(capsules)
+            if self.config.calibrate == "beta_a":
+                layer.beta_a.fill_((-routed.logits / layer.schedule[-1]).median().item())
+            else:
+                log_sigma = 0.5 * routed.variances.log().sum(-1)
+                layer.beta_u.fill_(-log_sigma.median().item() / POSE)
             if layer is not self.class_caps:
                 capsules = _as_capsules(layer(capsules), layer.out_size)
