@@ -64,6 +64,10 @@ def test_presets():
     assert not paper.demo and (paper.capsnet, paper.cnn, paper.batch_size) == ("capsnet", "cnn", 64)
     assert paper.margin_step_scale == 50_000 and max(paper.eps) == 0.5
     assert get_preset("gpu").capsnet == "capsnet" and set(PRESETS) >= {"quick", "gpu", "paper"}
+    for name in ("quick", "gpu", "paper"):  # β_a calibration: agreement rewarded from the start
+        preset = get_preset(name)
+        assert preset.overrides(preset.capsnet) == {"calibrate": "beta_a"}
+        assert not preset.overrides(preset.cnn)
     with pytest.raises(RobustcapsError, match="--preset"):
         get_preset("huge")
 
