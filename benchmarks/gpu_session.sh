@@ -31,6 +31,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 python3 -c "import torch, torchattacks, robustcaps; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     || exit 1
 
+rm -rf "$results"  # this copy's committed results of an earlier run: the new run replaces them whole
 echo "== [$(elapsed) s] reproduce --preset $PRESET (limit $REPRODUCE_LIMIT s)"
 timeout --signal=INT --kill-after=10 "$REPRODUCE_LIMIT" \
     python3 -m robustcaps reproduce --preset "$PRESET" --out "$results" --runs "$runs" --device "$DEVICE"
