@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from robustcaps.attack import NUM_CLASSES, AttackConfig, eps_pixel_and_std
+from robustcaps.attack import NUM_CLASSES, AttackConfig, eps_pixel_and_std, predict
 from robustcaps.attack_sweep import SELF, Cell, EvalSet, Victim
 
 CHANCE = 1 / NUM_CLASSES
@@ -209,9 +209,9 @@ def check_vote_surrogate(victim: Victim, eval_set: EvalSet, config: AttackConfig
     for start in range(0, len(eval_set.labels), config.batch_size):
         images = eval_set.images[start : start + config.batch_size].to(device)
         labels = eval_set.labels[start : start + config.batch_size].to(device)
-        votes = victim.model(images, output="vote_logits").argmax(dim=1)
+        votes = predict(victim.model, images, "vote_logits")
         correct += int((votes == labels).sum())
-        agree += int((votes == victim.model(images, output="logits").argmax(dim=1)).sum())
+        agree += int((votes == predict(victim.model, images)).sum())
     n = len(eval_set.labels)
     accuracy = correct / n
     passed = accuracy > CHANCE + tolerance(CHANCE, n)

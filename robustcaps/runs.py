@@ -13,7 +13,7 @@ import platform
 import socket
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -283,8 +283,6 @@ def load_run(
     `data`: where the run's dataset is on this machine (a committed or copied run names the directory it
     was trained from); it must be the same dataset, checked against metadata.json (`check_same_dataset`).
     """
-    import dataclasses
-
     from robustcaps.train import TrainConfig, build_model  # train imports runs: import here, not at the top
 
     if which not in CHECKPOINTS:
@@ -296,7 +294,7 @@ def load_run(
     metadata = read_json(run_dir / METADATA_FILE, "run metadata")
     if data is not None:
         check_same_dataset(metadata, data)
-        config = dataclasses.replace(config, data=str(data))
+        config = replace(config, data=str(data))
     path = checkpoint_path(run_dir, which)
     state = load_checkpoint(path, device)
     model = build_model(config)

@@ -119,31 +119,16 @@ class ConvCaps(nn.Module):
         patches = capsules.unfold(1, k, s).unfold(2, k, s)  # (N, Ho, Wo, B, 17, K, K): a view
         patches = patches.permute(0, 1, 2, 5, 6, 3, 4).reshape(n, self.out_size**2, -1, POSE + 1)
         poses, activations = patches[..., :POSE].unflatten(-1, (4, 4)), patches[..., POSE]
-        if self.fused:
-            return _fused(
-                self.recompute,
-                poses,
-                self.weight,
-                activations,
-                self.beta_u,
-                self.beta_a,
-                self.schedule,
-                min_variance=self.min_variance,
-                mass_scale=self.mass_scale,
-                children=self.child_index,
-                n_children=self.n_children,
-            )
-        return em_routing(
-            cast_votes(poses, self.weight),
-            activations,
-            self.beta_u,
-            self.beta_a,
-            self.schedule,
+        inputs = (activations, self.beta_u, self.beta_a, self.schedule)
+        settings = dict(
             min_variance=self.min_variance,
             mass_scale=self.mass_scale,
             children=self.child_index,
             n_children=self.n_children,
         )
+        if self.fused:
+            return _fused(self.recompute, poses, self.weight, *inputs, **settings)
+        return em_routing(cast_votes(poses, self.weight), *inputs, **settings)
 
 
 class ClassCaps(nn.Module):

@@ -184,16 +184,43 @@ def _m_step(
     mass_scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """μ, σ² and the pre-sigmoid activation of every parent from R'_ij = R_ij a_i (N, L, J, I)."""
-    mass = weighted.sum(-1)  # Σ_i R'_ij: (N, L, J)
-    total = (mass / (mass + MASS_EPSILON)).unsqueeze(-1)  # Σ_i s_ij: 1 up to the ε
-    share = (weighted / (mass + MASS_EPSILON).unsqueeze(-1)).unsqueeze(-2)  # s_ij: (N, L, J, 1, I)
+    mass, total, share = data_shares(weighted)
+    share = share.unsqueeze(-2)  # (N, L, J, 1, I): sums over the children as batched matrix products
     mean = (share @ votes).squeeze(-2)  # (N, L, J, 16)
+    second = (share @ votes_sq).squeeze(-2)  # Σ_i s_ij V²
+    return parents_from_moments(
+        mean, second, total, mass, beta_u, beta_a, inverse_temperature, min_variance, mass_scale
+    )
+
+
+def data_shares(weighted: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """From R'_ij (N, L, J, I): the mass Σ_i R'_ij (N, L, J), Σ_i s_ij (N, L, J, 1: 1 up to the ε) and
+    the shares s_ij = R'_ij / Σ_i R'_ij (N, L, J, I). The ε keeps μ finite when no child is active."""
+    mass = weighted.sum(-1)
+    total = (mass / (mass + MASS_EPSILON)).unsqueeze(-1)
+    share = weighted / (mass + MASS_EPSILON).unsqueeze(-1)
+    return mass, total, share
+
+
+def parents_from_moments(
+    mean: Tensor,
+    second: Tensor,
+    total: Tensor,
+    mass: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    inverse_temperature: float,
+    min_variance: float,
+    mass_scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """μ, σ² and the pre-sigmoid activation from the weighted moments μ = Σ_i s_ij V and Σ_i s_ij V²
+    (both routing paths, so that they round alike)."""
     # Σ_i s_ij (V − μ)² = Σ_i s_ij V² − μ² (2 − Σ_i s_ij) saves a pass over the votes; clamp the
     # rounding below zero away.
-    spread = (share @ votes_sq).squeeze(-2) - mean.square() * (2 - total)
+    spread = second - mean.square() * (2 - total)
     variance = spread.clamp_min(0) + min_variance
     log_sigma = 0.5 * variance.log().sum(-1)  # Σ_h log σ_j^h
-    cost = (votes.shape[-1] * beta_u + log_sigma) * mass * mass_scale  # Σ_h cost_j^h
+    cost = (mean.shape[-1] * beta_u + log_sigma) * mass * mass_scale  # Σ_h cost_j^h
     return mean, variance, inverse_temperature * (beta_a - cost)
 
 

@@ -27,7 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustcaps.models.routing import MASS_EPSILON, Routed, _normalise, initial_responsibilities
+from robustcaps.models.routing import (
+    Routed,
+    _normalise,
+    data_shares,
+    initial_responsibilities,
+    parents_from_moments,
+)
 
 
 def fused_votes(poses: Tensor, weight: Tensor, offsets: Tensor | None) -> Tensor:
@@ -92,16 +98,13 @@ def _m_step(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """μ, σ² and the pre-sigmoid activation from R'_ij = R_ij a_i (N, L, J, I); sums over the children are
     element-wise products reduced over I, which inductor fuses with the vote's multiply-adds."""
-    mass = weighted.sum(-1)  # Σ_i R'_ij: (N, L, J)
-    total = (mass / (mass + MASS_EPSILON)).unsqueeze(-1)  # Σ_i s_ij: 1 up to the ε
-    share = (weighted / (mass + MASS_EPSILON).unsqueeze(-1)).unsqueeze(-1)  # s_ij: (N, L, J, I, 1)
+    mass, total, share = data_shares(weighted)
+    share = share.unsqueeze(-1)  # s_ij: (N, L, J, I, 1)
     mean = (share * votes).sum(-2)  # (N, L, J, 16)
-    # the plain path's one-pass form Σ_i s_ij V² − μ² (2 − Σ_i s_ij), so both paths round alike
-    spread = (share * votes.square()).sum(-2) - mean.square() * (2 - total)
-    variance = spread.clamp_min(0) + min_variance
-    log_sigma = 0.5 * variance.log().sum(-1)  # Σ_h log σ_j^h
-    cost = (votes.shape[-1] * beta_u + log_sigma) * mass * mass_scale  # Σ_h cost_j^h
-    return mean, variance, inverse_temperature * (beta_a - cost)
+    second = (share * votes.square()).sum(-2)  # Σ_i s_ij V²
+    return parents_from_moments(
+        mean, second, total, mass, beta_u, beta_a, inverse_temperature, min_variance, mass_scale
+    )
 
 
 def _log_joint(votes: Tensor, mean: Tensor, variance: Tensor, logits: Tensor) -> Tensor:
