@@ -206,9 +206,7 @@ def check_vote_surrogate(victim: Victim, eval_set: EvalSet, config: AttackConfig
     if getattr(victim.model, "family", "") != "capsnet":
         return None
     device, correct, agree = torch.device(config.device), 0, 0
-    for start in range(0, len(eval_set.labels), config.batch_size):
-        images = eval_set.images[start : start + config.batch_size].to(device)
-        labels = eval_set.labels[start : start + config.batch_size].to(device)
+    for _, images, labels in eval_set.batches(config.batch_size, device):
         votes = predict(victim.model, images, "vote_logits")
         correct += int((votes == labels).sum())
         agree += int((votes == predict(victim.model, images)).sum())
@@ -242,9 +240,8 @@ def input_gradient_stats(model, eval_set: EvalSet, config: AttackConfig, head: s
     """(fraction of examples with finite gradients, fraction whose gradient is exactly zero everywhere)."""
     device = torch.device(config.device)
     finite = zero = 0
-    for start in range(0, len(eval_set.labels), config.batch_size):
-        images = eval_set.images[start : start + config.batch_size].to(device).requires_grad_(True)
-        labels = eval_set.labels[start : start + config.batch_size].to(device)
+    for _, images, labels in eval_set.batches(config.batch_size, device):
+        images.requires_grad_(True)
         loss = F.cross_entropy(model(images, output=head), labels, reduction="sum")
         (gradient,) = torch.autograd.grad(loss, images)
         flat = gradient.flatten(1)

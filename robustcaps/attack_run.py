@@ -48,10 +48,8 @@ def clean_rows(victim: Victim, eval_set: EvalSet, config: AttackConfig) -> pd.Da
     """Predictions on the unperturbed images, as rows of the pseudo-attack `clean` at ε = 0."""
     device = torch.device(config.device)
     with torch.no_grad():
-        predictions = torch.cat([
-            victim.model(eval_set.images[s : s + config.batch_size].to(device)).argmax(1).cpu()
-            for s in range(0, len(eval_set.labels), config.batch_size)
-        ])  # fmt: skip
+        batches = eval_set.batches(config.batch_size, device)
+        predictions = torch.cat([victim.model(images).argmax(1).cpu() for _, images, _ in batches])
     table = pd.DataFrame({
         "example": eval_set.index.numpy(), "label": eval_set.labels.numpy(), "attack": "clean",
         "targeted": False, "target": -1, "eps_pixel": 0.0, "eps_std": 0.0, "source": SELF, "role": "sweep",

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustcaps.attack import (
@@ -56,6 +57,12 @@ class EvalSet:
     @property
     def sigma_mean(self) -> float:
         return float(per_image_sigma(self.images).mean())
+
+    def batches(self, batch_size: int, device: str | torch.device) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(index, images, labels) in order, `batch_size` at a time; images and labels on `device`."""
+        for start in range(0, len(self.labels), batch_size):
+            end = start + batch_size
+            yield self.index[start:end], self.images[start:end].to(device), self.labels[start:end].to(device)
 
 
 @dataclass(frozen=True)
@@ -163,16 +170,14 @@ def run_cell(cell: Cell, config: AttackConfig, victim: Victim, eval_set: EvalSet
     settings = replace(config, steps=steps, restarts=cell.restarts)
     offsets = range(1, NUM_CLASSES) if cell.targeted else [0]
     frames = []
-    for start in range(0, len(eval_set.labels), config.batch_size):
-        images = eval_set.images[start : start + config.batch_size].to(device)
-        labels = eval_set.labels[start : start + config.batch_size].to(device)
+    for index, images, labels in eval_set.batches(config.batch_size, device):
         for offset in offsets:
             targets = (labels + offset) % NUM_CLASSES if cell.targeted else None
             adversarial = craft(
                 cell.attack, crafting_model, images, labels, cell.eps_pixel, settings, targets
             )
             frame = pd.DataFrame({
-                "example": eval_set.index[start : start + config.batch_size].numpy(),
+                "example": index.numpy(),
                 "label": labels.cpu().numpy(),
                 "target": targets.cpu().numpy() if targets is not None else -1,
                 "prediction": predict(victim.model, adversarial).cpu().numpy(),
