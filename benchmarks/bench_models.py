@@ -18,6 +18,7 @@ the device name, torch version and commit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import json
@@ -36,7 +37,7 @@ from robustcaps.models import create_model, list_models
 from robustcaps.runs import atomic_write_text, device_description, git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KEY = ["model", "routing", "recompute", "batch_size", "mode", "phase", "threads", "malloc", "tf32"]
+KEY = ["model", "routing", "recompute", "batch_size", "mode", "phase", "threads", "malloc", "tf32", "amp"]
 # glibc serves every block over 32 MiB with a fresh mmap, so each large vote tensor costs page faults on first
 # touch (measured here: 120 ms to allocate and fill 42 MB, 10 ms to refill it). "no-mmap" keeps freed blocks
 # in the heap for reuse, like the caching allocator torch uses on CUDA.
@@ -72,13 +73,21 @@ def measure(
     check: bool = False,
     tf32: str = "default",
     recompute: str = "-",
+    amp: str = "none",
 ) -> dict:
     """One configuration, in this process: images per second and peak memory. `routing` "-": not a capsnet.
     `check`: afterwards, compare the timed model's logits (and, in training, gradients) on the same batch
     with the plain path in float64 (`float64_errors`). `tf32` "off": no TF32 in cuDNN convolutions (torch
-    allows it there by default; matrix products are full float32 by default either way)."""
+    allows it there by default; matrix products are full float32 by default either way). `amp` "bf16": the
+    forward under bfloat16 autocast, as `robustcaps train --amp bf16` (EM routing itself stays float32)."""
     torch.backends.cudnn.allow_tf32 = tf32 == "default"
     device = torch.device(device)
+
+    def autocast():
+        if amp == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
     torch.manual_seed(0)
     model = create_model(model_name, **({} if routing == "-" else {"routing": routing})).to(device)
     if recompute != "-":
@@ -92,14 +101,16 @@ def measure(
 
         def step():
             optimiser.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(run(x), y).backward()
+            with autocast():
+                logits = run(x)
+            torch.nn.functional.cross_entropy(logits.float(), y).backward()
             optimiser.step()
 
     else:
         model.eval()
 
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 run(x)
 
     if device.type == "cuda":
@@ -116,29 +127,31 @@ def measure(
         "memory_kind": kind,
     }
     if check and routing != "-":
-        result.update(float64_errors(model, run, model_name, x, y, phase == "train"))
+        result.update(float64_errors(model, run, model_name, x, y, phase == "train", autocast))
     return result
 
 
-def float64_errors(model, run, model_name: str, x, y, train: bool) -> dict:
-    """How far the timed computation (any routing path, eager or compiled, float32) is from the plain path
-    in float64 with the same weights on the same batch: max |Δlogit| / max(1, max |logit|), and for
-    training ‖Δ∇‖ / ‖∇‖ over all parameters. The plain path's own float32 row is the yardstick."""
+def float64_errors(model, run, model_name: str, x, y, train: bool, autocast=contextlib.nullcontext) -> dict:
+    """How far the timed computation (any routing path, eager or compiled, float32 or under `autocast`) is
+    from the plain path in float64 with the same weights on the same batch: max |Δlogit| / max(1, max
+    |logit|), and for training ‖Δ∇‖ / ‖∇‖ over all parameters. The plain float32 row is the yardstick."""
     reference = create_model(model_name, routing="plain").to(x.device, torch.float64)
     reference.load_state_dict(model.state_dict())
     reference.train(model.training)
 
-    def logits_and_grads(net, module, inputs):
+    def logits_and_grads(net, module, inputs, context):
         module.zero_grad(set_to_none=True)
         with torch.set_grad_enabled(train):
-            logits = net(inputs)
+            with context():
+                logits = net(inputs)
+            logits = logits.to(inputs.dtype)  # autocast may return bfloat16 logits
             if not train:
                 return logits.detach(), None
             torch.nn.functional.cross_entropy(logits, y).backward()
         return logits.detach(), torch.cat([p.grad.flatten() for p in module.parameters()])
 
-    ref_logits, ref_grads = logits_and_grads(reference, reference, x.double())
-    logits, grads = logits_and_grads(run, model, x)
+    ref_logits, ref_grads = logits_and_grads(reference, reference, x.double(), contextlib.nullcontext)
+    logits, grads = logits_and_grads(run, model, x, autocast)
     scale = max(1.0, float(ref_logits.abs().max()))
     errors = {"err_logits_vs_f64": float((logits.double() - ref_logits).abs().max()) / scale}
     if train:
@@ -251,6 +264,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("all", "first", "none"),
         help="fused routing: which routed layers recompute in backward (CapsNet.use_recompute)",
     )
+    parser.add_argument(
+        "--amp",
+        default="none",
+        choices=("none", "bf16"),
+        help="bf16: forward under bfloat16 autocast, as train --amp bf16 (EM routing computes in float32)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -310,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
             "steps": args.steps,
             "check": args.check,
             "tf32": args.tf32,
+            "amp": args.amp,
         }
         if args.in_process:
             result = run_here(timed_config, left)
@@ -320,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
             "threads": torch.get_num_threads(),
             "malloc": malloc,
             "tf32": args.tf32,
+            "amp": args.amp,
             **result,
             **meta,
         }
@@ -343,6 +364,8 @@ def write(table: pd.DataFrame, path: Path, show: bool = True) -> None:
             old["routing"] = old["model"].map(lambda m: "plain" if m.startswith("capsnet") else "-")
         if "tf32" not in old:  # rows from before --tf32 ran with torch's defaults
             old["tf32"] = "default"
+        if "amp" not in old:  # rows from before --amp: float32 throughout
+            old["amp"] = "none"
         if "recompute" not in old:  # rows from before --recompute: fused recomputed every layer
             old["recompute"] = old["routing"].map(lambda r: "all" if r == "fused" else "-")
         table = pd.concat([old, table]).drop_duplicates(KEY, keep="last")

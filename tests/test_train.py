@@ -227,3 +227,17 @@ def test_a_config_json_from_before_warmup_rebuilds_a_run_without_it(tmp_path):
     fresh = TrainConfig(model="cnn", steps=1000)
     (tmp_path / "config.json").write_text(config_json(fresh))
     assert TrainConfig.from_json(tmp_path / "config.json") == fresh
+
+
+def test_bf16_autocast_on_a_capsule_network_is_warned_against(tmp_path, monkeypatch):
+    from robustcaps.cli import train as train_cli
+
+    trained = []
+    monkeypatch.setattr(train_cli.training, "fit", lambda config, out, resume: trained.append(config.amp))
+    runner = CliRunner()
+    for model, warned in (("capsnet-small", True), ("cnn-small", False)):
+        args = ["train", "--model", model, "--amp", "bf16", "--out", str(tmp_path / model), "--device", "cpu"]
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert ("warning: --amp bf16 with a capsule network" in result.stderr) is warned
+    assert trained == ["bf16", "bf16"]  # a warning, not a refusal
