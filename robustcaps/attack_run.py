@@ -27,6 +27,7 @@ from robustcaps.attack_sweep import (
     sweep_cells,
 )
 from robustcaps.errors import RobustcapsError
+from robustcaps.models.common import full_float32_convolutions
 from robustcaps.runs import atomic_write_json, atomic_write_text, environment_metadata
 
 CELL_COLUMNS = ["attack", "targeted", "eps_pixel", "eps_std", "source", "role", "steps", "restarts"]
@@ -113,7 +114,15 @@ def attack_model(
     victim: Victim, eval_set: EvalSet, config: AttackConfig, out_dir: str | Path, progress: bool = True
 ) -> AttackResults:
     """Run (or resume) the sweep and the check cells, then write the three CSVs atomically."""
-    out_dir = Path(out_dir)
+    capsules = any(getattr(m, "family", "") == "capsnet" for m in (victim.model, victim.source))
+    with full_float32_convolutions(capsules):  # input gradients through routing, as in training
+        return _attack_model(victim, eval_set, config, Path(out_dir), progress)
+
+
+def _attack_model(
+    victim: Victim, eval_set: EvalSet, config: AttackConfig, out_dir: Path, progress: bool
+) -> AttackResults:
+
     victim.model.eval()
     if victim.source is not None:
         victim.source.eval()

@@ -23,6 +23,7 @@ from robustcaps import distributed, losses, runs
 from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate
 from robustcaps.models import CapsNet, routing_as
+from robustcaps.models.common import full_float32_convolutions
 from robustcaps.train import TrainConfig, build_model, check_resumable, config_json, load_split, lr_factor
 
 LOG_EVERY = 10  # steps between reading the loss back from the device (a sync) and refreshing the bar
@@ -187,10 +188,11 @@ def run_session(s: Session) -> None:
         desc=f"{s.config.model} {s.config.split}", dynamic_ncols=True,
     )  # fmt: skip
     try:
-        while not p.stop_reason and p.step < s.total_steps:
-            s.clock = time.perf_counter()
-            _train_epoch(s)
-            _end_epoch(s)
+        with full_float32_convolutions(s.model.family == "capsnet"):
+            while not p.stop_reason and p.step < s.total_steps:
+                s.clock = time.perf_counter()
+                _train_epoch(s)
+                _end_epoch(s)
     finally:
         s.bar.close()
     if s.world.is_main:

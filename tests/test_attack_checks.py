@@ -194,3 +194,19 @@ def test_registered_models_give_finite_gradients_and_stay_in_the_ball(name):
     images.requires_grad_(True)
     model(images).logsumexp(1).sum().backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_attacks_on_a_capsule_network_run_without_tf32_convolutions(toy, tmp_path):
+    class Recording(MaskedRoutingToy):
+        def forward(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
+            seen.append(torch.backends.cudnn.allow_tf32)
+            return super().forward(x, output)
+
+    config = AttackConfig(attacks=("fgsm",), eps=(0.0, 0.1), units="pixel", checks=False)
+    for family, allowed in (("capsnet", False), ("cnn", True)):
+        seen = []
+        model = Recording(toy).eval()
+        model.family = family
+        attack_model(Victim(model, "toy"), eval_set(20), config, tmp_path / family, progress=False)
+        assert seen and set(seen) == {allowed}
+        assert torch.backends.cudnn.allow_tf32

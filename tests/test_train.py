@@ -241,3 +241,22 @@ def test_bf16_autocast_on_a_capsule_network_is_warned_against(tmp_path, monkeypa
         assert result.exit_code == 0, result.output
         assert ("warning: --amp bf16 with a capsule network" in result.stderr) is warned
     assert trained == ["bf16", "bf16"]  # a warning, not a refusal
+
+
+def test_capsule_training_runs_its_convolutions_without_tf32_and_restores_the_flag(rendered_root, tmp_path):
+    # TF32 convolutions put capsule gradients ~15 % from float64 (models.common.full_float32_convolutions)
+    seen = []
+
+    def record(module, args, output):
+        if isinstance(module, torch.nn.Conv2d) and torch.is_grad_enabled():  # the training steps
+            seen.append(torch.backends.cudnn.allow_tf32)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        for model in ("capsnet-small", "cnn-small"):
+            seen.clear()
+            fit(_config(rendered_root, model=model, batch_size=4, steps=2, max_per_part=8), tmp_path / model)
+            assert seen and set(seen) == {model == "cnn-small"}  # the CNN keeps torch's default
+            assert torch.backends.cudnn.allow_tf32  # restored
+    finally:
+        handle.remove()

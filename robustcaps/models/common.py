@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +29,26 @@ class Standardize(nn.Module):
         dims = tuple(range(1, x.dim()))
         std, mean = torch.std_mean(x, dim=dims, correction=0, keepdim=True)
         return (x - mean) / (std + self.epsilon)
+
+
+@contextlib.contextmanager
+def full_float32_convolutions(enabled: bool = True) -> Iterator[None]:
+    """cuDNN convolutions in full float32 while inside (torch lets cuDNN use TF32 on Ampere and later GPUs).
+
+    Why capsule networks need it: EM routing turns small changes of the poses into large changes of the
+    vote variances that set every capsule's cost. On the H200 the float32 gradients of capsnet were 10-15 %
+    (relative L2) from float64, against 3e-5 on the CPU; emulating TF32 (operands rounded to 10 mantissa
+    bits) in the convolutions of a trained capsnet-small on the CPU gives 16 %, full float32 3e-4
+    (benchmarks/README.md). The convolutions are a small part of a capsule network's work. Written here
+    because torch.backends.cudnn.flags() sets every cuDNN flag at once, not this one alone. Read when a
+    convolution is traced or run, so torch.compile must compile inside the block.
+    """
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = previous and not enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
 
 
 def keep_freed_cpu_memory() -> bool:
