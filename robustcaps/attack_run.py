@@ -122,7 +122,6 @@ def attack_model(
 def _attack_model(
     victim: Victim, eval_set: EvalSet, config: AttackConfig, out_dir: Path, progress: bool
 ) -> AttackResults:
-
     victim.model.eval()
     if victim.source is not None:
         victim.source.eval()
