@@ -54,6 +54,24 @@ def demo_sentence(provenance: dict, dataset_kind: str) -> str:
     return f"These numbers come from preset `{preset}` on {dataset_kind} data."
 
 
+# Capsule settings that HSF18 fixes, and the words for a preset that changes them
+PAPER_CAPSNET = {"iterations": (3, "EM routing iterations")}
+
+
+def deviation_sentences(provenance: dict) -> list[str]:
+    """Where the preset's capsule network is not the paper's (its `capsnet_overrides`), said up front."""
+    overrides = dict(provenance.get("preset_settings", {}).get("capsnet_overrides", ()))
+    sentences = []
+    for field, (paper, words) in PAPER_CAPSNET.items():
+        if field in overrides and overrides[field] != paper:
+            sentences.append(
+                f"The capsule networks here use {overrides[field]} {words}, not the paper's {paper} (set by "
+                f"the preset: at this training budget they learned much faster that way); their results "
+                f"describe that variant."
+            )
+    return sentences
+
+
 def weak_model_sentences(clean: pd.DataFrame) -> list[str]:
     """A warning for each model whose clean error on the full split's test part is near chance."""
     if clean.empty:
@@ -190,7 +208,9 @@ def robustness_verdict(summary: pd.DataFrame, checks: pd.DataFrame) -> str:
 
 
 def findings_paragraph(results: dict, dataset_kind: str) -> str:
-    sentences = [demo_sentence(results["provenance"], dataset_kind), *weak_model_sentences(results["clean"])]
+    provenance = results["provenance"]
+    sentences = [demo_sentence(provenance, dataset_kind), *deviation_sentences(provenance)]
+    sentences += weak_model_sentences(results["clean"])
     if not results["viewpoint"].empty:
         sentences += viewpoint_sentences(results["viewpoint"])
     if not results["summary"].empty:

@@ -214,6 +214,12 @@ def test_a_full_size_run_on_rendered_data_is_not_called_a_demo(results_dir):
     paragraph = findings_paragraph(load_results(results_dir), "rendered")
     assert "demo" not in paragraph and "preset `gpu` on the rendered stand-in" in paragraph
     assert "at most 600 capsule steps" in paragraph and "not a replication" in paragraph
+    assert "iterations" not in paragraph  # the paper's capsule network: nothing to declare
+    overrides = [["calibrate", "beta_a"], ["iterations", 2]]  # as asdict(preset) reaches the JSON
+    provenance["preset_settings"] |= {"capsnet_overrides": overrides}
+    (results_dir / "provenance.json").write_text(json.dumps(provenance))
+    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    assert "use 2 EM routing iterations, not the paper's 3" in paragraph
 
 
 def test_notes_and_device_calls_recorded_in_provenance_reach_the_readme(results_dir):
