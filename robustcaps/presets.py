@@ -27,11 +27,11 @@ FIG3_EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)  # Fig. 3's range, s
 CAPSNET_INIT = (("calibrate", "beta_a"),)
 # Short runs route with 2 EM iterations instead of HSF18's 3, and say so in results/README.md
 # (findings.deviation_sentences). Measured on the CPU (capsnet-small, batch 32, 500 images per part, β_a,
-# no warm-up), best val error: 3 iterations 0.508 / 0.464 (seeds 0 / 1) at 150 steps and 0.458 at 400
-# (train error still 0.53); 2 iterations 0.300 / 0.240 at 150 and 0.238 at 400. Not the λ schedule (2
+# no warm-up), best val error: 3 iterations 0.508 / 0.464 (seeds 0 / 1) at 150 steps and 0.430 at 400
+# (train error still 0.48); 2 iterations 0.300 / 0.240 at 150 and 0.238 at 400. Not the λ schedule (2
 # iterations with the 3-iteration final λ: 0.314), not the E-step's normalisation ("position": 0.552 with
 # 3); every other knob tried (λ, class λ, lr, warm-up, margin ramp, data mass, cross-entropy) was no better
-# than the defaults. The `paper` preset keeps 3.
+# than the defaults (docs/LEARNING.md). The `paper` preset keeps 3.
 CAPSNET_SHORT_RUN = (*CAPSNET_INIT, ("iterations", 2))
 
 
