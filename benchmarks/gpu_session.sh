@@ -77,6 +77,7 @@ bench "$C:fused:64:compile:train" --recompute none --tf32 off
 bench "$C:fused:64:compile:train,$C:fused:256:compile:infer" --amp bf16 --tf32 off
 bench "$C:fused:256:compile:infer,$C:plain:64:compile:train" --tf32 off
 echo "== [$(elapsed) s] one-process DDP (NCCL) training with torch.compile and bf16 autocast, 60 steps"
+rm -rf /tmp/robustcaps-smoke  # a leftover run there would be refused rather than overwritten
 timeout 90 torchrun --nproc-per-node 1 -m robustcaps train --model cnn-small --data-size "$([ "$PRESET" = tiny ] && echo tiny || echo full)" \
     --steps 60 --batch-size 64 --device "$DEVICE" --compile --amp bf16 --out /tmp/robustcaps-smoke \
     && tail -n 2 /tmp/robustcaps-smoke/metrics.csv
