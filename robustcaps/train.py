@@ -27,6 +27,7 @@ import torch
 from robustcaps import distributed, losses, runs
 from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate  # lives in its own module; docs/ARCHITECTURE.md names it here
+from robustcaps.models.capsnet import ROUTINGS
 
 __all__ = ["TrainConfig", "build_model", "evaluate", "fit", "load_split", "resolve_device"]
 
@@ -38,7 +39,6 @@ AMP = ("none", "bf16")
 # checks that it is the same data); anything else would not be the same run.
 # `routing` and `compile` change how the same function is computed (rounding only), not what is trained.
 RESUMABLE_CHANGES = frozenset({"epochs", "steps", "device", "compile", "routing", "eval_batch_size", "data"})
-ROUTINGS = ("plain", "fused")
 WARMUP_STEPS = 100
 # A config.json written before warm-up existed trained without it: loading one must rebuild that run.
 PRE_WARMUP_DEFAULTS = {"warmup_steps": 0}

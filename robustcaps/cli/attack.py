@@ -6,7 +6,7 @@ import click
 import torch
 
 from robustcaps.attack import ATTACKS, LOSSES, PARTS, UNITS, AttackConfig, supports_targeted
-from robustcaps.cli.options import device_option
+from robustcaps.cli.options import device_option, run_data_option
 from robustcaps.errors import RobustcapsError
 
 MODES = {"untargeted": (False,), "targeted": (True,), "both": (False, True)}
@@ -114,12 +114,7 @@ def resolve_device(device: str) -> str:
     help="Integrity checks (checks.csv); they add PGD cells at ε_pixel=0.5 and with a 4× budget.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option(
-    "--data",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Where RUN_DIR's dataset is, if not where it was trained (checked against its metadata).",
-)
+@run_data_option
 def attack(run_dir: str, attacks: tuple[str, ...], eps: tuple[str, ...], mode: str, out_dir: str | None,
            source: str | None, which: str, device: str, progress: bool, data: str | None,
            **options) -> None:  # fmt: skip

@@ -17,6 +17,14 @@ data_option = click.option(
     help="smallNORB-format directory (real or rendered); default: the preset's rendered stand-in.",
 )
 
+# Where a trained run's dataset is on this machine (`robustcaps eval`, `robustcaps attack`)
+run_data_option = click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where RUN_DIR's dataset is, if not where it was trained (checked against its metadata).",
+)
+
 
 def preset_option(help: str) -> click.decorators.FC:
     return click.option(

@@ -10,6 +10,7 @@ import click
 from robustcaps import evaluate as evaluation
 from robustcaps import losses, runs
 from robustcaps import train as training
+from robustcaps.cli.options import run_data_option
 from robustcaps.errors import RobustcapsError
 
 # CLI option → TrainConfig field, for the options `--resume` may not change (see train.RESUMABLE_CHANGES).
@@ -110,7 +111,9 @@ def train(ctx: click.Context, **options) -> None:
             raise RobustcapsError("--resume needs --out RUN_DIR")
         options["out"] = f"runs/{options['model']}-{options['split']}-s{options['seed']}"
     config = _config(ctx, options)
-    if config.amp == "bf16" and config.model.startswith("capsnet"):
+    from robustcaps.report_tables import family_of  # imports pandas: not at CLI start-up
+
+    if config.amp == "bf16" and family_of(config.model) == "capsnet":
         click.echo(
             "warning: --amp bf16 with a capsule network: EM routing turns the bfloat16 rounding of the poses "
             "into gradients 57-75 % (relative L2) from float64, against 1e-4 in float32 (capsnet-small, "
@@ -143,12 +146,7 @@ def _eval_rows(loaded: runs.LoadedRun, parts: tuple[str, ...], multi_crop: bool,
 @click.option("--multi-crop", is_flag=True, help="Average 13 crops (centre + 12 diagonal offsets).")
 @click.option("--which", type=click.Choice(runs.CHECKPOINTS), default="best", show_default=True)
 @click.option("--device", type=click.Choice(training.DEVICES), default="auto", show_default=True)
-@click.option(
-    "--data",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Where RUN_DIR's dataset is, if not where it was trained (checked against its metadata).",
-)
+@run_data_option
 def eval_(
     run_dir: str, parts: tuple[str, ...], multi_crop: bool, which: str, device: str, data: str | None
 ) -> None:
