@@ -217,7 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--routing",
         default="plain",
-        help="capsnet EM routing paths, comma-separated: plain and/or fused (cnn rows record '-')",
+        help="capsnet EM routing paths, comma-separated: plain, fused, triton (cnn rows record '-')",
     )
     parser.add_argument(
         "--malloc", default="default", help="CPU allocator settings: default, no-mmap or both"
@@ -262,7 +262,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--recompute",
         default="all",
         choices=("all", "first", "none"),
-        help="fused routing: which routed layers recompute in backward (CapsNet.use_recompute)",
+        help="fused and triton routing: which routed layers recompute in backward (CapsNet.use_recompute)",
     )
     parser.add_argument(
         "--amp",
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
             mode=mode,
             phase=phase,
             device=args.device,
-            recompute=args.recompute if routing == "fused" else "-",
+            recompute=args.recompute if routing in ("fused", "triton") else "-",
         )
         left = args.timeout if args.deadline is None else min(args.timeout, args.deadline - time.time())
         if left < EXPECTED_SECONDS[mode]:

@@ -68,6 +68,10 @@ C=${BENCH_CAPSNET:-capsnet}
 # Capsule rows with --tf32 off, as `robustcaps train` and `attack` run capsule networks since TF32 was
 # found to put their gradients 10-15 % from float64 (models.common.full_float32_convolutions); a later
 # group repeats the bars with torch's default for comparison.
+# Issue 8's newest candidate first: the Triton kernels (routing="triton"; eager, so no compile wait),
+# checkpointed per layer or not
+bench "$C:triton:64:eager:train,$C:triton:256:eager:infer" --tf32 off
+bench "$C:triton:64:eager:train" --recompute none --tf32 off
 bench "$C:plain:64:eager:train,$C:fused:64:compile:train" --tf32 off
 # Issue 8's training target (3,700 img/s within 4 GiB): recompute only ConvCaps1 in backward, or nothing;
 # then the forward under bf16 autocast (routing stays float32; its gradients were 57-75 % from float64 on

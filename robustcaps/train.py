@@ -70,7 +70,8 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     # how a capsule network's EM routing is computed while training: "fused" (models/routing_fused.py) is
-    # the fast path under --compile; evaluation always computes it the plain way (same function)
+    # the fast path under --compile, "triton" (models/routing_triton.py) the GPU kernels; evaluation
+    # computes it the plain way (same function), or with the kernels when training does
     routing: str = "plain"
     amp: str = "none"
     target_familiar_error: float | None = None

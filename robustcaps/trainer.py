@@ -24,6 +24,7 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate
 from robustcaps.models import CapsNet, routing_as
 from robustcaps.models.common import full_float32_convolutions
+from robustcaps.models.routing_triton import require_triton
 from robustcaps.train import TrainConfig, build_model, check_resumable, config_json, load_split, lr_factor
 
 LOG_EVERY = 10  # steps between reading the loss back from the device (a sync) and refreshing the bar
@@ -94,6 +95,11 @@ class Session:
         if config.routing != "plain":
             if not isinstance(model, CapsNet):
                 raise RobustcapsError(f"--routing {config.routing}: {config.model} has no EM routing")
+            if config.routing == "triton":
+                try:
+                    require_triton(torch.device(device))
+                except RuntimeError as error:
+                    raise RobustcapsError(f"--routing triton: {error}") from None
             model.use_routing(config.routing)
         net = torch.compile(model) if config.compile else model
         net = distributed.wrap(net, world, device)
@@ -290,8 +296,9 @@ def _end_epoch(s: Session) -> None:
 
 
 def _error(s: Session, tensorset: Any) -> float:
-    # in eager mode the plain routing path is the faster one (the fused one is for torch.compile)
-    with routing_as(s.model, "plain"):
+    # in eager mode the plain routing path is faster than the fused one (which is for torch.compile); the
+    # Triton kernels are faster than both where they run
+    with routing_as(s.model, "triton" if s.config.routing == "triton" else "plain"):
         return evaluate(s.model, tensorset, s.device, batch_size=s.config.eval_batch_size)["error"]
 
 

@@ -152,8 +152,8 @@ def test_fused_capsnet_under_torch_compile_matches_eager_plain():
 
 
 def test_unknown_routing_names_the_setting():
-    with pytest.raises(RobustcapsError, match="routing must be one of plain, fused"):
-        create_model("capsnet-small", routing="triton")
+    with pytest.raises(RobustcapsError, match="routing must be one of plain, fused, triton"):
+        create_model("capsnet-small", routing="vectorised")
     assert create_model("capsnet-small").config.routing == "plain", "the plain path stays the default"
 
 
@@ -164,14 +164,14 @@ def test_routing_can_be_switched_on_a_built_model_and_back():
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     want = plain(x)
     plain.use_routing("fused")
-    assert plain.routing == "fused" and plain.conv_caps2.fused and plain.class_caps.fused
+    assert plain.routing == "fused" and plain.conv_caps2.routing == plain.class_caps.routing == "fused"
     torch.testing.assert_close(plain(x), want, rtol=1e-10, atol=1e-12)
     with routing_as(plain, "plain"):
-        assert plain.routing == "plain" and not plain.class_caps.fused
+        assert plain.routing == "plain" and plain.class_caps.routing == "plain"
     assert plain.routing == "fused", "the block restores the path it found"
     assert plain.config.routing == "plain", "the config keeps what the model was built with"
     with pytest.raises(ValueError, match="routing must be one of"):
-        plain.use_routing("triton")
+        plain.use_routing("vectorised")
     cnn = create_model("cnn-small")
     with routing_as(cnn, "fused") as same:  # not a capsule network: nothing to switch
         assert same is cnn

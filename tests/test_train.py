@@ -22,6 +22,7 @@ from robustcaps import losses, runs
 from robustcaps.cli import cli
 from robustcaps.errors import RobustcapsError
 from robustcaps.losses import spread_margin
+from robustcaps.models import routing_kernels
 from robustcaps.train import TrainConfig, config_json, fit, lr_factor
 
 # One thread: the same arithmetic in every process, and no starving the other tests.
@@ -151,8 +152,12 @@ def test_training_with_fused_routing_gives_the_plain_weights_and_loads_as_plain(
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)  # float32 rounding only
     with pytest.raises(RobustcapsError, match="--routing fused: cnn-small has no EM routing"):
         fit(_config(rendered_root, routing="fused", steps=1), tmp_path / "cnn")
-    with pytest.raises(RobustcapsError, match="--routing 'triton'"):
-        _config(rendered_root, routing="triton")
+    with pytest.raises(RobustcapsError, match="--routing 'vectorised'"):
+        _config(rendered_root, routing="vectorised")
+    monkeypatch.setattr(routing_kernels, "INTERPRETED", False)  # a CPU without Triton's interpreter
+    with pytest.raises(RobustcapsError, match="--routing triton: routing='triton' needs a CUDA GPU"):
+        fit(_config(rendered_root, routing="triton", **common), tmp_path / "triton")
+    assert not (tmp_path / "triton" / "checkpoints").exists()
 
 
 def test_target_familiar_error_stops_and_is_recorded(rendered_root, tmp_path):

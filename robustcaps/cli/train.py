@@ -92,7 +92,8 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
 @click.option("--compile", is_flag=True, help="torch.compile the model.")
 @click.option("--routing", type=click.Choice(training.ROUTINGS), default="plain", show_default=True,
               help="How capsule EM routing is computed in training: fused is the fast path under "
-              "--compile (same function; evaluation always uses plain).")  # fmt: skip
+              "--compile, triton the GPU kernels (same function; evaluation uses plain, or triton "
+              "when training does).")  # fmt: skip
 @click.option("--amp", type=click.Choice(training.AMP), default="none", show_default=True)
 @click.option(
     "--target-familiar-error", type=float, help="Stop when familiar-viewpoint error ≤ this (HSF18 T2)."

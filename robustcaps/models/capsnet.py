@@ -29,12 +29,13 @@ from robustcaps.models.routing import (
     mass_scale,
 )
 from robustcaps.models.routing_fused import fused_em_routing
+from robustcaps.models.routing_triton import triton_em_routing
 
 IMAGE_SIZE = 32
 POSE = 16  # a 4×4 pose matrix, flattened
 OUTPUTS = ("logits", "activations", "vote_logits")
 ESTEPS = ("cross", "position")
-ROUTINGS = ("plain", "fused")
+ROUTINGS = ("plain", "fused", "triton")
 RECOMPUTE = ("all", "first", "none")
 CALIBRATIONS = ("beta_u", "beta_a")
 
@@ -54,7 +55,9 @@ class CapsNetConfig:
     with β_u = 0 a third to four fifths of the ConvCaps capsules would saturate — hence calibrate_half_active.
     routing: how the same routing is computed. "plain" (the reference) casts the votes as a tensor and
     routes them (routing.em_routing); "fused" forms each vote inside the routing's sums and recomputes
-    them in backward (routing_fused), written for torch.compile: same results, less memory traffic.
+    them in backward (routing_fused), written for torch.compile: same results, less memory traffic;
+    "triton" computes the vote-sized sums in Triton kernels that never store a vote (routing_triton; a
+    CUDA GPU, or Triton's interpreter in the tests).
     """
 
     in_channels: int = 1
@@ -111,8 +114,8 @@ class ConvCaps(nn.Module):
         self.mass_scale = mass_scale(cross, self.n_children, out_types, children.shape[1], config.data_mass)
         self.schedule = inverse_temperature_schedule(config.inverse_temperature, config.iterations)
         self.min_variance = config.min_variance
-        self.fused = config.routing == "fused"
-        self.recompute = True  # fused path: backward recomputes the routing (see _fused)
+        self.routing = config.routing
+        self.recompute = True  # fused and triton paths: backward recomputes the routing (see _fused)
 
     def forward(self, capsules: Tensor) -> Routed:
         n, k, s = capsules.shape[0], self.kernel, self.stride
@@ -126,8 +129,8 @@ class ConvCaps(nn.Module):
             children=self.child_index,
             n_children=self.n_children,
         )
-        if self.fused:
-            return _fused(self.recompute, poses, self.weight, *inputs, **settings)
+        if self.routing != "plain":
+            return _fused(self.routing, self.recompute, poses, self.weight, *inputs, **settings)
         return em_routing(cast_votes(poses, self.weight), *inputs, **settings)
 
 
@@ -151,16 +154,17 @@ class ClassCaps(nn.Module):
         self.mass_scale = mass_scale(None, 0, n_classes, child_slots, config.data_mass)
         self.schedule = inverse_temperature_schedule(config.class_inverse_temperature, config.iterations)
         self.min_variance = config.min_variance
-        self.fused = config.routing == "fused"
-        self.recompute = True  # fused path: backward recomputes the routing (see _fused)
+        self.routing = config.routing
+        self.recompute = True  # fused and triton paths: backward recomputes the routing (see _fused)
 
     def forward(self, capsules: Tensor, output: str = "logits") -> Routed:
         """`output="vote_logits"` bypasses routing (Gu et al. 2021): uniform R, one M-step at the final λ."""
         n, h, w, d, _ = capsules.shape
         poses = capsules[..., :POSE].reshape(n, h * w, d, 4, 4)
         schedule = self.schedule[-1:] if output == "vote_logits" else self.schedule
-        if self.fused:  # children numbered (position, type): W tiled over positions, offsets per position
+        if self.routing != "plain":  # children numbered (position, type): W tiled, offsets per position
             return _fused(
+                self.routing,
                 self.recompute,
                 poses.reshape(n, 1, h * w * d, 4, 4),
                 self.weight.repeat(h * w, 1, 1, 1),
@@ -201,15 +205,18 @@ def cast_votes(poses: Tensor, weight: Tensor) -> Tensor:
     return votes.permute(1, 2, 3, 0, 4).reshape(n, positions, parents, slots, POSE)
 
 
-def _fused(recompute: bool, *args, **kwargs) -> Routed:
-    """fused_em_routing, checkpointed when gradients are needed: the forward keeps only the layer's inputs
-    and backward recomputes the routing. Measured under torch.compile (ConvCaps1 of capsnet-small, batch 8
-    on the CPU): without the checkpoint the min-cut partitioner saves one vote-sized tensor per layer,
-    (V − μ), for backward; with it, none, at the same speed within the noise (0.19–0.20 vs 0.16–0.23 s per
-    step at batch 32). In eager mode it replaces a dozen saved vote-sized temporaries with a recompute."""
+def _fused(routing: str, recompute: bool, *args, **kwargs) -> Routed:
+    """fused_em_routing (or triton_em_routing: same arguments), checkpointed when gradients are needed: the
+    forward keeps only the layer's inputs and backward recomputes the routing. Fused, measured under
+    torch.compile (ConvCaps1 of capsnet-small, batch 8 on the CPU): without the checkpoint the min-cut
+    partitioner saves one vote-sized tensor per layer, (V − μ), for backward; with it, none, at the same
+    speed within the noise (0.19–0.20 vs 0.16–0.23 s per step at batch 32). In eager mode it replaces a
+    dozen saved vote-sized temporaries with a recompute. Triton: it trades the responsibility-sized
+    tensors that torch keeps (several per iteration) for a second forward."""
+    route = triton_em_routing if routing == "triton" else fused_em_routing
     if recompute and torch.is_grad_enabled():
-        return Routed(*checkpoint(fused_em_routing, *args, use_reentrant=False, **kwargs))
-    return fused_em_routing(*args, **kwargs)
+        return Routed(*checkpoint(route, *args, use_reentrant=False, **kwargs))
+    return route(*args, **kwargs)
 
 
 def receptive_field_centres(layers: list[tuple[int, int]], out_size: int) -> Tensor:
@@ -250,14 +257,15 @@ class CapsNet(nn.Module):
         self.calibrate_half_active()
 
     def use_routing(self, routing: str) -> None:
-        """Compute routing the `routing` way from now on ("plain" or "fused"): the same function of the same
-        weights (tests/test_routing_fused.py), so a model trained with one path is evaluated with the other.
+        """Compute routing the `routing` way from now on (one of ROUTINGS): the same function of the same
+        weights (tests/test_routing_fused.py, test_routing_triton.py), so a model trained with one path is
+        evaluated with another.
         The trainer trains with fused under torch.compile and evaluates with plain, which is faster than
         fused in eager mode; `config.routing` keeps what the model was built with."""
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
         for layer in (self.conv_caps1, self.conv_caps2, self.class_caps):
-            layer.fused = routing == "fused"
+            layer.routing = routing
 
     def use_recompute(self, layers: str) -> None:
         """Which routed layers recompute their fused routing in backward instead of keeping what it needs:
@@ -271,7 +279,7 @@ class CapsNet(nn.Module):
 
     @property
     def routing(self) -> str:
-        return "fused" if self.conv_caps1.fused else "plain"
+        return self.conv_caps1.routing
 
     def routed(self, x: Tensor, output: str = "logits") -> list[Routed]:
         """Every routed layer's parents: [ConvCaps1, ConvCaps2, ClassCaps], positions flattened."""
@@ -305,8 +313,17 @@ class CapsNet(nn.Module):
         median cost instead, which centres the logits the same way but keeps the cost per unit of mass at
         Σ_h log σ_h (< 0 for votes tighter than 1), so agreement raises the activation, as EM routing
         means it to. Each layer in order, over a fixed batch of uniform random images; a fixed generator
-        leaves the global random stream alone.
+        leaves the global random stream alone. Always with the plain path (the same function), which runs on
+        any device: a model is built on the CPU before it moves to a GPU that the triton path needs.
         """
+        routing = self.routing
+        self.use_routing("plain")
+        try:
+            self._calibrate(images, seed)
+        finally:
+            self.use_routing(routing)
+
+    def _calibrate(self, images: int, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
         probe = torch.rand(images, self.config.in_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
         capsules = self.primary_caps(F.relu(self.conv1(self.standardize(probe.to(self.conv1.weight.device)))))
