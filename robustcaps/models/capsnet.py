@@ -115,7 +115,7 @@ class ConvCaps(nn.Module):
         self.schedule = inverse_temperature_schedule(config.inverse_temperature, config.iterations)
         self.min_variance = config.min_variance
         self.routing = config.routing
-        self.recompute = True  # fused and triton paths: backward recomputes the routing (see _fused)
+        self.recompute = True  # fused and triton paths: backward recomputes routing (_route_vote_free)
 
     def forward(self, capsules: Tensor) -> Routed:
         n, k, s = capsules.shape[0], self.kernel, self.stride
@@ -130,7 +130,7 @@ class ConvCaps(nn.Module):
             n_children=self.n_children,
         )
         if self.routing != "plain":
-            return _fused(self.routing, self.recompute, poses, self.weight, *inputs, **settings)
+            return _route_vote_free(self.routing, self.recompute, poses, self.weight, *inputs, **settings)
         return em_routing(cast_votes(poses, self.weight), *inputs, **settings)
 
 
@@ -155,7 +155,7 @@ class ClassCaps(nn.Module):
         self.schedule = inverse_temperature_schedule(config.class_inverse_temperature, config.iterations)
         self.min_variance = config.min_variance
         self.routing = config.routing
-        self.recompute = True  # fused and triton paths: backward recomputes the routing (see _fused)
+        self.recompute = True  # fused and triton paths: backward recomputes routing (_route_vote_free)
 
     def forward(self, capsules: Tensor, output: str = "logits") -> Routed:
         """`output="vote_logits"` bypasses routing (Gu et al. 2021): uniform R, one M-step at the final λ."""
@@ -163,7 +163,7 @@ class ClassCaps(nn.Module):
         poses = capsules[..., :POSE].reshape(n, h * w, d, 4, 4)
         schedule = self.schedule[-1:] if output == "vote_logits" else self.schedule
         if self.routing != "plain":  # children numbered (position, type): W tiled, offsets per position
-            return _fused(
+            return _route_vote_free(
                 self.routing,
                 self.recompute,
                 poses.reshape(n, 1, h * w * d, 4, 4),
@@ -205,7 +205,7 @@ def cast_votes(poses: Tensor, weight: Tensor) -> Tensor:
     return votes.permute(1, 2, 3, 0, 4).reshape(n, positions, parents, slots, POSE)
 
 
-def _fused(routing: str, recompute: bool, *args, **kwargs) -> Routed:
+def _route_vote_free(routing: str, recompute: bool, *args, **kwargs) -> Routed:
     """fused_em_routing (or triton_em_routing: same arguments), checkpointed when gradients are needed: the
     forward keeps only the layer's inputs and backward recomputes the routing. Fused, measured under
     torch.compile (ConvCaps1 of capsnet-small, batch 8 on the CPU): without the checkpoint the min-cut
@@ -268,7 +268,7 @@ class CapsNet(nn.Module):
             layer.routing = routing
 
     def use_recompute(self, layers: str) -> None:
-        """Which routed layers recompute their fused routing in backward instead of keeping what it needs:
+        """Which routed layers recompute their fused or triton routing in backward rather than keep its saves:
         "all" (the default, least memory), "first" (ConvCaps1 only, the largest: its votes are 2.3× those
         of ConvCaps2) or "none" (fastest under torch.compile on the CPU, 1.2×, most memory). How, not what:
         the results are the same."""
