@@ -95,12 +95,12 @@ class Session:
         if config.routing != "plain":
             if not isinstance(model, CapsNet):
                 raise RobustcapsError(f"--routing {config.routing}: {config.model} has no EM routing")
-            if config.routing == "triton":
-                try:
-                    require_triton(torch.device(device))
-                except RuntimeError as error:
-                    raise RobustcapsError(f"--routing triton: {error}") from None
             model.use_routing(config.routing)
+        if getattr(model, "routing", None) == "triton":  # --routing or --model-option routing="triton"
+            try:
+                require_triton(torch.device(device))
+            except RuntimeError as error:
+                raise RobustcapsError(f"--routing triton: {error}") from None
         net = torch.compile(model) if config.compile else model
         net = distributed.wrap(net, world, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

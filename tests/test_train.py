@@ -158,6 +158,9 @@ def test_training_with_fused_routing_gives_the_plain_weights_and_loads_as_plain(
     with pytest.raises(RobustcapsError, match="--routing triton: routing='triton' needs a CUDA GPU"):
         fit(_config(rendered_root, routing="triton", **common), tmp_path / "triton")
     assert not (tmp_path / "triton" / "checkpoints").exists()
+    as_option = dict(common, model_overrides=dict(tiny, routing="triton"))
+    with pytest.raises(RobustcapsError, match="needs a CUDA GPU"):
+        fit(_config(rendered_root, **as_option), tmp_path / "triton-option")
 
 
 def test_target_familiar_error_stops_and_is_recorded(rendered_root, tmp_path):
