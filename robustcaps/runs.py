@@ -298,6 +298,8 @@ def load_run(
     path = checkpoint_path(run_dir, which)
     state = load_checkpoint(path, device)
     model = build_model(config)
+    if hasattr(model, "use_routing"):  # a loaded capsnet routes the plain way (same function, any device)
+        model.use_routing("plain")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

@@ -161,6 +161,8 @@ def test_training_with_fused_routing_gives_the_plain_weights_and_loads_as_plain(
     as_option = dict(common, model_overrides=dict(tiny, routing="triton"))
     with pytest.raises(RobustcapsError, match="needs a CUDA GPU"):
         fit(_config(rendered_root, **as_option), tmp_path / "triton-option")
+    fit(_config(rendered_root, **dict(common, model_overrides=dict(tiny, routing="fused"))), tmp_path / "opt")
+    assert runs.load_run(tmp_path / "opt", "last").model.routing == "plain", "loaded models route plainly"
 
 
 def test_target_familiar_error_stops_and_is_recorded(rendered_root, tmp_path):
