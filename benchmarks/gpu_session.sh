@@ -72,6 +72,7 @@ C=${BENCH_CAPSNET:-capsnet}
 # checkpointed per layer or not
 bench "$C:triton:64:eager:train,$C:triton:256:eager:infer" --tf32 off
 bench "$C:triton:64:eager:train" --recompute none --tf32 off
+bench "$C:triton:64:compile:train,$C:triton:256:compile:infer" --tf32 off  # the torch part compiled around the kernels
 bench "$C:plain:64:eager:train,$C:fused:64:compile:train" --tf32 off
 # Issue 8's training target (3,700 img/s within 4 GiB): recompute only ConvCaps1 in backward, or nothing;
 # then the forward under bf16 autocast (routing stays float32; its gradients were 57-75 % from float64 on

@@ -113,6 +113,30 @@ def test_triton_gradients_match_the_plain_path(cross):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11, msg=f"gradient w.r.t. {name}")
 
 
+def test_triton_routing_compiles_whole_with_the_kernels_as_opaque_operators():
+    """fullgraph=True: torch.compile traces the routing around the custom operators without a graph break,
+    and the compiled routing gives the plain path's values and gradients (float64)."""
+    problem = pose_problem(6, 3, 2)
+    children, n_children = problem[5:]
+
+    def run(route):
+        leaves = [t.clone().requires_grad_() for t in problem[:5]]
+        routed = route(*leaves)
+        loss = (routed.logits.sin().sum() + routed.poses.square().sum() + routed.variances.log().sum()) / 7
+        return (routed.logits.detach(), *torch.autograd.grad(loss, leaves))
+
+    compiled = run(torch.compile(lambda *x: route_triton(*x, children, n_children, True), fullgraph=True))
+    plain = run(
+        lambda poses, weight, *rest: em_routing(
+            reference_votes(poses, weight), *rest, LAMBDAS, mass_scale=SCALE, children=children,
+            n_children=n_children,
+        )
+    )  # fmt: skip
+    names = ("logits", "poses", "W", "activations", "β_u", "β_a")
+    for name, got, want in zip(names, compiled, plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11, msg=name)
+
+
 def test_triton_routing_in_float32_keeps_the_dtype_and_the_float64_values():
     problem = pose_problem(4, 3, 1)
     routed = route_triton(*(t.float() for t in problem[:5]), *problem[5:], cross=True)

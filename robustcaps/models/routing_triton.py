@@ -3,14 +3,15 @@
 The same Procedure 1 as `routing.em_routing` and the same arguments as `routing_fused.fused_em_routing`
 (poses and W instead of votes). Everything of the size of the responsibilities (batch, positions,
 parents, children) — the data shares, the E-step's normalisation — stays in torch; the two sums that
-touch every vote entry are custom autograd functions over `routing_kernels`:
+touch every vote entry are torch custom operators over `routing_kernels`, with their autograd:
 
     M-step   (S1, S2) = (Σ_i s_ij V_ij, Σ_i s_ij V_ij²)          backward: ∂/∂s_ij = Σ_h g1 V + g2 V²,
                                                                  gV = s_ij (g1 + 2 g2 V)
     E-step   Q_ij = Σ_h (V_ijh − μ_jh)² / (2σ_jh²)              backward: ∂/∂μ, ∂/∂(1/2σ²) are moments
                                                                  of g, gV = g_ij (1/σ²)(V − μ)
 
-and every gV goes to the poses and W through `vote_gradients` without being stored either. On the
+and every gV goes to the poses and W through `vote_gradients` without being stored either. Under
+torch.compile the operators are opaque and the torch part around them compiles (no graph break). On the
 float64 oracle these match the plain path to rounding (tests/test_routing_triton.py); that on a GPU they
 are faster is the GPU benchmark's to show (benchmarks/README.md).
 """
@@ -22,7 +23,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from robustcaps.models import routing_kernels as kernels
 from robustcaps.models.routing import (
@@ -47,53 +47,77 @@ def require_triton(device: torch.device) -> None:
         )
 
 
-class _MStepMoments(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, shares: Tensor, poses: Tensor, weight: Tensor, offsets: Tensor | None):
-        ctx.save_for_backward(shares, poses, weight)
-        ctx.offsets = offsets
-        return kernels.moments(shares, poses, weight, offsets)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_first: Tensor, g_second: Tensor):
-        shares, poses, weight = ctx.saved_tensors
-        g_first, g_second = g_first.contiguous(), g_second.contiguous()
-        need = ctx.needs_input_grad
-        g_shares = kernels.quadratic(poses, weight, ctx.offsets, g_second, b=g_first) if need[0] else None
-        g_poses = g_weight = None
-        if need[1] or need[2]:
-            g_poses, g_weight = kernels.vote_gradients(
-                shares, g_first, 2 * g_second, poses, weight, ctx.offsets, _chunks(shares, weight)
-            )
-        return g_shares, g_poses, g_weight, None
+# The kernels as torch custom operators: opaque to torch.compile, which then compiles and fuses the
+# responsibility-sized work around them instead of running it op by op; autograd is registered below.
+@torch.library.custom_op("robustcaps::vote_moments", mutates_args=())
+def vote_moments(
+    c: Tensor, poses: Tensor, weight: Tensor, offsets: Tensor | None, mean: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    return kernels.moments(c, poses, weight, offsets, mean)
 
 
-class _EStepDistance(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx, poses: Tensor, weight: Tensor, offsets: Tensor | None, mean: Tensor, half_precision: Tensor
-    ):
-        ctx.save_for_backward(poses, weight, mean, half_precision)
-        ctx.offsets = offsets
-        return kernels.quadratic(poses, weight, offsets, half_precision, mean=mean)
+@vote_moments.register_fake
+def _(c, poses, weight, offsets, mean):
+    return c.new_empty(*c.shape[:2], 16), c.new_empty(*c.shape[:2], 16)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: Tensor):
-        poses, weight, mean, half_precision = ctx.saved_tensors
-        g = g.contiguous()
-        need = ctx.needs_input_grad
-        g_mean = g_half_precision = g_poses = g_weight = None
-        if need[3] or need[4]:
-            centred, centred_sq = kernels.moments(g, poses, weight, ctx.offsets, mean)
-            g_mean, g_half_precision = -2 * half_precision * centred, centred_sq
-        if need[0] or need[1]:
-            precision = 2 * half_precision
-            g_poses, g_weight = kernels.vote_gradients(
-                g, -precision * mean, precision, poses, weight, ctx.offsets, _chunks(g, weight)
-            )
-        return g_poses, g_weight, None, g_mean, g_half_precision
+
+@torch.library.custom_op("robustcaps::vote_quadratic", mutates_args=())
+def vote_quadratic(
+    poses: Tensor, weight: Tensor, offsets: Tensor | None, a: Tensor, mean: Tensor | None, b: Tensor | None
+) -> Tensor:
+    return kernels.quadratic(poses, weight, offsets, a, mean, b)
+
+
+@vote_quadratic.register_fake
+def _(poses, weight, offsets, a, mean, b):
+    return a.new_empty(poses.shape[0], weight.shape[1], poses.shape[1])
+
+
+@torch.library.custom_op("robustcaps::vote_gradients", mutates_args=())
+def vote_gradients(
+    c: Tensor, u: Tensor, w: Tensor, poses: Tensor, weight: Tensor, offsets: Tensor | None, chunks: int
+) -> tuple[Tensor, Tensor]:
+    return kernels.vote_gradients(c, u, w, poses, weight, offsets, chunks)
+
+
+@vote_gradients.register_fake
+def _(c, u, w, poses, weight, offsets, chunks):
+    return torch.empty_like(poses), torch.empty_like(weight)
+
+
+def _save(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _m_step_backward(ctx, g_first: Tensor, g_second: Tensor):
+    """Inputs (s, M, W, offsets, μ = None) of the M-step moments Σ_i s V and Σ_i s V²."""
+    shares, poses, weight, offsets, mean = ctx.saved_tensors
+    if mean is not None:  # the routing calls it without; only backward passes (never differentiated) use μ
+        raise NotImplementedError("vote_moments is differentiable only without a mean")
+    g_first, g_second = g_first.contiguous(), g_second.contiguous()
+    g_shares = vote_quadratic(poses, weight, offsets, g_second, None, g_first)  # Σ_h g1 V + g2 V²
+    g_poses, g_weight = vote_gradients(
+        shares, g_first, 2 * g_second, poses, weight, offsets, _chunks(shares, weight)
+    )
+    return g_shares, g_poses, g_weight, None, None
+
+
+def _e_step_backward(ctx, g: Tensor):
+    """Inputs (M, W, offsets, a = 1/2σ², μ, b = None) of the E-step distance Σ_h a (V − μ)²."""
+    poses, weight, offsets, half_precision, mean, linear = ctx.saved_tensors
+    if mean is None or linear is not None:  # the E-step's form; other calls come from backward passes
+        raise NotImplementedError("vote_quadratic is differentiable only as the E-step distance")
+    g = g.contiguous()
+    centred, centred_sq = vote_moments(g, poses, weight, offsets, mean)  # Σ_i g (V − μ), Σ_i g (V − μ)²
+    precision = 2 * half_precision
+    g_poses, g_weight = vote_gradients(
+        g, -precision * mean, precision, poses, weight, offsets, _chunks(g, weight)
+    )  # gV = g (V − μ)/σ²
+    return g_poses, g_weight, None, centred_sq, -precision * centred, None
+
+
+torch.library.register_autograd("robustcaps::vote_moments", _m_step_backward, setup_context=_save)
+torch.library.register_autograd("robustcaps::vote_quadratic", _e_step_backward, setup_context=_save)
 
 
 def _chunks(per_child: Tensor, weight: Tensor) -> int:
@@ -101,9 +125,6 @@ def _chunks(per_child: Tensor, weight: Tensor) -> int:
     return max(1, WEIGHT_GRADIENT_PROGRAMS // (weight.shape[1] * tiles))
 
 
-# Under torch.compile the routing runs eagerly (a graph break) and the model's other layers compile: dynamo
-# tracing into these autograd functions and kernel launches is not something the tests can check on a CPU.
-@torch.compiler.disable
 def triton_em_routing(
     poses: Tensor,
     weight: Tensor,
@@ -136,17 +157,17 @@ def triton_em_routing(
         for step, inverse_temperature in enumerate(inverse_temperatures):
             mass, total, share = data_shares(r * a_child)  # (N, L, J or 1 before the first E-step, I)
             share = share.expand(n, positions, parents, slots).reshape(n * positions, parents, slots)
-            first, second = _MStepMoments.apply(share.contiguous(), flat_poses, flat_weight, offsets)
+            first, second = vote_moments(share.contiguous(), flat_poses, flat_weight, offsets, None)
             mean, variance, logits = parents_from_moments(
                 first.view(n, positions, parents, 16),
                 second.view(n, positions, parents, 16),
                 total, mass, beta_u, beta_a, inverse_temperature, min_variance, mass_scale,
             )  # fmt: skip
             if step < len(inverse_temperatures) - 1:
-                distance = _EStepDistance.apply(
+                distance = vote_quadratic(
                     flat_poses, flat_weight, offsets,
-                    mean.reshape(n * positions, parents, 16).contiguous(),
                     (0.5 / variance).reshape(n * positions, parents, 16).contiguous(),
+                    mean.reshape(n * positions, parents, 16).contiguous(), None,
                 )  # fmt: skip
                 constant = 0.5 * (2 * math.pi * variance).log().sum(-1)  # (N, L, J)
                 distance = distance.view(n, positions, parents, slots)
