@@ -154,6 +154,12 @@ def plot_training(training: pd.DataFrame, stem: Path, footer: str) -> list[Path]
     grid = sns.relplot(data=long, x="step", y="value", hue="run", col="metric",
                        row="family" if "family" in long else None, kind="line", marker="o", markersize=4,
                        height=3.0, aspect=1.1, facet_kws={"sharey": False, "sharex": False})  # fmt: skip
+    grid.set_titles("{row_name}: {col_name}" if "family" in long else "{col_name}")
+    for ax in grid.axes.flat:  # an empty panel: e.g. familiar error, recorded only with a target to reach
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
     grid.figure.suptitle("Training curves", y=1.0)
     sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.9))
     return save_figure(grid.figure, stem, footer)
