@@ -28,6 +28,7 @@ import resource
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pandas as pd
@@ -192,6 +193,7 @@ def run_here(config: dict, timeout: float) -> dict:
             result.update(peak_memory_mb=float("nan"), memory_kind="not measured (in-process)")
         return result
     except Exception as error:  # a failing configuration is a row of the table, not the end of the run
+        traceback.print_exc()  # the whole story (e.g. a Triton compile error) goes to the session log
         first = (str(error).strip().splitlines() or [""])[0][:200]
         return {"error": f"{type(error).__name__}: {first}"}
     finally:
