@@ -2,9 +2,11 @@
 
     python benchmarks/routing_gradients.py [--model capsnet-small] [--data DIR] [--n 64]
 
-Same initial weights (seed 0) for every iteration count, one batch of the full split's test images
-(centre crop), cross-entropy on the logits; prints the spread of the class logits and the gradient norm
-of each layer (docs/LEARNING.md, where it explains why the short-run presets route twice).
+Same initial weights (seed 0) for every iteration count; two batches of the full split's test images
+(centre crop, interleaved), cross-entropy on the logits. Prints the spread of the class logits, each
+layer's gradient norm on the first batch, and the cosine between the two batches' gradients per layer:
+how much of the gradient is signal shared across batches rather than batch-specific. docs/LEARNING.md
+uses it to explain why the short-run presets route twice.
 """
 
 from __future__ import annotations
@@ -24,25 +26,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="capsnet-small")
     parser.add_argument("--data", default=None, help="smallNORB-format directory [small stand-in]")
-    parser.add_argument("--n", type=int, default=64, help="test images in the batch")
+    parser.add_argument("--n", type=int, default=64, help="test images in each of the two batches")
     parser.add_argument("--iterations", default="1,2,3,4")
     args = parser.parse_args()
     test = load_split(TrainConfig(model=args.model, data=args.data, data_size="small")).test
-    x, y = transforms.test_batch(test.images[: args.n]), test.labels[: args.n]
-    print(f"{args.model}, {len(y)} test images, seed-0 initial weights, CPU")
-    print("| iterations | class-logit std | gradient norm per layer |\n| --- | --- | --- |")
+    x, y = transforms.test_batch(test.images[: 2 * args.n]), test.labels[: 2 * args.n]
+    print(f"{args.model}, 2 × {args.n} test images, seed-0 initial weights, CPU")
+    print("| iterations | class-logit std | gradient norm per layer | cosine of two batches' gradients |")
+    print("| --- | --- | --- | --- |")
     for iterations in (int(i) for i in args.iterations.split(",")):
         torch.manual_seed(0)
         overrides = dict(CAPSNET_INIT, iterations=iterations, in_channels=x.shape[1])
         model = create_model(args.model, **overrides).train()
-        logits = model(x)
-        F.cross_entropy(logits, y).backward()
-        squares: dict[str, float] = {}
-        for name, parameter in model.named_parameters():
-            layer = name.split(".")[0]
-            squares[layer] = squares.get(layer, 0.0) + float(parameter.grad.norm() ** 2)
-        norms = ", ".join(f"{layer} {total**0.5:.3g}" for layer, total in squares.items())
-        print(f"| {iterations} | {float(logits.detach().std(1).mean()):.3f} | {norms} |")
+        (first, spread), (second, _) = (layer_gradients(model, x[k::2], y[k::2]) for k in (0, 1))
+        norms = ", ".join(f"{layer} {float(g.norm()):.3g}" for layer, g in first.items())
+        cosines = ", ".join(
+            f"{layer} {float(F.cosine_similarity(g, second[layer], dim=0)):.2f}" for layer, g in first.items()
+        )
+        print(f"| {iterations} | {spread:.3f} | {norms} | {cosines} |")
+
+
+def layer_gradients(model, x, y) -> tuple[dict, float]:
+    """Each layer's parameter gradient, flattened, for one batch, and the batch's class-logit spread."""
+    model.zero_grad()
+    logits = model(x)
+    F.cross_entropy(logits, y).backward()
+    flat: dict[str, list] = {}
+    for name, parameter in model.named_parameters():
+        flat.setdefault(name.split(".")[0], []).append(parameter.grad.flatten())
+    return {layer: torch.cat(parts) for layer, parts in flat.items()}, float(logits.detach().std(1).mean())
 
 
 if __name__ == "__main__":

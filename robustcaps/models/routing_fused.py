@@ -112,5 +112,10 @@ def _log_joint(votes: Tensor, mean: Tensor, variance: Tensor, logits: Tensor) ->
     (one fused pass over the votes, no cancellation between two large terms)."""
     half_precision = (0.5 / variance).unsqueeze(-2)  # (N, L, J, 1, 16)
     quadratic = ((votes - mean.unsqueeze(-2)).square() * half_precision).sum(-1)  # (N, L, J, I)
+    return joint_from_distance(quadratic, variance, logits)
+
+
+def joint_from_distance(distance: Tensor, variance: Tensor, logits: Tensor) -> Tensor:
+    """log a_j + log N(V_ij; μ_j, σ_j²) from the distance Σ_h (V_ijh − μ_jh)²/2σ_jh² (N, L, J, I)."""
     constant = 0.5 * (2 * math.pi * variance).log().sum(-1)  # (N, L, J)
-    return (F.logsigmoid(logits) - constant).unsqueeze(-1) - quadratic
+    return (F.logsigmoid(logits) - constant).unsqueeze(-1) - distance

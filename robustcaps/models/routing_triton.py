@@ -18,10 +18,7 @@ are faster is the GPU benchmark's to show (benchmarks/README.md).
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from robustcaps.models import routing_kernels as kernels
@@ -32,6 +29,7 @@ from robustcaps.models.routing import (
     initial_responsibilities,
     parents_from_moments,
 )
+from robustcaps.models.routing_fused import joint_from_distance
 
 # Programs per vote-gradient launch that sum W's gradient over rows (partial sums added afterwards): a few
 # per streaming multiprocessor of an H100 (132) keeps it busy without many partial sums to add.
@@ -169,9 +167,8 @@ def triton_em_routing(
                     (0.5 / variance).reshape(n * positions, parents, 16).contiguous(),
                     mean.reshape(n * positions, parents, 16).contiguous(), None,
                 )  # fmt: skip
-                constant = 0.5 * (2 * math.pi * variance).log().sum(-1)  # (N, L, J)
                 distance = distance.view(n, positions, parents, slots)
-                log_joint = (F.logsigmoid(logits) - constant).unsqueeze(-1) - distance
+                log_joint = joint_from_distance(distance, variance, logits)
                 r = _normalise(log_joint, children, n_children).exp()
         out = Routed(mean, variance, torch.sigmoid(logits), logits)
     return Routed(*(t.to(dtype) for t in out))
