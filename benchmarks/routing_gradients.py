@@ -1,12 +1,12 @@
-"""How the number of EM routing iterations changes a capsule network's gradients at initialisation.
+"""How the number of EM routing iterations changes a capsule network's gradients, at init or trained.
 
-    python benchmarks/routing_gradients.py [--model capsnet-small] [--data DIR] [--n 64]
+    python benchmarks/routing_gradients.py [--model capsnet-small] [--data DIR] [--n 64] [--run RUN_DIR]
 
-Same initial weights (seed 0) for every iteration count; two batches of the full split's test images
-(centre crop, interleaved), cross-entropy on the logits. Prints the spread of the class logits, each
-layer's gradient norm on the first batch, and the cosine between the two batches' gradients per layer:
-how much of the gradient is signal shared across batches rather than batch-specific. docs/LEARNING.md
-uses it to explain why the short-run presets route twice.
+Same weights for every iteration count (seed-0 initial ones, or a trained run's with --run); two
+batches of the full split's test images (centre crop, interleaved), cross-entropy on the logits. Prints
+the spread of the class logits, each layer's gradient norm on the first batch, and the cosine between
+the two batches' gradients per layer: how much of the gradient is signal shared across batches rather
+than batch-specific. docs/LEARNING.md uses it to explain why the short-run presets route twice.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from robustcaps import runs
 from robustcaps.data import transforms
 from robustcaps.models import create_model
 from robustcaps.presets import CAPSNET_INIT
@@ -28,16 +29,23 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="smallNORB-format directory [small stand-in]")
     parser.add_argument("--n", type=int, default=64, help="test images in each of the two batches")
     parser.add_argument("--iterations", default="1,2,3,4")
+    parser.add_argument("--run", default=None, help="a trained run's best weights instead of seed-0 init")
     args = parser.parse_args()
-    test = load_split(TrainConfig(model=args.model, data=args.data, data_size="small")).test
+    trained = None if args.run is None else runs.load_run(args.run, data=args.data)
+    model_name = args.model if trained is None else trained.config.model
+    test = load_split(TrainConfig(model=model_name, data=args.data, data_size="small")).test
     x, y = transforms.test_batch(test.images[: 2 * args.n]), test.labels[: 2 * args.n]
-    print(f"{args.model}, 2 × {args.n} test images, seed-0 initial weights, CPU")
+    weights = "seed-0 initial weights" if trained is None else f"the weights of {args.run}"
+    print(f"{model_name}, 2 × {args.n} test images, {weights}, CPU")
     print("| iterations | class-logit std | gradient norm per layer | cosine of two batches' gradients |")
     print("| --- | --- | --- | --- |")
     for iterations in (int(i) for i in args.iterations.split(",")):
         torch.manual_seed(0)
-        overrides = dict(CAPSNET_INIT, iterations=iterations, in_channels=x.shape[1])
-        model = create_model(args.model, **overrides).train()
+        base = CAPSNET_INIT if trained is None else trained.config.model_overrides
+        overrides = dict(base, iterations=iterations, in_channels=x.shape[1])
+        model = create_model(model_name, **overrides).train()
+        if trained is not None:  # the same weights, routed with a different number of iterations
+            model.load_state_dict(trained.model.state_dict())
         (first, spread), (second, _) = (layer_gradients(model, x[k::2], y[k::2]) for k in (0, 1))
         norms = ", ".join(f"{layer} {float(g.norm()):.3g}" for layer, g in first.items())
         cosines = ", ".join(
