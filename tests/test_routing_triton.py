@@ -58,6 +58,18 @@ def test_kernel_sums_are_the_torch_sums(with_offsets):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_kernels_read_strided_inputs_as_their_values():
+    poses, weight, offsets, c, mean, a, _ = flat_problem()
+    strided = poses.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other memory layout
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(
+        kernels.quadratic(strided, weight, offsets, a, mean),
+        kernels.quadratic(poses, weight, offsets, a, mean),
+    )
+    g_poses, _ = kernels.vote_gradients(c, mean, a, strided, weight, offsets, 1)
+    torch.testing.assert_close(g_poses, kernels.vote_gradients(c, mean, a, poses, weight, offsets, 1)[0])
+
+
 @pytest.mark.parametrize("chunks", [1, 2], ids=["one-chunk", "uneven-chunks"])
 def test_vote_gradients_are_autograds(chunks):
     poses, weight, offsets, c, u, _, w = flat_problem()

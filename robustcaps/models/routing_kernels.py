@@ -138,6 +138,12 @@ def _grad_weight_kernel(
     tl.store(gw_ptr + ((chunk * I + i) * J + j) * 16 + r * 4 + col, grad, mask=live)
 
 
+def _dense(*tensors: Tensor | None) -> list[Tensor | None]:
+    """Contiguous copies where needed: the kernels index every tensor as its dense row-major layout (and
+    torch.compile may hand a custom operator other strides than eager mode would)."""
+    return [None if t is None else t.contiguous() for t in tensors]
+
+
 def _offsets_arg(offsets: Tensor | None, poses: Tensor) -> tuple[Tensor, bool]:
     return (poses, False) if offsets is None else (offsets, True)  # a placeholder pointer when absent
 
@@ -146,6 +152,7 @@ def moments(
     c: Tensor, poses: Tensor, weight: Tensor, offsets: Tensor | None, mean: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Σ_i c_ij (V_ij − μ_j) and Σ_i c_ij (V_ij − μ_j)²: (NL, J, 16) each."""
+    c, poses, weight, offsets, mean = _dense(c, poses, weight, offsets, mean)
     rows, parents, children = c.shape
     off, has_off = _offsets_arg(offsets, poses)
     first, second = (c.new_empty(rows, parents, 16) for _ in range(2))
@@ -165,6 +172,7 @@ def quadratic(
     b: Tensor | None = None,
 ) -> Tensor:
     """Σ_h a_jh (V_ijh − μ_jh)² + b_jh V_ijh: (NL, J, I)."""
+    poses, weight, offsets, a, mean, b = _dense(poses, weight, offsets, a, mean, b)
     rows, children = poses.shape[:2]
     parents = weight.shape[1]
     off, has_off = _offsets_arg(offsets, poses)
@@ -183,6 +191,7 @@ def vote_gradients(
     """gM (NL, I, 16) and gW (I, J, 16) for gV_ij = c_ij (u_j + w_j ⊙ V_ij). gW is summed over rows in
     `chunks` programs per (parent, child tile), whose partial sums are added here: no atomics, so the
     result is deterministic."""
+    c, u, w, poses, weight, offsets = _dense(c, u, w, poses, weight, offsets)
     rows, parents, children = c.shape
     off, has_off = _offsets_arg(offsets, poses)
     tiles = triton.cdiv(children, BLOCK_CHILDREN)
