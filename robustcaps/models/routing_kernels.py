@@ -31,7 +31,7 @@ from torch import Tensor
 # first imported (torch imports it): tests/conftest.py does so on machines without an NVIDIA driver.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # what triton.jit reads (any version)
 
-BLOCK_CHILDREN = 32  # children per tile: a (32, 4, 4) vote tile is 512 registers' worth per program
+BLOCK_CHILDREN = 32  # children per tile: a (32, 4, 4) vote tile, 4 values per thread at 4 warps
 
 
 @triton.jit
