@@ -94,9 +94,7 @@ def _m_step_backward(ctx, g_first: Tensor, g_second: Tensor):
         raise NotImplementedError("vote_moments is differentiable only without a mean")
     g_first, g_second = g_first.contiguous(), g_second.contiguous()
     g_shares = vote_quadratic(poses, weight, offsets, g_second, None, g_first)  # Σ_h g1 V + g2 V²
-    g_poses, g_weight = vote_gradients(
-        shares, g_first, 2 * g_second, poses, weight, offsets, _chunks(shares, weight)
-    )
+    g_poses, g_weight = vote_gradients(shares, g_first, 2 * g_second, poses, weight, offsets, _chunks(weight))
     return g_shares, g_poses, g_weight, None, None
 
 
@@ -109,7 +107,7 @@ def _e_step_backward(ctx, g: Tensor):
     centred, centred_sq = vote_moments(g, poses, weight, offsets, mean)  # Σ_i g (V − μ), Σ_i g (V − μ)²
     precision = 2 * half_precision
     g_poses, g_weight = vote_gradients(
-        g, -precision * mean, precision, poses, weight, offsets, _chunks(g, weight)
+        g, -precision * mean, precision, poses, weight, offsets, _chunks(weight)
     )  # gV = g (V − μ)/σ²
     return g_poses, g_weight, None, centred_sq, -precision * centred, None
 
@@ -118,7 +116,7 @@ torch.library.register_autograd("robustcaps::vote_moments", _m_step_backward, se
 torch.library.register_autograd("robustcaps::vote_quadratic", _e_step_backward, setup_context=_save)
 
 
-def _chunks(per_child: Tensor, weight: Tensor) -> int:
+def _chunks(weight: Tensor) -> int:
     tiles = -(-weight.shape[0] // kernels.BLOCK_CHILDREN)
     return max(1, WEIGHT_GRADIENT_PROGRAMS // (weight.shape[1] * tiles))
 
