@@ -12,7 +12,7 @@ import torch
 
 from robustcaps.models import capsnet, create_model, routing_triton
 from robustcaps.models import routing_kernels as kernels
-from robustcaps.models.routing import em_routing
+from robustcaps.models.routing import Routed, em_routing
 from robustcaps.models.routing_fused import fused_em_routing
 from robustcaps.models.routing_triton import triton_em_routing
 from tests.test_routing import oracle
@@ -82,10 +82,13 @@ def test_vote_gradients_are_autograds(chunks):
 
 
 def route_triton(poses, weight, activations, beta_u, beta_a, children, n_children, cross, offsets=None):
-    return triton_em_routing(
-        poses, weight, activations, beta_u, beta_a, LAMBDAS, offsets=offsets, mass_scale=SCALE,
-        children=children if cross else None, n_children=n_children,
+    """triton_em_routing on DEVICE (the GPU where there is one), the results back on the CPU."""
+    inputs = [t.to(DEVICE) for t in (poses, weight, activations, beta_u, beta_a)]
+    routed = triton_em_routing(
+        *inputs, LAMBDAS, offsets=None if offsets is None else offsets.to(DEVICE), mass_scale=SCALE,
+        children=children.to(DEVICE) if cross else None, n_children=n_children,
     )  # fmt: skip
+    return Routed(*(t.cpu() for t in routed))
 
 
 @pytest.mark.parametrize("cross", [True, False], ids=["cross", "position"])
