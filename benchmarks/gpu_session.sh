@@ -69,7 +69,10 @@ C=${BENCH_CAPSNET:-capsnet}
 # found to put their gradients 10-15 % from float64 (models.common.full_float32_convolutions); a later
 # group repeats the bars with torch's default for comparison.
 # Issue 8's newest candidate first: the Triton kernels (routing="triton"; eager, so no compile wait),
-# checkpointed per layer or not
+# checkpointed per layer or not; before the timings, its tests on this GPU (compiled kernels, float64,
+# against torch and the loop oracle; on the CPU they run in Triton's interpreter)
+echo "== [$(elapsed) s] tests/test_routing_triton.py on $DEVICE"
+timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_routing_triton.py 2>&1 | tail -n 15
 bench "$C:triton:64:eager:train,$C:triton:256:eager:infer" --tf32 off
 bench "$C:triton:64:eager:train" --recompute none --tf32 off
 bench "$C:triton:64:compile:train,$C:triton:256:compile:infer" --tf32 off  # the torch part compiled around the kernels
