@@ -63,11 +63,6 @@ bench() {  # configurations in order of importance, until the deadline
         --warmup 3 --check --out "$OUT/bench.csv" --configs "$@"
 }
 C=${BENCH_CAPSNET:-capsnet}
-# The bars first: capsnet training at batch 64 (issue 4: the plain path as users run it; issue 8: the
-# fused path under torch.compile) and inference at batch 256; then the plain path compiled; then the rest.
-# Capsule rows with --tf32 off, as `robustcaps train` and `attack` run capsule networks since TF32 was
-# found to put their gradients 10-15 % from float64 (models.common.full_float32_convolutions); a later
-# group repeats the bars with torch's default for comparison.
 # Issue 8's newest candidate first: the Triton kernels (routing="triton"; eager, so no compile wait),
 # checkpointed per layer or not; before the timings, its tests on this GPU (compiled kernels, float64,
 # against torch and the loop oracle; on the CPU they run in Triton's interpreter)
@@ -76,6 +71,11 @@ timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_routing_trito
 bench "$C:triton:64:eager:train,$C:triton:256:eager:infer" --tf32 off
 bench "$C:triton:64:eager:train" --recompute none --tf32 off
 bench "$C:triton:64:compile:train,$C:triton:256:compile:infer" --tf32 off  # the torch part compiled around the kernels
+# Then the bars: capsnet training at batch 64 (issue 4: the plain path as users run it; issue 8: the
+# fused path under torch.compile) and inference at batch 256; then the plain path compiled; then the rest.
+# Capsule rows with --tf32 off, as `robustcaps train` and `attack` run capsule networks since TF32 was
+# found to put their gradients 10-15 % from float64 (models.common.full_float32_convolutions); a later
+# group repeats the bars with torch's default for comparison.
 bench "$C:plain:64:eager:train,$C:fused:64:compile:train" --tf32 off
 # Issue 8's training target (3,700 img/s within 4 GiB): recompute only ConvCaps1 in backward, or nothing;
 # then the forward under bf16 autocast (routing stays float32; its gradients were 57-75 % from float64 on

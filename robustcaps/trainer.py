@@ -296,8 +296,8 @@ def _end_epoch(s: Session) -> None:
 
 
 def _error(s: Session, tensorset: Any) -> float:
-    # in eager mode the plain routing path is faster than the fused one (which is for torch.compile); the
-    # Triton kernels are faster than both where they run
+    # in eager mode the plain routing path is faster than the fused one (which is for torch.compile); a run
+    # trained with the Triton kernels has a GPU for them and evaluates with them (their speed: issue 8)
     with routing_as(s.model, "triton" if s.config.routing == "triton" else "plain"):
         return evaluate(s.model, tensorset, s.device, batch_size=s.config.eval_batch_size)["error"]
 
