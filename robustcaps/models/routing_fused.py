@@ -22,6 +22,7 @@ kernel would have to re-derive the backward through the unrolled iterations that
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -72,47 +73,55 @@ def fused_em_routing(
         poses, weight, activations = poses.to(work), weight.to(work), activations.to(work)
         beta_u, beta_a = beta_u.to(work), beta_a.to(work)
         offsets = None if offsets is None else offsets.to(work)
-        a_child = activations.unsqueeze(2)  # (N, L, 1, I)
-        r = initial_responsibilities(children, n_children, weight.shape[1], work).to(poses.device)
-        r = r.unsqueeze(-2)  # (L, 1, I)
         votes = fused_votes(poses, weight, offsets)  # (N, L, J, I, 16); under compile, never stored
-        for step, inverse_temperature in enumerate(inverse_temperatures):
-            mean, variance, logits = _m_step(
-                r * a_child, votes, beta_u, beta_a, inverse_temperature, min_variance, mass_scale
-            )
-            if step < len(inverse_temperatures) - 1:
-                log_joint = _log_joint(votes, mean, variance, logits)
-                r = _normalise(log_joint, children, n_children).exp()
-        out = Routed(mean, variance, torch.sigmoid(logits), logits)
+
+        def moments(share: Tensor) -> tuple[Tensor, Tensor]:
+            # element-wise products reduced over I, which inductor fuses with the vote's multiply-adds
+            share = share.unsqueeze(-1)  # s_ij: (N, L, J, I, 1)
+            return (share * votes).sum(-2), (share * votes.square()).sum(-2)
+
+        def distance(mean: Tensor, variance: Tensor) -> Tensor:
+            # (V − μ)²/2σ² summed directly: one fused pass over the votes, no cancellation between two
+            # large terms
+            return ((votes - mean.unsqueeze(-2)).square() * (0.5 / variance).unsqueeze(-2)).sum(-1)
+
+        out = em_iterations(
+            moments, distance, activations, beta_u, beta_a, inverse_temperatures, min_variance=min_variance,
+            mass_scale=mass_scale, children=children, n_children=n_children,
+        )  # fmt: skip
     return Routed(*(t.to(dtype) for t in out))
 
 
-def _m_step(
-    weighted: Tensor,
-    votes: Tensor,
+def em_iterations(
+    moments: Callable[[Tensor], tuple[Tensor, Tensor]],
+    distance: Callable[[Tensor, Tensor], Tensor],
+    activations: Tensor,
     beta_u: Tensor,
     beta_a: Tensor,
-    inverse_temperature: float,
+    inverse_temperatures: tuple[float, ...],
+    *,
     min_variance: float,
     mass_scale: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """μ, σ² and the pre-sigmoid activation from R'_ij = R_ij a_i (N, L, J, I); sums over the children are
-    element-wise products reduced over I, which inductor fuses with the vote's multiply-adds."""
-    mass, total, share = data_shares(weighted)
-    share = share.unsqueeze(-1)  # s_ij: (N, L, J, I, 1)
-    mean = (share * votes).sum(-2)  # (N, L, J, 16)
-    second = (share * votes.square()).sum(-2)  # Σ_i s_ij V²
-    return parents_from_moments(
-        mean, second, total, mass, beta_u, beta_a, inverse_temperature, min_variance, mass_scale
-    )
-
-
-def _log_joint(votes: Tensor, mean: Tensor, variance: Tensor, logits: Tensor) -> Tensor:
-    """log a_j + log N(V_ij; μ_j, σ_j²): (N, L, J, I), the squared distance (V − μ)²/σ² summed directly
-    (one fused pass over the votes, no cancellation between two large terms)."""
-    half_precision = (0.5 / variance).unsqueeze(-2)  # (N, L, J, 1, 16)
-    quadratic = ((votes - mean.unsqueeze(-2)).square() * half_precision).sum(-1)  # (N, L, J, I)
-    return joint_from_distance(quadratic, variance, logits)
+    children: Tensor | None,
+    n_children: int,
+) -> Routed:
+    """Procedure 1's iterations given its two vote-sized sums, which is all that the fused and triton
+    paths compute differently: `moments(s)` → (Σ_i s_ij V_ij, Σ_i s_ij V_ij²), each (N, L, J, 16), for
+    the data shares s (N, L, J or 1 before the first E-step, I); `distance(μ, σ²)` → Σ_h (V_ijh −
+    μ_jh)²/2σ_jh² (N, L, J, I). Everything else is responsibility-sized and shared here."""
+    a_child = activations.unsqueeze(2)  # (N, L, 1, I)
+    r = initial_responsibilities(children, n_children, beta_u.shape[0], activations.dtype)
+    r = r.to(activations.device).unsqueeze(-2)  # (L, 1, I)
+    for step, inverse_temperature in enumerate(inverse_temperatures):
+        mass, total, share = data_shares(r * a_child)
+        first, second = moments(share)
+        mean, variance, logits = parents_from_moments(
+            first, second, total, mass, beta_u, beta_a, inverse_temperature, min_variance, mass_scale
+        )
+        if step < len(inverse_temperatures) - 1:
+            log_joint = joint_from_distance(distance(mean, variance), variance, logits)
+            r = _normalise(log_joint, children, n_children).exp()
+    return Routed(mean, variance, torch.sigmoid(logits), logits)
 
 
 def joint_from_distance(distance: Tensor, variance: Tensor, logits: Tensor) -> Tensor:

@@ -22,14 +22,8 @@ import torch
 from torch import Tensor
 
 from robustcaps.models import routing_kernels as kernels
-from robustcaps.models.routing import (
-    Routed,
-    _normalise,
-    data_shares,
-    initial_responsibilities,
-    parents_from_moments,
-)
-from robustcaps.models.routing_fused import joint_from_distance
+from robustcaps.models.routing import Routed
+from robustcaps.models.routing_fused import em_iterations
 
 # Programs per vote-gradient launch that sum W's gradient over rows (partial sums added afterwards): a few
 # per streaming multiprocessor of an H100 (132) keeps it busy without many partial sums to add.
@@ -147,26 +141,21 @@ def triton_em_routing(
         flat_poses = poses.to(work).reshape(n * positions, slots, 16).contiguous()
         flat_weight = weight.to(work).reshape(slots, parents, 16).contiguous()
         offsets = None if offsets is None else offsets.to(work).contiguous()
-        a_child = activations.to(work).unsqueeze(2)  # (N, L, 1, I)
-        beta_u, beta_a = beta_u.to(work), beta_a.to(work)
-        r = initial_responsibilities(children, n_children, parents, work).to(poses.device).unsqueeze(-2)
-        for step, inverse_temperature in enumerate(inverse_temperatures):
-            mass, total, share = data_shares(r * a_child)  # (N, L, J or 1 before the first E-step, I)
-            share = share.expand(n, positions, parents, slots).reshape(n * positions, parents, slots)
-            first, second = vote_moments(share.contiguous(), flat_poses, flat_weight, offsets, None)
-            mean, variance, logits = parents_from_moments(
-                first.view(n, positions, parents, 16),
-                second.view(n, positions, parents, 16),
-                total, mass, beta_u, beta_a, inverse_temperature, min_variance, mass_scale,
-            )  # fmt: skip
-            if step < len(inverse_temperatures) - 1:
-                distance = vote_quadratic(
-                    flat_poses, flat_weight, offsets,
-                    (0.5 / variance).reshape(n * positions, parents, 16).contiguous(),
-                    mean.reshape(n * positions, parents, 16).contiguous(), None,
-                )  # fmt: skip
-                distance = distance.view(n, positions, parents, slots)
-                log_joint = joint_from_distance(distance, variance, logits)
-                r = _normalise(log_joint, children, n_children).exp()
-        out = Routed(mean, variance, torch.sigmoid(logits), logits)
+
+        def rows(t: Tensor) -> Tensor:  # (N, L, J, ·) → the kernels' (N·L, J, ·)
+            return t.reshape(n * positions, parents, t.shape[-1]).contiguous()
+
+        def moments(share: Tensor) -> tuple[Tensor, Tensor]:
+            share = rows(share.expand(n, positions, parents, slots))
+            first, second = vote_moments(share, flat_poses, flat_weight, offsets, None)
+            return first.view(n, positions, parents, 16), second.view(n, positions, parents, 16)
+
+        def distance(mean: Tensor, variance: Tensor) -> Tensor:
+            out = vote_quadratic(flat_poses, flat_weight, offsets, rows(0.5 / variance), rows(mean), None)
+            return out.view(n, positions, parents, slots)
+
+        out = em_iterations(
+            moments, distance, activations.to(work), beta_u.to(work), beta_a.to(work), inverse_temperatures,
+            min_variance=min_variance, mass_scale=mass_scale, children=children, n_children=n_children,
+        )  # fmt: skip
     return Routed(*(t.to(dtype) for t in out))
