@@ -92,6 +92,19 @@ def _quadratic_kernel(
 
 
 @triton.jit
+def _vote_gradient_tile(
+    c_ptr, u_ptr, v_ptr, m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J,
+    HAS_OFFSETS: tl.constexpr, BI: tl.constexpr,
+):  # fmt: skip
+    """gV = c_ij (u_j + w_j ⊙ V_ij) for children `i` (BI, 1, 1) of row nl and parent j: (BI, 4, 4)."""
+    row = nl * J + j
+    votes = _vote_tile(m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J, HAS_OFFSETS, BI)
+    scale = tl.load(c_ptr + row * I + i, mask=live, other=0.0)
+    entry = row * 16 + tl.arange(0, 4)[None, :, None] * 4 + tl.arange(0, 4)[None, None, :]
+    return scale * (tl.load(u_ptr + entry) + tl.load(v_ptr + entry) * votes)
+
+
+@triton.jit
 def _grad_poses_kernel(
     c_ptr, u_ptr, v_ptr, m_ptr, w_ptr, off_ptr, gm_ptr, I, J,
     HAS_OFFSETS: tl.constexpr, BI: tl.constexpr,
@@ -103,11 +116,9 @@ def _grad_poses_kernel(
     col = tl.arange(0, 4)[None, None, :]  # c for gV and W, k for the result
     grad = tl.zeros((BI, 4, 4), dtype=m_ptr.dtype.element_ty)  # gM[i, r, k]
     for j in range(J):
-        row = nl * J + j
-        votes = _vote_tile(m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J, HAS_OFFSETS, BI)
-        scale = tl.load(c_ptr + row * I + i, mask=live, other=0.0)
-        entry = row * 16 + r * 4 + col
-        g_votes = scale * (tl.load(u_ptr + entry) + tl.load(v_ptr + entry) * votes)
+        g_votes = _vote_gradient_tile(
+            c_ptr, u_ptr, v_ptr, m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J, HAS_OFFSETS, BI
+        )
         for k in tl.static_range(4):
             w_k = tl.load(w_ptr + (i * J + j) * 16 + k * 4 + col, mask=live, other=0.0)  # W[k, c]
             grad += tl.where(col == k, tl.sum(g_votes * w_k, axis=2)[:, :, None], 0.0)  # into column k
@@ -127,11 +138,9 @@ def _grad_weight_kernel(
     grad = tl.zeros((BI, 4, 4), dtype=m_ptr.dtype.element_ty)  # gW[i, k, c]
     first = chunk * ROWS_PER_CHUNK
     for nl in range(first, tl.minimum(first + ROWS_PER_CHUNK, NL)):
-        row = nl * J + j
-        votes = _vote_tile(m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J, HAS_OFFSETS, BI)
-        scale = tl.load(c_ptr + row * I + i, mask=live, other=0.0)
-        entry = row * 16 + r * 4 + col
-        g_votes = scale * (tl.load(u_ptr + entry) + tl.load(v_ptr + entry) * votes)
+        g_votes = _vote_gradient_tile(
+            c_ptr, u_ptr, v_ptr, m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J, HAS_OFFSETS, BI
+        )
         for k in tl.static_range(4):
             m_k = tl.load(m_ptr + (nl * I + i) * 16 + r * 4 + k, mask=live, other=0.0)  # M[r, k]
             grad += tl.where(r == k, tl.sum(m_k * g_votes, axis=1)[:, None, :], 0.0)  # into row k
