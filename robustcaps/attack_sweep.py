@@ -34,6 +34,7 @@ from robustcaps.attack import (
     predict,
     supports_targeted,
 )
+from robustcaps.data.norb import content_identity
 from robustcaps.errors import RobustcapsError
 from robustcaps.runs import atomic_write_text
 
@@ -116,11 +117,13 @@ def fingerprint(model: nn.Module | None) -> str:
 def cell_key(cell: Cell, config: AttackConfig, models: tuple[str, str], eval_set: EvalSet) -> str:
     """Hash of everything that changes a cell's predictions (not batch size, device or progress bar).
 
-    `models` are the fingerprints of the victim and the transfer source.
+    `models` are the fingerprints of the victim and the transfer source. The data enter by content, not
+    by where they lie: the key also seeds the cell's random starts (run_cells), so the same sweep on the
+    same files elsewhere must draw the same starts.
     """
     settings = {
         "cell": asdict(cell), "loss": attack_loss(cell.attack, config), "queries": config.queries,
-        "seed": config.seed, "models": models, "data": eval_set.identity,
+        "seed": config.seed, "models": models, "data": content_identity(json.loads(eval_set.identity)),
         "examples": hashlib.sha256(eval_set.index.numpy().tobytes()).hexdigest(),
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -314,13 +314,13 @@ def load_run(
 def check_same_dataset(metadata: dict[str, Any], root: str | os.PathLike) -> None:
     """`--data root` must hold the dataset the run was trained on: its identity (official MD5s, or the
     rendered stand-in's generator, seed, options and SHA-256s) equals the one in metadata.json."""
-    from robustcaps.data.norb import dataset_identity
+    from robustcaps.data.norb import content_identity, dataset_identity
 
     if not Path(root).is_dir():
         raise RobustcapsError(f"--data {root}: no such directory")
-    here = json.loads(json.dumps(dataset_identity(root), sort_keys=True, default=str))
+    here = json.loads(json.dumps(content_identity(dataset_identity(root)), sort_keys=True, default=str))
     recorded = metadata.get("dataset", {})
-    differ = sorted(key for key in here if key != "root" and recorded.get(key) != here[key])
+    differ = sorted(key for key in here if recorded.get(key) != here[key])
     if differ:
         raise RobustcapsError(
             f"--data {root}: not the dataset this run was trained on ({', '.join(differ)} differ from its "

@@ -214,3 +214,23 @@ def test_bad_options_name_the_option():
         AttackConfig(attacks=("deepfool",))
     with pytest.raises(RobustcapsError, match="--units"):
         AttackConfig(units="percent")
+
+
+def test_the_same_data_elsewhere_draws_the_same_random_starts(toy, tmp_path):
+    # PGD's random starts are seeded from the cell key: moving the dataset to another folder (another
+    # machine, another HOME) must not change the key, the starts or the numbers; other data must.
+    config = AttackConfig(attacks=("pgd",), eps=(0.1,), units="pixel", steps=2, checks=False)
+    base = eval_set(20)
+    located = [
+        EvalSet(base.images, base.labels, base.index, identity=f'{{"kind": "toy", "root": "{root}"}}')
+        for root in ("/home/a/data", "/mnt/b/data")
+    ]
+    names, values = [], []
+    for i, data in enumerate(located):
+        result = attack_model(Victim(toy, "toy"), data, config, tmp_path / str(i), progress=False)
+        names.append(sorted(p.name for p in (tmp_path / str(i) / "cells").glob("*.csv")))
+        values.append(result.per_example["prediction"].tolist())
+    assert names[0] == names[1] and values[0] == values[1]
+    other = EvalSet(base.images, base.labels, base.index, identity='{"kind": "toy", "seed": 1}')
+    attack_model(Victim(toy, "toy"), other, config, tmp_path / "other", progress=False)
+    assert sorted(p.name for p in (tmp_path / "other" / "cells").glob("*.csv")) != names[0]

@@ -176,6 +176,12 @@ def dataset_identity(root: str | os.PathLike) -> dict[str, Any]:
     return {"kind": "smallnorb", "root": str(root.resolve()), "md5_verified": all(official), "md5": md5}
 
 
+def content_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """A dataset identity without where the files lie ("root"): what the data are, which is all that may
+    decide a result or a seed. The same files in another folder or on another machine compare equal."""
+    return {key: value for key, value in identity.items() if key != "root"}
+
+
 def __getattr__(name: str) -> Any:
     # The verifier and the Dataset build on this module, so they are imported on first use (no import cycle).
     if name == "SmallNORB":
