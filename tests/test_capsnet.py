@@ -131,6 +131,8 @@ def test_bad_names_and_settings_name_the_option():
         create_model("capsnet-small", routing_iters=2)
     with pytest.raises(RobustcapsError, match="estep"):
         create_model("capsnet-small", estep="global")
+    with pytest.raises(RobustcapsError, match="estep_temperature must be positive"):
+        create_model("capsnet-small", estep_temperature=0.0)
     with pytest.raises(RobustcapsError, match="--in-channels"):
         create_model("capsnet-small", in_channels=3)
 

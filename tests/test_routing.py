@@ -20,9 +20,12 @@ from robustcaps.models.routing import (
 H = 16
 
 
-def oracle(votes, activations, beta_u, beta_a, lambdas, children, cross, min_variance, scale):
+def oracle(
+    votes, activations, beta_u, beta_a, lambdas, children, cross, min_variance, scale, temperature=1.0
+):
     """Procedure 1 one child and one parent at a time; a child's E-step set is every parent it feeds
-    (cross) or the parent types at its position. votes (N, L, J, I, H), activations (N, L, I)."""
+    (cross) or the parent types at its position. votes (N, L, J, I, H), activations (N, L, I). The E-step
+    weighs a_j p_ij^temperature (1: the paper)."""
     n_batch, n_pos, n_types, n_slots, n_dims = votes.shape
     V, a, ch = votes.tolist(), activations.tolist(), children.tolist()
     fan = {}
@@ -68,7 +71,7 @@ def oracle(votes, activations, beta_u, beta_a, lambdas, children, cross, min_var
                             - 0.5 * math.log(2 * math.pi * var[l, j][h])
                             for h in range(n_dims)
                         )
-                        log_q[l, j, i] = math.log(act[l, j]) + log_p
+                        log_q[l, j, i] = math.log(act[l, j]) + temperature * log_p
             slots = {}  # the E-step's normalising set of each slot: every (l', j', i') sharing its child
             for key in log_q:
                 slots.setdefault(ch[key[0]][key[2]] if cross else key[::2], []).append(key)
@@ -95,22 +98,37 @@ def problem(in_size, kernel, stride, in_types=2, out_types=3, batch=2, seed=0, d
 
 
 def route(
-    votes, activations, beta_u, beta_a, children, n_children, cross, lambdas=(0.05, 0.1, 0.2), scale=0.3
+    votes,
+    activations,
+    beta_u,
+    beta_a,
+    children,
+    n_children,
+    cross,
+    lambdas=(0.05, 0.1, 0.2),
+    scale=0.3,
+    temperature=1.0,
 ):
     index = children if cross else None
     return em_routing(
-        votes, activations, beta_u, beta_a, lambdas, mass_scale=scale, children=index, n_children=n_children
-    )
+        votes, activations, beta_u, beta_a, lambdas, mass_scale=scale, children=index, n_children=n_children,
+        estep_temperature=temperature,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("cross", [True, False], ids=["cross", "position"])
-@pytest.mark.parametrize("geometry", [(4, 3, 1), (6, 3, 2)], ids=["stride1", "stride2-unfed-children"])
-def test_vectorised_routing_matches_the_plain_loop_oracle(cross, geometry):
+@pytest.mark.parametrize(
+    "geometry, temperature",
+    [((4, 3, 1), 1.0), ((6, 3, 2), 1.0), ((6, 3, 2), 0.5)],
+    ids=["stride1", "stride2-unfed-children", "stride2-estep-temperature-0.5"],
+)
+def test_vectorised_routing_matches_the_plain_loop_oracle(cross, geometry, temperature):
     votes, activations, beta_u, beta_a, children, n_children = problem(*geometry)
-    routed = route(votes, activations, beta_u, beta_a, children, n_children, cross)
+    routed = route(votes, activations, beta_u, beta_a, children, n_children, cross, temperature=temperature)
     expected = oracle(
-        votes, activations, beta_u.tolist(), beta_a.tolist(), (0.05, 0.1, 0.2), children, cross, 5e-4, 0.3
-    )
+        votes, activations, beta_u.tolist(), beta_a.tolist(), (0.05, 0.1, 0.2), children, cross, 5e-4, 0.3,
+        temperature,
+    )  # fmt: skip
     for n, positions in enumerate(expected):
         for l, types in enumerate(positions):
             for j, (mu, var, act, logit) in enumerate(types):
@@ -136,6 +154,32 @@ def test_responsibilities_sum_to_one_over_the_parents_a_child_feeds(cross):
         "children outside every receptive field get nothing"
     )
     assert (r.sum(2) < 1 - 1e-6).any(), "a child's share at one position is only part of its unit mass"
+
+
+def last_estep_hardness(monkeypatch, temperature, *problem_args) -> float:
+    """Σ R² / Σ R of the last E-step's responsibilities (1: every child to one parent)."""
+    import robustcaps.models.routing as routing
+
+    log_r, normalise = [], routing._normalise
+    monkeypatch.setattr(routing, "_normalise", lambda *args: log_r.append(normalise(*args)) or log_r[-1])
+    route(*problem_args, True, temperature=temperature)
+    monkeypatch.setattr(routing, "_normalise", normalise)
+    r = log_r[-1].exp()
+    return float((r * r).sum() / r.sum())
+
+
+def test_an_estep_temperature_below_one_softens_the_assignments(monkeypatch):
+    # R ∝ a p^T: with T < 1 each child spreads over more parents (Σ R² / Σ R falls towards 1/k); T = 1
+    # is the paper's E-step and the default, computed exactly as before the option existed.
+    args = problem(6, 3, 2, out_types=4)
+    hardness = [last_estep_hardness(monkeypatch, t, *args) for t in (1.0, 0.5, 0.25)]
+    assert hardness[0] > hardness[1] > hardness[2]
+    votes, activations, beta_u, beta_a = args[:4]
+    default = em_routing(votes, activations, beta_u, beta_a, (0.05, 0.1, 0.2), mass_scale=0.3)
+    explicit = em_routing(
+        votes, activations, beta_u, beta_a, (0.05, 0.1, 0.2), mass_scale=0.3, estep_temperature=1.0
+    )
+    assert all(torch.equal(a, b) for a, b in zip(default, explicit, strict=True))
 
 
 def test_initial_responsibilities_are_uniform_over_each_childs_parents():

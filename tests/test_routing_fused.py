@@ -102,17 +102,21 @@ def test_fused_gradients_match_finite_differences_and_the_plain_path(cross):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11, msg=f"gradient w.r.t. {name}")
 
 
-def twin_models(estep, dtype=torch.float64):
+def twin_models(estep, dtype=torch.float64, **overrides):
     torch.manual_seed(0)
-    plain = create_model("capsnet-small", estep=estep, **TINY).to(dtype)
-    fused = create_model("capsnet-small", estep=estep, routing="fused", **TINY).to(dtype)
+    plain = create_model("capsnet-small", estep=estep, **TINY, **overrides).to(dtype)
+    fused = create_model("capsnet-small", estep=estep, routing="fused", **TINY, **overrides).to(dtype)
     fused.load_state_dict(plain.state_dict())
     return plain, fused
 
 
-@pytest.mark.parametrize("estep", ["cross", "position"])
-def test_fused_capsnet_gives_the_plain_logits_and_parameter_gradients(estep):
-    plain, fused = twin_models(estep)
+@pytest.mark.parametrize(
+    "estep, temperature",
+    [("cross", 1.0), ("position", 1.0), ("cross", 0.5)],
+    ids=["cross", "position", "cross-estep-temperature-0.5"],
+)
+def test_fused_capsnet_gives_the_plain_logits_and_parameter_gradients(estep, temperature):
+    plain, fused = twin_models(estep, estep_temperature=temperature)
     x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     for output in ("logits", "activations", "vote_logits"):
         torch.testing.assert_close(fused(x, output=output), plain(x, output=output), rtol=1e-10, atol=1e-12)

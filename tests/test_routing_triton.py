@@ -81,23 +81,31 @@ def test_vote_gradients_are_autograds(chunks):
     torch.testing.assert_close(g_weight, leaves[1].grad, rtol=1e-12, atol=1e-12)
 
 
-def route_triton(poses, weight, activations, beta_u, beta_a, children, n_children, cross, offsets=None):
+def route_triton(
+    poses, weight, activations, beta_u, beta_a, children, n_children, cross, offsets=None, temperature=1.0
+):
     """triton_em_routing on DEVICE (the GPU where there is one), the results back on the CPU."""
     inputs = [t.to(DEVICE) for t in (poses, weight, activations, beta_u, beta_a)]
     routed = triton_em_routing(
         *inputs, LAMBDAS, offsets=None if offsets is None else offsets.to(DEVICE), mass_scale=SCALE,
-        children=children.to(DEVICE) if cross else None, n_children=n_children,
+        children=children.to(DEVICE) if cross else None, n_children=n_children, estep_temperature=temperature,
     )  # fmt: skip
     return Routed(*(t.cpu() for t in routed))
 
 
-@pytest.mark.parametrize("cross", [True, False], ids=["cross", "position"])
-def test_triton_routing_matches_the_plain_loop_oracle(cross):
+@pytest.mark.parametrize(
+    "cross, temperature",
+    [(True, 1.0), (False, 1.0), (True, 0.5)],
+    ids=["cross", "position", "cross-estep-temperature-0.5"],
+)
+def test_triton_routing_matches_the_plain_loop_oracle(cross, temperature):
     poses, weight, activations, beta_u, beta_a, children, n_children = pose_problem(6, 3, 2)  # unfed children
-    routed = route_triton(poses, weight, activations, beta_u, beta_a, children, n_children, cross)
+    routed = route_triton(
+        poses, weight, activations, beta_u, beta_a, children, n_children, cross, temperature=temperature
+    )
     expected = oracle(
         reference_votes(poses, weight), activations, beta_u.tolist(), beta_a.tolist(), LAMBDAS, children,
-        cross, 5e-4, SCALE,
+        cross, 5e-4, SCALE, temperature,
     )  # fmt: skip
     for k, got in enumerate((routed.poses, routed.variances, routed.activations, routed.logits)):
         want = [[[parent[k] for parent in types] for types in positions] for positions in expected]

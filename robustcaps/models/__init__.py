@@ -97,6 +97,10 @@ def _check(name: str, config: Any) -> None:
             )
         if config.iterations < 1:
             raise RobustcapsError(f"model {name!r}: iterations must be at least 1, got {config.iterations}")
+        if not config.estep_temperature > 0:
+            raise RobustcapsError(
+                f"model {name!r}: estep_temperature must be positive, got {config.estep_temperature}"
+            )
         if config.data_mass is not None and config.data_mass <= 0:
             raise RobustcapsError(
                 f"model {name!r}: data_mass must be positive or None, got {config.data_mass}"
@@ -109,9 +113,11 @@ def describe(config: Any) -> str:
     """The configuration in one line, in the paper's terms."""
     if isinstance(config, CapsNetConfig):
         mass = "raw" if config.data_mass is None else f"{config.data_mass:g}"
+        temperature = "" if config.estep_temperature == 1 else f" at T={config.estep_temperature:g}"
         return (
             f"A={config.conv1_channels} B={config.primary_types} C={config.convcaps1_types} "
-            f"D={config.convcaps2_types}, {config.iterations} iters, E-step {config.estep}, data mass {mass}"
+            f"D={config.convcaps2_types}, {config.iterations} iters, E-step {config.estep}{temperature}, "
+            f"data mass {mass}"
         )
     widths = f"conv {config.conv1_channels}-{config.conv2_channels}, FC {config.hidden}"
     return f"{widths}, dropout {config.dropout:g}"

@@ -53,6 +53,9 @@ class CapsNetConfig:
     Default 100 (Gritzman's value), measured at init on capsnet-small: raw mass leaves the ConvCaps logits
     almost input-independent (std 0.004, every activation 0.50 ± 0.002); with 100 their std is 0.18, and
     with β_u = 0 a third to four fifths of the ConvCaps capsules would saturate — hence calibrate_half_active.
+    estep_temperature: T in every E-step, R_ij ∝ a_j p_ij^T. 1 is Procedure 1 (the default, and every
+    preset). Not in the paper: T < 1 keeps the assignments softer, which docs/LEARNING.md measured to make
+    3 iterations learn much better in short runs.
     routing: how the same routing is computed. "plain" (the reference) casts the votes as a tensor and
     routes them (routing.em_routing); "fused" forms each vote inside the routing's sums and recomputes
     them in backward (routing_fused), written for torch.compile: same results, less memory traffic;
@@ -75,6 +78,7 @@ class CapsNetConfig:
     coordinate_addition: bool = True
     weight_std: float = 0.5  # ConvCaps/ClassCaps W: ‖V‖ ≈ ‖M‖ for a 4×4 product (4 · 0.5² = 1)
     calibrate: str = "beta_u"  # which bias starts half the capsules active (calibrate_half_active)
+    estep_temperature: float = 1.0
     routing: str = "plain"
 
 
@@ -114,6 +118,7 @@ class ConvCaps(nn.Module):
         self.mass_scale = mass_scale(cross, self.n_children, out_types, children.shape[1], config.data_mass)
         self.schedule = inverse_temperature_schedule(config.inverse_temperature, config.iterations)
         self.min_variance = config.min_variance
+        self.estep_temperature = config.estep_temperature
         self.routing = config.routing
         self.recompute = True  # fused and triton paths: backward recomputes routing (_route_vote_free)
 
@@ -128,6 +133,7 @@ class ConvCaps(nn.Module):
             mass_scale=self.mass_scale,
             children=self.child_index,
             n_children=self.n_children,
+            estep_temperature=self.estep_temperature,
         )
         if self.routing != "plain":
             return _route_vote_free(self.routing, self.recompute, poses, self.weight, *inputs, **settings)
@@ -154,6 +160,7 @@ class ClassCaps(nn.Module):
         self.mass_scale = mass_scale(None, 0, n_classes, child_slots, config.data_mass)
         self.schedule = inverse_temperature_schedule(config.class_inverse_temperature, config.iterations)
         self.min_variance = config.min_variance
+        self.estep_temperature = config.estep_temperature
         self.routing = config.routing
         self.recompute = True  # fused and triton paths: backward recomputes routing (_route_vote_free)
 
@@ -175,6 +182,7 @@ class ClassCaps(nn.Module):
                 offsets=self.offsets[:, 0].repeat_interleave(d, 0),
                 min_variance=self.min_variance,
                 mass_scale=self.mass_scale,
+                estep_temperature=self.estep_temperature,
             )
         votes = cast_votes(poses, self.weight).transpose(1, 2) + self.offsets  # (N, J, P, D, 16)
         return em_routing(
@@ -185,6 +193,7 @@ class ClassCaps(nn.Module):
             schedule,
             min_variance=self.min_variance,
             mass_scale=self.mass_scale,
+            estep_temperature=self.estep_temperature,
         )
 
 

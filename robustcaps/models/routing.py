@@ -8,13 +8,14 @@ Every parent capsule j is a Gaussian cluster over the votes V_ij its children ca
              cost_j^h = (β_u + log σ_j^h) Σ_i R'_ij · mass_scale    (mass_scale = 1 in the paper)
              a_j = logistic(λ (β_a − Σ_h cost_j^h))
     E-step:  p_ij = N(V_ij; μ_j, diag σ_j²)
-             R_ij = a_j p_ij / Σ_k a_k p_k      (log space: a log-sum-exp)
+             R_ij = a_j p_ij^T / Σ_k a_k p_k^T  (log space: a log-sum-exp; T = 1 in the paper)
 
 R starts uniform over the parents a child feeds, the last iteration skips the E-step, and gradients
 flow through the unrolled iterations. The normalising set Σ_k of the E-step is either the parent types
 at one position (`children=None`, "position") or every parent the child feeds across neighbouring
 positions (`children` given, "cross"; Gritzman 2019: in a convolutional capsule layer parents at
-different positions compete for the same child).
+different positions compete for the same child). T (`estep_temperature`) is not in the paper: below 1
+it keeps the assignments softer (docs/LEARNING.md: what that does to learning with 3 iterations).
 
 Layout, chosen so that every sum over children is one batched matrix product on contiguous memory
 (no copy of the votes per iteration): votes (batch, positions L, parent types J, children I, 16).
@@ -105,6 +106,7 @@ def em_routing(
     mass_scale: float = 1.0,
     children: Tensor | None = None,
     n_children: int = 0,
+    estep_temperature: float = 1.0,
 ) -> Routed:
     """Route `votes` (N, L, J, I, 16) of children with `activations` (N, L, I) to J parents per position.
 
@@ -126,7 +128,7 @@ def em_routing(
                 r * a_child, votes, votes_sq, beta_u, beta_a, inverse_temperature, min_variance, mass_scale
             )
             if step < len(inverse_temperatures) - 1:
-                log_joint = _log_joint(votes, votes_sq, mean, variance, logits)
+                log_joint = _log_joint(votes, votes_sq, mean, variance, logits, estep_temperature)
                 r = _normalise(log_joint, children, n_children).exp()
         out = Routed(mean, variance, torch.sigmoid(logits), logits)
     return Routed(*(t.to(dtype) for t in out))
@@ -224,9 +226,14 @@ def parents_from_moments(
     return mean, variance, inverse_temperature * (beta_a - cost)
 
 
-def _log_joint(votes: Tensor, votes_sq: Tensor, mean: Tensor, variance: Tensor, logits: Tensor) -> Tensor:
-    """log a_j + log N(V_ij; μ_j, σ_j²): (N, L, J, I), with (V − μ)² expanded into two matrix products."""
-    precision = variance.reciprocal()
+def _log_joint(
+    votes: Tensor, votes_sq: Tensor, mean: Tensor, variance: Tensor, logits: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """log a_j + T log N(V_ij; μ_j, σ_j²): (N, L, J, I), with (V − μ)² expanded into two matrix products.
+    T scales the precision and the normaliser (parent-sized), not a vote-sized tensor."""
+    precision, log_normaliser = variance.reciprocal(), (2 * math.pi * variance).log()
+    if temperature != 1.0:  # T = 1 computes exactly what it did before T existed
+        precision, log_normaliser = temperature * precision, temperature * log_normaliser
     if (
         torch.compiler.is_compiling()
     ):  # inductor fuses the plain form; the custom backward would break the graph
@@ -234,7 +241,7 @@ def _log_joint(votes: Tensor, votes_sq: Tensor, mean: Tensor, variance: Tensor, 
         quadratic = (votes_sq @ p - votes @ q).squeeze(-1)
     else:
         quadratic = _Quadratic.apply(votes, votes_sq, 0.5 * precision, mean * precision)  # (N, L, J, I)
-    constant = 0.5 * (mean.square() * precision + (2 * math.pi * variance).log()).sum(-1)  # (N, L, J)
+    constant = 0.5 * (mean.square() * precision + log_normaliser).sum(-1)  # (N, L, J)
     return F.logsigmoid(logits).unsqueeze(-1) - constant.unsqueeze(-1) - quadratic
 
 

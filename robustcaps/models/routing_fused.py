@@ -62,6 +62,7 @@ def fused_em_routing(
     mass_scale: float = 1.0,
     children: Tensor | None = None,
     n_children: int = 0,
+    estep_temperature: float = 1.0,
 ) -> Routed:
     """Route the votes of children with poses (N, L, I, 4, 4) and `activations` (N, L, I) through W
     (I, J, 4, 4) to J parents per position; `offsets` (I, 16) are added to every vote (coordinate
@@ -88,6 +89,7 @@ def fused_em_routing(
         out = em_iterations(
             moments, distance, activations, beta_u, beta_a, inverse_temperatures, min_variance=min_variance,
             mass_scale=mass_scale, children=children, n_children=n_children,
+            estep_temperature=estep_temperature,
         )  # fmt: skip
     return Routed(*(t.to(dtype) for t in out))
 
@@ -104,6 +106,7 @@ def em_iterations(
     mass_scale: float,
     children: Tensor | None,
     n_children: int,
+    estep_temperature: float = 1.0,
 ) -> Routed:
     """Procedure 1's iterations given its two vote-sized sums, which is all that the fused and triton
     paths compute differently: `moments(s)` → (Σ_i s_ij V_ij, Σ_i s_ij V_ij²), each (N, L, J, 16), for
@@ -119,12 +122,16 @@ def em_iterations(
             first, second, total, mass, beta_u, beta_a, inverse_temperature, min_variance, mass_scale
         )
         if step < len(inverse_temperatures) - 1:
-            log_joint = joint_from_distance(distance(mean, variance), variance, logits)
+            log_joint = joint_from_distance(distance(mean, variance), variance, logits, estep_temperature)
             r = _normalise(log_joint, children, n_children).exp()
     return Routed(mean, variance, torch.sigmoid(logits), logits)
 
 
-def joint_from_distance(distance: Tensor, variance: Tensor, logits: Tensor) -> Tensor:
-    """log a_j + log N(V_ij; μ_j, σ_j²) from the distance Σ_h (V_ijh − μ_jh)²/2σ_jh² (N, L, J, I)."""
+def joint_from_distance(
+    distance: Tensor, variance: Tensor, logits: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """log a_j + T log N(V_ij; μ_j, σ_j²) from the distance Σ_h (V_ijh − μ_jh)²/2σ_jh² (N, L, J, I)."""
     constant = 0.5 * (2 * math.pi * variance).log().sum(-1)  # (N, L, J)
+    if temperature != 1.0:  # T = 1 computes exactly what it did before T existed
+        constant, distance = temperature * constant, temperature * distance
     return (F.logsigmoid(logits) - constant).unsqueeze(-1) - distance

@@ -128,6 +128,7 @@ def triton_em_routing(
     mass_scale: float = 1.0,
     children: Tensor | None = None,
     n_children: int = 0,
+    estep_temperature: float = 1.0,
 ) -> Routed:
     """Route children with poses (N, L, I, 4, 4) and `activations` (N, L, I) through W (I, J, 4, 4) to J
     parents per position; arguments and results as `routing_fused.fused_em_routing`. Computed in float32
@@ -157,5 +158,6 @@ def triton_em_routing(
         out = em_iterations(
             moments, distance, activations.to(work), beta_u.to(work), beta_a.to(work), inverse_temperatures,
             min_variance=min_variance, mass_scale=mass_scale, children=children, n_children=n_children,
+            estep_temperature=estep_temperature,
         )  # fmt: skip
     return Routed(*(t.to(dtype) for t in out))
