@@ -55,7 +55,10 @@ def demo_sentence(provenance: dict, dataset_kind: str) -> str:
 
 
 # Capsule settings that HSF18 fixes, and the words for a preset that changes them
-PAPER_CAPSNET = {"iterations": (3, "EM routing iterations")}
+PAPER_CAPSNET = {
+    "iterations": (3, "EM routing iterations"),
+    "estep_temperature": (1.0, "as the E-step temperature T (R ∝ a p^T)"),
+}
 
 
 def deviation_sentences(provenance: dict) -> list[str]:

@@ -220,6 +220,12 @@ def test_a_full_size_run_on_rendered_data_is_not_called_a_demo(results_dir):
     (results_dir / "provenance.json").write_text(json.dumps(provenance))
     paragraph = findings_paragraph(load_results(results_dir), "rendered")
     assert "use 2 EM routing iterations, not the paper's 3" in paragraph
+    assert "temperature" not in paragraph
+    provenance["preset_settings"]["capsnet_overrides"] = [["iterations", 3], ["estep_temperature", 0.25]]
+    (results_dir / "provenance.json").write_text(json.dumps(provenance))
+    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    assert "use 0.25 as the E-step temperature T (R ∝ a p^T), not the paper's 1.0" in paragraph
+    assert "iterations" not in paragraph
 
 
 def test_notes_and_device_calls_recorded_in_provenance_reach_the_readme(results_dir):
