@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from robustcaps.attack import AttackConfig, craft
-from robustcaps.attack_checks import check_monotone, run_checks, tolerance
+from robustcaps.attack_checks import check_iterative, check_monotone, run_checks, tolerance
 from robustcaps.attack_run import attack_model
 from robustcaps.attack_sweep import Victim
 from tests.test_attack import ToyNet, eval_set, train
@@ -178,6 +178,20 @@ def test_monotonicity_tolerates_noise_but_not_a_real_rise():
     passed, detail = check_monotone(summary([0.9, 0.5, 0.7], 1000))
     assert not passed and "fgsm" in detail
     assert tolerance(0.5, 100) == pytest.approx(0.1) and tolerance(1.0, 100) == pytest.approx(0.01)
+
+
+def test_iterative_attacks_must_beat_fgsm_white_box_but_may_transfer_worse():
+    def summary(source: str, pgd: float) -> pd.DataFrame:
+        return pd.DataFrame({
+            "attack": ["fgsm", "pgd"], "targeted": False, "source": source, "role": "sweep",
+            "metric": "accuracy", "eps_pixel": 0.1, "eps_std": 0.5, "value": [0.375, pgd], "n": 1000,
+        })  # fmt: skip
+
+    passed, detail = check_iterative(summary("self", 0.55))
+    assert not passed and "pgd" in detail and "0.375" in detail
+    assert check_iterative(summary("self", 0.30))[0]
+    # crafted on another model, PGD overfits that model: weaker than FGSM there is expected, not masking
+    assert check_iterative(summary("cnn-small", 0.55)) is None
 
 
 @pytest.mark.parametrize("name", ["cnn-small", "capsnet-small"])
