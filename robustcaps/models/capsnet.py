@@ -115,10 +115,9 @@ class ConvCaps(nn.Module):
         cross = children if config.estep == "cross" else None
         self.n_children = in_size * in_size * in_types
         self.register_buffer("child_index", cross, persistent=False)
-        self.mass_scale = mass_scale(cross, self.n_children, out_types, children.shape[1], config.data_mass)
+        scale = mass_scale(cross, self.n_children, out_types, children.shape[1], config.data_mass)
+        self.settings = routing_settings(config, scale)
         self.schedule = inverse_temperature_schedule(config.inverse_temperature, config.iterations)
-        self.min_variance = config.min_variance
-        self.estep_temperature = config.estep_temperature
         self.routing = config.routing
         self.recompute = True  # fused and triton paths: backward recomputes routing (_route_vote_free)
 
@@ -128,13 +127,7 @@ class ConvCaps(nn.Module):
         patches = patches.permute(0, 1, 2, 5, 6, 3, 4).reshape(n, self.out_size**2, -1, POSE + 1)
         poses, activations = patches[..., :POSE].unflatten(-1, (4, 4)), patches[..., POSE]
         inputs = (activations, self.beta_u, self.beta_a, self.schedule)
-        settings = dict(
-            min_variance=self.min_variance,
-            mass_scale=self.mass_scale,
-            children=self.child_index,
-            n_children=self.n_children,
-            estep_temperature=self.estep_temperature,
-        )
+        settings = dict(self.settings, children=self.child_index, n_children=self.n_children)
         if self.routing != "plain":
             return _route_vote_free(self.routing, self.recompute, poses, self.weight, *inputs, **settings)
         return em_routing(cast_votes(poses, self.weight), *inputs, **settings)
@@ -157,10 +150,10 @@ class ClassCaps(nn.Module):
             offsets[:, 7] = centres.repeat(len(centres))
         self.register_buffer("offsets", offsets[:, None, :], persistent=False)  # (P, 1, 16)
         child_slots = len(centres) ** 2 * in_types
-        self.mass_scale = mass_scale(None, 0, n_classes, child_slots, config.data_mass)
+        self.settings = routing_settings(
+            config, mass_scale(None, 0, n_classes, child_slots, config.data_mass)
+        )
         self.schedule = inverse_temperature_schedule(config.class_inverse_temperature, config.iterations)
-        self.min_variance = config.min_variance
-        self.estep_temperature = config.estep_temperature
         self.routing = config.routing
         self.recompute = True  # fused and triton paths: backward recomputes routing (_route_vote_free)
 
@@ -180,9 +173,7 @@ class ClassCaps(nn.Module):
                 self.beta_a,
                 schedule,
                 offsets=self.offsets[:, 0].repeat_interleave(d, 0),
-                min_variance=self.min_variance,
-                mass_scale=self.mass_scale,
-                estep_temperature=self.estep_temperature,
+                **self.settings,
             )
         votes = cast_votes(poses, self.weight).transpose(1, 2) + self.offsets  # (N, J, P, D, 16)
         return em_routing(
@@ -191,10 +182,15 @@ class ClassCaps(nn.Module):
             self.beta_u,
             self.beta_a,
             schedule,
-            min_variance=self.min_variance,
-            mass_scale=self.mass_scale,
-            estep_temperature=self.estep_temperature,
+            **self.settings,
         )
+
+
+def routing_settings(config: CapsNetConfig, scale: float) -> dict[str, float]:
+    """The keyword settings every routed layer passes to its routing function (any path)."""
+    return dict(
+        min_variance=config.min_variance, mass_scale=scale, estep_temperature=config.estep_temperature
+    )
 
 
 def cast_votes(poses: Tensor, weight: Tensor) -> Tensor:
