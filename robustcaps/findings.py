@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 
 from robustcaps.paper_results import FIG3, TABLE2
-from robustcaps.report_tables import PAPER_ATTACKS, family_of
+from robustcaps.report_tables import PAPER_ATTACKS, family_of, step_of, with_protocol
 
 MATCH_TOLERANCE = 0.01
 NOTABLE = 0.05
@@ -90,8 +90,10 @@ def weak_model_sentences(clean: pd.DataFrame) -> list[str]:
 
 def viewpoint_sentences(viewpoint: pd.DataFrame) -> list[str]:
     out = []
+    viewpoint = with_protocol(viewpoint)
     for split, rows in viewpoint.groupby("split"):
-        by_family = {family_of(m): r for m, r in zip(rows["model"], rows.itertuples(), strict=True)}
+        paper = rows[rows["protocol"] == "paper"]
+        by_family = {family_of(m): r for m, r in zip(paper["model"], paper.itertuples(), strict=True)}
         if not {"capsnet", "cnn"} <= by_family.keys():
             continue
         caps, cnn = by_family["capsnet"], by_family["cnn"]
@@ -109,7 +111,18 @@ def viewpoint_sentences(viewpoint: pd.DataFrame) -> list[str]:
             f"{_compare(caps.novel_error, cnn.novel_error, lower_is_better=True)} "
             f"(paper: capsules better by {100 * paper_gap:.1f} points)."
         )
+        out += [_reverse_sentence(caps, row) for row in rows[rows["protocol"] == "reverse"].itertuples()]
     return out
+
+
+def _reverse_sentence(caps, cnn) -> str:
+    """The CNN stopped where its familiar error first reached the capsules' (robustcaps.viewpoint, step 4)."""
+    return (
+        f"Stopping the CNN instead at its first checkpoint whose familiar error reached the capsules' "
+        f"({step_of(cnn.checkpoint)}: familiar {_pct(cnn.familiar_error)}, gap {100 * cnn.familiar_gap:+.1f} "
+        f"points), its novel error was {_pct(cnn.novel_error)}: the capsules' "
+        f"{_pct(caps.novel_error)} is {_compare(caps.novel_error, cnn.novel_error, lower_is_better=True)}."
+    )
 
 
 def _at_eps(rows: pd.DataFrame, eps: float) -> tuple[float, pd.DataFrame]:

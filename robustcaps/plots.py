@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from robustcaps.paper_results import fig3_frame, table2_frame  # noqa: E402
-from robustcaps.report_tables import PAPER_ATTACKS, family_of  # noqa: E402
+from robustcaps.report_tables import PAPER_ATTACKS, family_of, with_protocol  # noqa: E402
 from robustcaps.runs import atomic_write_bytes  # noqa: E402
 
 FAMILY_COLOURS = {"capsnet": "tab:blue", "cnn": "tab:orange"}
@@ -114,7 +114,10 @@ def plot_all_attacks(summary: pd.DataFrame, stem: Path, footer: str) -> list[Pat
 
 def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
     """Novel against familiar error per split and model, ours and the paper's Table 2."""
-    ours = viewpoint.assign(family=viewpoint["model"].map(family_of), source="ours")
+    viewpoint = with_protocol(viewpoint)
+    stopped = "ours, CNN stopped at capsules' familiar"
+    source = viewpoint["protocol"].map({"paper": "ours", "reverse": stopped})
+    ours = viewpoint.assign(family=viewpoint["model"].map(family_of), source=source)
     points = pd.concat([ours, table2_frame().assign(source="paper (smallNORB)")], ignore_index=True)
     splits = sorted(points["split"].unique())
     fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits), 4.2), squeeze=False)

@@ -121,7 +121,9 @@ def _tables(results: dict, root: Path, lines: dict) -> list[str]:
             table2(results["viewpoint"]),
             "Novel viewpoints (Table 2 analogue)",
             "The capsule network is stopped when its familiar error reaches the CNN's (checked on "
-            "familiar data only); novel viewpoints are never used to choose anything. "
+            "familiar data only); novel viewpoints are never used to choose anything. When the capsules' "
+            "step budget ran out above the CNN's familiar error, the match is also made the other way: "
+            "the CNN at its first epoch whose familiar error was at or below the capsules'. "
             "Paper numbers are on real smallNORB.",
         ),
         (

@@ -13,6 +13,7 @@ The results/ tree (written by `robustcaps reproduce`, read here):
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -55,12 +56,26 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame | dict]:
     provenance_path = root / PROVENANCE_JSON
     return {
         "clean": _read_csvs([root / CLEAN_CSV] if (root / CLEAN_CSV).exists() else []),
-        "viewpoint": _read_csvs(list((root / VIEWPOINT_DIR).glob("*.csv"))),
+        "viewpoint": with_protocol(_read_csvs(list((root / VIEWPOINT_DIR).glob("*.csv")))),
         "training": _read_csvs([root / TRAINING_CSV] if (root / TRAINING_CSV).exists() else []),
         "summary": summary,
         "checks": _read_csvs(list((root / ATTACKS_DIR).glob("*/checks.csv"))),
         "provenance": json.loads(provenance_path.read_text()) if provenance_path.exists() else {},
     }
+
+
+def with_protocol(viewpoint: pd.DataFrame) -> pd.DataFrame:
+    """Viewpoint rows with their `protocol` ("paper" or "reverse", robustcaps.viewpoint); rows written
+    before the reverse match existed are all "paper"."""
+    if viewpoint.empty or "protocol" in viewpoint:
+        return viewpoint
+    return viewpoint.assign(protocol="paper")
+
+
+def step_of(checkpoint: str) -> str:
+    """ "step N" from a snapshot's name (runs.snapshot_name), else the name itself."""
+    digits = re.search(r"\d+$", str(checkpoint))
+    return f"step {int(digits.group())}" if digits else str(checkpoint)
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
@@ -108,27 +123,35 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
     """The Table 2 analogue: familiar and novel error per split and model, next to the paper's."""
     if viewpoint.empty:
         return viewpoint
-    out = pd.DataFrame(
+    viewpoint = with_protocol(viewpoint).sort_values(["split", "protocol", "model"]).reset_index(drop=True)
+    paper = viewpoint["protocol"] == "paper"
+
+    def from_paper(column: str) -> list[str]:
+        return [
+            percent(TABLE2[(s, family_of(m))][column]) if is_paper else ""
+            for s, m, is_paper in zip(viewpoint["split"], viewpoint["model"], paper, strict=True)
+        ]
+
+    return pd.DataFrame(
         {
             "split": viewpoint["split"],
             "model": viewpoint["model"],
+            "match": [
+                "capsules stopped at the CNN's"
+                if is_paper
+                else f"CNN stopped at the capsules' ({step_of(which)})"
+                for is_paper, which in zip(paper, viewpoint.get("checkpoint", paper), strict=True)
+            ],
             "familiar error": viewpoint["familiar_error"].map(percent),
             "novel error": viewpoint["novel_error"].map(percent),
-            "paper familiar": [
-                percent(TABLE2[(s, family_of(m))]["familiar_error"])
-                for s, m in zip(viewpoint["split"], viewpoint["model"], strict=True)
-            ],
-            "paper novel": [
-                percent(TABLE2[(s, family_of(m))]["novel_error"])
-                for s, m in zip(viewpoint["split"], viewpoint["model"], strict=True)
-            ],
+            "paper familiar": from_paper("familiar_error"),
+            "paper novel": from_paper("novel_error"),
             "familiar gap (caps − CNN)": viewpoint["familiar_gap"].map(percent),
             "n familiar / novel": [
                 f"{a} / {b}" for a, b in zip(viewpoint["n_familiar"], viewpoint["n_novel"], strict=True)
             ],
         }
     )
-    return out.sort_values(["split", "model"]).reset_index(drop=True)
 
 
 def sweep_table(summary: pd.DataFrame, targeted: bool) -> pd.DataFrame:

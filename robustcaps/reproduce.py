@@ -20,7 +20,14 @@ import pandas as pd
 
 from robustcaps.errors import RobustcapsError
 from robustcaps.presets import Preset
-from robustcaps.report_tables import CLEAN_CSV, PROVENANCE_JSON, TRAINING_CSV, VIEWPOINT_DIR, family_of
+from robustcaps.report_tables import (
+    CLEAN_CSV,
+    PROVENANCE_JSON,
+    TRAINING_CSV,
+    VIEWPOINT_DIR,
+    family_of,
+    with_protocol,
+)
 from robustcaps.runs import atomic_write_json, atomic_write_text, environment_metadata
 from robustcaps.steps import Pipeline, Step
 from robustcaps.viewpoint import (
@@ -74,8 +81,8 @@ def clean_rows(preset: Preset, runs_dir: Path, results: Path, device: str) -> pd
                          "crops": 13 if multi_crop else 1, "error": trained.errors["test"],
                          "n": trained.sizes["test"], "checkpoint": "best"})  # fmt: skip
     for split in VIEWPOINT_SPLITS:
-        table = pd.read_csv(results / VIEWPOINT_DIR / f"{split}.csv")
-        for row in table.itertuples():
+        table = with_protocol(pd.read_csv(results / VIEWPOINT_DIR / f"{split}.csv"))
+        for row in table[table["protocol"] == "paper"].itertuples():  # a model's own stopping rule only
             rows += [{"model": row.model, "family": row.family, "split": split, "part": part, "crops": 1,
                       "error": getattr(row, f"{part}_error"), "n": getattr(row, f"n_{part}"),
                       "checkpoint": row.checkpoint} for part in ("familiar", "novel")]  # fmt: skip

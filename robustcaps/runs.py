@@ -128,10 +128,22 @@ METADATA_FILE = "metadata.json"
 METRICS_FILE = "metrics.csv"
 EVAL_FILE = "eval.csv"
 CHECKPOINTS = ("best", "last")
+# weights kept at each new lowest familiar error (TrainConfig.familiar_snapshots)
+SNAPSHOT_PREFIX = "familiar-step"
+
+
+def snapshot_name(step: int) -> str:
+    return f"{SNAPSHOT_PREFIX}{step:07d}"
+
+
+def is_checkpoint_name(which: str) -> bool:
+    return which in CHECKPOINTS or (
+        which.startswith(SNAPSHOT_PREFIX) and which.removeprefix(SNAPSHOT_PREFIX).isdigit()
+    )
 
 
 def checkpoint_path(run_dir: str | os.PathLike, which: str = "last") -> Path:
-    assert which in CHECKPOINTS, which
+    assert is_checkpoint_name(which), which
     return Path(run_dir) / "checkpoints" / f"{which}.pt"
 
 
@@ -285,8 +297,10 @@ def load_run(
     """
     from robustcaps.train import TrainConfig, build_model  # train imports runs: import here, not at the top
 
-    if which not in CHECKPOINTS:
-        raise RobustcapsError(f"--which {which!r}: choose one of {', '.join(CHECKPOINTS)}")
+    if not is_checkpoint_name(which):
+        raise RobustcapsError(
+            f"--which {which!r}: choose one of {', '.join(CHECKPOINTS)} or a {SNAPSHOT_PREFIX}N snapshot"
+        )
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RobustcapsError(f"{run_dir}: no such run directory")

@@ -75,6 +75,10 @@ class TrainConfig:
     routing: str = "plain"
     amp: str = "none"
     target_familiar_error: float | None = None
+    # keep the weights at each new lowest familiar-viewpoint error (checkpoints/familiar-step*.pt): the first
+    # step at which this run reached any familiar error is among them, so the run can later be stopped where
+    # another model's familiar error is (viewpoint.reverse_match)
+    familiar_snapshots: bool = False
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: at the end of each epoch only
     eval_batch_size: int = 256
 

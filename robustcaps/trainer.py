@@ -45,6 +45,7 @@ class Progress:
     train_seconds: float = 0.0  # this epoch, for img/s
     seconds: float = 0.0  # the whole run, training and validation
     best_val_error: float = math.inf
+    best_familiar_error: float = math.inf  # lowest so far, with familiar_snapshots
     stop_reason: str = ""  # "", "steps" or "target"
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -89,8 +90,10 @@ class Session:
             raise RobustcapsError(
                 f"--batch-size {config.batch_size} exceeds the {len(data.train)} training images"
             )
-        if config.target_familiar_error is not None and len(data.familiar) == 0:
-            raise RobustcapsError(f"--target-familiar-error: split {config.split!r} has no familiar images")
+        for option, used in (("--target-familiar-error", config.target_familiar_error is not None),
+                             ("--familiar-snapshots", config.familiar_snapshots)):  # fmt: skip
+            if used and len(data.familiar) == 0:
+                raise RobustcapsError(f"{option}: split {config.split!r} has no familiar images")
         model = build_model(config).to(device)
         if config.routing != "plain":
             if not isinstance(model, CapsNet):
@@ -278,7 +281,7 @@ def _end_epoch(s: Session) -> None:
     _sync(s)
     val_error = _error(s, s.data.val)
     matched = config.target_familiar_error is not None
-    familiar_error = _error(s, s.data.familiar) if matched else math.nan
+    familiar_error = _error(s, s.data.familiar) if matched or config.familiar_snapshots else math.nan
     now = time.perf_counter()
     p.seconds, s.clock = p.seconds + now - s.clock, now
     p.history.append(_metrics_row(s, val_error, familiar_error))
@@ -292,7 +295,19 @@ def _end_epoch(s: Session) -> None:
     if p.batch_in_epoch == s.steps_per_epoch:
         p.epoch, p.batch_in_epoch, p.order_epoch_start = p.epoch + 1, 0, s.next_order_state
         p.loss_sum, p.wrong, p.seen, p.train_seconds = 0.0, 0, 0, 0.0
+    lower = config.familiar_snapshots and familiar_error < p.best_familiar_error
+    if distributed.broadcast_flag(lower, s.world):
+        p.best_familiar_error = familiar_error
+        _snapshot(s)
     s.checkpoint(best=improved)
+
+
+def _snapshot(s: Session) -> None:
+    """Weights and step only: a snapshot is for evaluation (`load_run(which=...)`), never for resuming.
+    Written before last.pt, so a kill between the two redoes this epoch and rewrites it identically."""
+    if s.world.is_main:
+        state = {"model": s.model.state_dict(), "step": s.progress.step, "stop_reason": ""}
+        runs.atomic_torch_save(runs.checkpoint_path(s.run_dir, runs.snapshot_name(s.progress.step)), state)
 
 
 def _error(s: Session, tensorset: Any) -> float:

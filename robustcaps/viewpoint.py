@@ -9,12 +9,19 @@
    (capsules − CNN) is reported because epoch granularity and the step budget make the match inexact.
 
     familiar_gap = E_familiar(capsnet) − E_familiar(cnn)
+
+4. When the capsules' budget ran out above E_cnn, the pair above compares models of unequal familiar error,
+   which says little about viewpoint generalisation. So the match is also made the other way (rows with
+   protocol "reverse"): the CNN, stopped at its first epoch whose familiar error was at or below the
+   capsules' (a weights-only snapshot kept in training, `TrainConfig.familiar_snapshots`), against the same
+   capsule network. This is the paper's stopping rule with the roles swapped, still chosen on familiar data.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +31,7 @@ import pandas as pd
 from robustcaps.errors import RobustcapsError
 from robustcaps.paper_results import TABLE2
 from robustcaps.presets import Preset
-from robustcaps.report_tables import markdown_table, percent
+from robustcaps.report_tables import markdown_table, percent, table2
 from robustcaps.runs import atomic_write_text
 
 VIEWPOINT_SPLITS = ("azimuth", "elevation")
@@ -59,11 +66,19 @@ TRAINING_FIELDS = (
 )  # fmt: skip
 
 
+def keeps_snapshots(preset: Preset, model: str, split: str) -> bool:
+    """The viewpoint CNN keeps familiar snapshots, for the reverse match (step 4 above)."""
+    return model == preset.cnn and split in VIEWPOINT_SPLITS
+
+
 def run_dir(runs_dir: Path, preset: Preset, model: str, split: str) -> Path:
     """`<model>-<split>-<digest of the preset's training settings>`: a changed preset trains into a new
     directory instead of colliding with (or silently resuming) a run made with other settings."""
-    settings = json.dumps({k: getattr(preset, k) for k in TRAINING_FIELDS}, sort_keys=True, default=str)
-    return Path(runs_dir) / f"{model}-{split}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
+    settings = {k: getattr(preset, k) for k in TRAINING_FIELDS}
+    if keeps_snapshots(preset, model, split):  # a run made before snapshots existed is not resumed with them
+        settings["familiar_snapshots"] = True
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path(runs_dir) / f"{model}-{split}-{digest}"
 
 
 def train_config(preset: Preset, model: str, split: str, data_root: Path, device: str, **extra):
@@ -73,6 +88,8 @@ def train_config(preset: Preset, model: str, split: str, data_root: Path, device
     capsules = model == preset.capsnet
     steps = preset.capsnet_steps if capsules else preset.cnn_steps
     changes = {"compile": preset.capsnet_compile, "routing": preset.capsnet_routing} if capsules else {}
+    if keeps_snapshots(preset, model, split):
+        changes["familiar_snapshots"] = True
     return TrainConfig(
         model=model, model_overrides=preset.overrides(model), data=str(data_root), data_size=preset.data_size,
         split=split, stereo=preset.stereo, amp=preset.amp,
@@ -111,11 +128,29 @@ def evaluate_run(run_dir: Path, which: str, parts: tuple[str, ...], device: str,
     return Trained(Path(run_dir), loaded.config.model, which, errors, sizes)
 
 
+def reverse_match(cnn_dir: Path, target: float, device: str) -> Trained | None:
+    """The CNN run's first familiar snapshot at or below `target` (the capsules' familiar error), evaluated;
+    None when the capsules reached the CNN's own familiar error (no reverse match is needed)."""
+    from robustcaps.runs import METRICS_FILE, checkpoint_path, snapshot_name
+
+    metrics = pd.read_csv(cnn_dir / METRICS_FILE)
+    reached = metrics[metrics["familiar_error"] <= target]
+    if reached.empty:
+        return None
+    which = snapshot_name(int(reached["step"].iloc[0]))
+    if not checkpoint_path(cnn_dir, which).is_file():
+        raise RobustcapsError(
+            f"{checkpoint_path(cnn_dir, which)}: missing; the CNN run was trained without familiar snapshots"
+        )
+    return evaluate_run(cnn_dir, which, ("familiar", "novel"), device)
+
+
 def matched_pair(
     preset: Preset, split: str, data_root: Path, runs_dir: Path, device: str,
     echo: Callable[[str], None] = print,
-) -> tuple[Trained, Trained]:  # fmt: skip
-    """Train the CNN, then the capsule network stopped at the CNN's familiar error; evaluate both."""
+) -> tuple[Trained, Trained, Trained | None]:  # fmt: skip
+    """Train the CNN, then the capsule network stopped at the CNN's familiar error; evaluate both. Third:
+    the CNN stopped at the capsules' familiar error, when the capsules stayed above the CNN's."""
     if split not in VIEWPOINT_SPLITS:
         raise RobustcapsError(f"--split {split}: choose one of {', '.join(VIEWPOINT_SPLITS)}")
     parts = ("familiar", "novel")
@@ -128,20 +163,33 @@ def matched_pair(
     train(
         train_config(preset, preset.capsnet, split, data_root, device, target_familiar_error=target), caps_dir
     )
-    return cnn, evaluate_run(caps_dir, "last", parts, device)
+    caps = evaluate_run(caps_dir, "last", parts, device)
+    if caps.errors["familiar"] <= target:
+        return cnn, caps, None
+    echo(f"{split}: capsules stayed at {percent(caps.errors['familiar'])}; stopping the CNN there too")
+    return cnn, caps, reverse_match(cnn_dir, caps.errors["familiar"], device)
 
 
-def table2_rows(split: str, cnn: Trained, caps: Trained) -> pd.DataFrame:
-    """One row per model: familiar and novel error, the paper's, the achieved familiar gap."""
-    gap = caps.errors["familiar"] - cnn.errors["familiar"]
+def table2_rows(split: str, cnn: Trained, caps: Trained, cnn_stopped: Trained | None = None) -> pd.DataFrame:
+    """One row per model: familiar and novel error, the paper's, the achieved familiar gap; protocol
+    "paper" for the capsules stopped at the CNN's familiar error, "reverse" for the CNN stopped at theirs
+    (no paper numbers: the paper has no such row)."""
     rows = []
-    for family, trained in (("cnn", cnn), ("capsnet", caps)):
-        paper = TABLE2[(split, family)]
+    target = cnn.errors["familiar"]
+    pairs = [("paper", "cnn", cnn, target), ("paper", "capsnet", caps, target)]
+    if cnn_stopped is not None:
+        pairs.append(("reverse", "cnn", cnn_stopped, caps.errors["familiar"]))
+    for protocol, family, trained, target in pairs:
+        paper = TABLE2[(split, family)] if protocol == "paper" else {}
+        reference = cnn if protocol == "paper" else cnn_stopped
         rows.append({
-            "split": split, "model": trained.model, "family": family, "checkpoint": trained.which,
-            "familiar_error": trained.errors["familiar"], "novel_error": trained.errors["novel"],
-            "paper_familiar_error": paper["familiar_error"], "paper_novel_error": paper["novel_error"],
-            "familiar_gap": gap, "target_familiar_error": cnn.errors["familiar"],
+            "split": split, "protocol": protocol, "model": trained.model, "family": family,
+            "checkpoint": trained.which, "familiar_error": trained.errors["familiar"],
+            "novel_error": trained.errors["novel"],
+            "paper_familiar_error": paper.get("familiar_error", math.nan),
+            "paper_novel_error": paper.get("novel_error", math.nan),
+            "familiar_gap": caps.errors["familiar"] - reference.errors["familiar"],
+            "target_familiar_error": target,
             "n_familiar": trained.sizes["familiar"], "n_novel": trained.sizes["novel"],
             "run_dir": str(trained.run_dir),
         })  # fmt: skip
@@ -152,18 +200,9 @@ def write_table2(rows: pd.DataFrame, out_dir: Path, note: str) -> tuple[Path, Pa
     """`<split>.csv` and `<split>.md` under out_dir (the Markdown with the paper's numbers beside ours)."""
     split = rows["split"].iloc[0]
     csv = atomic_write_text(out_dir / f"{split}.csv", rows.to_csv(index=False))
-    shown = pd.DataFrame({
-        "model": rows["model"],
-        "familiar error": rows["familiar_error"].map(percent),
-        "novel error": rows["novel_error"].map(percent),
-        "paper familiar": rows["paper_familiar_error"].map(percent),
-        "paper novel": rows["paper_novel_error"].map(percent),
-    })  # fmt: skip
-    gap = rows["familiar_gap"].iloc[0]
-    text = (
-        f"## Novel viewpoints, {split} split (HSF18 Table 2 analogue)\n\n{markdown_table(shown)}\n"
-        f"Achieved familiar-error gap (capsules − CNN): {100 * gap:+.1f} points.\n\n_{note}_\n"
-    )
+    shown = table2(rows).drop(columns="split")
+    title = f"## Novel viewpoints, {split} split (HSF18 Table 2 analogue)"
+    text = f"{title}\n\n{markdown_table(shown)}\n_{note}_\n"
     return csv, atomic_write_text(out_dir / f"{split}.md", text)
 
 
@@ -172,7 +211,6 @@ def run_viewpoint(
     note: str = "", echo: Callable[[str], None] = print,
 ) -> pd.DataFrame:  # fmt: skip
     """The whole protocol for one split; writes `<out_dir>/<split>.{csv,md}` and returns the rows."""
-    cnn, caps = matched_pair(preset, split, Path(data_root), Path(runs_dir), device, echo)
-    rows = table2_rows(split, cnn, caps)
+    rows = table2_rows(split, *matched_pair(preset, split, Path(data_root), Path(runs_dir), device, echo))
     write_table2(rows, Path(out_dir), note)
     return rows

@@ -228,6 +228,29 @@ def test_a_full_size_run_on_rendered_data_is_not_called_a_demo(results_dir):
     assert "iterations" not in paragraph
 
 
+def test_a_reverse_match_is_tabled_plotted_and_worded_apart_from_the_papers_rows(results_dir):
+    path = results_dir / "viewpoint" / "azimuth.csv"
+    paper = pd.read_csv(path).assign(protocol="paper", checkpoint=["best", "last"])
+    reverse = paper.iloc[[0]].assign(
+        protocol="reverse", checkpoint="familiar-step0000150", familiar_error=0.0431, novel_error=0.2511,
+        familiar_gap=0.0002, paper_familiar_error=float("nan"), paper_novel_error=float("nan"),
+    )  # fmt: skip
+    pd.concat([paper, reverse]).to_csv(path, index=False)
+    text = write_report(results_dir).read_text()
+    table = (results_dir / "tables" / "table2.md").read_text().splitlines()
+    row = next(line for line in table if "step 150" in line)
+    assert "CNN stopped at the capsules' (step 150)" in row and "25.1%" in row and "20.0%" not in row
+    assert sum("capsules stopped at the CNN's" in line for line in table) == 2
+    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    assert "better than the CNN by 6.9 points" in paragraph  # the paper's pair is still the headline
+    assert (
+        "Stopping the CNN instead at its first checkpoint whose familiar error reached the capsules' "
+        "(step 150: familiar 4.3%, gap +0.0 points), its novel error was 25.1%: the capsules' 15.4% is "
+        "better than the CNN by 9.7 points." in paragraph
+    )
+    assert "figures/familiar_vs_novel.png" in text
+
+
 def test_notes_and_device_calls_recorded_in_provenance_reach_the_readme(results_dir):
     provenance = json.loads((results_dir / "provenance.json").read_text())
     provenance["notes"] = ["The CNN never learned on the full split."]

@@ -21,9 +21,10 @@ from click.testing import CliRunner
 from robustcaps import losses, runs
 from robustcaps.cli import cli
 from robustcaps.errors import RobustcapsError
+from robustcaps.evaluate import evaluate
 from robustcaps.losses import spread_margin
 from robustcaps.models import routing_kernels
-from robustcaps.train import TrainConfig, config_json, fit, lr_factor
+from robustcaps.train import TrainConfig, config_json, fit, load_split, lr_factor
 
 # One thread: the same arithmetic in every process, and no starving the other tests.
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -170,6 +171,28 @@ def test_target_familiar_error_stops_and_is_recorded(rendered_root, tmp_path):
     metrics = pd.read_csv(tmp_path / runs.METRICS_FILE)
     assert len(metrics) == 1 and metrics["familiar_error"].notna().all()
     assert runs.load_run(tmp_path, "last").stop_reason == "target"
+
+
+def test_familiar_snapshots_are_kept_at_each_new_low_and_change_nothing_else(rendered_root, tmp_path):
+    config = _config(rendered_root, split="azimuth", batch_size=8, steps=60)
+    fit(dataclasses.replace(config, familiar_snapshots=True), tmp_path / "kept")
+    familiar = pd.read_csv(tmp_path / "kept" / runs.METRICS_FILE).set_index("step")["familiar_error"]
+    lows = list(familiar.index[familiar < familiar.cummin().shift(fill_value=math.inf)])
+    snapshots = (tmp_path / "kept" / "checkpoints").glob(f"{runs.SNAPSHOT_PREFIX}*.pt")
+    kept = sorted(int(p.stem.removeprefix(runs.SNAPSHOT_PREFIX)) for p in snapshots)
+    assert len(familiar) >= 4 and len(kept) >= 2 and kept == lows
+    # a snapshot holds the weights that gave the recorded familiar error, and loads like best/last
+    snapshot = runs.load_run(tmp_path / "kept", runs.snapshot_name(kept[-1]))
+    data = load_split(snapshot.config)
+    assert snapshot.step == kept[-1]
+    assert evaluate(snapshot.model, data.familiar, "cpu")["error"] == familiar.loc[kept[-1]]
+    # evaluating familiar data each epoch draws no random numbers: the trained weights are unchanged
+    fit(config, tmp_path / "plain")
+    kept_last, plain_last = (
+        runs.load_run(tmp_path / d, "last").model.state_dict() for d in ("kept", "plain")
+    )
+    for (name, want), got in zip(plain_last.items(), kept_last.values(), strict=True):
+        assert torch.equal(got, want), name
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(rendered_root, tmp_path, monkeypatch):

@@ -7,27 +7,45 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from robustcaps import viewpoint
+from robustcaps import runs, viewpoint
 from robustcaps.errors import RobustcapsError
 from robustcaps.presets import tiny
 from robustcaps.viewpoint import Trained, run_viewpoint, table2_rows
 
+# The CNN's familiar error per epoch end (step: error) as its metrics.csv records it; its snapshots are the
+# new lows (the trainer's rule). `best` (val-selected) is at step 40.
+CNN_FAMILIAR = {10: 0.30, 20: 0.20, 30: 0.21, 40: 0.13, 50: 0.125}
+ERRORS = {  # (family, checkpoint) -> errors
+    ("cnn", "best"): {"familiar": 0.125, "novel": 0.30},
+    ("capsnet", "last"): {"familiar": 0.14, "novel": 0.2},
+    ("cnn", runs.snapshot_name(20)): {"familiar": 0.20, "novel": 0.35},
+    ("cnn", runs.snapshot_name(40)): {"familiar": 0.13, "novel": 0.33},
+}
+
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """Training and evaluation replaced by recorders: the protocol's logic without minutes of training."""
-    calls = {"train": [], "evaluate": []}
-    errors = {"cnn": {"familiar": 0.125, "novel": 0.30}, "capsnet": {"familiar": 0.14, "novel": 0.2}}
+    """Training and evaluation replaced by recorders: the protocol's logic without minutes of training.
+    `recorded["errors"]` can be changed by a test before it runs the protocol."""
+    calls = {"train": [], "evaluate": [], "errors": dict(ERRORS)}
 
     def fake_train(config, run_dir):
         calls["train"].append((config, Path(run_dir)))
+        if config.familiar_snapshots:
+            (Path(run_dir) / "checkpoints").mkdir(parents=True)
+            steps, errors = list(CNN_FAMILIAR), list(CNN_FAMILIAR.values())
+            pd.DataFrame({"step": steps, "familiar_error": errors}).to_csv(run_dir / runs.METRICS_FILE)
+            for step, error in CNN_FAMILIAR.items():
+                if error == min(errors[: steps.index(step) + 1]):
+                    runs.checkpoint_path(run_dir, runs.snapshot_name(step)).touch()
         return run_dir
 
     def fake_evaluate(run_dir, which, parts, device, multi_crop=False):
         calls["evaluate"].append((Path(run_dir).name, which, parts))
         family = "capsnet" if "caps" in Path(run_dir).name else "cnn"
+        errors = calls["errors"][(family, which)]
         return Trained(Path(run_dir), Path(run_dir).name.rsplit("-", 1)[0], which,
-                       {p: errors[family][p] for p in parts}, {p: 40 for p in parts})  # fmt: skip
+                       {p: errors[p] for p in parts}, {p: 40 for p in parts})  # fmt: skip
 
     monkeypatch.setattr(viewpoint, "train", fake_train)
     monkeypatch.setattr(viewpoint, "evaluate_run", fake_evaluate)
@@ -39,24 +57,55 @@ def test_capsules_are_stopped_at_the_cnns_familiar_error(recorded, tmp_path):
     rows = run_viewpoint("azimuth", preset, tmp_path / "data", tmp_path / "runs", tmp_path / "out", "cpu",
                          note="test note", echo=lambda _: None)  # fmt: skip
     (cnn_config, cnn_dir), (caps_config, caps_dir) = recorded["train"]
-    # The CNN first, with no target; then the capsules with the CNN's familiar error as their target.
+    # The CNN first, with no target (keeping familiar snapshots); then the capsules with the CNN's familiar
+    # error as their target.
     assert cnn_config.model == preset.cnn and cnn_config.target_familiar_error is None
+    assert cnn_config.familiar_snapshots and not caps_config.familiar_snapshots
     assert caps_config.model == preset.capsnet and caps_config.target_familiar_error == 0.125
     assert cnn_config.split == caps_config.split == "azimuth"
     assert dict(caps_config.model_overrides) == dict(preset.capsnet_overrides)
     # The CNN's familiar error is read from its val-selected checkpoint; the capsules' from the checkpoint
-    # where the target was checked. Each is evaluated once, on familiar and novel: nothing else is chosen.
-    assert recorded["evaluate"] == [(cnn_dir.name, "best", ("familiar", "novel")),
-                                    (caps_dir.name, "last", ("familiar", "novel"))]  # fmt: skip
-    by_family = rows.set_index("family")
-    assert by_family.loc["capsnet", "familiar_gap"] == pytest.approx(0.015)
-    assert by_family.loc["cnn", "paper_novel_error"] == 0.200
-    assert by_family.loc["capsnet", "paper_novel_error"] == 0.135
+    # where the target was checked. The capsules stayed above the CNN (14% > 12.5%), so the CNN is also
+    # stopped at its first epoch at or below 14%: step 40 (13%), not the later, lower step 50. Each is
+    # evaluated once, on familiar and novel: nothing is chosen on novel data.
+    both = ("familiar", "novel")
+    assert recorded["evaluate"] == [(cnn_dir.name, "best", both), (caps_dir.name, "last", both),
+                                    (cnn_dir.name, runs.snapshot_name(40), both)]  # fmt: skip
+    paper = rows[rows["protocol"] == "paper"].set_index("family")
+    assert paper.loc["capsnet", "familiar_gap"] == pytest.approx(0.015)
+    assert paper.loc["cnn", "paper_novel_error"] == 0.200
+    assert paper.loc["capsnet", "paper_novel_error"] == 0.135
+    reverse = rows[rows["protocol"] == "reverse"].iloc[0]
+    assert (reverse["family"], reverse["checkpoint"]) == ("cnn", runs.snapshot_name(40))
+    assert reverse["familiar_gap"] == pytest.approx(0.01) and reverse["target_familiar_error"] == 0.14
+    assert pd.isna(reverse["paper_novel_error"])  # the paper has no such row
     written = pd.read_csv(tmp_path / "out" / "azimuth.csv")
-    assert list(written["novel_error"]) == [0.30, 0.2]
+    assert list(written["novel_error"]) == [0.30, 0.2, 0.33]
     markdown = (tmp_path / "out" / "azimuth.md").read_text()
-    for text in ("30.0%", "20.0%", "13.5%", "3.7%", "+1.5 points", "test note"):
+    for text in ("30.0%", "20.0%", "13.5%", "3.7%", "1.5%", "33.0%", "(step 40)", "test note"):
         assert text in markdown
+
+
+def test_no_reverse_match_when_the_capsules_reach_the_cnn(recorded, tmp_path):
+    recorded["errors"][("capsnet", "last")] = {"familiar": 0.12, "novel": 0.2}
+    rows = run_viewpoint("elevation", tiny(), tmp_path / "data", tmp_path / "runs", tmp_path / "out", "cpu",
+                         echo=lambda _: None)  # fmt: skip
+    assert list(rows["protocol"]) == ["paper", "paper"] and len(recorded["evaluate"]) == 2
+
+
+def test_reverse_match_names_a_cnn_run_without_snapshots(recorded, tmp_path, monkeypatch):
+    recording_train = viewpoint.train
+
+    def train_then_lose_snapshots(config, run_dir):
+        recording_train(config, run_dir)
+        for path in (Path(run_dir) / "checkpoints").glob("*"):
+            path.unlink()
+
+    monkeypatch.setattr(viewpoint, "train", train_then_lose_snapshots)
+    with pytest.raises(RobustcapsError, match=r"step0000040\.pt: missing; .* without familiar snapshots"):
+        run_viewpoint("azimuth", tiny(), tmp_path / "data", tmp_path / "runs", tmp_path / "out", "cpu",
+                      echo=lambda _: None)  # fmt: skip
+    assert not (tmp_path / "out").exists()
 
 
 def test_paper_numbers_per_split():

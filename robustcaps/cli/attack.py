@@ -99,10 +99,9 @@ def resolve_device(device: str) -> str:
 )
 @click.option(
     "--which",
-    type=click.Choice(["best", "last"]),
     default="best",
     show_default=True,
-    help="Checkpoint to attack.",
+    help="Checkpoint to attack: best, last, or a familiar-stepN snapshot.",
 )
 @click.option("--batch-size", type=int, default=100, show_default=True)
 @device_option

@@ -21,7 +21,8 @@ _FIELDS = {
     "lr_decay_steps": "lr_decay_steps", "warmup_steps": "warmup_steps",
     "margin_step_scale": "margin_step_scale", "loss": "loss",
     "seed": "seed", "device": "device", "compile": "compile", "routing": "routing", "amp": "amp",
-    "target_familiar_error": "target_familiar_error", "checkpoint_every": "checkpoint_every",
+    "target_familiar_error": "target_familiar_error", "familiar_snapshots": "familiar_snapshots",
+    "checkpoint_every": "checkpoint_every",
 }  # fmt: skip
 
 
@@ -98,6 +99,11 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
 @click.option(
     "--target-familiar-error", type=float, help="Stop when familiar-viewpoint error ≤ this (HSF18 T2)."
 )
+@click.option(
+    "--familiar-snapshots",
+    is_flag=True,
+    help="Keep the weights at each new lowest familiar-viewpoint error (checkpoints/familiar-step*.pt).",
+)
 @click.option("--checkpoint-every", type=int, default=0, show_default=True, help="Steps; 0: each epoch.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory [runs/MODEL-SPLIT-sSEED].")
 @click.option("--resume", is_flag=True, help="Continue --out from checkpoints/last.pt (its config.json).")
@@ -145,7 +151,12 @@ def _eval_rows(loaded: runs.LoadedRun, parts: tuple[str, ...], multi_crop: bool,
 @click.option("--part", "parts", type=click.Choice(("familiar", "novel", "test", "val")), multiple=True,
               help="Parts to evaluate (repeatable) [all non-empty].")  # fmt: skip
 @click.option("--multi-crop", is_flag=True, help="Average 13 crops (centre + 12 diagonal offsets).")
-@click.option("--which", type=click.Choice(runs.CHECKPOINTS), default="best", show_default=True)
+@click.option(
+    "--which",
+    default="best",
+    show_default=True,
+    help="Checkpoint: best, last, or a familiar-stepN snapshot (--familiar-snapshots).",
+)
 @click.option("--device", type=click.Choice(training.DEVICES), default="auto", show_default=True)
 @run_data_option
 def eval_(
