@@ -130,19 +130,17 @@ def evaluate_run(run_dir: Path, which: str, parts: tuple[str, ...], device: str,
 
 def reverse_match(cnn_dir: Path, target: float, device: str) -> Trained | None:
     """The CNN run's first familiar snapshot at or below `target` (the capsules' familiar error), evaluated;
-    None when the capsules reached the CNN's own familiar error (no reverse match is needed)."""
+    None when no epoch of the CNN got that low."""
     from robustcaps.runs import METRICS_FILE, checkpoint_path, snapshot_name
 
     metrics = pd.read_csv(cnn_dir / METRICS_FILE)
     reached = metrics[metrics["familiar_error"] <= target]
     if reached.empty:
         return None
-    which = snapshot_name(int(reached["step"].iloc[0]))
-    if not checkpoint_path(cnn_dir, which).is_file():
-        raise RobustcapsError(
-            f"{checkpoint_path(cnn_dir, which)}: missing; the CNN run was trained without familiar snapshots"
-        )
-    return evaluate_run(cnn_dir, which, ("familiar", "novel"), device)
+    path = checkpoint_path(cnn_dir, snapshot_name(int(reached["step"].iloc[0])))
+    if not path.is_file():
+        raise RobustcapsError(f"{path}: missing; the CNN run was trained without familiar snapshots")
+    return evaluate_run(cnn_dir, path.stem, ("familiar", "novel"), device)
 
 
 def matched_pair(
@@ -175,8 +173,8 @@ def table2_rows(split: str, cnn: Trained, caps: Trained, cnn_stopped: Trained | 
     "paper" for the capsules stopped at the CNN's familiar error, "reverse" for the CNN stopped at theirs
     (no paper numbers: the paper has no such row)."""
     rows = []
-    target = cnn.errors["familiar"]
-    pairs = [("paper", "cnn", cnn, target), ("paper", "capsnet", caps, target)]
+    cnn_target = cnn.errors["familiar"]
+    pairs = [("paper", "cnn", cnn, cnn_target), ("paper", "capsnet", caps, cnn_target)]
     if cnn_stopped is not None:
         pairs.append(("reverse", "cnn", cnn_stopped, caps.errors["familiar"]))
     for protocol, family, trained, target in pairs:
