@@ -115,12 +115,14 @@ def plot_all_attacks(summary: pd.DataFrame, stem: Path, footer: str) -> list[Pat
 def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
     """Novel against familiar error per split and model, ours and the paper's Table 2."""
     viewpoint = with_protocol(viewpoint)
-    stopped = "ours, CNN stopped at capsules' familiar"
+    stopped, paper = "ours, CNN stopped at capsules' familiar", "paper (smallNORB)"
+    markers = {"ours": "o", stopped: "X", paper: "s"}  # fixed: seaborn would pick them per panel
     source = viewpoint["protocol"].map({"paper": "ours", "reverse": stopped})
     ours = viewpoint.assign(family=viewpoint["model"].map(family_of), source=source)
-    points = pd.concat([ours, table2_frame().assign(source="paper (smallNORB)")], ignore_index=True)
+    points = pd.concat([ours, table2_frame().assign(source=paper)], ignore_index=True)
     splits = sorted(points["split"].unique())
     fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits), 4.2), squeeze=False)
+    legend = {}  # label -> handle, over every panel (a reverse match may exist on one split only)
     for ax, split in zip(axes[0], splits, strict=True):
         group = points[points["split"] == split]
         sns.scatterplot(
@@ -129,6 +131,7 @@ def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> lis
             y="novel_error",
             hue="family",
             style="source",
+            markers={k: v for k, v in markers.items() if k in set(group["source"])},
             palette=FAMILY_COLOURS,
             s=110,
             ax=ax,
@@ -142,7 +145,11 @@ def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> lis
             xlabel="familiar-viewpoint error",
             ylabel="novel-viewpoint error",
         )
-        ax.legend(fontsize=7)
+        legend |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+        ax.get_legend().remove()
+    # one legend beside the panels: inside an axes it covers points wherever "best" puts it
+    fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False)  # fmt: skip
     fig.suptitle("Viewpoint generalisation at matched familiar error (cf. HSF18 Table 2)")
     return save_figure(fig, stem, footer)
 
