@@ -3,7 +3,10 @@
 Thresholds that turn numbers into words are stated here, once:
 - familiar errors "match" when they differ by at most MATCH_TOLERANCE (HSF18 compares at equal
   familiar error);
-- a difference in error or accuracy "matters" when it exceeds NOTABLE (below it, a few test examples decide);
+- two models' errors (or accuracies) differ when the 95% interval of the difference excludes 0
+  (robustcaps.uncertainty: Newcombe's interval on the two test sets' sizes), and are "not distinguishable"
+  otherwise;
+- an apparent robustness advantage "matters" when it exceeds NOTABLE;
 - a model with clean test error above USABLE_ERROR is called too weak for the comparisons to mean much;
 - the capsules' robustness "survives" when every integrity check on the capsule model passes and its accuracy
   under the worst attack we ran still beats the CNN's by more than NOTABLE.
@@ -15,6 +18,7 @@ import pandas as pd
 
 from robustcaps.paper_results import FIG3, TABLE2
 from robustcaps.report_tables import PAPER_ATTACKS, family_of, step_of, with_protocol
+from robustcaps.uncertainty import difference
 
 MATCH_TOLERANCE = 0.01
 NOTABLE = 0.05
@@ -26,11 +30,20 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _compare(ours: float, theirs: float, lower_is_better: bool) -> str:
-    gap = theirs - ours if lower_is_better else ours - theirs
-    if abs(gap) <= NOTABLE / 2:
-        return f"about the same as the CNN's (difference {100 * abs(gap):.1f} points)"
-    return f"{'better' if gap > 0 else 'worse'} than the CNN by {100 * abs(gap):.1f} points"
+def _compare(ours: float, n_ours: int, theirs: float, n_theirs: int, lower_is_better: bool) -> str:
+    """The capsules' rate against the CNN's in words, with the 95% interval of the difference."""
+    low, high = difference(ours, n_ours, theirs, n_theirs)
+    if low <= 0 <= high:
+        return (
+            f"not distinguishable from the CNN's on {n_ours} / {n_theirs} images (difference "
+            f"{100 * (ours - theirs):+.1f} points, 95% interval {100 * low:+.1f} to {100 * high:+.1f})"
+        )
+    better = (ours < theirs) == lower_is_better
+    near, far = sorted((abs(low), abs(high)))
+    return (
+        f"{'better' if better else 'worse'} than the CNN by {100 * abs(ours - theirs):.1f} points "
+        f"(95% interval {100 * near:.1f} to {100 * far:.1f})"
+    )
 
 
 def demo_sentence(provenance: dict, dataset_kind: str) -> str:
@@ -108,8 +121,8 @@ def viewpoint_sentences(viewpoint: pd.DataFrame) -> list[str]:
             f"gap {100 * gap:+.1f} points); "
             f"on novel viewpoints the capsules erred {_pct(caps.novel_error)} "
             f"against the CNN's {_pct(cnn.novel_error)}, "
-            f"{_compare(caps.novel_error, cnn.novel_error, lower_is_better=True)} "
-            f"(paper: capsules better by {100 * paper_gap:.1f} points)."
+            f"{_compare(caps.novel_error, caps.n_novel, cnn.novel_error, cnn.n_novel, lower_is_better=True)}"
+            f"; the paper found the capsules better by {100 * paper_gap:.1f} points."
         )
         out += [_reverse_sentence(caps, row) for row in rows[rows["protocol"] == "reverse"].itertuples()]
     return out
@@ -121,7 +134,8 @@ def _reverse_sentence(caps, cnn) -> str:
         f"Stopping the CNN instead at its first checkpoint whose familiar error reached the capsules' "
         f"({step_of(cnn.checkpoint)}: familiar {_pct(cnn.familiar_error)}, gap {100 * cnn.familiar_gap:+.1f} "
         f"points), its novel error was {_pct(cnn.novel_error)}: the capsules' "
-        f"{_pct(caps.novel_error)} is {_compare(caps.novel_error, cnn.novel_error, lower_is_better=True)}."
+        f"{_pct(caps.novel_error)} is "
+        f"{_compare(caps.novel_error, caps.n_novel, cnn.novel_error, cnn.n_novel, lower_is_better=True)}."
     )
 
 
@@ -151,12 +165,16 @@ def attack_sentences(summary: pd.DataFrame) -> list[str]:
             value = rows.groupby("family")["value"].mean()
             if not {"capsnet", "cnn"} <= set(value.index):
                 continue
+            n = rows.groupby("family")["n"].min()
+            low, high = difference(value["capsnet"], n["capsnet"], value["cnn"], n["cnn"])
             what = "targeted success rate" if targeted else "accuracy"
             caps_paper, cnn_paper = (FIG3[(f, attack, targeted, eps)] for f in ("capsnet", "cnn"))
             paper = f"paper at ε={eps}: {caps_paper:.2f} vs {cnn_paper:.2f}"
             out.append(
                 f"{'Targeted' if targeted else 'Untargeted'} {attack.upper()} at ε={at:g}: {what} "
-                f"{value['capsnet']:.2f} for the capsules vs {value['cnn']:.2f} for the CNN ({paper})."
+                f"{value['capsnet']:.2f} for the capsules vs {value['cnn']:.2f} for the CNN, difference "
+                f"{value['capsnet'] - value['cnn']:+.2f} (95% interval {low:+.2f} to {high:+.2f} on "
+                f"{n['capsnet']} / {n['cnn']} examples; {paper})."
             )
     return out
 

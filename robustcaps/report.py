@@ -17,6 +17,7 @@ from robustcaps.findings import findings_paragraph
 from robustcaps.report_tables import (
     checks_table,
     clean_table,
+    interval_note,
     load_results,
     markdown_table,
     stronger_table,
@@ -114,7 +115,8 @@ def _tables(results: dict, root: Path, lines: dict) -> list[str]:
             "clean_error",
             clean_table(results["clean"]),
             "Clean test error",
-            "Error on the test part of each split, centre crop and 13-crop (centre + 12 diagonal offsets).",
+            "Error on the test part of each split, centre crop and 13-crop (centre + 12 diagonal offsets); "
+            "in brackets its 95% Wilson interval on n test images.",
         ),
         (
             "table2",
@@ -131,20 +133,21 @@ def _tables(results: dict, root: Path, lines: dict) -> list[str]:
             sweep_table(summary, targeted=False),
             "Untargeted FGSM / BIM: accuracy per ε",
             "ε in units of the standardised input (Fig. 3 units). "
-            "Paper, ε=0.1: CNN 0.57/0.52, capsules 0.86/0.84.",
+            "Paper, ε=0.1: CNN 0.57/0.52, capsules 0.86/0.84." + interval_note(summary),
         ),
         (
             "targeted",
             sweep_table(summary, targeted=True),
             "Targeted FGSM / BIM: success rate per ε",
             "Success rate averaged over the wrong target classes. "
-            "Paper, ε=0.25: CNN 0.59/0.85, capsules 0.19/0.24.",
+            "Paper, ε=0.25: CNN 0.59/0.85, capsules 0.19/0.24." + interval_note(summary),
         ),
         (
             "stronger",
             stronger_table(summary),
             "Stronger attacks",
-            "PGD, APGD, transfer (crafted on `source`), the vote attack and the per-example worst case.",
+            "PGD, APGD, transfer (crafted on `source`), the vote attack and the per-example worst case."
+            + interval_note(summary),
         ),
         (
             "checks",

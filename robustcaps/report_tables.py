@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from robustcaps.paper_results import CLEAN_ERROR, TABLE2
+from robustcaps.uncertainty import wilson
 
 CLEAN_CSV = Path("clean") / "clean_error.csv"
 VIEWPOINT_DIR = Path("viewpoint")
@@ -98,6 +99,24 @@ def percent(value: float) -> str:
     return "" if pd.isna(value) else f"{100 * value:.1f}%"
 
 
+def percent_interval(value: float, n: int) -> str:
+    """ "45.8% (41.0–50.7)": the rate and its 95% Wilson interval on n examples."""
+    if pd.isna(value) or pd.isna(n):
+        return percent(value)
+    low, high = wilson(value, int(n))
+    return f"{percent(value)} ({100 * low:.1f}–{100 * high:.1f})"
+
+
+def interval_note(summary: pd.DataFrame) -> str:
+    """How wide a 95% interval on one attack cell's rate can be, for the examples per cell in `summary`."""
+    if summary.empty or "n" not in summary:
+        return ""
+    n = int(summary["n"].min())
+    low, high = wilson(0.5, n)
+    fewest = f"{n} examples per cell" if n == summary["n"].max() else f"at least {n} examples per cell"
+    return f" {fewest}: a 95% interval on a rate can be up to ±{(high - low) / 2:.2f} wide (Wilson, at 0.5)."
+
+
 def clean_table(clean: pd.DataFrame) -> pd.DataFrame:
     """Clean error per model, split and part, one column per crop count (1 and 13), with the paper's."""
     if clean.empty:
@@ -114,7 +133,7 @@ def clean_table(clean: pd.DataFrame) -> pd.DataFrame:
             value = CLEAN_ERROR.get((family_of(row.model), crops)) if row.split == "full" else None
             paper[crops].append(percent(value) if value is not None and row.part == "test" else "")
     for column in [c for c in wide.columns if c.startswith("error")]:
-        wide[column] = wide[column].map(percent)
+        wide[column] = [percent_interval(e, n) for e, n in zip(wide[column], wide["n"], strict=True)]
     wide["paper (1 crop)"], wide["paper (13 crops)"] = paper[1], paper[13]
     return wide
 
@@ -142,8 +161,13 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
                 else f"CNN stopped at the capsules' ({step_of(which)})"
                 for is_paper, which in zip(paper, viewpoint.get("checkpoint", paper), strict=True)
             ],
-            "familiar error": viewpoint["familiar_error"].map(percent),
-            "novel error": viewpoint["novel_error"].map(percent),
+            **{
+                f"{part} error (95% interval)": [
+                    percent_interval(e, n)
+                    for e, n in zip(viewpoint[f"{part}_error"], viewpoint[f"n_{part}"], strict=True)
+                ]
+                for part in ("familiar", "novel")
+            },
             "paper familiar": from_paper("familiar_error"),
             "paper novel": from_paper("novel_error"),
             "familiar gap (caps − CNN)": viewpoint["familiar_gap"].map(percent),

@@ -1,0 +1,32 @@
+"""95% intervals for the report: Wilson for one rate, Newcombe's hybrid score interval for a difference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from robustcaps.report_tables import percent_interval
+from robustcaps.uncertainty import difference, wilson
+
+
+def test_newcombes_published_example():
+    # Newcombe (1998), Table II, example (a): 56/70 vs 48/80, method 10 gives 0.0524 to 0.3339.
+    low, high = difference(56 / 70, 70, 48 / 80, 80)
+    assert (low, high) == pytest.approx((0.0524, 0.3339), abs=5e-5)
+
+
+def test_wilson_stays_inside_zero_and_one_and_narrows_with_n():
+    assert wilson(0.0, 10) == pytest.approx((0.0, 0.2775), abs=5e-5)  # Wald would give (0, 0)
+    low, high = wilson(1.0, 10)
+    assert high == pytest.approx(1.0) and low == pytest.approx(0.7225, abs=5e-5)
+    widths = [high - low for low, high in (wilson(0.3, n) for n in (40, 400, 4000))]
+    assert widths == sorted(widths, reverse=True) and widths[-1] < 0.03
+    assert all(math.isnan(x) for x in wilson(0.5, 0))
+
+
+def test_a_difference_is_clear_only_when_n_allows_it():
+    assert difference(0.458, 400, 0.188, 400)[0] > 0  # 27 points on 400 images each
+    low, high = difference(0.458, 400, 0.398, 400)  # 6 points on 400 each: chance could give it
+    assert low < 0 < high
+    assert percent_interval(0.345, 400) == "34.5% (30.0–39.3)"
