@@ -6,10 +6,10 @@ Thresholds that turn numbers into words are stated here, once:
 - two models' errors (or accuracies) differ when the 95% interval of the difference excludes 0
   (robustcaps.uncertainty: Newcombe's interval on the two test sets' sizes), and are "not distinguishable"
   otherwise;
-- an apparent robustness advantage "matters" when it exceeds NOTABLE;
 - a model with clean test error above USABLE_ERROR is called too weak for the comparisons to mean much;
-- the capsules' robustness "survives" when every integrity check on the capsule model passes and its accuracy
-  under the worst attack we ran still beats the CNN's by more than NOTABLE.
+- the capsules have an apparent robustness advantage when their FGSM/BIM accuracy is higher than the CNN's by
+  a difference whose 95% interval excludes 0, and it "survives" when every integrity check on the capsule
+  model passes and their accuracy under the worst attack we ran is still clearly (same sense) higher.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from robustcaps.report_tables import PAPER_ATTACKS, family_of, step_of, with_pro
 from robustcaps.uncertainty import difference
 
 MATCH_TOLERANCE = 0.01
-NOTABLE = 0.05
 USABLE_ERROR = 0.5  # chance is 80% on 5 classes; above this a model is too weak to compare robustness
 EPS_TOLERANCE = 0.05  # compare with the paper's ε only where our sweep has an ε this close to it
 
@@ -179,8 +178,24 @@ def attack_sentences(summary: pd.DataFrame) -> list[str]:
     return out
 
 
-def worst_case(summary: pd.DataFrame, eps: float) -> tuple[float, pd.Series] | None:
-    """Per family, the untargeted accuracy under the worst attack at the ε closest to `eps`.
+def _lowest(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per family, the row of lowest value (its `value` and `n`)."""
+    return rows.loc[rows.groupby("family")["value"].idxmin()].set_index("family")
+
+
+def _capsules_minus_cnn(lowest: pd.DataFrame) -> tuple[float, float, float] | None:
+    """The capsules' value minus the CNN's, with the 95% interval of that difference."""
+    if not {"capsnet", "cnn"} <= set(lowest.index):
+        return None
+    caps, cnn = lowest.loc["capsnet"], lowest.loc["cnn"]
+    return (
+        caps["value"] - cnn["value"],
+        *difference(caps["value"], int(caps["n"]), cnn["value"], int(cnn["n"])),
+    )
+
+
+def worst_case(summary: pd.DataFrame, eps: float) -> tuple[float, pd.DataFrame] | None:
+    """Per family, the untargeted accuracy (and its n) under the worst attack at the ε closest to `eps`.
 
     robustcaps.attack's per-example worst case ("worst" rows) when present, else the lowest accuracy of
     any single attack (an upper bound on the per-example worst case)."""
@@ -189,7 +204,7 @@ def worst_case(summary: pd.DataFrame, eps: float) -> tuple[float, pd.Series] | N
     if rows.empty:
         return None
     worst = rows[rows["attack"] == "worst"]
-    return at, (worst if not worst.empty else rows).groupby("family")["value"].min()
+    return at, _lowest(worst if not worst.empty else rows)
 
 
 def failed_checks(checks: pd.DataFrame, family: str) -> list[str]:
@@ -199,13 +214,18 @@ def failed_checks(checks: pd.DataFrame, family: str) -> list[str]:
     return sorted(set(failed.loc[failed["model"].map(family_of) == family, "check"]))
 
 
-def apparent_advantage(summary: pd.DataFrame, eps: float = 0.1) -> float | None:
-    """Capsules' minus the CNN's accuracy under the paper's attacks (FGSM, BIM) at ε ≈ 0.1."""
+def apparent_advantage(summary: pd.DataFrame, eps: float = 0.1) -> tuple[float, float, float] | None:
+    """Capsules' minus the CNN's accuracy under the paper's attacks (FGSM, BIM) at ε ≈ 0.1, each family at
+    its lower of the two, with the 95% interval of the difference."""
     paper = summary[summary["attack"].isin(PAPER_ATTACKS) & ~summary["targeted"] & (summary["source"] == "")
                     & (summary["role"] == "sweep")]  # fmt: skip
     _, rows = _at_eps(paper, eps)
-    value = rows.groupby("family")["value"].min()
-    return float(value["capsnet"] - value["cnn"]) if {"capsnet", "cnn"} <= set(value.index) else None
+    return _capsules_minus_cnn(_lowest(rows)) if not rows.empty else None
+
+
+def _points(difference: tuple[float, float, float]) -> str:
+    gap, low, high = (100 * x for x in difference)
+    return f"{gap:+.1f} points, 95% interval {low:+.1f} to {high:+.1f}"
 
 
 def robustness_verdict(summary: pd.DataFrame, checks: pd.DataFrame) -> str:
@@ -217,26 +237,30 @@ def robustness_verdict(summary: pd.DataFrame, checks: pd.DataFrame) -> str:
         parts.append(f"On the CNN these failed: {', '.join(cnn_failed)}.")
     apparent = apparent_advantage(summary) if not summary.empty else None
     worst = worst_case(summary, 0.1) if not summary.empty else None
-    if apparent is None or worst is None or not {"capsnet", "cnn"} <= set(worst[1].index):
+    survived = _capsules_minus_cnn(worst[1]) if worst is not None else None
+    if apparent is None or survived is None:
         return " ".join(parts)
-    at, value = worst
+    at, value = worst[0], worst[1]["value"]
     parts.append(f"Under the worst attack at ε={at:g}, accuracy is {value['capsnet']:.2f} (capsules) vs "
-                 f"{value['cnn']:.2f} (CNN).")  # fmt: skip
-    if apparent <= NOTABLE:
+                 f"{value['cnn']:.2f} (CNN): {_points(survived)}.")  # fmt: skip
+    seen = f"{_points(apparent)}, at ε≈0.1"
+    if apparent[1] <= 0:
         parts.append(
-            "The capsules show no robustness advantage under FGSM/BIM to begin with "
-            f"({100 * apparent:+.1f} points at ε≈0.1), so there is nothing for the checks to confirm."
+            f"The capsules show no clear robustness advantage under FGSM/BIM to begin with ({seen}), so "
+            "there is nothing for the checks to confirm."
         )
-    elif caps_failed or checks.empty or value["capsnet"] - value["cnn"] <= NOTABLE:
-        reason = "failed checks point to masked gradients" if caps_failed else "the advantage vanishes"
+    elif caps_failed or checks.empty or survived[1] <= 0:
+        reason = (
+            "failed checks point to masked gradients" if caps_failed else "the advantage is no longer clear"
+        )
         parts.append(
-            f"So the capsules' apparent FGSM/BIM advantage ({100 * apparent:+.1f} points) does not "
-            f"survive the integrity checks and the stronger attacks ({reason})."
+            f"So the capsules' apparent FGSM/BIM advantage ({seen}) does not survive the integrity checks "
+            f"and the stronger attacks ({reason})."
         )
     else:
         parts.append(
-            f"So the capsules' FGSM/BIM advantage ({100 * apparent:+.1f} points) survives the "
-            "integrity checks and the stronger attacks."
+            f"So the capsules' FGSM/BIM advantage ({seen}) survives the integrity checks and the stronger "
+            "attacks."
         )
     return " ".join(parts)
 
