@@ -4,9 +4,9 @@
 # A session gets 15 minutes of GPU time, the machine's start included, and 10 minutes per command, so
 # everything runs here in one go, in order of what matters most, each part under its own time limit:
 #   1. `robustcaps reproduce --preset gpu` (render the full stand-in, train capsnet and the CNN on the full,
-#      azimuth and elevation splits, the attack sweeps and checks, the report) into results/gpu/;
-#   2. the trained full-split capsnet and CNN, slimmed to their weights (robustcaps.runs.export_run);
-#   3. benchmarks/bench_models.py on the GPU until the deadline, the configurations that the issues'
+#      azimuth and elevation splits, export the full-split models' weights, the attack sweeps and checks,
+#      the report) into results/gpu/;
+#   2. benchmarks/bench_models.py on the GPU until the deadline, the configurations that the issues'
 #      bars name first (bench rows already measured come back even if the command is cut off), with a
 #      one-process torchrun (NCCL) training smoke test (--compile, --amp bf16) after the first group.
 # What comes back is packed into $OUT (the device tool's return folder; at most 8 files of 16 MiB).
@@ -38,18 +38,6 @@ echo "== [$(elapsed) s] reproduce --preset $PRESET (limit $REPRODUCE_LIMIT s)"
 timeout --signal=INT --kill-after=10 "$REPRODUCE_LIMIT" \
     python3 -m robustcaps reproduce --preset "$PRESET" --out "$results" --runs "$runs" --device "$DEVICE"
 echo "== [$(elapsed) s] reproduce exit $?"
-
-echo "== [$(elapsed) s] export the full-split models"
-python3 - "$runs" "$results/models" <<'EOF'
-import sys
-from pathlib import Path
-
-from robustcaps.runs import export_run
-
-for run in sorted(Path(sys.argv[1]).glob("*-full-*")):
-    if (run / "checkpoints" / "best.pt").is_file():
-        print("exported", export_run(run, Path(sys.argv[2]) / run.name.rsplit("-", 1)[0]))
-EOF
 tar -czf "$OUT/results.tgz" "$results" "$runs/steps" 2>/dev/null
 # A 4.25M-parameter CNN is 17 MB of weights: over one returned file's 16 MiB, so the archive is cut up.
 (cd "$OUT" && split -b 15m results.tgz results.tgz.part- && rm results.tgz)

@@ -15,6 +15,7 @@ from robustcaps import plots
 from robustcaps.errors import RobustcapsError
 from robustcaps.findings import findings_paragraph
 from robustcaps.report_tables import (
+    MODELS_DIR,
     checks_table,
     clean_table,
     interval_note,
@@ -90,6 +91,21 @@ def notes_text(provenance: dict) -> str:
             f"{c.get('wall_s', 0):.0f} s): {c.get('what', '')}{log}"
         )
     return "\n".join(lines) + "\n"
+
+
+def models_text(root: Path) -> str:
+    """Where the trained full-split models are, and how to attack them again without retraining."""
+    exported = sorted(path.parent.parent.name for path in (root / MODELS_DIR).glob("*/checkpoints/best.pt"))
+    if not exported:
+        return ""
+    return (
+        "## Trained models\n\n"
+        f"The full-split models are in `{MODELS_DIR}/` ({', '.join(f'`{m}`' for m in exported)}; weights "
+        "only, val-selected). An independent sweep on them needs no training: `robustcaps attack "
+        f"{root / MODELS_DIR / exported[0]} --data DATA --out SWEEP --attack fgsm --eps 0:0.5:0.1`, where "
+        "DATA holds the dataset the captions name (checked against the model's metadata.json; the rendered "
+        "stand-in is rebuilt byte for byte by `robustcaps data render` with its seed and size).\n"
+    )
 
 
 def caption(lines: dict[str, str]) -> str:
@@ -209,6 +225,7 @@ def write_report(results_dir: str | Path) -> Path:
             f"_{caption(lines)}_\n",
             timing_text(results["provenance"]),
             notes_text(results["provenance"]),
+            models_text(root),
             "## Tables\n",
             *tables,
             "## Figures\n",

@@ -6,6 +6,7 @@ The results/ tree (written by `robustcaps reproduce`, read here):
     clean/clean_error.csv        model, family, split, part, crops, error, n
     viewpoint/<split>.csv        the Table 2 analogue of one split (see robustcaps.viewpoint)
     training/metrics.csv         run, model, family, split + the trainer's metrics.csv columns
+    models/<model>-full/         the full-split models, weights only: `robustcaps eval` and `attack` read them
     attacks/<name>/summary.csv   robustcaps.attack's summary (model, attack, targeted, eps_std, value...)
     attacks/<name>/checks.csv    robustcaps.attack's integrity checks (model, check, passed, detail)
 """
@@ -24,6 +25,7 @@ from robustcaps.uncertainty import wilson
 CLEAN_CSV = Path("clean") / "clean_error.csv"
 VIEWPOINT_DIR = Path("viewpoint")
 TRAINING_CSV = Path("training") / "metrics.csv"
+MODELS_DIR = Path("models")  # the full-split models, weights only (runs.export_run)
 ATTACKS_DIR = Path("attacks")
 PROVENANCE_JSON = Path("provenance.json")
 PAPER_ATTACKS = ("fgsm", "bim")

@@ -22,13 +22,14 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.presets import Preset
 from robustcaps.report_tables import (
     CLEAN_CSV,
+    MODELS_DIR,
     PROVENANCE_JSON,
     TRAINING_CSV,
     VIEWPOINT_DIR,
     family_of,
     with_protocol,
 )
-from robustcaps.runs import atomic_write_json, atomic_write_text, environment_metadata
+from robustcaps.runs import atomic_write_json, atomic_write_text, environment_metadata, export_run
 from robustcaps.steps import Pipeline, Step
 from robustcaps.viewpoint import (
     VIEWPOINT_SPLITS,
@@ -140,6 +141,7 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
 
     steps = training_steps(preset, root, results, runs_dir, device, echo)
     trained = tuple(step.name for step in steps)
+    models = (preset.cnn, preset.capsnet)
     steps.append(
         Step(
             "clean-error",
@@ -156,6 +158,16 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
             (results / TRAINING_CSV,),
             lambda: _write_csv(training_rows(runs_dir, preset), results / TRAINING_CSV),
             trained,
+        )
+    )
+    exported = {run_dir(runs_dir, preset, m, "full"): results / MODELS_DIR / f"{m}-full" for m in models}
+    steps.append(
+        Step(
+            "export-models",
+            {},
+            tuple(out / "checkpoints" / "best.pt" for out in exported.values()),
+            lambda: [export_run(run, out) for run, out in exported.items()],
+            trained[:2],
         )
     )
     attack_settings = (

@@ -6,11 +6,13 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from robustcaps.cli import cli
 from robustcaps.errors import RobustcapsError
 from robustcaps.presets import PRESETS, get_preset, tiny
+from robustcaps.runs import load_run
 from robustcaps.steps import Pipeline, Step
 
 
@@ -145,6 +147,12 @@ def test_tiny_reproduce_end_to_end_then_resume(data_root, tmp_path):
     assert summary["targeted"].any() and (results / "attacks" / "capsnet-small" / "checks.csv").exists()
     provenance = json.loads((results / "provenance.json").read_text())
     assert provenance["demo"] and provenance["dataset_identity"]["kind"] == "rendered"
+    # the exported full-split capsnet is the trained one, and its README line says how to attack it
+    (trained,) = runs.glob("capsnet-small-full-*")
+    exported = load_run(results / "models" / "capsnet-small-full", data=data_root)
+    for name, weight in load_run(trained).model.state_dict().items():
+        assert torch.equal(exported.model.state_dict()[name], weight), name
+    assert f"robustcaps attack {results / 'models' / 'capsnet-small-full'} --data DATA" in text
     ran = [line for line in log if line.startswith("[run ]")]
     assert len(ran) >= 9
 
