@@ -121,9 +121,13 @@ def training_steps(
         outputs = tuple(directory / f for f in CHECKPOINT_FILES)
         steps.append(Step(f"train-{model}-full", {"train": config.to_dict(), "data": identity}, outputs,
                           partial(train, config, directory)))  # fmt: skip
+    from robustcaps.data.render import default_data_path
+
+    # the preset's own stand-in needs no --data (its cache path differs between machines)
+    data = "" if Path(root) == default_data_path(preset.data_size) else f" --data {root}"
     for split in VIEWPOINT_SPLITS:
         outputs = (results / VIEWPOINT_DIR / f"{split}.csv", results / VIEWPOINT_DIR / f"{split}.md")
-        note = f"Regenerate: robustcaps viewpoint --split {split} --preset {preset.name} --data {root}"
+        note = f"Regenerate: robustcaps viewpoint --split {split} --preset {preset.name}{data}"
         run = partial(
             run_viewpoint, split, preset, root, runs_dir, results / VIEWPOINT_DIR, device, note, echo
         )

@@ -162,6 +162,22 @@ def test_tiny_reproduce_end_to_end_then_resume(data_root, tmp_path):
     assert sum(line.startswith("[skip]") for line in log) == len(ran)
 
 
+def test_regenerate_notes_name_data_only_when_it_is_not_the_presets_own_stand_in(
+    rendered_root, tmp_path, monkeypatch
+):
+    import shutil
+
+    from robustcaps.data.render import default_data_path
+    from robustcaps.reproduce import training_steps
+
+    monkeypatch.setenv("ROBUSTCAPS_CACHE", str(tmp_path / "cache"))
+    cached = shutil.copytree(rendered_root, default_data_path("tiny"))
+    for root, data in ((cached, ""), (rendered_root, f" --data {rendered_root}")):
+        steps = {s.name: s for s in training_steps(tiny(), root, tmp_path, tmp_path / "runs", "cpu", print)}
+        note = steps["viewpoint-azimuth"].run.args[6]
+        assert note == f"Regenerate: robustcaps viewpoint --split azimuth --preset tiny{data}"
+
+
 def test_the_resolved_device_is_a_spelling_train_config_accepts(monkeypatch):
     # On a GPU machine the trainer resolves "auto"/"cuda" to cuda:<local rank>; the pipeline passes the
     # device on to TrainConfig, which accepts the type only (a GPU run once failed on "cuda:0").

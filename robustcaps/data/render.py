@@ -196,13 +196,18 @@ def default_workers() -> int:
     return min(16, os.cpu_count() or 1)
 
 
+def default_data_path(size: str = "small", seed: int = 0) -> Path:
+    """Where `default_data_root` keeps the rendered set of this size and seed (nothing is rendered here)."""
+    return cache_root() / f"rendered-{size}-seed{seed}"
+
+
 def default_data_root(size: str = "small", seed: int = 0, progress: bool = True) -> Path:
     """A rendered set in the cache (`$ROBUSTCAPS_CACHE`, else ~/.cache/robustcaps), rendered on first use.
 
     A complete set (manifest present, files of the recorded names) is reused. A new one is rendered into a
     temporary directory and renamed into place, so two processes never see half a dataset.
     """
-    root = cache_root() / f"rendered-{size}-seed{seed}"
+    root = default_data_path(size, seed)
     if _complete(root, size, seed):
         return root
     make_config(seed, size)  # a bad size fails before any work
