@@ -33,7 +33,7 @@ CAPSNET_INIT = (("calibrate", "beta_a"),)
 # 3); every other knob tried (λ, class λ, lr, warm-up, margin ramp, data mass, cross-entropy) was no better
 # than the defaults (docs/LEARNING.md). The `paper` preset keeps 3. An E-step temperature (estep_temperature
 # 0.25) lets 3 iterations learn about as fast (0.256 / 0.320), and takes 5.5 points off the test error of
-# this preset's 2-iteration capsnet-small (mean of 3 seeds, docs/LEARNING.md), but it changes the paper's
+# the quick preset's 2-iteration capsnet-small (mean of 3 seeds, docs/LEARNING.md), but it changes the paper's
 # E-step; no preset uses it until a GPU run has measured it at full size and under attack.
 CAPSNET_SHORT_RUN = (*CAPSNET_INIT, ("iterations", 2))
 
