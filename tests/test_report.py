@@ -259,6 +259,31 @@ def test_a_reverse_match_is_tabled_plotted_and_worded_apart_from_the_papers_rows
     assert "figures/familiar_vs_novel.png" in text
 
 
+def test_familiar_vs_novel_keeps_each_sources_marker_on_every_panel(results_dir, monkeypatch):
+    from robustcaps import plots
+    from robustcaps.paper_results import TABLE2
+
+    azimuth = load_results(results_dir)["viewpoint"]
+    reverse = azimuth.iloc[[0]].assign(protocol="reverse", familiar_error=0.05, novel_error=0.3)
+    elevation = azimuth.assign(split="elevation")  # no reverse row on this split
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, stem, footer: figures.append(fig) or [])
+    plots.plot_familiar_novel(pd.concat([azimuth, reverse, elevation]), results_dir / "f", "footer")
+
+    def marker_at(ax, x, y):  # the marker path of the point drawn at (x, y)
+        (points,) = [c for c in ax.collections if len(c.get_offsets())]
+        at = [i for i, xy in enumerate(points.get_offsets()) if tuple(xy) == pytest.approx((x, y))]
+        return points.get_paths()[at[0]].vertices.round(6).tolist()
+
+    panels = dict(zip(("azimuth", "elevation"), figures[0].axes, strict=False))
+    cnn = {split: TABLE2[(split, "cnn")] for split in panels}
+    paper = {s: marker_at(ax, cnn[s]["familiar_error"], cnn[s]["novel_error"]) for s, ax in panels.items()}
+    assert paper["azimuth"] == paper["elevation"]
+    assert marker_at(panels["azimuth"], 0.05, 0.3) != paper["azimuth"]
+    ours = marker_at(panels["elevation"], 0.0433, 0.1544)
+    assert ours not in (paper["elevation"], marker_at(panels["azimuth"], 0.05, 0.3))
+
+
 def test_notes_and_device_calls_recorded_in_provenance_reach_the_readme(results_dir):
     provenance = json.loads((results_dir / "provenance.json").read_text())
     provenance["notes"] = ["The CNN never learned on the full split."]
