@@ -35,7 +35,8 @@ def evaluate(
     multi_crop: bool = False,
     batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Error overall and per class on a `TensorSet`: {"error", "n", "crops", "per_class": {name: {error, n}}}.
+    """Error overall and per class on a `TensorSet`: {"error", "n", "crops", "per_class": {name: {error, n}},
+    "wrong": (N,) bool, per example in the set's order (for paired comparisons of two models)}.
 
     An empty set (the novel part of the full split) gives error NaN and n 0. The model's train/eval mode
     is restored afterwards, so `fit` can call this between steps.
@@ -57,4 +58,4 @@ def evaluate(
         per_class[name] = {"error": float(wrong[mask].double().mean()) if n else math.nan, "n": n}
     n = len(labels)
     error = float(wrong.double().mean()) if n else math.nan
-    return {"error": error, "n": n, "crops": 13 if multi_crop else 1, "per_class": per_class}
+    return {"error": error, "n": n, "crops": 13 if multi_crop else 1, "per_class": per_class, "wrong": wrong}

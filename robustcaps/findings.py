@@ -14,11 +14,13 @@ Thresholds that turn numbers into words are stated here, once:
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from robustcaps.paper_results import FIG3, TABLE2
 from robustcaps.report_tables import PAPER_ATTACKS, family_of, step_of, with_protocol
-from robustcaps.uncertainty import difference
+from robustcaps.uncertainty import difference, paired_difference
 
 MATCH_TOLERANCE = 0.01
 USABLE_ERROR = 0.5  # chance is 80% on 5 classes; above this a model is too weak to compare robustness
@@ -31,17 +33,36 @@ def _pct(x: float) -> str:
 
 def _compare(ours: float, n_ours: int, theirs: float, n_theirs: int, lower_is_better: bool) -> str:
     """The capsules' rate against the CNN's in words, with the 95% interval of the difference."""
-    low, high = difference(ours, n_ours, theirs, n_theirs)
+    return _words(ours - theirs, difference(ours, n_ours, theirs, n_theirs), lower_is_better,
+                  f"on {n_ours} / {n_theirs} images")  # fmt: skip
+
+
+def _compare_novel(caps, cnn) -> str:
+    """Novel-viewpoint errors of the capsules and a CNN row; paired when the row counts the images only
+    one of the two got wrong (both models see the same novel images), else as independent samples."""
+    only_caps, only_cnn = (
+        getattr(cnn, c, math.nan) for c in ("novel_only_capsules_wrong", "novel_only_cnn_wrong")
+    )
+    if math.isnan(only_caps) or math.isnan(only_cnn):
+        return _compare(caps.novel_error, caps.n_novel, cnn.novel_error, cnn.n_novel, lower_is_better=True)
+    interval = paired_difference(int(only_caps), int(only_cnn), int(cnn.n_novel))
+    return _words(caps.novel_error - cnn.novel_error, interval, True,
+                  f"on the same {cnn.n_novel} images, {int(only_caps)} of which only the capsules and "
+                  f"{int(only_cnn)} only the CNN got wrong")  # fmt: skip
+
+
+def _words(gap: float, interval: tuple[float, float], lower_is_better: bool, where: str) -> str:
+    low, high = interval
     if low <= 0 <= high:
         return (
-            f"not distinguishable from the CNN's on {n_ours} / {n_theirs} images (difference "
-            f"{100 * (ours - theirs):+.1f} points, 95% interval {100 * low:+.1f} to {100 * high:+.1f})"
+            f"not distinguishable from the CNN's {where} (difference {100 * gap:+.1f} points, 95% interval "
+            f"{100 * low:+.1f} to {100 * high:+.1f})"
         )
-    better = (ours < theirs) == lower_is_better
+    better = (gap < 0) == lower_is_better
     near, far = sorted((abs(low), abs(high)))
     return (
-        f"{'better' if better else 'worse'} than the CNN by {100 * abs(ours - theirs):.1f} points "
-        f"(95% interval {100 * near:.1f} to {100 * far:.1f})"
+        f"{'better' if better else 'worse'} than the CNN by {100 * abs(gap):.1f} points (95% interval "
+        f"{100 * near:.1f} to {100 * far:.1f}, {where})"
     )
 
 
@@ -120,8 +141,8 @@ def viewpoint_sentences(viewpoint: pd.DataFrame) -> list[str]:
             f"gap {100 * gap:+.1f} points); "
             f"on novel viewpoints the capsules erred {_pct(caps.novel_error)} "
             f"against the CNN's {_pct(cnn.novel_error)}, "
-            f"{_compare(caps.novel_error, caps.n_novel, cnn.novel_error, cnn.n_novel, lower_is_better=True)}"
-            f"; the paper found the capsules better by {100 * paper_gap:.1f} points."
+            f"{_compare_novel(caps, cnn)}; "
+            f"the paper found the capsules better by {100 * paper_gap:.1f} points."
         )
         out += [_reverse_sentence(caps, row) for row in rows[rows["protocol"] == "reverse"].itertuples()]
     return out
@@ -133,8 +154,7 @@ def _reverse_sentence(caps, cnn) -> str:
         f"Stopping the CNN instead at its first checkpoint whose familiar error reached the capsules' "
         f"({step_of(cnn.checkpoint)}: familiar {_pct(cnn.familiar_error)}, gap {100 * cnn.familiar_gap:+.1f} "
         f"points), its novel error was {_pct(cnn.novel_error)}: the capsules' "
-        f"{_pct(caps.novel_error)} is "
-        f"{_compare(caps.novel_error, caps.n_novel, cnn.novel_error, cnn.n_novel, lower_is_better=True)}."
+        f"{_pct(caps.novel_error)} is {_compare_novel(caps, cnn)}."
     )
 
 

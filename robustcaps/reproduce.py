@@ -32,6 +32,7 @@ from robustcaps.report_tables import (
 from robustcaps.runs import atomic_write_json, atomic_write_text, environment_metadata, export_run
 from robustcaps.steps import Pipeline, Step
 from robustcaps.viewpoint import (
+    TABLE_VERSION,
     VIEWPOINT_SPLITS,
     evaluate_run,
     resolve_data_root,
@@ -135,7 +136,8 @@ def training_steps(
         configs = {
             m: train_config(preset, m, split, root, device).to_dict() for m in (preset.cnn, preset.capsnet)
         }
-        steps.append(Step(f"viewpoint-{split}", {"train": configs, "data": identity}, outputs, run))
+        config = {"train": configs, "data": identity, "table": TABLE_VERSION}
+        steps.append(Step(f"viewpoint-{split}", config, outputs, run))
     return steps
 
 

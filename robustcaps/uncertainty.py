@@ -12,6 +12,10 @@
   two lines). When both models are scored on the same examples the rates are paired; treating them as
   independent gives a wider interval when their mistakes are positively correlated, so a difference it
   calls clear is clear.
+- Two models scored on the same n examples, of which b only the first got wrong and c only the second: the
+  difference of their error rates is (b − c)/n. Given the m = b + c examples where they disagree, b is
+  Binomial(m, θ) and the difference is (m/n)(2θ − 1), so the exact (Clopper–Pearson) interval of θ gives
+  one for the difference. It agrees with the exact McNemar test: it excludes 0 when that test rejects.
 """
 
 from __future__ import annotations
@@ -29,6 +33,16 @@ def wilson(rate: float, n: int) -> tuple[float, float]:
         return math.nan, math.nan
     interval = binomtest(round(rate * n), n).proportion_ci(confidence_level=LEVEL, method="wilson")
     return float(interval.low), float(interval.high)
+
+
+def paired_difference(only_first: int, only_second: int, n: int) -> tuple[float, float]:
+    """95% interval of the first model's error rate minus the second's on the same n examples, from the
+    examples only the first got wrong and only the second did (see the module docstring)."""
+    disagree = only_first + only_second
+    if disagree == 0:
+        return 0.0, 0.0
+    theta = binomtest(only_first, disagree).proportion_ci(confidence_level=LEVEL, method="exact")
+    return disagree / n * (2 * theta.low - 1), disagree / n * (2 * theta.high - 1)
 
 
 def difference(rate1: float, n1: int, rate2: float, n2: int) -> tuple[float, float]:

@@ -23,8 +23,9 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -34,7 +35,13 @@ from robustcaps.presets import Preset
 from robustcaps.report_tables import markdown_table, percent, table2
 from robustcaps.runs import atomic_write_text
 
+if TYPE_CHECKING:
+    import torch
+
 VIEWPOINT_SPLITS = ("azimuth", "elevation")
+# What the viewpoint CSV holds; raised when it gains columns (2: the reverse match and the novel images only
+# one model got wrong), so that a resumed `reproduce` rewrites it instead of skipping the finished step
+TABLE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class Trained:
     which: str
     errors: dict[str, float]  # part -> error
     sizes: dict[str, int]  # part -> n
+    wrong: dict[str, torch.Tensor] = field(default_factory=dict)  # part -> (n,) bool, the part's order
 
 
 def resolve_data_root(data: str | None, size: str) -> Path:
@@ -125,7 +133,8 @@ def evaluate_run(run_dir: Path, which: str, parts: tuple[str, ...], device: str,
     }
     errors = {part: r["error"] for part, r in results.items()}
     sizes = {part: r["n"] for part, r in results.items()}
-    return Trained(Path(run_dir), loaded.config.model, which, errors, sizes)
+    wrong = {part: r["wrong"] for part, r in results.items()}
+    return Trained(Path(run_dir), loaded.config.model, which, errors, sizes, wrong)
 
 
 def reverse_match(cnn_dir: Path, target: float, device: str) -> Trained | None:
@@ -181,6 +190,7 @@ def table2_rows(split: str, cnn: Trained, caps: Trained, cnn_stopped: Trained | 
         paper = TABLE2[(split, family)] if protocol == "paper" else {}
         reference = cnn if protocol == "paper" else cnn_stopped
         rows.append({
+            **_discordant(caps, trained if family == "cnn" else None),
             "split": split, "protocol": protocol, "model": trained.model, "family": family,
             "checkpoint": trained.which, "familiar_error": trained.errors["familiar"],
             "novel_error": trained.errors["novel"],
@@ -192,6 +202,17 @@ def table2_rows(split: str, cnn: Trained, caps: Trained, cnn_stopped: Trained | 
             "run_dir": str(trained.run_dir),
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _discordant(caps: Trained, cnn: Trained | None) -> dict[str, float]:
+    """On the novel images (the same ones, in the same order, for both models: one split, one subsample):
+    how many only the capsules got wrong and how many only this CNN did, for a paired comparison. NaN on
+    the capsules' own row, or when either evaluation kept no per-example results."""
+    counts = {"novel_only_capsules_wrong": math.nan, "novel_only_cnn_wrong": math.nan}
+    a, b = caps.wrong.get("novel"), cnn.wrong.get("novel") if cnn is not None else None
+    if a is None or b is None or len(a) != len(b):
+        return counts
+    return {"novel_only_capsules_wrong": int((a & ~b).sum()), "novel_only_cnn_wrong": int((~a & b).sum())}
 
 
 def write_table2(rows: pd.DataFrame, out_dir: Path, note: str) -> tuple[Path, Path]:

@@ -136,6 +136,9 @@ def test_tiny_reproduce_end_to_end_then_resume(data_root, tmp_path):
         ).exists()
     table2 = pd.concat(pd.read_csv(results / "viewpoint" / f"{s}.csv") for s in ("azimuth", "elevation"))
     assert set(table2["family"]) == {"capsnet", "cnn"} and table2["novel_error"].between(0, 1).all()
+    cnn_rows = table2[table2["family"] == "cnn"]  # paired counts against the capsules on the same images
+    disagree = cnn_rows["novel_only_capsules_wrong"] + cnn_rows["novel_only_cnn_wrong"]
+    assert (disagree <= cnn_rows["n_novel"]).all()  # NaN (counts missing) fails
     for split in ("azimuth", "elevation"):  # the capsules' target is the CNN's measured familiar error
         (caps_dir,) = runs.glob(f"capsnet-small-{split}-*")
         caps = json.loads((caps_dir / "config.json").read_text())

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from robustcaps.report_tables import percent_interval
-from robustcaps.uncertainty import difference, wilson
+from robustcaps.uncertainty import difference, paired_difference, wilson
 
 
 def test_newcombes_published_example():
@@ -30,3 +30,16 @@ def test_a_difference_is_clear_only_when_n_allows_it():
     low, high = difference(0.458, 400, 0.398, 400)  # 6 points on 400 each: chance could give it
     assert low < 0 < high
     assert percent_interval(0.345, 400) == "34.5% (30.0–39.3)"
+
+
+def test_the_paired_interval_agrees_with_the_exact_mcnemar_test():
+    from scipy.stats import binomtest
+
+    for only_first, only_second in ((20, 78), (30, 45), (12, 24), (11, 24), (40, 40), (0, 9)):
+        low, high = paired_difference(only_first, only_second, 400)
+        assert low <= (only_first - only_second) / 400 <= high
+        rejects = binomtest(only_first, only_first + only_second).pvalue < 0.05
+        assert rejects == (not low <= 0 <= high), (only_first, only_second)
+    assert paired_difference(0, 0, 400) == (0.0, 0.0)  # the two models erred on the same images
+    # the same rates, paired, can be clear where independent samples are not: 20 vs 44 of 400 disagreeing
+    assert paired_difference(20, 44, 400)[1] < 0 < difference(0.30, 400, 0.36, 400)[1]

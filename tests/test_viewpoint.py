@@ -120,6 +120,25 @@ def test_paper_numbers_per_split():
     assert rows.loc["capsnet", "target_familiar_error"] == 0.05
 
 
+def test_rows_count_the_novel_images_only_one_model_got_wrong():
+    import torch
+
+    def trained(model, wrong):
+        wrong = torch.tensor(wrong, dtype=torch.bool)
+        errors = {"familiar": 0.1, "novel": float(wrong.double().mean())}
+        sizes = {"familiar": 4, "novel": len(wrong)}
+        return Trained(Path(model), model, "best", errors, sizes, {"novel": wrong})
+
+    caps = trained("capsnet", [1, 1, 0, 0, 1, 0])
+    cnn, stopped = trained("cnn", [1, 0, 1, 0, 0, 0]), trained("cnn", [1, 1, 0, 1, 1, 1])
+    rows = table2_rows("azimuth", cnn, caps, stopped).set_index("protocol", append=True)
+    counts = rows[["novel_only_capsules_wrong", "novel_only_cnn_wrong"]].to_numpy().tolist()
+    assert counts[0] == [2, 1] and counts[2] == [0, 2]  # the paper's CNN, then the CNN stopped early
+    assert all(pd.isna(x) for x in counts[1])  # the capsules' own row
+    blind = Trained(Path("cnn"), "cnn", "best", cnn.errors, cnn.sizes)  # no per-example results kept
+    assert table2_rows("azimuth", blind, caps)["novel_only_cnn_wrong"].isna().all()
+
+
 def test_full_split_is_not_a_viewpoint_split(recorded, tmp_path):
     with pytest.raises(RobustcapsError, match="--split full"):
         run_viewpoint("full", tiny(), tmp_path, tmp_path, tmp_path, "cpu", echo=lambda _: None)
