@@ -170,7 +170,20 @@ def _at_eps(rows: pd.DataFrame, eps: float) -> tuple[float, pd.DataFrame]:
     return float(nearest), rows[(rows["eps_std"] - nearest).abs() < 1e-9]
 
 
-def attack_sentences(summary: pd.DataFrame) -> list[str]:
+def _paired_accuracy(outcomes: pd.DataFrame, attack: str, eps: float) -> tuple[int, int, int] | None:
+    """(examples only the capsules withstood, only the CNN withstood, n) for one untargeted white-box cell,
+    when both families were attacked on the same examples; None otherwise."""
+    if outcomes.empty:
+        return None
+    cell = outcomes[(outcomes["attack"] == attack) & ((outcomes["eps_std"] - eps).abs() < 1e-9)]
+    correct = cell.pivot_table(index="example", columns="family", values="correct", aggfunc="first")
+    if not {"capsnet", "cnn"} <= set(correct.columns) or correct[["capsnet", "cnn"]].isna().any().any():
+        return None
+    caps, cnn = correct["capsnet"].astype(bool), correct["cnn"].astype(bool)
+    return int((caps & ~cnn).sum()), int((~caps & cnn).sum()), len(correct)
+
+
+def attack_sentences(summary: pd.DataFrame, outcomes: pd.DataFrame | None = None) -> list[str]:
     out = []
     for targeted, eps in ((False, 0.1), (True, 0.25)):
         for attack in PAPER_ATTACKS:
@@ -185,15 +198,21 @@ def attack_sentences(summary: pd.DataFrame) -> list[str]:
             if not {"capsnet", "cnn"} <= set(value.index):
                 continue
             n = rows.groupby("family")["n"].min()
+            paired = None if targeted or outcomes is None else _paired_accuracy(outcomes, attack, at)
             low, high = difference(value["capsnet"], n["capsnet"], value["cnn"], n["cnn"])
+            on = f"on {n['capsnet']} / {n['cnn']} examples"
+            if paired is not None:  # the same examples for both: only where the two differ counts
+                low, high = paired_difference(*paired)
+                on = f"paired on the same {paired[2]} examples, {paired[0]} of which only the capsules and "
+                on += f"{paired[1]} only the CNN withstood"
             what = "targeted success rate" if targeted else "accuracy"
             caps_paper, cnn_paper = (FIG3[(f, attack, targeted, eps)] for f in ("capsnet", "cnn"))
             paper = f"paper at ε={eps}: {caps_paper:.2f} vs {cnn_paper:.2f}"
             out.append(
                 f"{'Targeted' if targeted else 'Untargeted'} {attack.upper()} at ε={at:g}: {what} "
                 f"{value['capsnet']:.2f} for the capsules vs {value['cnn']:.2f} for the CNN, difference "
-                f"{value['capsnet'] - value['cnn']:+.2f} (95% interval {low:+.2f} to {high:+.2f} on "
-                f"{n['capsnet']} / {n['cnn']} examples; {paper})."
+                f"{value['capsnet'] - value['cnn']:+.2f} (95% interval {low:+.2f} to {high:+.2f}, {on}; "
+                f"{paper})."
             )
     return out
 
@@ -292,7 +311,7 @@ def findings_paragraph(results: dict, dataset_kind: str) -> str:
     if not results["viewpoint"].empty:
         sentences += viewpoint_sentences(results["viewpoint"])
     if not results["summary"].empty:
-        sentences += attack_sentences(results["summary"])
+        sentences += attack_sentences(results["summary"], results.get("outcomes"))
     if not results["summary"].empty or not results["checks"].empty:
         sentences.append(robustness_verdict(results["summary"], results["checks"]))
     return " ".join(sentences)

@@ -58,6 +58,7 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame | dict]:
         summary["family"] = summary["model"].map(family_of)
     provenance_path = root / PROVENANCE_JSON
     return {
+        "outcomes": white_box_outcomes(root),
         "clean": _read_csvs([root / CLEAN_CSV] if (root / CLEAN_CSV).exists() else []),
         "viewpoint": with_protocol(_read_csvs(list((root / VIEWPOINT_DIR).glob("*.csv")))),
         "training": _read_csvs([root / TRAINING_CSV] if (root / TRAINING_CSV).exists() else []),
@@ -65,6 +66,23 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame | dict]:
         "checks": _read_csvs(list((root / ATTACKS_DIR).glob("*/checks.csv"))),
         "provenance": json.loads(provenance_path.read_text()) if provenance_path.exists() else {},
     }
+
+
+def white_box_outcomes(root: Path) -> pd.DataFrame:
+    """Per example, whether each model still classified it correctly under each untargeted white-box sweep
+    cell (model, family, attack, eps_std, example, correct), from the per_example.csv files that
+    `reproduce` copies next to each summary; empty when there are none."""
+    frames = []
+    for path in sorted((root / ATTACKS_DIR).glob("*/per_example.csv")):
+        rows, model = pd.read_csv(path), pd.read_csv(path.with_name("summary.csv"))["model"].iloc[0]
+        targeted = rows["targeted"].astype(str).str.lower().isin(("true", "1"))
+        rows = rows[~targeted & (rows["source"] == "self") & (rows["role"] == "sweep")]
+        correct = rows["prediction"] == rows["label"]
+        frames.append(pd.DataFrame({
+            "model": model, "family": family_of(model), "attack": rows["attack"].str.lower(),
+            "eps_std": rows["eps_std"], "example": rows["example"], "correct": correct,
+        }))  # fmt: skip
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def with_protocol(viewpoint: pd.DataFrame) -> pd.DataFrame:

@@ -143,7 +143,7 @@ def training_steps(
 
 def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, device: str, echo) -> list[Step]:
     """The pipeline after data preparation, in order; each step's config is what makes its outputs."""
-    from robustcaps.reproduce_attacks import attack_victim
+    from robustcaps.reproduce_attacks import ATTACK_FILES, attack_victim
 
     steps = training_steps(preset, root, results, runs_dir, device, echo)
     trained = tuple(step.name for step in steps)
@@ -191,7 +191,7 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
         (preset.capsnet, run_dir(runs_dir, preset, preset.cnn, "full")),
     ):
         outputs = tuple(results / "attacks" / f"{model}{suffix}" / f for suffix in ("", "-targeted")
-                        for f in ("summary.csv", "checks.csv"))  # fmt: skip
+                        for f in ATTACK_FILES)  # fmt: skip
         victim = run_dir(runs_dir, preset, model, "full")
         run = partial(attack_victim, victim, model, family_of(model), source, preset, device,
                       runs_dir / "attacks", results / "attacks")  # fmt: skip

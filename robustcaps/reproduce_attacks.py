@@ -51,11 +51,15 @@ def eval_set_for(loaded, config) -> object:
     return EvalSet(images, part.labels[index], index, identity_string(data.identity))
 
 
+ATTACK_FILES = ("summary.csv", "checks.csv", "per_example.csv")
+
+
 def attack_victim(
     run_dir: Path, name: str, family: str, source_dir: Path | None, preset: Preset, device: str,
     runs_out: Path, results_out: Path, progress: bool = True,
 ) -> list[Path]:  # fmt: skip
-    """Run both sweeps on one trained model; returns the summary/checks CSVs copied into results."""
+    """Run both sweeps on one trained model; returns the CSVs copied into results (per-example results too:
+    the report pairs the two models' outcomes on the same examples)."""
     from robustcaps.attack_run import attack_model
     from robustcaps.attack_sweep import Victim
     from robustcaps.runs import load_run
@@ -69,7 +73,7 @@ def attack_victim(
             victim = Victim(loaded.model, name, str(run_dir), source.model, source.config.model)
         out = runs_out / f"{name}{suffix}"
         attack_model(victim, eval_set_for(loaded, config), config, out, progress=progress)
-        for file in ("summary.csv", "checks.csv"):
+        for file in ATTACK_FILES:
             copied.append(
                 atomic_write_bytes(results_out / f"{name}{suffix}" / file, (out / file).read_bytes())
             )

@@ -36,8 +36,9 @@ def wilson(rate: float, n: int) -> tuple[float, float]:
 
 
 def paired_difference(only_first: int, only_second: int, n: int) -> tuple[float, float]:
-    """95% interval of the first model's error rate minus the second's on the same n examples, from the
-    examples only the first got wrong and only the second did (see the module docstring)."""
+    """95% interval of (only_first − only_second)/n: on the same n examples, the first model's error rate
+    minus the second's from the examples only the first / only the second got wrong (see the module
+    docstring); the same for accuracies, from the examples only the first / only the second got right."""
     disagree = only_first + only_second
     if disagree == 0:
         return 0.0, 0.0

@@ -148,6 +148,7 @@ def test_tiny_reproduce_end_to_end_then_resume(data_root, tmp_path):
     assert {"fgsm", "bim", "bim-vote", "worst"} <= set(summary["attack"])
     assert (summary["source"] == "cnn-small").any()  # transfer from the CNN to the capsules
     assert summary["targeted"].any() and (results / "attacks" / "capsnet-small" / "checks.csv").exists()
+    assert (results / "attacks" / "cnn-small" / "per_example.csv").exists()  # for paired comparisons
     provenance = json.loads((results / "provenance.json").read_text())
     assert provenance["demo"] and provenance["dataset_identity"]["kind"] == "rendered"
     # the exported full-split capsnet is the trained one, and its README line says how to attack it
