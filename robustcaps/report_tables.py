@@ -74,6 +74,8 @@ def white_box_outcomes(root: Path) -> pd.DataFrame:
     `reproduce` copies next to each summary; empty when there are none."""
     frames = []
     for path in sorted((root / ATTACKS_DIR).glob("*/per_example.csv")):
+        if not path.with_name("summary.csv").is_file():  # which model these rows are about is not known
+            continue
         rows, model = pd.read_csv(path), pd.read_csv(path.with_name("summary.csv"))["model"].iloc[0]
         targeted = rows["targeted"].astype(str).str.lower().isin(("true", "1"))
         rows = rows[~targeted & (rows["source"] == "self") & (rows["role"] == "sweep")]
