@@ -19,7 +19,7 @@ import math
 import pandas as pd
 
 from robustcaps.paper_results import FIG3, TABLE2
-from robustcaps.report_tables import PAPER_ATTACKS, family_of, step_of, with_protocol
+from robustcaps.report_tables import PAPER_ATTACKS, csv_bool, family_of, step_of, with_protocol
 from robustcaps.uncertainty import difference, paired_difference
 
 MATCH_TOLERANCE = 0.01
@@ -249,7 +249,7 @@ def worst_case(summary: pd.DataFrame, eps: float) -> tuple[float, pd.DataFrame] 
 def failed_checks(checks: pd.DataFrame, family: str) -> list[str]:
     if checks.empty:
         return []
-    failed = checks[~checks["passed"].astype(str).str.lower().isin(("true", "1"))]
+    failed = checks[~csv_bool(checks["passed"])]
     return sorted(set(failed.loc[failed["model"].map(family_of) == family, "check"]))
 
 

@@ -37,6 +37,11 @@ def family_of(model: str) -> str:
     return "capsnet" if "caps" in name else "cnn" if "cnn" in name else name
 
 
+def csv_bool(column: pd.Series) -> pd.Series:
+    """A True/False column as pandas read it back: bool, or the strings "True"/"1" when a CSV mixed types."""
+    return column.astype(str).str.lower().isin(("true", "1"))
+
+
 def _read_csvs(paths: list[Path]) -> pd.DataFrame:
     frames = [pd.read_csv(path) for path in sorted(paths) if path.stat().st_size > 0]
     frames = [frame for frame in frames if not frame.empty]
@@ -49,7 +54,7 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame | dict]:
     summary = _read_csvs(list((root / ATTACKS_DIR).glob("*/summary.csv")))
     if not summary.empty:
         summary["attack"] = summary["attack"].astype(str).str.lower()
-        summary["targeted"] = summary["targeted"].astype(str).str.lower().isin(("true", "1"))
+        summary["targeted"] = csv_bool(summary["targeted"])
         source = summary["source"] if "source" in summary else pd.Series("", index=summary.index)
         # robustcaps.attack writes "self" for a white-box attack; here an empty source means white-box.
         summary["source"] = source.astype(object).where(source.notna(), "").astype(str).replace("self", "")
@@ -77,8 +82,7 @@ def white_box_outcomes(root: Path) -> pd.DataFrame:
         if not path.with_name("summary.csv").is_file():  # which model these rows are about is not known
             continue
         rows, model = pd.read_csv(path), pd.read_csv(path.with_name("summary.csv"))["model"].iloc[0]
-        targeted = rows["targeted"].astype(str).str.lower().isin(("true", "1"))
-        rows = rows[~targeted & (rows["source"] == "self") & (rows["role"] == "sweep")]
+        rows = rows[~csv_bool(rows["targeted"]) & (rows["source"] == "self") & (rows["role"] == "sweep")]
         correct = rows["prediction"] == rows["label"]
         frames.append(pd.DataFrame({
             "model": model, "family": family_of(model), "attack": rows["attack"].str.lower(),
@@ -239,6 +243,6 @@ def stronger_table(summary: pd.DataFrame) -> pd.DataFrame:
 def checks_table(checks: pd.DataFrame) -> pd.DataFrame:
     if checks.empty:
         return checks
-    passed = checks["passed"].astype(str).str.lower().isin(("true", "1"))
+    passed = csv_bool(checks["passed"])
     out = checks.assign(result=passed.map({True: "pass", False: "FAIL"}))
     return out[["model", "check", "result", "detail"]].drop_duplicates().reset_index(drop=True)
