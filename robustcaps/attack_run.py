@@ -99,6 +99,8 @@ def summarise(
     environment = environment_metadata(config.device)
     summary.insert(0, "model", victim.name)
     summary.insert(1, "run_dir", victim.run_dir)
+    summary.insert(2, "checkpoint", victim.checkpoint)
+    summary.insert(3, "checkpoint_step", victim.checkpoint_step)
     summary["units"] = config.units
     summary["seed"] = config.seed
     summary["sigma_mean"] = eval_set.sigma_mean
@@ -125,8 +127,12 @@ def _attack_model(
     victim.model.eval()
     if victim.source is not None:
         victim.source.eval()
-    atomic_write_json(out_dir / "attack_config.json", {**asdict(config), "victim": victim.name,
-                      "run_dir": victim.run_dir, "source": victim.source_name})  # fmt: skip
+    atomic_write_json(out_dir / "attack_config.json", {
+        **asdict(config), "victim": victim.name, "run_dir": victim.run_dir,
+        "checkpoint": victim.checkpoint, "checkpoint_step": victim.checkpoint_step,
+        "source": victim.source_name, "source_checkpoint": victim.source_checkpoint,
+        "source_checkpoint_step": victim.source_checkpoint_step,
+    })  # fmt: skip
     sigma_mean = eval_set.sigma_mean
     rows = [clean_rows(victim, eval_set, config)]
     rows.append(
@@ -172,16 +178,18 @@ def load_eval_set(loaded, config: AttackConfig) -> EvalSet:
 def attack_run_dir(
     run_dir: str | Path, config: AttackConfig, out_dir: str | Path | None = None,
     source: str | Path | None = None, which: str = "best", progress: bool = True, data: str | None = None,
+    source_which: str = "best",
 ) -> AttackResults:  # fmt: skip
     """`robustcaps attack`: load the run (and the transfer source), pick the examples, sweep, check.
+    `which` / `source_which`: the checkpoint of each run (best, last or a familiar-stepN snapshot).
     `data`: where the run's dataset is here, when not where it was trained (runs.load_run)."""
     from robustcaps.runs import load_run
 
     loaded = load_run(run_dir, which=which, device=config.device, data=data)
-    victim = Victim(loaded.model, loaded.config.model, str(run_dir))
+    crafted_on = None
     if source is not None:
-        crafted_on = load_run(source, which=which, device=config.device)
-        victim = Victim(loaded.model, loaded.config.model, str(run_dir), crafted_on.model, str(source))
+        crafted_on = load_run(source, which=source_which, device=config.device, option="--source-which")
+    victim = Victim.of_runs(loaded, loaded.config.model, crafted_on, str(source) if source else "")
     eval_set = load_eval_set(loaded, config)
     if victim.source is not None:
         _check_source_fits(victim, eval_set, config, source)

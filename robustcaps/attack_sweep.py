@@ -88,6 +88,22 @@ class Victim:
     run_dir: str = ""
     source: nn.Module | None = None
     source_name: str = ""
+    # which of run_dir's checkpoints (and the source's) was loaded, recorded with every summary row;
+    # empty for a model built in memory
+    checkpoint: str = ""
+    checkpoint_step: int = -1
+    source_checkpoint: str = ""
+    source_checkpoint_step: int = -1
+
+    @classmethod
+    def of_runs(cls, loaded, name: str, source=None, source_name: str = "") -> Victim:
+        """From `runs.load_run` results: the attacked run and, for transfer cells, the run crafted on."""
+        victim = cls(loaded.model, name, str(loaded.run_dir), checkpoint=loaded.which,
+                     checkpoint_step=loaded.step)  # fmt: skip
+        if source is None:
+            return victim
+        return replace(victim, source=source.model, source_name=source_name or str(source.run_dir),
+                       source_checkpoint=source.which, source_checkpoint_step=source.step)  # fmt: skip
 
 
 def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:

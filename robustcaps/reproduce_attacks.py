@@ -68,9 +68,8 @@ def attack_victim(
     source = load_run(source_dir, which="best", device=device) if source_dir is not None else None
     copied = []
     for suffix, config in attack_configs(preset, family, device).items():
-        victim = Victim(loaded.model, name, str(run_dir))
-        if source is not None and suffix == "":
-            victim = Victim(loaded.model, name, str(run_dir), source.model, source.config.model)
+        crafted_on = source if suffix == "" else None  # transfer cells in the untargeted sweep only
+        victim = Victim.of_runs(loaded, name, crafted_on, source.config.model if crafted_on else "")
         out = runs_out / f"{name}{suffix}"
         attack_model(victim, eval_set_for(loaded, config), config, out, progress=progress)
         for file in ATTACK_FILES:

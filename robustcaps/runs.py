@@ -289,8 +289,10 @@ def load_run(
     which: str = "best",
     device: str | torch.device = "cpu",
     data: str | os.PathLike | None = None,
+    option: str = "--which",
 ) -> LoadedRun:
     """Rebuild the model of `run_dir` from config.json alone and load `checkpoints/{which}.pt` into it.
+    `option`: the command-line option that chose `which`, named in the error when it is not a checkpoint.
 
     `data`: where the run's dataset is on this machine (a committed or copied run names the directory it
     was trained from); it must be the same dataset, checked against metadata.json (`check_same_dataset`).
@@ -299,7 +301,7 @@ def load_run(
 
     if not is_checkpoint_name(which):
         raise RobustcapsError(
-            f"--which {which!r}: choose one of {', '.join(CHECKPOINTS)} or a {SNAPSHOT_PREFIX}N snapshot"
+            f"{option} {which!r}: choose one of {', '.join(CHECKPOINTS)} or a {SNAPSHOT_PREFIX}N snapshot"
         )
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

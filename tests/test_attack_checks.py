@@ -139,7 +139,7 @@ def test_cli_warns_on_stderr_naming_every_failed_check(toy, tmp_path, monkeypatc
     import robustcaps.attack_run as attack_run
     from robustcaps.cli import cli
 
-    def masked_run(run_dir, config, out_dir, source, which, progress, data):
+    def masked_run(run_dir, config, out_dir, source, which, progress, data, source_which):
         return attack_model(Victim(QuantisedInput(toy).eval(), "masked-toy"), eval_set(40), config, out_dir)
 
     monkeypatch.setattr(attack_run, "attack_run_dir", masked_run)

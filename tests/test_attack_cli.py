@@ -66,6 +66,27 @@ def test_attack_cli_errors_name_the_option(run_dir):
     assert novel_of_full.exit_code == 1 and "--part novel" in novel_of_full.output
 
 
+def test_attack_records_the_checkpoints_of_victim_and_source(run_dir, tmp_path):
+    import json
+
+    from robustcaps.runs import checkpoint_path, load_checkpoint
+
+    out = tmp_path / "transfer"
+    args = (str(run_dir), "--attack", "fgsm", "--eps", "0.2", "--n", "10", "--no-checks", "--out", str(out),
+            "--source", str(run_dir), "--which", "last", "--source-which", "best")  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    steps = {which: load_checkpoint(checkpoint_path(run_dir, which))["step"] for which in ("best", "last")}
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["checkpoint"]) == {"last"} and set(summary["checkpoint_step"]) == {steps["last"]}
+    assert set(summary["source"]) == {"self", str(run_dir)}
+    recorded = json.loads((out / "attack_config.json").read_text())
+    assert (recorded["checkpoint"], recorded["checkpoint_step"]) == ("last", steps["last"])
+    assert (recorded["source_checkpoint"], recorded["source_checkpoint_step"]) == ("best", steps["best"])
+    bad = invoke(*args[:-1], "latest")
+    assert bad.exit_code == 1 and "--source-which 'latest'" in bad.output
+
+
 def test_eps_grids_parse_inclusively():
     assert parse_eps(("0:0.5:0.05",)) == tuple(round(0.05 * i, 10) for i in range(11))
     assert parse_eps(("0.1,0.3", "0.2", "0.1")) == (0.1, 0.2, 0.3)

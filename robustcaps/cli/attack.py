@@ -103,6 +103,12 @@ def resolve_device(device: str) -> str:
     show_default=True,
     help="Checkpoint to attack: best, last, or a familiar-stepN snapshot.",
 )
+@click.option(
+    "--source-which",
+    default="best",
+    show_default=True,
+    help="Checkpoint of --source to craft on (as --which).",
+)
 @click.option("--batch-size", type=int, default=100, show_default=True)
 @device_option
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -115,8 +121,8 @@ def resolve_device(device: str) -> str:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @run_data_option
 def attack(run_dir: str, attacks: tuple[str, ...], eps: tuple[str, ...], mode: str, out_dir: str | None,
-           source: str | None, which: str, device: str, progress: bool, data: str | None,
-           **options) -> None:  # fmt: skip
+           source: str | None, which: str, source_which: str, device: str, progress: bool,
+           data: str | None, **options) -> None:  # fmt: skip
     """White-box (and transfer, vote, Square) attacks on RUN_DIR's model across ε, via torchattacks.
 
     Writes per_example.csv, summary.csv and checks.csv; an interrupted sweep resumes where it stopped.
@@ -131,7 +137,8 @@ def attack(run_dir: str, attacks: tuple[str, ...], eps: tuple[str, ...], mode: s
                 click.echo(
                     f"Note: --attack {name} has no targeted mode in torchattacks; untargeted only.", err=True
                 )
-    results = attack_run_dir(run_dir, config, out_dir, source, which=which, progress=progress, data=data)
+    results = attack_run_dir(run_dir, config, out_dir, source, which=which, progress=progress, data=data,
+                             source_which=source_which)  # fmt: skip
     table = results.summary[results.summary["role"] == "sweep"]
     table = table.pivot_table(
         index=["source", "attack", "targeted", "metric"], columns="eps_std", values="value"
