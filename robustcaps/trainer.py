@@ -276,12 +276,15 @@ def _sync(s: Session) -> None:
 
 
 def _end_epoch(s: Session) -> None:
-    """Validate (held-out training data; familiar viewpoints only under the matched protocol), log, save."""
+    """Validate (held-out training data; familiar viewpoints only under the matched protocol), log, save.
+    Between validations (`eval_every` > 1) the errors are NaN: no best.pt, target or snapshot there."""
     p, config = s.progress, s.config
     _sync(s)
-    val_error = _error(s, s.data.val)
     matched = config.target_familiar_error is not None
-    familiar_error = _error(s, s.data.familiar) if matched or config.familiar_snapshots else math.nan
+    validate = (p.epoch + 1) % config.eval_every == 0 or p.step >= s.total_steps  # p.epoch: epochs completed
+    val_error = _error(s, s.data.val) if validate else math.nan
+    familiar = validate and (matched or config.familiar_snapshots)
+    familiar_error = _error(s, s.data.familiar) if familiar else math.nan
     now = time.perf_counter()
     p.seconds, s.clock = p.seconds + now - s.clock, now
     p.history.append(_metrics_row(s, val_error, familiar_error))

@@ -85,6 +85,8 @@ def run_dir(runs_dir: Path, preset: Preset, model: str, split: str) -> Path:
     settings = {k: getattr(preset, k) for k in TRAINING_FIELDS}
     if keeps_snapshots(preset, model, split):  # a run made before snapshots existed is not resumed with them
         settings["familiar_snapshots"] = True
+    if preset.eval_every != 1:  # named only when not the default, so that existing run folders keep theirs
+        settings["eval_every"] = preset.eval_every
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return Path(runs_dir) / f"{model}-{split}-{digest}"
 
@@ -103,7 +105,7 @@ def train_config(preset: Preset, model: str, split: str, data_root: Path, device
         split=split, stereo=preset.stereo, amp=preset.amp,
         max_per_part=preset.max_per_part, steps=steps, batch_size=preset.batch_size,
         lr_decay_steps=preset.lr_decay_steps, margin_step_scale=preset.margin_step_scale, seed=preset.seed,
-        device=device, **({**changes, **extra}),
+        eval_every=preset.eval_every, device=device, **({**changes, **extra}),
     )  # fmt: skip
 
 

@@ -65,6 +65,7 @@ def test_presets():
     paper = get_preset("paper")
     assert not paper.demo and (paper.capsnet, paper.cnn, paper.batch_size) == ("capsnet", "cnn", 64)
     assert paper.margin_step_scale == 50_000 and max(paper.eps) == 0.5
+    assert (paper.capsnet_compile, paper.capsnet_routing, paper.eval_every) == (True, "fused", 10)
     assert get_preset("gpu").capsnet == "capsnet" and set(PRESETS) >= {"quick", "gpu", "paper"}
     for name in ("quick", "gpu", "paper"):  # β_a calibration: agreement rewarded from the start
         preset = get_preset(name)
@@ -87,6 +88,12 @@ def test_the_gpu_preset_compiles_only_the_capsule_network_with_fused_routing(tmp
     # a changed training setting trains into another run directory rather than into the old one
     slower = gpu.replace(capsnet_routing="plain")
     assert run_dir(tmp_path, gpu, "capsnet", "full") != run_dir(tmp_path, slower, "capsnet", "full")
+    sparser = gpu.replace(eval_every=10)
+    assert run_dir(tmp_path, gpu, "cnn", "azimuth") != run_dir(tmp_path, sparser, "cnn", "azimuth")
+    paper = get_preset("paper")
+    assert {
+        train_config(paper, m, "azimuth", tmp_path, "cuda").eval_every for m in (paper.capsnet, paper.cnn)
+    } == {10}
 
 
 def test_cli_bad_data_is_one_line(tmp_path):

@@ -195,6 +195,30 @@ def test_familiar_snapshots_are_kept_at_each_new_low_and_change_nothing_else(ren
         assert torch.equal(got, want), name
 
 
+def test_eval_every_validates_every_nth_epoch_and_the_last_and_changes_no_weight(rendered_root, tmp_path):
+    config = _config(rendered_root, split="azimuth", batch_size=8, steps=60, familiar_snapshots=True)
+    fit(config, tmp_path / "each")
+    fit(dataclasses.replace(config, eval_every=3), tmp_path / "every3")
+    each, every3 = (pd.read_csv(tmp_path / d / runs.METRICS_FILE) for d in ("each", "every3"))
+    assert len(each) == len(every3) >= 4 and each["step"].tolist() == every3["step"].tolist()
+    validated = (every3["epoch"] % 3 == 0) | (every3.index == len(every3) - 1)
+    assert validated.iloc[-1] and not validated.all()
+    for column in ("val_error", "familiar_error"):
+        assert every3[column].notna().tolist() == validated.tolist(), column
+        # where both validated, the same weights gave the same errors; the training loss never differs
+        assert every3[column][validated].tolist() == each[column][validated].tolist(), column
+    assert every3["train_loss"].tolist() == each["train_loss"].tolist()
+    # best.pt and the snapshots come from validated epochs only
+    best = runs.load_run(tmp_path / "every3", "best").step
+    assert best in every3["step"][validated].tolist()
+    assert best == every3["step"][every3["val_error"].idxmin()]
+    snapshots = (tmp_path / "every3" / "checkpoints").glob(f"{runs.SNAPSHOT_PREFIX}*.pt")
+    kept = {int(p.stem.removeprefix(runs.SNAPSHOT_PREFIX)) for p in snapshots}
+    assert kept and kept <= set(every3["step"][validated])
+    with pytest.raises(RobustcapsError, match="--eval-every 0"):
+        dataclasses.replace(config, eval_every=0)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(rendered_root, tmp_path, monkeypatch):
     real, calls = losses.training_loss, []
 

@@ -22,7 +22,7 @@ _FIELDS = {
     "margin_step_scale": "margin_step_scale", "loss": "loss",
     "seed": "seed", "device": "device", "compile": "compile", "routing": "routing", "amp": "amp",
     "target_familiar_error": "target_familiar_error", "familiar_snapshots": "familiar_snapshots",
-    "checkpoint_every": "checkpoint_every",
+    "checkpoint_every": "checkpoint_every", "eval_every": "eval_every",
 }  # fmt: skip
 
 
@@ -105,6 +105,13 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
     help="Keep the weights at each new lowest familiar-viewpoint error (checkpoints/familiar-step*.pt).",
 )
 @click.option("--checkpoint-every", type=int, default=0, show_default=True, help="Steps; 0: each epoch.")
+@click.option(
+    "--eval-every",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Epochs between validations (and familiar-error evaluations); the last epoch always validates.",
+)
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory [runs/MODEL-SPLIT-sSEED].")
 @click.option("--resume", is_flag=True, help="Continue --out from checkpoints/last.pt (its config.json).")
 @click.pass_context
