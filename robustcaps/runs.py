@@ -353,6 +353,11 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
     for name in (CONFIG_FILE, METADATA_FILE, METRICS_FILE, EVAL_FILE):
         if (run_dir / name).is_file():
             atomic_write_bytes(out_dir / name, (run_dir / name).read_bytes())
-    slim = {key: state[key] for key in ("model", "step", "stop_reason") if key in state}
-    atomic_torch_save(checkpoint_path(out_dir, which), slim)
+    save_weights(checkpoint_path(out_dir, which), state["model"], state["step"], state.get("stop_reason", ""))
     return out_dir
+
+
+def save_weights(path: str | os.PathLike, weights: dict[str, Any], step: int, stop_reason: str = "") -> Path:
+    """A weights-only checkpoint (model state, step, stop reason; no optimiser or RNG state): `load_run`
+    reads it, the trainer cannot resume from it. Snapshots and exported runs are written this way."""
+    return atomic_torch_save(path, {"model": weights, "step": step, "stop_reason": stop_reason})

@@ -309,8 +309,8 @@ def _snapshot(s: Session) -> None:
     """Weights and step only: a snapshot is for evaluation (`load_run(which=...)`), never for resuming.
     Written before last.pt, so a kill between the two redoes this epoch and rewrites it identically."""
     if s.world.is_main:
-        state = {"model": s.model.state_dict(), "step": s.progress.step, "stop_reason": ""}
-        runs.atomic_torch_save(runs.checkpoint_path(s.run_dir, runs.snapshot_name(s.progress.step)), state)
+        path = runs.checkpoint_path(s.run_dir, runs.snapshot_name(s.progress.step))
+        runs.save_weights(path, s.model.state_dict(), s.progress.step)
 
 
 def _error(s: Session, tensorset: Any) -> float:
