@@ -4,8 +4,8 @@ Thresholds that turn numbers into words are stated here, once:
 - familiar errors "match" when they differ by at most MATCH_TOLERANCE (HSF18 compares at equal
   familiar error);
 - two models' errors (or accuracies) differ when the 95% interval of the difference excludes 0
-  (robustcaps.uncertainty: Newcombe's interval on the two test sets' sizes), and are "not distinguishable"
-  otherwise;
+  (robustcaps.uncertainty: paired on the images only one model got right where both met the same images,
+  else Newcombe's interval on the two test sets' sizes), and are "not distinguishable" otherwise;
 - a model with clean test error above USABLE_ERROR is called too weak for the comparisons to mean much;
 - the capsules have an apparent robustness advantage when their FGSM/BIM accuracy is higher than the CNN's by
   a difference whose 95% interval excludes 0, and it "survives" when every integrity check on the capsule
@@ -170,12 +170,17 @@ def _at_eps(rows: pd.DataFrame, eps: float) -> tuple[float, pd.DataFrame]:
     return float(nearest), rows[(rows["eps_std"] - nearest).abs() < 1e-9]
 
 
-def _paired_accuracy(outcomes: pd.DataFrame, attack: str, eps: float) -> tuple[int, int, int] | None:
-    """(examples only the capsules withstood, only the CNN withstood, n) for one untargeted white-box cell,
-    when both families were attacked on the same examples; None otherwise."""
-    if outcomes.empty:
+def _paired_accuracy(
+    outcomes: pd.DataFrame | None, attack: str, eps: float, cnn_attack: str | None = None
+) -> tuple[int, int, int] | None:
+    """(examples only the capsules withstood, only the CNN withstood, n) for one untargeted white-box cell
+    (`attack` on the capsules, `cnn_attack`, by default the same, on the CNN), when both families were
+    attacked on the same examples; None otherwise."""
+    if outcomes is None or outcomes.empty:
         return None
-    cell = outcomes[(outcomes["attack"] == attack) & ((outcomes["eps_std"] - eps).abs() < 1e-9)]
+    attacks = {"capsnet": attack, "cnn": cnn_attack or attack}
+    cell = outcomes[(outcomes["attack"] == outcomes["family"].map(attacks))
+                    & ((outcomes["eps_std"] - eps).abs() < 1e-9)]  # fmt: skip
     correct = cell.pivot_table(index="example", columns="family", values="correct", aggfunc="first")
     if not {"capsnet", "cnn"} <= set(correct.columns) or correct[["capsnet", "cnn"]].isna().any().any():
         return None
@@ -198,7 +203,7 @@ def attack_sentences(summary: pd.DataFrame, outcomes: pd.DataFrame | None = None
             if not {"capsnet", "cnn"} <= set(value.index):
                 continue
             n = rows.groupby("family")["n"].min()
-            paired = None if targeted or outcomes is None else _paired_accuracy(outcomes, attack, at)
+            paired = None if targeted else _paired_accuracy(outcomes, attack, at)
             low, high = difference(value["capsnet"], n["capsnet"], value["cnn"], n["cnn"])
             on = f"on {n['capsnet']} / {n['cnn']} examples"
             if paired is not None:  # the same examples for both: only where the two differ counts
@@ -222,14 +227,23 @@ def _lowest(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.loc[rows.groupby("family")["value"].idxmin()].set_index("family")
 
 
-def _capsules_minus_cnn(lowest: pd.DataFrame) -> tuple[float, float, float] | None:
-    """The capsules' value minus the CNN's, with the 95% interval of that difference."""
+def _capsules_minus_cnn(
+    lowest: pd.DataFrame, at: float, outcomes: pd.DataFrame | None = None
+) -> tuple[float, float, float, int] | None:
+    """The capsules' accuracy minus the CNN's (each family's row of `lowest`, at ε `at`), with the 95%
+    interval of that difference: paired when both met the same examples (their per-example outcomes
+    under each family's own attack), else as independent samples. The last item: the examples paired on,
+    0 when unpaired."""
     if not {"capsnet", "cnn"} <= set(lowest.index):
         return None
     caps, cnn = lowest.loc["capsnet"], lowest.loc["cnn"]
+    paired = _paired_accuracy(outcomes, caps["attack"], at, cnn["attack"])
+    if paired is not None:
+        return caps["value"] - cnn["value"], *paired_difference(*paired), paired[2]
     return (
         caps["value"] - cnn["value"],
         *difference(caps["value"], int(caps["n"]), cnn["value"], int(cnn["n"])),
+        0,
     )
 
 
@@ -253,30 +267,35 @@ def failed_checks(checks: pd.DataFrame, family: str) -> list[str]:
     return sorted(set(failed.loc[failed["model"].map(family_of) == family, "check"]))
 
 
-def apparent_advantage(summary: pd.DataFrame, eps: float = 0.1) -> tuple[float, float, float] | None:
+def apparent_advantage(
+    summary: pd.DataFrame, eps: float = 0.1, outcomes: pd.DataFrame | None = None
+) -> tuple[float, float, float, int] | None:
     """Capsules' minus the CNN's accuracy under the paper's attacks (FGSM, BIM) at ε ≈ 0.1, each family at
-    its lower of the two, with the 95% interval of the difference."""
+    its lower of the two, with the 95% interval of the difference (see _capsules_minus_cnn)."""
     paper = summary[summary["attack"].isin(PAPER_ATTACKS) & ~summary["targeted"] & (summary["source"] == "")
                     & (summary["role"] == "sweep")]  # fmt: skip
-    _, rows = _at_eps(paper, eps)
-    return _capsules_minus_cnn(_lowest(rows)) if not rows.empty else None
+    at, rows = _at_eps(paper, eps)
+    return _capsules_minus_cnn(_lowest(rows), at, outcomes) if not rows.empty else None
 
 
-def _points(difference: tuple[float, float, float]) -> str:
-    gap, low, high = (100 * x for x in difference)
-    return f"{gap:+.1f} points, 95% interval {low:+.1f} to {high:+.1f}"
+def _points(difference: tuple[float, float, float, int]) -> str:
+    gap, low, high = (100 * x for x in difference[:3])
+    paired = f", paired on the same {difference[3]} examples" if difference[3] else ""
+    return f"{gap:+.1f} points, 95% interval {low:+.1f} to {high:+.1f}{paired}"
 
 
-def robustness_verdict(summary: pd.DataFrame, checks: pd.DataFrame) -> str:
+def robustness_verdict(
+    summary: pd.DataFrame, checks: pd.DataFrame, outcomes: pd.DataFrame | None = None
+) -> str:
     caps_failed, cnn_failed = failed_checks(checks, "capsnet"), failed_checks(checks, "cnn")
     parts = ["No integrity checks were run, so robustness claims are unverified." if checks.empty else
              f"Integrity checks failed on the capsule model: {', '.join(caps_failed)}." if caps_failed else
              "Every integrity check passed on the capsule model."]  # fmt: skip
     if cnn_failed:
         parts.append(f"On the CNN these failed: {', '.join(cnn_failed)}.")
-    apparent = apparent_advantage(summary) if not summary.empty else None
+    apparent = apparent_advantage(summary, outcomes=outcomes) if not summary.empty else None
     worst = worst_case(summary, 0.1) if not summary.empty else None
-    survived = _capsules_minus_cnn(worst[1]) if worst is not None else None
+    survived = _capsules_minus_cnn(worst[1], worst[0], outcomes) if worst is not None else None
     if apparent is None or survived is None:
         return " ".join(parts)
     at, value = worst[0], worst[1]["value"]
@@ -313,5 +332,5 @@ def findings_paragraph(results: dict, dataset_kind: str) -> str:
     if not results["summary"].empty:
         sentences += attack_sentences(results["summary"], results.get("outcomes"))
     if not results["summary"].empty or not results["checks"].empty:
-        sentences.append(robustness_verdict(results["summary"], results["checks"]))
+        sentences.append(robustness_verdict(results["summary"], results["checks"], results.get("outcomes")))
     return " ".join(sentences)

@@ -317,6 +317,40 @@ def test_attack_comparisons_are_paired_when_both_models_met_the_same_examples(re
     )  # no per-example rows for BIM
 
 
+def test_robustness_verdict_pairs_each_familys_weakest_attack_on_the_same_examples():
+    from robustcaps.findings import robustness_verdict
+
+    # 50 examples at ε 0.1; each family withstood examples 0..k-1 of each attack (k below)
+    withstood = {("capsnet", "fgsm"): 30, ("capsnet", "bim"): 31, ("capsnet", "worst"): 29,
+                 ("cnn", "fgsm"): 25, ("cnn", "bim"): 23, ("cnn", "worst"): 22}  # fmt: skip
+    summary = pd.DataFrame([
+        {"family": family, "attack": attack, "targeted": False, "source": "", "role": "sweep", "eps_std": 0.1,
+         "metric": "accuracy", "value": k / 50, "n": 50}
+        for (family, attack), k in withstood.items()
+    ])  # fmt: skip
+    outcomes = pd.DataFrame([
+        {"family": family, "attack": attack, "eps_std": 0.1, "example": i, "correct": i < k}
+        for (family, attack), k in withstood.items() for i in range(50)
+    ])  # fmt: skip
+    checks = pd.DataFrame(
+        {"model": ["capsnet-small", "cnn-small"], "check": "monotone_in_eps", "passed": True}
+    )
+    # as independent samples of 50, 0.60 (capsules' FGSM) against 0.46 (the CNN's BIM) is within chance ...
+    assert "no clear robustness advantage under FGSM/BIM to begin with (+14.0 points, 95% interval -5.4" in (
+        robustness_verdict(summary, checks)
+    )
+    # ... but on the same examples 7 withstood only on the capsules and none only on the CNN
+    paired = robustness_verdict(summary, checks, outcomes)
+    assert (
+        "accuracy is 0.58 (capsules) vs 0.44 (CNN): +14.0 points, 95% interval +2.5 to +14.0, paired on the "
+        "same 50 examples." in paired
+    )
+    assert (
+        "FGSM/BIM advantage (+14.0 points, 95% interval +2.5 to +14.0, paired on the same 50 examples, at "
+        "ε≈0.1) survives" in paired
+    )
+
+
 def test_notes_and_device_calls_recorded_in_provenance_reach_the_readme(results_dir):
     provenance = json.loads((results_dir / "provenance.json").read_text())
     provenance["notes"] = ["The CNN never learned on the full split."]
