@@ -20,7 +20,7 @@ import pandas as pd
 
 from robustcaps.paper_results import FIG3, TABLE2
 from robustcaps.report_tables import PAPER_ATTACKS, csv_bool, family_of, step_of, with_protocol
-from robustcaps.uncertainty import difference, paired_difference
+from robustcaps.uncertainty import difference, paired_difference, paired_mean_difference
 
 MATCH_TOLERANCE = 0.01
 USABLE_ERROR = 0.5  # chance is 80% on 5 classes; above this a model is too weak to compare robustness
@@ -176,16 +176,27 @@ def _paired_accuracy(
     """(examples only the capsules withstood, only the CNN withstood, n) for one untargeted white-box cell
     (`attack` on the capsules, `cnn_attack`, by default the same, on the CNN), when both families were
     attacked on the same examples; None otherwise."""
+    scores = _paired_scores(outcomes, False, attack, eps, cnn_attack)
+    if scores is None:
+        return None
+    caps, cnn = scores["capsnet"].astype(bool), scores["cnn"].astype(bool)
+    return int((caps & ~cnn).sum()), int((~caps & cnn).sum()), len(scores)
+
+
+def _paired_scores(
+    outcomes: pd.DataFrame | None, targeted: bool, attack: str, eps: float, cnn_attack: str | None = None
+) -> pd.DataFrame | None:
+    """Per example (rows), the two families' scores (columns capsnet, cnn; report_tables.white_box_outcomes)
+    in one sweep cell, when both met the same examples; None otherwise."""
     if outcomes is None or outcomes.empty:
         return None
     attacks = {"capsnet": attack, "cnn": cnn_attack or attack}
-    cell = outcomes[(outcomes["attack"] == outcomes["family"].map(attacks))
-                    & ((outcomes["eps_std"] - eps).abs() < 1e-9)]  # fmt: skip
-    correct = cell.pivot_table(index="example", columns="family", values="correct", aggfunc="first")
-    if not {"capsnet", "cnn"} <= set(correct.columns) or correct[["capsnet", "cnn"]].isna().any().any():
+    in_cell = (outcomes["attack"] == outcomes["family"].map(attacks)) & (outcomes["targeted"] == targeted)
+    cell = outcomes[in_cell & ((outcomes["eps_std"] - eps).abs() < 1e-9)]
+    scores = cell.pivot_table(index="example", columns="family", values="score", aggfunc="first")
+    if not {"capsnet", "cnn"} <= set(scores.columns) or scores[["capsnet", "cnn"]].isna().any().any():
         return None
-    caps, cnn = correct["capsnet"].astype(bool), correct["cnn"].astype(bool)
-    return int((caps & ~cnn).sum()), int((~caps & cnn).sum()), len(correct)
+    return scores
 
 
 def attack_sentences(summary: pd.DataFrame, outcomes: pd.DataFrame | None = None) -> list[str]:
@@ -204,12 +215,16 @@ def attack_sentences(summary: pd.DataFrame, outcomes: pd.DataFrame | None = None
                 continue
             n = rows.groupby("family")["n"].min()
             paired = None if targeted else _paired_accuracy(outcomes, attack, at)
+            scores = _paired_scores(outcomes, True, attack, at) if targeted else None
             low, high = difference(value["capsnet"], n["capsnet"], value["cnn"], n["cnn"])
             on = f"on {n['capsnet']} / {n['cnn']} examples"
             if paired is not None:  # the same examples for both: only where the two differ counts
                 low, high = paired_difference(*paired)
                 on = f"paired on the same {paired[2]} examples, {paired[0]} of which only the capsules and "
                 on += f"{paired[1]} only the CNN withstood"
+            elif scores is not None:  # each example's success over its 4 targets, paired by example
+                low, high = paired_mean_difference(scores["capsnet"], scores["cnn"])
+                on = f"paired on the same {len(scores)} examples, bootstrap over examples"
             what = "targeted success rate" if targeted else "accuracy"
             caps_paper, cnn_paper = (FIG3[(f, attack, targeted, eps)] for f in ("capsnet", "cnn"))
             paper = f"paper at ε={eps}: {caps_paper:.2f} vs {cnn_paper:.2f}"

@@ -74,21 +74,26 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame | dict]:
 
 
 def white_box_outcomes(root: Path) -> pd.DataFrame:
-    """Per example, whether each model still classified it correctly under each untargeted white-box sweep
-    cell (model, family, attack, eps_std, example, correct), from the per_example.csv files that
-    `reproduce` copies next to each summary; empty when there are none."""
+    """Per example and white-box sweep cell, each model's score (model, family, attack, targeted, eps_std,
+    example, score): untargeted, 1 if it still classified the example correctly, else 0; targeted, the
+    fraction of the wrong classes the attack reached. From the per_example.csv files that `reproduce`
+    copies next to each summary; empty when there are none."""
     frames = []
     for path in sorted((root / ATTACKS_DIR).glob("*/per_example.csv")):
         if not path.with_name("summary.csv").is_file():  # which model these rows are about is not known
             continue
         rows, model = pd.read_csv(path), pd.read_csv(path.with_name("summary.csv"))["model"].iloc[0]
-        rows = rows[~csv_bool(rows["targeted"]) & (rows["source"] == "self") & (rows["role"] == "sweep")]
-        correct = rows["prediction"] == rows["label"]
+        rows = rows[(rows["source"] == "self") & (rows["role"] == "sweep")]
+        targeted = csv_bool(rows["targeted"])
+        hit = rows["prediction"] == rows["target"].where(targeted, rows["label"])
         frames.append(pd.DataFrame({
             "model": model, "family": family_of(model), "attack": rows["attack"].str.lower(),
-            "eps_std": rows["eps_std"], "example": rows["example"], "correct": correct,
+            "targeted": targeted, "eps_std": rows["eps_std"], "example": rows["example"], "score": hit,
         }))  # fmt: skip
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:
+        return pd.DataFrame()
+    keys = ["model", "family", "attack", "targeted", "eps_std", "example"]
+    return pd.concat(frames, ignore_index=True).groupby(keys, as_index=False, sort=False)["score"].mean()
 
 
 def with_protocol(viewpoint: pd.DataFrame) -> pd.DataFrame:

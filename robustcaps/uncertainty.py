@@ -16,13 +16,19 @@
   difference of their error rates is (b − c)/n. Given the m = b + c examples where they disagree, b is
   Binomial(m, θ) and the difference is (m/n)(2θ − 1), so the exact (Clopper–Pearson) interval of θ gives
   one for the difference. It agrees with the exact McNemar test: it excludes 0 when that test rejects.
+- Two models scored on the same n examples with a score in [0, 1] per example that is not a single right
+  or wrong (a targeted success rate averages four targets per example): the mean per-example difference,
+  with a seeded BCa bootstrap interval over examples (scipy.stats.bootstrap), which keeps each example's
+  four targets together.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
-from scipy.stats import binomtest
+import numpy as np
+from scipy.stats import binomtest, bootstrap
 
 LEVEL = 0.95
 
@@ -44,6 +50,27 @@ def paired_difference(only_first: int, only_second: int, n: int) -> tuple[float,
         return 0.0, 0.0
     theta = binomtest(only_first, disagree).proportion_ci(confidence_level=LEVEL, method="exact")
     return disagree / n * (2 * theta.low - 1), disagree / n * (2 * theta.high - 1)
+
+
+def paired_mean_difference(first, second, seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(first − second) for two per-example scores on the same examples (BCa bootstrap
+    over examples, 9,999 resamples, seeded: the same data give the same interval)."""
+    diff = np.asarray(first, dtype=float) - np.asarray(second, dtype=float)
+    if len(diff) == 0:
+        return math.nan, math.nan
+    if np.all(diff == diff[0]):  # every resample has the same mean; BCa is undefined there
+        return float(diff[0]), float(diff[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BCa's degenerate-data warning: handled by the fallback below
+        result = bootstrap(
+            (diff,), np.mean, confidence_level=LEVEL, method="BCa", rng=np.random.default_rng(seed)
+        )
+        low, high = result.confidence_interval
+        if not (math.isfinite(low) and math.isfinite(high)):
+            result = bootstrap((diff,), np.mean, confidence_level=LEVEL, method="percentile",
+                               rng=np.random.default_rng(seed))  # fmt: skip
+            low, high = result.confidence_interval
+    return float(low), float(high)
 
 
 def difference(rate1: float, n1: int, rate2: float, n2: int) -> tuple[float, float]:

@@ -315,6 +315,35 @@ def test_attack_comparisons_are_paired_when_both_models_met_the_same_examples(re
         "Untargeted BIM at ε=0.1: accuracy 0.80 for the capsules vs 0.55 for the CNN, difference +0.26 "
         "(95% interval +0.12 to +0.37, on 100 / 100 examples;" in paragraph
     )  # no per-example rows for BIM
+    assert (
+        "Targeted FGSM at ε=0.25: targeted success rate 0.30 for the capsules vs 0.79 for the CNN, "
+        in paragraph
+    )
+    assert "-0.50 (95% interval -0.60 to -0.36, on 100 / 100 examples;" in paragraph
+
+
+def test_targeted_comparisons_pair_each_examples_success_over_its_four_targets(results_dir):
+    import numpy as np
+
+    from robustcaps.uncertainty import paired_mean_difference
+
+    rng = np.random.default_rng(0)
+    hits = {"capsnet-small": rng.random((100, 4)) < 0.3, "cnn-small": rng.random((100, 4)) < 0.8}
+    for model, hit in hits.items():  # targeted FGSM at ε 0.25, one row per example and wrong class
+        example, offset = np.divmod(np.arange(400), 4)
+        target = (1 + offset + 1) % 5
+        pd.DataFrame({
+            "example": example, "label": 1, "attack": "fgsm", "targeted": True, "target": target,
+            "eps_pixel": 0.05, "eps_std": 0.25, "source": "self", "role": "sweep", "steps": 1, "restarts": 1,
+            "prediction": np.where(hit.ravel(), target, 1),
+        }).to_csv(results_dir / "attacks" / model / "per_example.csv", index=False)  # fmt: skip
+    low, high = paired_mean_difference(hits["capsnet-small"].mean(1), hits["cnn-small"].mean(1))
+    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    assert (
+        f"(95% interval {low:+.2f} to {high:+.2f}, paired on the same 100 examples, bootstrap over examples; "
+        "paper at ε=0.25: 0.19 vs 0.59)" in paragraph
+    )
+    assert high - low < 0.24  # the independent interval on 100 / 100 examples: -0.60 to -0.36
 
 
 def test_robustness_verdict_pairs_each_familys_weakest_attack_on_the_same_examples():
@@ -329,7 +358,8 @@ def test_robustness_verdict_pairs_each_familys_weakest_attack_on_the_same_exampl
         for (family, attack), k in withstood.items()
     ])  # fmt: skip
     outcomes = pd.DataFrame([
-        {"family": family, "attack": attack, "eps_std": 0.1, "example": i, "correct": i < k}
+        {"family": family, "attack": attack, "targeted": False, "eps_std": 0.1, "example": i,
+         "score": float(i < k)}
         for (family, attack), k in withstood.items() for i in range(50)
     ])  # fmt: skip
     checks = pd.DataFrame(

@@ -1,4 +1,5 @@
-"""95% intervals for the report: Wilson for one rate, Newcombe's hybrid score interval for a difference."""
+"""95% intervals for the report: Wilson for one rate, Newcombe's hybrid score interval for a difference, the
+paired intervals (exact on discordant examples; bootstrap for per-example scores)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pytest
 
 from robustcaps.report_tables import percent_interval
-from robustcaps.uncertainty import difference, paired_difference, wilson
+from robustcaps.uncertainty import difference, paired_difference, paired_mean_difference, wilson
 
 
 def test_newcombes_published_example():
@@ -43,3 +44,24 @@ def test_the_paired_interval_agrees_with_the_exact_mcnemar_test():
     assert paired_difference(0, 0, 400) == (0.0, 0.0)  # the two models erred on the same images
     # the same rates, paired, can be clear where independent samples are not: 20 vs 44 of 400 disagreeing
     assert paired_difference(20, 44, 400)[1] < 0 < difference(0.30, 400, 0.36, 400)[1]
+
+
+def test_the_paired_bootstrap_follows_the_per_example_differences():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    # targeted success over 4 targets: per-example scores in quarters, the second model 0.1 lower on average
+    first = rng.integers(0, 5, 400) / 4
+    second = np.clip(first - rng.choice([-0.25, 0, 0.25, 0.5], 400, p=[0.2, 0.4, 0.3, 0.1]), 0, 1)
+    d = first - second
+    low, high = paired_mean_difference(first, second)
+    assert low < d.mean() < high
+    half = 1.96 * d.std(ddof=1) / math.sqrt(len(d))  # the normal-theory interval: close at n = 400
+    assert (low, high) == pytest.approx((d.mean() - half, d.mean() + half), abs=0.006)
+    assert paired_mean_difference(first, second) == (low, high)  # seeded: a rerun writes the same report
+    # a tenth of the examples: about sqrt(10) times wider
+    small_low, small_high = paired_mean_difference(first[:40], second[:40])
+    assert 2 < (small_high - small_low) / (high - low) < 4.5
+    # identical differences everywhere: no spread to resample, the interval is the point
+    assert paired_mean_difference([1.0, 0.5], [0.75, 0.25]) == (0.25, 0.25)
+    assert all(math.isnan(x) for x in paired_mean_difference([], []))
