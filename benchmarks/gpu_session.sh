@@ -57,6 +57,9 @@ C=${BENCH_CAPSNET:-capsnet}
 echo "== [$(elapsed) s] tests/test_routing_triton.py on $DEVICE"
 timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_routing_triton.py 2>&1 | tail -n 15
 bench "$C:triton:64:eager:train,$C:triton:256:eager:infer" --tf32 off
+# The fused path under torch.compile's "reduce-overhead" mode (CUDA graphs): at batch 64 a step launches
+# hundreds of small kernels, which may be a real part of the 18 ms step measured on the H200
+bench "$C:fused:64:cudagraphs:train,$C:fused:256:cudagraphs:infer" --tf32 off
 bench "$C:triton:64:eager:train" --recompute none --tf32 off
 bench "$C:triton:64:compile:train,$C:triton:256:compile:infer" --tf32 off  # the torch part compiled around the kernels
 # Then the bars: capsnet training at batch 64 (issue 4: the plain path as users run it; issue 8: the
