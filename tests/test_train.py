@@ -215,6 +215,13 @@ def test_eval_every_validates_every_nth_epoch_and_the_last_and_changes_no_weight
     snapshots = (tmp_path / "every3" / "checkpoints").glob(f"{runs.SNAPSHOT_PREFIX}*.pt")
     kept = {int(p.stem.removeprefix(runs.SNAPSHOT_PREFIX)) for p in snapshots}
     assert kept and kept <= set(every3["step"][validated])
+    # the reverse match (viewpoint.reverse_match) reads past the unvalidated rows to the snapshot it needs
+    from robustcaps.viewpoint import reverse_match
+
+    lowest = every3["familiar_error"].min()
+    matched = reverse_match(tmp_path / "every3", lowest, "cpu")
+    first = int(every3["step"][every3["familiar_error"] <= lowest].iloc[0])
+    assert matched.which == runs.snapshot_name(first) and matched.errors["familiar"] == lowest
     with pytest.raises(RobustcapsError, match="--eval-every 0"):
         dataclasses.replace(config, eval_every=0)
 
