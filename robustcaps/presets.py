@@ -103,8 +103,9 @@ def gpu() -> Preset:
     # benchmarks/README.md): rendering the full set ≈ 25 s on 16 cores; the CNN trains at ≈ 17k img/s
     # (eager, batch 64); capsnet at 3,511 img/s with routing="fused" under torch.compile (808 plain, eager),
     # evaluated with the plain path at ≈ 3,100 img/s; the attack steps took 110 s for 100 examples × 6 ε.
-    # Plan: 3 capsnet runs × 1,500 steps × 64 = 288k images ≈ 1.4 min plus ≈ 1 min of compilation and
-    # ≈ 2 min of per-epoch familiar/val evaluation; CNN runs ≈ 1 min; attacks ≈ 2 min: ≈ 8 min in all.
+    # Plan: 3 capsnet runs × 1,500 steps × 64 = 288k images ≈ 1.4 min plus ≈ 1-2 min of compilation and
+    # ≈ 1.5 min of per-epoch familiar/val evaluation (on a viewpoint split 14 epochs × 8,910 images ≈ 40 s);
+    # final evaluations ≈ 0.5 min, CNN runs ≈ 1 min; attacks ≈ 2 min; rendering 25 s: ≈ 8.5-9.5 min in all.
     # The first GPU run (450 plain eager capsule steps, 3 iterations, bf16, TF32 convolutions) left capsnet
     # at 52% test error; this plan trains it in float32 without TF32, with 2 routing iterations (see above).
     # No 13-crop test here: 13 × 24,300 capsnet passes would cost another 1.5 min (the paper preset has it).
