@@ -4,8 +4,8 @@ Thresholds that turn numbers into words are stated here, once:
 - familiar errors "match" when they differ by at most MATCH_TOLERANCE (HSF18 compares at equal
   familiar error);
 - two models' errors (or accuracies) differ when the 95% interval of the difference excludes 0
-  (robustcaps.uncertainty: paired on the images only one model got right where both met the same images,
-  else Newcombe's interval on the two test sets' sizes), and are "not distinguishable" otherwise;
+  (robustcaps.uncertainty: Newcombe's interval for paired data where both met the same images, else his
+  interval for independent samples on the two test sets' sizes), and are "not distinguishable" otherwise;
 - a model with clean test error above USABLE_ERROR is called too weak for the comparisons to mean much;
 - the capsules have an apparent robustness advantage when their FGSM/BIM accuracy is higher than the CNN's by
   a difference whose 95% interval excludes 0, and it "survives" when every integrity check on the capsule
@@ -45,7 +45,9 @@ def _compare_novel(caps, cnn) -> str:
     )
     if math.isnan(only_caps) or math.isnan(only_cnn):
         return _compare(caps.novel_error, caps.n_novel, cnn.novel_error, cnn.n_novel, lower_is_better=True)
-    interval = paired_difference(int(only_caps), int(only_cnn), int(cnn.n_novel))
+    interval = paired_difference(
+        caps.novel_error, cnn.novel_error, int(only_caps), int(only_cnn), int(cnn.n_novel)
+    )
     return _words(caps.novel_error - cnn.novel_error, interval, True,
                   f"on the same {cnn.n_novel} images, {int(only_caps)} of which only the capsules and "
                   f"{int(only_cnn)} only the CNN got wrong")  # fmt: skip
@@ -172,15 +174,16 @@ def _at_eps(rows: pd.DataFrame, eps: float) -> tuple[float, pd.DataFrame]:
 
 def _paired_accuracy(
     outcomes: pd.DataFrame | None, attack: str, eps: float, cnn_attack: str | None = None
-) -> tuple[int, int, int] | None:
-    """(examples only the capsules withstood, only the CNN withstood, n) for one untargeted white-box cell
-    (`attack` on the capsules, `cnn_attack`, by default the same, on the CNN), when both families were
-    attacked on the same examples; None otherwise."""
+) -> tuple[float, float, int, int, int] | None:
+    """(capsules' accuracy, CNN's accuracy, examples only the capsules withstood, only the CNN withstood,
+    n): paired_difference's arguments for one untargeted white-box cell (`attack` on the capsules,
+    `cnn_attack`, by default the same, on the CNN), when both families were attacked on the same
+    examples; None otherwise."""
     scores = _paired_scores(outcomes, False, attack, eps, cnn_attack)
     if scores is None:
         return None
     caps, cnn = scores["capsnet"].astype(bool), scores["cnn"].astype(bool)
-    return int((caps & ~cnn).sum()), int((~caps & cnn).sum()), len(scores)
+    return caps.mean(), cnn.mean(), int((caps & ~cnn).sum()), int((~caps & cnn).sum()), len(scores)
 
 
 def _paired_scores(
@@ -220,8 +223,8 @@ def attack_sentences(summary: pd.DataFrame, outcomes: pd.DataFrame | None = None
             on = f"on {n['capsnet']} / {n['cnn']} examples"
             if paired is not None:  # the same examples for both: only where the two differ counts
                 low, high = paired_difference(*paired)
-                on = f"paired on the same {paired[2]} examples, {paired[0]} of which only the capsules and "
-                on += f"{paired[1]} only the CNN withstood"
+                on = f"paired on the same {paired[4]} examples, {paired[2]} of which only the capsules and "
+                on += f"{paired[3]} only the CNN withstood"
             elif scores is not None:  # each example's success over its 4 targets, paired by example
                 low, high = paired_mean_difference(scores["capsnet"], scores["cnn"])
                 on = f"paired on the same {len(scores)} examples, bootstrap over examples"
@@ -254,7 +257,7 @@ def _capsules_minus_cnn(
     caps, cnn = lowest.loc["capsnet"], lowest.loc["cnn"]
     paired = _paired_accuracy(outcomes, caps["attack"], at, cnn["attack"])
     if paired is not None:
-        return caps["value"] - cnn["value"], *paired_difference(*paired), paired[2]
+        return caps["value"] - cnn["value"], *paired_difference(*paired), paired[4]
     return (
         caps["value"] - cnn["value"],
         *difference(caps["value"], int(caps["n"]), cnn["value"], int(cnn["n"])),

@@ -12,10 +12,20 @@
   two lines). When both models are scored on the same examples the rates are paired; treating them as
   independent gives a wider interval when their mistakes are positively correlated, so a difference it
   calls clear is clear.
-- Two models scored on the same n examples, of which b only the first got wrong and c only the second: the
-  difference of their error rates is (b − c)/n. Given the m = b + c examples where they disagree, b is
-  Binomial(m, θ) and the difference is (m/n)(2θ − 1), so the exact (Clopper–Pearson) interval of θ gives
-  one for the difference. It agrees with the exact McNemar test: it excludes 0 when that test rejects.
+- Two models scored on the same n examples (a paired 2×2 table: a examples counted by both, b by the
+  first only, c by the second only, d by neither; "counted" is wrong for errors, right for accuracies):
+  Newcombe's square-and-add interval for paired data (Newcombe 1998, "Improved confidence intervals for
+  the difference between binomial proportions based on paired data", method 10). The two Wilson
+  intervals are combined as above, less twice their covariance, with φ the correlation of the two
+  outcomes, its numerator ad − bc shrunk by n/2 towards 0 when positive (Newcombe's continuity
+  correction; 0 when a margin is empty):
+
+      lower = d − sqrt((p1 − l1)² − 2φ(p1 − l1)(u2 − p2) + (u2 − p2)²)
+      upper = d + sqrt((u1 − p1)² − 2φ(u1 − p1)(p2 − l2) + (p2 − l2)²)
+
+  Written by hand for the same reason as the unpaired one. An earlier version scaled the exact interval
+  of b/(b + c) by (b + c)/n: that conditions on the number of disagreements, and when every
+  disagreement goes one way its interval ends at the point estimate.
 - Two models scored on the same n examples with a score in [0, 1] per example that is not a single right
   or wrong (a targeted success rate averages four targets per example): the mean per-example difference,
   with a seeded BCa bootstrap interval over examples (scipy.stats.bootstrap), which keeps each example's
@@ -41,15 +51,31 @@ def wilson(rate: float, n: int) -> tuple[float, float]:
     return float(interval.low), float(interval.high)
 
 
-def paired_difference(only_first: int, only_second: int, n: int) -> tuple[float, float]:
-    """95% interval of (only_first − only_second)/n: on the same n examples, the first model's error rate
-    minus the second's from the examples only the first / only the second got wrong (see the module
-    docstring); the same for accuracies, from the examples only the first / only the second got right."""
-    disagree = only_first + only_second
-    if disagree == 0:
-        return 0.0, 0.0
-    theta = binomtest(only_first, disagree).proportion_ci(confidence_level=LEVEL, method="exact")
-    return disagree / n * (2 * theta.low - 1), disagree / n * (2 * theta.high - 1)
+def paired_difference(
+    rate1: float, rate2: float, only_first: int, only_second: int, n: int
+) -> tuple[float, float]:
+    """95% interval of rate1 − rate2, two models' rates on the same n examples, of which `only_first` were
+    counted by the first model only and `only_second` by the second only (errors: got wrong; accuracies:
+    got right). Newcombe's square-and-add interval for paired data (see the module docstring)."""
+    counted1, counted2 = round(rate1 * n), round(rate2 * n)
+    both = counted1 - only_first
+    neither = n - both - only_first - only_second
+    if min(both, neither) < 0 or counted2 != both + only_second:
+        raise ValueError(
+            f"rates {rate1}, {rate2} on {n} examples do not fit {only_first} / {only_second} examples "
+            "counted by one model only"
+        )
+    (l1, u1), (l2, u2) = wilson(rate1, n), wilson(rate2, n)
+    margins = counted1 * (n - counted1) * counted2 * (n - counted2)
+    covariance = both * neither - only_first * only_second
+    covariance = covariance - n / 2 if covariance > n / 2 else min(covariance, 0)
+    phi = covariance / math.sqrt(margins) if margins else 0.0
+    d = rate1 - rate2
+    below, above = rate1 - l1, u2 - rate2  # how far each rate's interval reaches towards a lower d
+    lower = d - math.sqrt(max(below**2 - 2 * phi * below * above + above**2, 0.0))
+    below, above = u1 - rate1, rate2 - l2  # ... and towards a higher d
+    upper = d + math.sqrt(max(below**2 - 2 * phi * below * above + above**2, 0.0))
+    return lower, upper
 
 
 def paired_mean_difference(first, second, seed: int = 0) -> tuple[float, float]:

@@ -33,17 +33,38 @@ def test_a_difference_is_clear_only_when_n_allows_it():
     assert percent_interval(0.345, 400) == "34.5% (30.0–39.3)"
 
 
-def test_the_paired_interval_agrees_with_the_exact_mcnemar_test():
+def test_the_paired_interval_matches_a_published_example_and_pairing_helps():
+    # Fagerland, Lydersen & Laake (2017), "Statistical Analysis of Contingency Tables", ch. 8: complete
+    # response before and after consolidation therapy (Cavo et al. 2012), table [[59, 6], [16, 80]];
+    # Newcombe's square-and-add interval for paired data: -0.0621 (-0.1186 to -0.0046).
+    low, high = paired_difference(65 / 161, 75 / 161, 6, 16, 161)
+    assert (low, high) == pytest.approx((-0.1186, -0.0046), abs=5e-5)
+    # the same rates, paired, can be clear where independent samples are not: 20 vs 44 of 400 disagreeing
+    assert paired_difference(0.30, 0.36, 20, 44, 400)[1] < 0 < difference(0.30, 400, 0.36, 400)[1]
+    # the demo's azimuth comparison: 45.8% vs 39.8% of 400, 70 only the capsules and 46 only the CNN got wrong
+    low, high = paired_difference(0.4575, 0.3975, 70, 46, 400)
+    assert 0 < low < 0.06 < high
+    # every disagreement one way (7 vs 0 of 50): the interval still reaches past the point estimate,
+    # where the conditional interval of b / (b + c) scaled by (b + c) / n would stop at 0.14
+    low, high = paired_difference(0.58, 0.44, 7, 0, 50)
+    assert 0 < low and high > 0.14 + 0.05
+    # the two models right and wrong on the same examples: a narrow interval around 0
+    low, high = paired_difference(0.25, 0.25, 0, 0, 400)
+    assert -0.02 < low < 0 < high < 0.02
+    with pytest.raises(ValueError, match="do not fit"):
+        paired_difference(0.25, 0.30, 0, 0, 400)  # different rates need examples only one model counted
+
+
+def test_the_paired_interval_agrees_with_mcnemars_test_away_from_the_boundary():
     from scipy.stats import binomtest
 
-    for only_first, only_second in ((20, 78), (30, 45), (12, 24), (11, 24), (40, 40), (0, 9)):
-        low, high = paired_difference(only_first, only_second, 400)
-        assert low <= (only_first - only_second) / 400 <= high
-        rejects = binomtest(only_first, only_first + only_second).pvalue < 0.05
-        assert rejects == (not low <= 0 <= high), (only_first, only_second)
-    assert paired_difference(0, 0, 400) == (0.0, 0.0)  # the two models erred on the same images
-    # the same rates, paired, can be clear where independent samples are not: 20 vs 44 of 400 disagreeing
-    assert paired_difference(20, 44, 400)[1] < 0 < difference(0.30, 400, 0.36, 400)[1]
+    for only_first, only_second in ((20, 78), (30, 45), (12, 30), (40, 40), (0, 15), (25, 25)):
+        both = 100
+        rate1, rate2 = (both + only_first) / 400, (both + only_second) / 400
+        low, high = paired_difference(rate1, rate2, only_first, only_second, 400)
+        assert low <= rate1 - rate2 <= high
+        p = binomtest(only_first, only_first + only_second).pvalue if only_first + only_second else 1.0
+        assert (p < 0.05) == (not low <= 0 <= high), (only_first, only_second, p, low, high)
 
 
 def test_the_paired_bootstrap_follows_the_per_example_differences():
