@@ -1,5 +1,5 @@
 """95% intervals for the report: Wilson for one rate, Newcombe's hybrid score interval for a difference, the
-paired intervals (exact on discordant examples; bootstrap for per-example scores)."""
+paired intervals (Newcombe's for paired data; a bootstrap for per-example scores)."""
 
 from __future__ import annotations
 
