@@ -227,7 +227,7 @@ def attack_sentences(summary: pd.DataFrame, outcomes: pd.DataFrame | None = None
                 on += f"{paired[3]} only the CNN withstood"
             elif scores is not None:  # each example's success over its 4 targets, paired by example
                 low, high = paired_mean_difference(scores["capsnet"], scores["cnn"])
-                on = f"paired on the same {len(scores)} examples, bootstrap over examples"
+                on = f"paired on the same {len(scores)} examples, t interval over examples"
             what = "targeted success rate" if targeted else "accuracy"
             caps_paper, cnn_paper = (FIG3[(f, attack, targeted, eps)] for f in ("capsnet", "cnn"))
             paper = f"paper at ε={eps}: {caps_paper:.2f} vs {cnn_paper:.2f}"

@@ -28,17 +28,18 @@
   disagreement goes one way its interval ends at the point estimate.
 - Two models scored on the same n examples with a score in [0, 1] per example that is not a single right
   or wrong (a targeted success rate averages four targets per example): the mean per-example difference,
-  with a seeded BCa bootstrap interval over examples (scipy.stats.bootstrap), which keeps each example's
-  four targets together.
+  with Student's t interval over examples, which keeps each example's four targets together. Simulated
+  at the demo's 40 examples (4 targets each, success probabilities per example from Beta(2, 2), a 15-point
+  difference; 2,000 runs), it covered the true difference 94.4% of the time; a BCa bootstrap (scipy)
+  covered 93.2%.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
-from scipy.stats import binomtest, bootstrap
+from scipy.stats import binomtest, ttest_1samp
 
 LEVEL = 0.95
 
@@ -78,25 +79,16 @@ def paired_difference(
     return lower, upper
 
 
-def paired_mean_difference(first, second, seed: int = 0) -> tuple[float, float]:
-    """95% interval of mean(first − second) for two per-example scores on the same examples (BCa bootstrap
-    over examples, 9,999 resamples, seeded: the same data give the same interval)."""
+def paired_mean_difference(first, second) -> tuple[float, float]:
+    """95% interval of mean(first − second) for two per-example scores in [0, 1] on the same examples:
+    Student's t interval on the per-example differences (scipy.stats.ttest_1samp)."""
     diff = np.asarray(first, dtype=float) - np.asarray(second, dtype=float)
     if len(diff) == 0:
         return math.nan, math.nan
-    if np.all(diff == diff[0]):  # every resample has the same mean; BCa is undefined there
+    if np.all(diff == diff[0]):  # no spread: the interval is the point (t would give NaN)
         return float(diff[0]), float(diff[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # BCa's degenerate-data warning: handled by the fallback below
-        result = bootstrap(
-            (diff,), np.mean, confidence_level=LEVEL, method="BCa", rng=np.random.default_rng(seed)
-        )
-        low, high = result.confidence_interval
-        if not (math.isfinite(low) and math.isfinite(high)):
-            result = bootstrap((diff,), np.mean, confidence_level=LEVEL, method="percentile",
-                               rng=np.random.default_rng(seed))  # fmt: skip
-            low, high = result.confidence_interval
-    return float(low), float(high)
+    interval = ttest_1samp(diff, 0.0).confidence_interval(confidence_level=LEVEL)
+    return float(interval.low), float(interval.high)
 
 
 def difference(rate1: float, n1: int, rate2: float, n2: int) -> tuple[float, float]:

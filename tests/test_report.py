@@ -340,8 +340,8 @@ def test_targeted_comparisons_pair_each_examples_success_over_its_four_targets(r
     low, high = paired_mean_difference(hits["capsnet-small"].mean(1), hits["cnn-small"].mean(1))
     paragraph = findings_paragraph(load_results(results_dir), "rendered")
     assert (
-        f"(95% interval {low:+.2f} to {high:+.2f}, paired on the same 100 examples, bootstrap over examples; "
-        "paper at ε=0.25: 0.19 vs 0.59)" in paragraph
+        f"(95% interval {low:+.2f} to {high:+.2f}, paired on the same 100 examples, t interval over "
+        "examples; paper at ε=0.25: 0.19 vs 0.59)" in paragraph
     )
     assert high - low < 0.24  # the independent interval on 100 / 100 examples: -0.60 to -0.36
 

@@ -1,5 +1,5 @@
 """95% intervals for the report: Wilson for one rate, Newcombe's hybrid score interval for a difference, the
-paired intervals (Newcombe's for paired data; a bootstrap for per-example scores)."""
+paired intervals (Newcombe's for paired data; Student's t for per-example scores)."""
 
 from __future__ import annotations
 
@@ -67,22 +67,43 @@ def test_the_paired_interval_agrees_with_mcnemars_test_away_from_the_boundary():
         assert (p < 0.05) == (not low <= 0 <= high), (only_first, only_second, p, low, high)
 
 
-def test_the_paired_bootstrap_follows_the_per_example_differences():
+@pytest.mark.parametrize(
+    "n, cells",  # (both counted, first only, second only, neither) probabilities of a paired 2x2 table
+    [(400, (0.3, 0.1, 0.05, 0.55)), (50, (0.4, 0.1, 0.01, 0.49)), (40, (0.05, 0.05, 0.2, 0.7))],
+)
+def test_the_paired_interval_covers_the_true_difference_95_percent_of_the_time(n, cells):
+    # the small, lopsided tables are the attack comparisons' regime (40 examples, most disagreements one
+    # way); there the older interval (exact on b / (b + c), scaled) covered 63% and 86% of the time
     import numpy as np
 
-    rng = np.random.default_rng(3)
-    # targeted success over 4 targets: per-example scores in quarters, the second model 0.1 lower on average
-    first = rng.integers(0, 5, 400) / 4
-    second = np.clip(first - rng.choice([-0.25, 0, 0.25, 0.5], 400, p=[0.2, 0.4, 0.3, 0.1]), 0, 1)
-    d = first - second
-    low, high = paired_mean_difference(first, second)
-    assert low < d.mean() < high
-    half = 1.96 * d.std(ddof=1) / math.sqrt(len(d))  # the normal-theory interval: close at n = 400
-    assert (low, high) == pytest.approx((d.mean() - half, d.mean() + half), abs=0.006)
-    assert paired_mean_difference(first, second) == (low, high)  # seeded: a rerun writes the same report
-    # a tenth of the examples: about sqrt(10) times wider
-    small_low, small_high = paired_mean_difference(first[:40], second[:40])
-    assert 2 < (small_high - small_low) / (high - low) < 4.5
-    # identical differences everywhere: no spread to resample, the interval is the point
+    rng, truth, runs = np.random.default_rng(0), cells[1] - cells[2], 1000
+    covered = 0
+    for both, first, second, _ in rng.multinomial(n, cells, size=runs):
+        low, high = paired_difference((both + first) / n, (both + second) / n, first, second, n)
+        covered += low <= truth <= high
+    assert 0.93 <= covered / runs <= 0.98
+
+
+def test_the_per_example_interval_covers_the_true_difference_of_targeted_success():
+    import numpy as np
+
+    # 40 attacked examples, 4 targets each: the demo's targeted cells. Per example, the CNN reaches each
+    # target with probability p ~ Beta(2, 2) and the capsules with p + 0.15 (at most 1).
+    rng = np.random.default_rng(7)
+    population = rng.beta(2, 2, 1_000_000)
+    truth = float((np.minimum(population + 0.15, 1) - population).mean())
+    covered, widths = 0, []
+    for _ in range(1000):
+        p = rng.beta(2, 2, 40)
+        capsules, cnn = rng.binomial(4, np.minimum(p + 0.15, 1)) / 4, rng.binomial(4, p) / 4
+        low, high = paired_mean_difference(capsules, cnn)
+        covered += low <= truth <= high
+        widths.append(high - low)
+    assert 0.93 <= covered / 1000 <= 0.97
+    # four times the examples: about half as wide
+    p = rng.beta(2, 2, 160)
+    low, high = paired_mean_difference(rng.binomial(4, np.minimum(p + 0.15, 1)) / 4, rng.binomial(4, p) / 4)
+    assert 0.4 < (high - low) / np.median(widths) < 0.6
+    # identical differences everywhere: no spread, the interval is the point
     assert paired_mean_difference([1.0, 0.5], [0.75, 0.25]) == (0.25, 0.25)
     assert all(math.isnan(x) for x in paired_mean_difference([], []))
