@@ -12,8 +12,8 @@ A preset is a frozen dataclass (timm-style: one plain function per preset, looke
   viewpoint epoch (7,290 images, ≈ 2.1 s at 3,500 img/s) would take longer than the epoch's training.
   The cost: the matched-error stop can land up to 10 epochs (≈ 0.4% of the run) after the first epoch
   that reached the target.
-- `gpu`: the same models and the full rendered set, sized to finish in ≲ 7 minutes on one H100 or H200
-  (see `gpu()` for the plan and results/gpu/ for what it took).
+- `gpu`: the same models and the full rendered set, sized to finish in ≈ 9 minutes on one H100 or H200
+  (see `gpu()` for the plan and results/gpu/ for what an earlier version of it took).
 - `quick`: what `make demo` runs: small models, small rendered set, few attack examples, ≲ 15 minutes
   on 2 CPU cores. Its numbers are a demo, and say so wherever they appear.
 - `tiny`: the tests' end-to-end configuration (seconds, not meaningful numbers).

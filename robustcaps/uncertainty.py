@@ -12,19 +12,19 @@
   two lines). When both models are scored on the same examples the rates are paired; treating them as
   independent gives a wider interval when their mistakes are positively correlated, so a difference it
   calls clear is clear.
-- Two models scored on the same n examples (a paired 2×2 table: a examples counted by both, b by the
-  first only, c by the second only, d by neither; "counted" is wrong for errors, right for accuracies):
+- Two models scored on the same n examples (a paired 2×2 table: e examples counted by both, f by the
+  first only, g by the second only, h by neither; "counted" is wrong for errors, right for accuracies):
   Newcombe's square-and-add interval for paired data (Newcombe 1998, "Improved confidence intervals for
   the difference between binomial proportions based on paired data", method 10). The two Wilson
   intervals are combined as above, less twice their covariance, with φ the correlation of the two
-  outcomes, its numerator ad − bc shrunk by n/2 towards 0 when positive (Newcombe's continuity
-  correction; 0 when a margin is empty):
+  outcomes, its numerator eh − fg shrunk by n/2 towards 0 when positive (Newcombe's continuity
+  correction; φ = 0 when a margin is empty):
 
       lower = d − sqrt((p1 − l1)² − 2φ(p1 − l1)(u2 − p2) + (u2 − p2)²)
       upper = d + sqrt((u1 − p1)² − 2φ(u1 − p1)(p2 − l2) + (p2 − l2)²)
 
   Written by hand for the same reason as the unpaired one. An earlier version scaled the exact interval
-  of b/(b + c) by (b + c)/n: that conditions on the number of disagreements, and when every
+  of f/(f + g) by (f + g)/n: that conditions on the number of disagreements, and when every
   disagreement goes one way its interval ends at the point estimate.
 - Two models scored on the same n examples with a score in [0, 1] per example that is not a single right
   or wrong (a targeted success rate averages four targets per example): the mean per-example difference,
@@ -68,9 +68,9 @@ def paired_difference(
         )
     (l1, u1), (l2, u2) = wilson(rate1, n), wilson(rate2, n)
     margins = counted1 * (n - counted1) * counted2 * (n - counted2)
-    covariance = both * neither - only_first * only_second
-    covariance = covariance - n / 2 if covariance > n / 2 else min(covariance, 0)
-    phi = covariance / math.sqrt(margins) if margins else 0.0
+    association = both * neither - only_first * only_second  # φ's numerator, continuity-corrected below
+    association = association - n / 2 if association > n / 2 else min(association, 0)
+    phi = association / math.sqrt(margins) if margins else 0.0
     d = rate1 - rate2
     below, above = rate1 - l1, u2 - rate2  # how far each rate's interval reaches towards a lower d
     lower = d - math.sqrt(max(below**2 - 2 * phi * below * above + above**2, 0.0))

@@ -45,7 +45,7 @@ def test_the_paired_interval_matches_a_published_example_and_pairing_helps():
     low, high = paired_difference(0.4575, 0.3975, 70, 46, 400)
     assert 0 < low < 0.06 < high
     # every disagreement one way (7 vs 0 of 50): the interval still reaches past the point estimate,
-    # where the conditional interval of b / (b + c) scaled by (b + c) / n would stop at 0.14
+    # where the conditional interval of f / (f + g) scaled by (f + g) / n would stop at 0.14
     low, high = paired_difference(0.58, 0.44, 7, 0, 50)
     assert 0 < low and high > 0.14 + 0.05
     # the two models right and wrong on the same examples: a narrow interval around 0
@@ -73,7 +73,7 @@ def test_the_paired_interval_agrees_with_mcnemars_test_away_from_the_boundary():
 )
 def test_the_paired_interval_covers_the_true_difference_95_percent_of_the_time(n, cells):
     # the small, lopsided tables are the attack comparisons' regime (40 examples, most disagreements one
-    # way); there the older interval (exact on b / (b + c), scaled) covered 63% and 86% of the time
+    # way); there the older interval (exact on f / (f + g), scaled) covered 63% and 86% of the time
     import numpy as np
 
     rng, truth, runs = np.random.default_rng(0), cells[1] - cells[2], 1000
