@@ -219,8 +219,6 @@ def attack_sentences(summary: pd.DataFrame, outcomes: pd.DataFrame | None = None
             n = rows.groupby("family")["n"].min()
             paired = None if targeted else _paired_accuracy(outcomes, attack, at)
             scores = _paired_scores(outcomes, True, attack, at) if targeted else None
-            low, high = difference(value["capsnet"], n["capsnet"], value["cnn"], n["cnn"])
-            on = f"on {n['capsnet']} / {n['cnn']} examples"
             if paired is not None:  # the same examples for both: only where the two differ counts
                 low, high = paired_difference(*paired)
                 on = f"paired on the same {paired[4]} examples, {paired[2]} of which only the capsules and "
@@ -228,6 +226,9 @@ def attack_sentences(summary: pd.DataFrame, outcomes: pd.DataFrame | None = None
             elif scores is not None:  # each example's success over its 4 targets, paired by example
                 low, high = paired_mean_difference(scores["capsnet"], scores["cnn"])
                 on = f"paired on the same {len(scores)} examples, t interval over examples"
+            else:
+                low, high = difference(value["capsnet"], n["capsnet"], value["cnn"], n["cnn"])
+                on = f"on {n['capsnet']} / {n['cnn']} examples"
             what = "targeted success rate" if targeted else "accuracy"
             caps_paper, cnn_paper = (FIG3[(f, attack, targeted, eps)] for f in ("capsnet", "cnn"))
             paper = f"paper at ε={eps}: {caps_paper:.2f} vs {cnn_paper:.2f}"

@@ -82,7 +82,8 @@ def white_box_outcomes(root: Path) -> pd.DataFrame:
     for path in sorted((root / ATTACKS_DIR).glob("*/per_example.csv")):
         if not path.with_name("summary.csv").is_file():  # which model these rows are about is not known
             continue
-        rows, model = pd.read_csv(path), pd.read_csv(path.with_name("summary.csv"))["model"].iloc[0]
+        model = pd.read_csv(path.with_name("summary.csv"), usecols=["model"], nrows=1)["model"].iloc[0]
+        rows = pd.read_csv(path)
         rows = rows[(rows["source"] == "self") & (rows["role"] == "sweep")]
         targeted = csv_bool(rows["targeted"])
         hit = rows["prediction"] == rows["target"].where(targeted, rows["label"])
