@@ -70,6 +70,7 @@ class Preset:
     # how the capsule network trains: torch.compile with the fused routing path is 4.3× the plain eager
     # path on an H200 (benchmarks/README.md); evaluation and attacks always use plain, eager
     capsnet_compile: bool = False
+    capsnet_compile_mode: str = "default"  # TrainConfig.compile_mode ("reduce-overhead": CUDA graphs)
     capsnet_routing: str = "plain"
     eps: tuple[float, ...] = FIG3_EPS
     attack_n: int = 500  # examples per attack cell

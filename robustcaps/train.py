@@ -35,10 +35,15 @@ SPLITS = ("full", "azimuth", "elevation")
 STEREO = ("channels", "samples")
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
+# torch.compile's modes: "reduce-overhead" replays the compiled step as CUDA graphs (on a GPU; elsewhere it
+# is the default mode), which removes the launch cost of the hundreds of small kernels in a capsnet step
+COMPILE_MODES = ("default", "reduce-overhead")
 # Options a resumed run may change: how long to train, where, and where the data lives (metadata.json
 # checks that it is the same data); anything else would not be the same run.
 # `routing` and `compile` change how the same function is computed (rounding only), not what is trained.
-RESUMABLE_CHANGES = frozenset({"epochs", "steps", "device", "compile", "routing", "eval_batch_size", "data"})
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "steps", "device", "compile", "compile_mode", "routing", "eval_batch_size", "data"}
+)
 WARMUP_STEPS = 100
 # A config.json written before warm-up existed trained without it: loading one must rebuild that run.
 PRE_WARMUP_DEFAULTS = {"warmup_steps": 0}
@@ -69,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    compile_mode: str = "default"  # with `compile`: one of COMPILE_MODES
     # how a capsule network's EM routing is computed while training: "fused" (models/routing_fused.py) is
     # the fast path under --compile, "triton" (models/routing_triton.py) the GPU kernels; evaluation
     # computes it the plain way (same function), or with the kernels when training does
@@ -92,6 +98,11 @@ class TrainConfig:
             "--stereo": (self.stereo, self.stereo in STEREO, f"one of {STEREO}"),
             "--device": (self.device, self.device in DEVICES, f"one of {DEVICES}"),
             "--amp": (self.amp, self.amp in AMP, f"one of {AMP}"),
+            "--compile-mode": (
+                self.compile_mode,
+                self.compile_mode in COMPILE_MODES and (self.compile or self.compile_mode == "default"),
+                f"one of {COMPILE_MODES}, and a mode other than default only with --compile",
+            ),
             "--routing": (self.routing, self.routing in ROUTINGS, f"one of {ROUTINGS}"),
             "--loss": (self.loss, self.loss in losses.LOSSES, f"one of {losses.LOSSES}"),
             "--batch-size": (self.batch_size, self.batch_size > 0, "a positive number"),

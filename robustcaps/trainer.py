@@ -104,7 +104,7 @@ class Session:
                 require_triton(torch.device(device))
             except RuntimeError as error:
                 raise RobustcapsError(f"--routing triton: {error}") from None
-        net = torch.compile(model) if config.compile else model
+        net = torch.compile(model, mode=config.compile_mode) if config.compile else model
         net = distributed.wrap(net, world, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         session = cls(
@@ -242,6 +242,9 @@ def _train_epoch(s: Session) -> None:
 
 
 def _step(s: Session, x: torch.Tensor, y: torch.Tensor, margin: float) -> None:
+    if s.config.compile and s.config.compile_mode == "reduce-overhead":
+        # a new step: CUDA graphs may now overwrite the previous step's outputs (all consumed by then)
+        torch.compiler.cudagraph_mark_step_begin()
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.config.amp == "bf16"):
         loss, output = losses.training_loss(s.net, x, y, s.loss_name, margin)
     s.optimizer.zero_grad(set_to_none=True)

@@ -85,8 +85,11 @@ def run_dir(runs_dir: Path, preset: Preset, model: str, split: str) -> Path:
     settings = {k: getattr(preset, k) for k in TRAINING_FIELDS}
     if keeps_snapshots(preset, model, split):  # a run made before snapshots existed is not resumed with them
         settings["familiar_snapshots"] = True
-    if preset.eval_every != 1:  # named only when not the default, so that existing run folders keep theirs
+    # named only when not the default, so that existing run folders keep their names
+    if preset.eval_every != 1:
         settings["eval_every"] = preset.eval_every
+    if preset.capsnet_compile_mode != "default":
+        settings["capsnet_compile_mode"] = preset.capsnet_compile_mode
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return Path(runs_dir) / f"{model}-{split}-{digest}"
 
@@ -97,7 +100,11 @@ def train_config(preset: Preset, model: str, split: str, data_root: Path, device
 
     capsules = model == preset.capsnet
     steps = preset.capsnet_steps if capsules else preset.cnn_steps
-    changes = {"compile": preset.capsnet_compile, "routing": preset.capsnet_routing} if capsules else {}
+    changes = (
+        {"compile": preset.capsnet_compile, "compile_mode": preset.capsnet_compile_mode,
+         "routing": preset.capsnet_routing}
+        if capsules else {}
+    )  # fmt: skip
     if keeps_snapshots(preset, model, split):
         changes["familiar_snapshots"] = True
     return TrainConfig(

@@ -90,6 +90,10 @@ def test_the_gpu_preset_compiles_only_the_capsule_network_with_fused_routing(tmp
     assert run_dir(tmp_path, gpu, "capsnet", "full") != run_dir(tmp_path, slower, "capsnet", "full")
     sparser = gpu.replace(eval_every=10)
     assert run_dir(tmp_path, gpu, "cnn", "azimuth") != run_dir(tmp_path, sparser, "cnn", "azimuth")
+    graphs = gpu.replace(capsnet_compile_mode="reduce-overhead")
+    assert train_config(graphs, "capsnet", "full", tmp_path, "cuda").compile_mode == "reduce-overhead"
+    assert train_config(graphs, "cnn", "full", tmp_path, "cuda").compile_mode == "default"
+    assert run_dir(tmp_path, gpu, "capsnet", "full") != run_dir(tmp_path, graphs, "capsnet", "full")
     paper = get_preset("paper")
     assert {
         train_config(paper, m, "azimuth", tmp_path, "cuda").eval_every for m in (paper.capsnet, paper.cnn)

@@ -324,3 +324,26 @@ def test_capsule_training_runs_its_convolutions_without_tf32_and_restores_the_fl
             assert torch.backends.cudnn.allow_tf32  # restored
     finally:
         handle.remove()
+
+
+def test_compile_mode_reaches_torch_compile_and_each_cuda_graph_step_is_marked(
+    rendered_root, tmp_path, monkeypatch
+):
+    """Under CUDA graphs a step's outputs live in buffers the next replay overwrites: every training step
+    must be announced (torch.compiler.cudagraph_mark_step_begin), or the second step fails on a GPU."""
+    compiled, marks = [], []
+    monkeypatch.setattr(torch, "compile", lambda model, mode: compiled.append(mode) or model)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    config = _config(rendered_root, steps=5, compile=True)
+    fit(config, tmp_path / "default")
+    assert compiled == ["default"] and not marks
+    fit(dataclasses.replace(config, compile_mode="reduce-overhead"), tmp_path / "graphs")
+    assert compiled[-1] == "reduce-overhead" and len(marks) == 5
+    # how the same function is computed, not what is trained: a resumed run may change it
+    graphs = dataclasses.replace(config, steps=7, compile_mode="reduce-overhead")
+    fit(graphs, tmp_path / "default", resume=True)
+    assert runs.load_run(tmp_path / "default", "last").step == 7 and len(marks) == 7
+    with pytest.raises(RobustcapsError, match="--compile-mode 'reduce-overhead'.*only with --compile"):
+        dataclasses.replace(config, compile=False, compile_mode="reduce-overhead")
+    result = CliRunner().invoke(cli, ["train", "--compile-mode", "max", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--compile-mode" in result.output

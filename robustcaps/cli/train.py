@@ -20,7 +20,8 @@ _FIELDS = {
     "epochs": "epochs", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
     "lr_decay_steps": "lr_decay_steps", "warmup_steps": "warmup_steps",
     "margin_step_scale": "margin_step_scale", "loss": "loss",
-    "seed": "seed", "device": "device", "compile": "compile", "routing": "routing", "amp": "amp",
+    "seed": "seed", "device": "device", "compile": "compile",
+    "compile_mode": "compile_mode", "routing": "routing", "amp": "amp",
     "target_familiar_error": "target_familiar_error", "familiar_snapshots": "familiar_snapshots",
     "checkpoint_every": "checkpoint_every", "eval_every": "eval_every",
 }  # fmt: skip
@@ -91,6 +92,9 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(training.DEVICES), default="auto", show_default=True)
 @click.option("--compile", is_flag=True, help="torch.compile the model.")
+@click.option("--compile-mode", type=click.Choice(training.COMPILE_MODES), default="default",
+              show_default=True, help="With --compile: reduce-overhead replays each training step as "
+              "CUDA graphs (GPU only; elsewhere the default mode).")  # fmt: skip
 @click.option("--routing", type=click.Choice(training.ROUTINGS), default="plain", show_default=True,
               help="How capsule EM routing is computed in training: fused is the fast path under "
               "--compile, triton the GPU kernels (same function; evaluation uses plain, or triton "
