@@ -102,9 +102,10 @@ def models_text(root: Path) -> str:
         "## Trained models\n\n"
         f"The full-split models are in `{MODELS_DIR}/` ({', '.join(f'`{m}`' for m in exported)}; weights "
         "only, val-selected). An independent sweep on them needs no training: `robustcaps attack "
-        f"{root / MODELS_DIR / exported[0]} --data DATA --out SWEEP --attack fgsm --eps 0:0.5:0.1`, where "
-        "DATA holds the dataset the captions name (checked against the model's metadata.json; the rendered "
-        "stand-in is rebuilt byte for byte by `robustcaps data render` with its seed and size).\n"
+        f"{root / MODELS_DIR / exported[0]} --out SWEEP --attack fgsm --eps 0:0.5:0.1`. The rendered "
+        "stand-in they were trained on is rendered again, byte for byte, into this machine's cache when its "
+        "folder is not here (its SHA-256s are checked against the model's metadata.json); a model trained "
+        "on real smallNORB needs `--data DIR` with the official files.\n"
     )
 
 

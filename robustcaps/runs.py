@@ -12,6 +12,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from importlib import metadata as importlib_metadata
@@ -308,6 +309,8 @@ def load_run(
         raise RobustcapsError(f"{run_dir}: no such run directory")
     config = TrainConfig.from_json(run_dir / CONFIG_FILE)
     metadata = read_json(run_dir / METADATA_FILE, "run metadata")
+    if data is None and config.data is not None and not Path(config.data).is_dir():
+        data = _remade_dataset(run_dir, config.data, metadata)  # None: fails when the data are read
     if data is not None:
         check_same_dataset(metadata, data)
         config = replace(config, data=str(data))
@@ -325,6 +328,17 @@ def load_run(
     return LoadedRun(
         model, config, metadata, run_dir, which, int(state["step"]), state.get("stop_reason", "")
     )
+
+
+def _remade_dataset(run_dir: Path, trained_on: str, metadata: dict[str, Any]) -> Path | None:
+    """The data directory a run names is not on this machine (a committed or copied run): a rendered
+    stand-in is rendered again into the cache (the same bytes on every machine); other data are not."""
+    from robustcaps.data.render import remade_data_root
+
+    root = remade_data_root(metadata.get("dataset", {}))
+    if root is not None:
+        print(f"{run_dir}: trained on the rendered stand-in at {trained_on}; using {root}", file=sys.stderr)
+    return root
 
 
 def check_same_dataset(metadata: dict[str, Any], root: str | os.PathLike) -> None:

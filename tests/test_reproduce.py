@@ -167,7 +167,7 @@ def test_tiny_reproduce_end_to_end_then_resume(data_root, tmp_path):
     exported = load_run(results / "models" / "capsnet-small-full", data=data_root)
     for name, weight in load_run(trained).model.state_dict().items():
         assert torch.equal(exported.model.state_dict()[name], weight), name
-    assert f"robustcaps attack {results / 'models' / 'capsnet-small-full'} --data DATA" in text
+    assert f"robustcaps attack {results / 'models' / 'capsnet-small-full'} --out SWEEP" in text
     ran = [line for line in log if line.startswith("[run ]")]
     assert len(ran) >= 9
 

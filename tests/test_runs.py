@@ -82,6 +82,35 @@ def test_a_run_reads_its_dataset_from_another_place_only_if_it_is_the_same(rende
         runs.load_run(tmp_path / "run", data=tmp_path / "nowhere")
 
 
+def test_a_copied_run_whose_rendered_data_are_not_here_renders_them_again(
+    rendered_root, tmp_path, private_cache
+):
+    """results/models/* name the directory they were trained from, on another machine: the rendered
+    stand-in is remade in the cache, byte-identical (SHA-256s checked); real smallNORB must be given."""
+    from click.testing import CliRunner
+
+    from robustcaps.cli import cli
+    from robustcaps.data.norb import content_identity, dataset_identity
+
+    _make_run(tmp_path / "run")  # config.json names data="/nowhere"
+    metadata = runs.read_json(tmp_path / "run" / runs.METADATA_FILE, "metadata")
+    trained_on = {**dataset_identity(rendered_root), "root": "/nowhere", "split": "full"}
+    runs.atomic_write_json(tmp_path / "run" / runs.METADATA_FILE, metadata | {"dataset": trained_on})
+    remade = runs.load_run(tmp_path / "run").config.data
+    assert remade.startswith(str(tmp_path / "cache")) and remade != str(rendered_root)
+    assert content_identity(dataset_identity(remade)) == content_identity(dataset_identity(rendered_root))
+    assert runs.load_run(tmp_path / "run").config.data == remade  # rendered once
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--which", "last", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"using {remade}" in result.stderr
+    smallnorb = {"kind": "smallnorb", "root": "/nowhere", "md5_verified": True, "md5": {}}
+    runs.atomic_write_json(tmp_path / "run" / runs.METADATA_FILE, metadata | {"dataset": smallnorb})
+    assert runs.load_run(tmp_path / "run").config.data == "/nowhere"  # the weights load; the data cannot
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--which", "last", "--device", "cpu"])
+    assert result.exit_code == 1 and "/nowhere: data directory not found" in result.output
+    assert "pass --data" in result.output and len(result.output.strip().splitlines()) == 1
+
+
 def test_exported_run_loads_with_the_same_weights_and_drops_the_optimiser(tmp_path):
     config, model = _make_run(tmp_path / "run")
     state = runs.load_checkpoint(runs.checkpoint_path(tmp_path / "run", "best"))

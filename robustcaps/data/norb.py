@@ -61,7 +61,10 @@ def norb_paths(root: str | os.PathLike, part: str) -> dict[str, Path]:
     root, paths = Path(root), {}
     _check_part(part)
     if not root.is_dir():
-        raise NorbFormatError(f"{root}: data directory not found (run `robustcaps data fetch --root {root}`)")
+        raise NorbFormatError(
+            f"{root}: data directory not found (run `robustcaps data fetch --root {root}`, "
+            "or pass --data with the directory that holds it)"
+        )
     for kind in KINDS:
         plain = root / FILE_NAMES[part, kind]
         gz = plain.with_name(plain.name + ".gz")

@@ -25,6 +25,7 @@ the official release, and any prefix of the rows mixes all categories.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -207,31 +208,66 @@ def default_data_root(size: str = "small", seed: int = 0, progress: bool = True)
     A complete set (manifest present, files of the recorded names) is reused. A new one is rendered into a
     temporary directory and renamed into place, so two processes never see half a dataset.
     """
-    root = default_data_path(size, seed)
-    if _complete(root, size, seed):
+    return _cached_render(default_data_path(size, seed), make_config(seed, size), size, progress)
+
+
+def remade_data_root(identity: dict, progress: bool = True) -> Path | None:
+    """The rendered set a run's metadata.json names (its "dataset" identity), from the cache, rendered there
+    first if missing; None when `identity` is not a set this generator version can remake (real smallNORB,
+    another version, options it does not offer).
+
+    Rendering is deterministic to the byte on every machine, so a committed or copied run whose data
+    directory is not here (results/models/*, results/gpu/models/*) can be evaluated and attacked anyway;
+    the caller still compares the SHA-256s (`runs.check_same_dataset`).
+    """
+    options, seed = identity.get("options"), identity.get("seed")
+    if identity.get("kind") != "rendered" or identity.get("generator_version") != GENERATOR_VERSION:
+        return None
+    if not isinstance(options, dict) or options.get("size") not in SIZES or not isinstance(seed, int):
+        return None
+    size = options["size"]
+    try:
+        config = make_config(
+            seed, size, options.get("elevations"), options.get("azimuths"), options.get("lightings"),
+            options.get("supersample", 2),
+        )  # fmt: skip
+    except (RobustcapsError, TypeError, ValueError):
+        return None
+    if _options(config, size) != options:  # a renderer constant (focal, distance, ...) it no longer has
+        return None
+    if config == make_config(seed, size):
+        return _cached_render(default_data_path(size, seed), config, size, progress)
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+    return _cached_render(cache_root() / f"rendered-{size}-seed{seed}-{digest}", config, size, progress)
+
+
+def _cached_render(root: Path, config: RenderConfig, size: str, progress: bool) -> Path:
+    if _complete(root, config, size):
         return root
-    make_config(seed, size)  # a bad size fails before any work
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        render_dataset(tmp, seed=seed, size=size, progress=progress)
-        if root.exists() and not _complete(root, size, seed):  # an incomplete leftover
+        render_dataset(
+            tmp, seed=config.seed, size=size, elevations=config.elevations, azimuths=config.azimuths,
+            lightings=config.lightings, progress=progress, supersample=config.supersample,
+        )  # fmt: skip
+        if root.exists() and not _complete(root, config, size):  # an incomplete leftover
             shutil.rmtree(root, ignore_errors=True)
         try:
             os.replace(tmp, root)
         except OSError:  # another process renamed its complete copy into place first
-            if not _complete(root, size, seed):
+            if not _complete(root, config, size):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
-def _complete(root: Path, size: str, seed: int) -> bool:
+def _complete(root: Path, config: RenderConfig, size: str) -> bool:
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    same = manifest.get("generator_version") == GENERATOR_VERSION and manifest.get("seed") == seed
-    same = same and manifest.get("options", {}).get("size") == size
+    same = manifest.get("generator_version") == GENERATOR_VERSION and manifest.get("seed") == config.seed
+    same = same and manifest.get("options") == _options(config, size)
     return same and all((root / name).is_file() for name in manifest.get("sha256", {}))
