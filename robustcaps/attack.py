@@ -24,10 +24,20 @@ Settings, recorded per row (`steps`, `restarts`, `loss`): BIM and PGD take steps
 (Madry et al.), PGD starts uniformly in the ball; APGD-CE/DLR use torchattacks' step-size schedule;
 CW-L2 uses c = 1, lr 0.01 and its perturbation is clipped into the L∞ ball; Square (gradient-free)
 uses the margin loss with `queries` queries per restart (its `steps` column holds the queries).
+
+Crafting path (`crafting`, recorded per row). "plain": the attacks differentiate the model as loaded
+(plain EM routing, eager). "compiled": they differentiate a copy of it under torch.compile, a capsule
+network's routing computed the fused way (models/routing_fused.py): the same function to float32
+rounding, trained 4.3× faster than plain eager on an H200 and 2.2× on 2 CPU cores, after a compile.
+Either way, adversarial images are judged by the plain model. Measured on 2 CPU cores (capsnet-small,
+BIM and PGD-vote, 100 examples, ε 0/0.1/0.25, 10 steps): 77 s plain; compiled 125 s with an empty
+compile cache (≈ 85 s compiling) and 41 s with a warm one; 17 of 1,000 predictions differed, no
+accuracy. So it pays for long sweeps (the paper preset's take hours on a GPU), not for short ones.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +62,7 @@ VOTE_SUFFIX = "-vote"
 ATTACKS = tuple(BASE_ATTACKS) + tuple(f"{a}{VOTE_SUFFIX}" for a, (_, grad) in BASE_ATTACKS.items() if grad)
 UNITS = ("std", "pixel")
 LOSSES = ("ce", "margin")
+CRAFTING = ("plain", "compiled")
 PARTS = ("test", "familiar", "novel")
 # Madry et al.'s rule: a step of 2.5·ε/steps lets PGD cross the ball and come back.
 STEP_SIZE_FACTOR = 2.5
@@ -76,12 +87,15 @@ class AttackConfig:
     seed: int = 0
     device: str = "cpu"
     checks: bool = True
+    crafting: str = "plain"  # which computation the attacks differentiate: one of CRAFTING (see above)
 
     def __post_init__(self) -> None:
         for name in self.attacks:
             if name not in ATTACKS:
                 raise RobustcapsError(f"--attack {name}: unknown attack; choose from {', '.join(ATTACKS)}")
-        for option, value, choices in (("units", self.units, UNITS), ("loss", self.loss, LOSSES)):
+        for option, value, choices in (
+            ("units", self.units, UNITS), ("loss", self.loss, LOSSES), ("crafting", self.crafting, CRAFTING)
+        ):  # fmt: skip
             if value not in choices:
                 raise RobustcapsError(f"--{option} {value}: choose one of {', '.join(choices)}")
         if self.part not in PARTS:
@@ -116,6 +130,18 @@ def eps_pixel_and_std(eps: float, units: str, sigma_mean: float) -> tuple[float,
     if units == "pixel":
         return eps, eps / sigma_mean
     return eps * sigma_mean, eps
+
+
+def crafting_model(model: nn.Module, crafting: str) -> nn.Module:
+    """What the attacks differentiate: `model` itself ("plain"), or ("compiled") a copy under torch.compile
+    whose capsule routing, if any, is computed the fused way. The copy keeps `model` untouched for judging;
+    compile once per sweep, since the compiled code lives with the returned module."""
+    if crafting == "plain":
+        return model
+    fast = copy.deepcopy(model)
+    if hasattr(fast, "use_routing"):
+        fast.use_routing("fused")
+    return torch.compile(fast)
 
 
 def margin_logits(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

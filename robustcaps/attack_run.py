@@ -102,6 +102,7 @@ def summarise(
     summary.insert(2, "checkpoint", victim.checkpoint)
     summary.insert(3, "checkpoint_step", victim.checkpoint_step)
     summary["units"] = config.units
+    summary["crafting"] = config.crafting
     summary["seed"] = config.seed
     summary["sigma_mean"] = eval_set.sigma_mean
     summary["torchattacks_version"] = environment["versions"]["torchattacks"]
@@ -127,6 +128,7 @@ def _attack_model(
     victim.model.eval()
     if victim.source is not None:
         victim.source.eval()
+    victim = victim.crafting(config.crafting)
     atomic_write_json(out_dir / "attack_config.json", {
         **asdict(config), "victim": victim.name, "run_dir": victim.run_dir,
         "checkpoint": victim.checkpoint, "checkpoint_step": victim.checkpoint_step,

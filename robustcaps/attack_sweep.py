@@ -28,6 +28,7 @@ from robustcaps.attack import (
     attack_loss,
     base_attack,
     craft,
+    crafting_model,
     eps_pixel_and_std,
     is_vote_attack,
     per_image_sigma,
@@ -94,6 +95,14 @@ class Victim:
     checkpoint_step: int = -1
     source_checkpoint: str = ""
     source_checkpoint_step: int = -1
+    # what the attacks differentiate in place of `model` / `source` (attack.crafting_model); None: themselves
+    crafter: nn.Module | None = None
+    source_crafter: nn.Module | None = None
+
+    def crafting(self, crafting: str) -> Victim:
+        """This victim with its crafting models built (compiled ones once per sweep, not per cell)."""
+        source = crafting_model(self.source, crafting) if self.source is not None else None
+        return replace(self, crafter=crafting_model(self.model, crafting), source_crafter=source)
 
     @classmethod
     def of_runs(cls, loaded, name: str, source=None, source_name: str = "") -> Victim:
@@ -131,7 +140,8 @@ def fingerprint(model: nn.Module | None) -> str:
 
 
 def cell_key(cell: Cell, config: AttackConfig, models: tuple[str, str], eval_set: EvalSet) -> str:
-    """Hash of everything that changes a cell's predictions (not batch size, device or progress bar).
+    """Hash of everything that changes a cell's predictions (not batch size, device or progress bar; the
+    crafting path, though it changes them only by rounding, so that a summary row's `crafting` is true).
 
     `models` are the fingerprints of the victim and the transfer source. The data enter by content, not
     by where they lie: the key also seeds the cell's random starts (run_cells), so the same sweep on the
@@ -142,6 +152,8 @@ def cell_key(cell: Cell, config: AttackConfig, models: tuple[str, str], eval_set
         "seed": config.seed, "models": models, "data": content_identity(json.loads(eval_set.identity)),
         "examples": hashlib.sha256(eval_set.index.numpy().tobytes()).hexdigest(),
     }  # fmt: skip
+    if config.crafting != "plain":  # named only when not the default, so that existing cells keep their keys
+        settings["crafting"] = config.crafting
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     mode = "targeted" if cell.targeted else "untargeted"
     return f"{cell.attack}-{mode}-{cell.role}-eps{cell.eps_pixel:.5f}-{digest}"
@@ -183,7 +195,10 @@ def _budget(attack: str, config: AttackConfig) -> tuple[int, int]:
 def run_cell(cell: Cell, config: AttackConfig, victim: Victim, eval_set: EvalSet, bar: tqdm) -> pd.DataFrame:
     """Per-example predictions of the victim on adversarial images of one cell (one row per target)."""
     device = torch.device(config.device)
-    crafting_model = victim.model if cell.source == SELF else victim.source
+    if cell.source == SELF:
+        crafting_on = victim.crafter if victim.crafter is not None else victim.model
+    else:
+        crafting_on = victim.source_crafter if victim.source_crafter is not None else victim.source
     # A cell's own budget (the strong-PGD check raises it); Square's `steps` column records its queries.
     steps = config.steps if base_attack(cell.attack) == "square" else cell.steps
     settings = replace(config, steps=steps, restarts=cell.restarts)
@@ -192,9 +207,7 @@ def run_cell(cell: Cell, config: AttackConfig, victim: Victim, eval_set: EvalSet
     for index, images, labels in eval_set.batches(config.batch_size, device):
         for offset in offsets:
             targets = (labels + offset) % NUM_CLASSES if cell.targeted else None
-            adversarial = craft(
-                cell.attack, crafting_model, images, labels, cell.eps_pixel, settings, targets
-            )
+            adversarial = craft(cell.attack, crafting_on, images, labels, cell.eps_pixel, settings, targets)
             frame = pd.DataFrame({
                 "example": index.numpy(),
                 "label": labels.cpu().numpy(),

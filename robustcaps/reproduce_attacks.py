@@ -29,7 +29,7 @@ def attack_configs(preset: Preset, family: str, device: str) -> dict[str, object
 
     common = dict(eps=preset.eps, units="std", n=preset.attack_n, steps=preset.attack_steps,
                   restarts=preset.restarts, seed=preset.seed, device=device, part="test",
-                  batch_size=preset.attack_batch_size)  # fmt: skip
+                  batch_size=preset.attack_batch_size, crafting=preset.attack_crafting)  # fmt: skip
     attacks = preset.untargeted_attacks + (preset.vote_attacks if family == "capsnet" else ())
     return {
         "": AttackConfig(attacks=attacks, targeted=(False,), checks=True, **common),

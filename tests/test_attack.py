@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ from torch import nn
 from robustcaps.attack import (
     AttackConfig,
     craft,
+    crafting_model,
     eps_pixel_and_std,
     margin_logits,
     per_image_sigma,
@@ -214,6 +216,8 @@ def test_bad_options_name_the_option():
         AttackConfig(attacks=("deepfool",))
     with pytest.raises(RobustcapsError, match="--units"):
         AttackConfig(units="percent")
+    with pytest.raises(RobustcapsError, match="--crafting"):
+        AttackConfig(crafting="fast")
 
 
 def test_the_same_data_elsewhere_draws_the_same_random_starts(toy, tmp_path):
@@ -234,3 +238,39 @@ def test_the_same_data_elsewhere_draws_the_same_random_starts(toy, tmp_path):
     other = EvalSet(base.images, base.labels, base.index, identity='{"kind": "toy", "seed": 1}')
     attack_model(Victim(toy, "toy"), other, config, tmp_path / "other", progress=False)
     assert sorted(p.name for p in (tmp_path / "other" / "cells").glob("*.csv")) != names[0]
+
+
+def test_compiled_crafting_differentiates_a_compiled_copy_and_gives_the_same_results(toy, tmp_path):
+    """The same function to float32 rounding: the same predictions (up to a rare flipped sign in FGSM's
+    gradient); every row says how it was crafted, and neither crafting reuses the other's cells."""
+    config = AttackConfig(attacks=("fgsm", "bim"), eps=(0.0, 0.1, 0.3), units="pixel", steps=5, checks=False)
+    results = {
+        crafting: attack_model(
+            Victim(toy, "toy"), eval_set(), replace(config, crafting=crafting), tmp_path / crafting, False
+        )
+        for crafting in ("plain", "compiled")
+    }
+    plain, compiled = (results[c].per_example["prediction"] for c in ("plain", "compiled"))
+    assert (plain != compiled).mean() <= 0.01
+    for crafting, result in results.items():
+        assert set(result.summary["crafting"]) == {crafting}
+    cells = [{p.name for p in (tmp_path / c / "cells").glob("*.csv")} for c in ("plain", "compiled")]
+    assert len(cells[0]) == len(cells[1]) == 6 and not cells[0] & cells[1]
+
+
+def test_compiled_crafting_routes_a_copy_of_a_capsule_network_the_fused_way(monkeypatch):
+    from robustcaps.models import create_model
+
+    tiny = {"conv1_channels": 8, "primary_types": 4, "convcaps1_types": 4, "convcaps2_types": 4}
+    model = create_model("capsnet-small", in_channels=2, **tiny).eval()
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    assert crafting_model(model, "plain") is model and not compiled
+    crafter = crafting_model(model, "compiled")
+    assert compiled == [crafter] and crafter is not model
+    assert (crafter.routing, model.routing) == ("fused", "plain")  # the judge keeps the reference path
+    for (name, weight), copied in zip(model.state_dict().items(), crafter.state_dict().values(), strict=True):
+        assert torch.equal(weight, copied), name
+    images = torch.rand(3, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+    for output in ("logits", "vote_logits"):
+        torch.testing.assert_close(crafter(images, output=output), model(images, output=output))

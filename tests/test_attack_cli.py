@@ -64,6 +64,8 @@ def test_attack_cli_errors_name_the_option(run_dir):
     assert vote_on_cnn.exit_code == 1 and "--attack pgd-vote" in vote_on_cnn.output
     novel_of_full = invoke(str(run_dir), "--part", "novel", "--n", "5")
     assert novel_of_full.exit_code == 1 and "--part novel" in novel_of_full.output
+    bad_crafting = invoke(str(run_dir), "--crafting", "fast")
+    assert bad_crafting.exit_code == 2 and "--crafting" in bad_crafting.output
 
 
 def test_attack_records_the_checkpoints_of_victim_and_source(run_dir, tmp_path):

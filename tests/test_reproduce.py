@@ -66,6 +66,11 @@ def test_presets():
     assert not paper.demo and (paper.capsnet, paper.cnn, paper.batch_size) == ("capsnet", "cnn", 64)
     assert paper.margin_step_scale == 50_000 and max(paper.eps) == 0.5
     assert (paper.capsnet_compile, paper.capsnet_routing, paper.eval_every) == (True, "fused", 10)
+    # the paper preset's attacks craft on the compiled fused copy; the others on the model as loaded
+    from robustcaps.reproduce_attacks import attack_configs
+
+    assert {c.crafting for c in attack_configs(paper, "capsnet", "cuda").values()} == {"compiled"}
+    assert {get_preset(name).attack_crafting for name in ("quick", "gpu", "tiny")} == {"plain"}
     assert get_preset("gpu").capsnet == "capsnet" and set(PRESETS) >= {"quick", "gpu", "paper"}
     for name in ("quick", "gpu", "paper"):  # β_a calibration: agreement rewarded from the start
         preset = get_preset(name)
