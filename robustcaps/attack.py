@@ -30,9 +30,9 @@ Crafting path (`crafting`, recorded per row). "plain": the attacks differentiate
 network's routing computed the fused way (models/routing_fused.py): the same function to float32
 rounding, trained 4.3× faster than plain eager on an H200 and 2.2× on 2 CPU cores, after a compile.
 Either way, adversarial images are judged by the plain model. Measured on 2 CPU cores (capsnet-small,
-BIM and PGD-vote, 100 examples, ε 0/0.1/0.25, 10 steps): 77 s plain; compiled 125 s with an empty
-compile cache (≈ 85 s compiling) and 41 s with a warm one; 17 of 1,000 predictions differed, no
-accuracy. So it pays for long sweeps (the paper preset's take hours on a GPU), not for short ones.
+BIM and PGD-vote, 100 examples, ε 0/0.1/0.25, 10 steps): 81 s plain; compiled 138 s with an empty
+compile cache and 52 s with a warm one; 17 of 1,000 predictions differed, no accuracy. So it pays for
+long sweeps (the paper preset's take hours on a GPU), not for short ones.
 """
 
 from __future__ import annotations
@@ -133,15 +133,32 @@ def eps_pixel_and_std(eps: float, units: str, sigma_mean: float) -> tuple[float,
 
 
 def crafting_model(model: nn.Module, crafting: str) -> nn.Module:
-    """What the attacks differentiate: `model` itself ("plain"), or ("compiled") a copy under torch.compile
-    whose capsule routing, if any, is computed the fused way. The copy keeps `model` untouched for judging;
-    compile once per sweep, since the compiled code lives with the returned module."""
-    if crafting == "plain":
-        return model
-    fast = copy.deepcopy(model)
-    if hasattr(fast, "use_routing"):
-        fast.use_routing("fused")
-    return torch.compile(fast)
+    """What the attacks differentiate: `model` itself ("plain") or a `CompiledCrafter` of it ("compiled"),
+    built once per sweep, since the compiled code lives with it. `model` stays as it is, for judging."""
+    return model if crafting == "plain" else CompiledCrafter(model)
+
+
+class CompiledCrafter(nn.Module):
+    """`model`'s function, computed by a torch.compile copy (capsule routing fused) for every call that will
+    be differentiated (grad mode on, input requiring grad) and by `model` itself for the rest: the restart
+    checks, Square's queries and torchattacks' bookkeeping. Each guard dynamo keeps per compiled frame
+    (grad mode, input requires_grad, batch size 1 / 100 / any, output head) is another graph, and past
+    torch's recompile limit (8) a frame runs eagerly, where fused routing is 2.6× slower than plain: a
+    sweep of every attack with both modes on a toy model already made 7 graphs when all calls went through
+    the compiled copy. Sending it only the differentiated calls leaves 3 per head (batch 100, any, 1)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.fast = copy.deepcopy(model)
+        if hasattr(self.fast, "use_routing"):
+            self.fast.use_routing("fused")
+        self.compiled = {"forward": torch.compile(self.fast)}  # a dict: not a second registered child
+
+    def forward(self, images: torch.Tensor, output: str = "logits") -> torch.Tensor:
+        if torch.is_grad_enabled() and images.requires_grad:
+            return self.compiled["forward"](images, output=output)
+        return self.model(images, output=output)
 
 
 def margin_logits(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -258,7 +258,7 @@ def test_compiled_crafting_differentiates_a_compiled_copy_and_gives_the_same_res
     assert len(cells[0]) == len(cells[1]) == 6 and not cells[0] & cells[1]
 
 
-def test_compiled_crafting_routes_a_copy_of_a_capsule_network_the_fused_way(monkeypatch):
+def test_compiled_crafting_differentiates_a_fused_copy_and_leaves_the_rest_to_the_model(monkeypatch):
     from robustcaps.models import create_model
 
     tiny = {"conv1_channels": 8, "primary_types": 4, "convcaps1_types": 4, "convcaps2_types": 4}
@@ -267,10 +267,21 @@ def test_compiled_crafting_routes_a_copy_of_a_capsule_network_the_fused_way(monk
     monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
     assert crafting_model(model, "plain") is model and not compiled
     crafter = crafting_model(model, "compiled")
-    assert compiled == [crafter] and crafter is not model
-    assert (crafter.routing, model.routing) == ("fused", "plain")  # the judge keeps the reference path
-    for (name, weight), copied in zip(model.state_dict().items(), crafter.state_dict().values(), strict=True):
+    assert compiled == [crafter.fast] and crafter.model is model
+    assert (crafter.fast.routing, model.routing) == ("fused", "plain")  # the judge keeps the reference path
+    for (name, weight), copied in zip(
+        model.state_dict().items(), crafter.fast.state_dict().values(), strict=True
+    ):
         assert torch.equal(weight, copied), name
+    calls = []
+    crafter.fast.register_forward_hook(lambda *_: calls.append("fast"))
+    model.register_forward_hook(lambda *_: calls.append("model"))
     images = torch.rand(3, 2, 32, 32, generator=torch.Generator().manual_seed(0))
     for output in ("logits", "vote_logits"):
-        torch.testing.assert_close(crafter(images, output=output), model(images, output=output))
+        want = model(images, output=output)
+        with torch.no_grad():  # bookkeeping, restart checks, Square: the model itself
+            torch.testing.assert_close(crafter(images, output=output), want)
+        torch.testing.assert_close(crafter(images, output=output), want)  # nothing to differentiate
+        attacked = images.clone().requires_grad_()
+        torch.testing.assert_close(crafter(attacked, output=output), want)  # the fused copy
+    assert calls == ["model", "model", "model", "fast"] * 2
