@@ -96,6 +96,18 @@ timeout 90 torchrun --nproc-per-node 1 -m robustcaps train --model cnn-small --d
     --steps 60 --batch-size 64 --device "$DEVICE" --compile --amp bf16 --out /tmp/robustcaps-smoke \
     && tail -n 2 /tmp/robustcaps-smoke/metrics.csv
 echo "== [$(elapsed) s] smoke exit $?"
+# attack --crafting compiled (the paper preset's attacks) against plain on the reproduce's capsnet, when
+# this machine still holds it (/tmp survives between calls while the machine stays warm) and time is left
+caps=$(ls -d "$runs"/capsnet*-full-* 2>/dev/null | head -n 1)
+for crafting in plain compiled; do
+    [ -n "$caps" ] && [ $((deadline - $(date +%s))) -ge 150 ] || break
+    echo "== [$(elapsed) s] attack $caps --crafting $crafting: BIM + PGD-vote, 100 examples, 10 steps"
+    rm -rf "/tmp/robustcaps-craft-$crafting"
+    timeout 150 python3 -m robustcaps attack "$caps" --attack bim --attack pgd-vote --eps 0,0.1,0.25 --n 100 \
+        --steps 10 --no-checks --no-progress --crafting "$crafting" --device "$DEVICE" \
+        --out "/tmp/robustcaps-craft-$crafting" | tail -n 7
+    echo "== [$(elapsed) s] attack exit $?"
+done
 
 bench "$C:plain:256:eager:infer,$C:plain:256:compile:infer,$C:fused:64:compile:infer,$C:fused:256:compile:train" --tf32 off
 bench "$C:plain:64:eager:train,$C:fused:64:compile:train"  # torch's default (TF32 convolutions)

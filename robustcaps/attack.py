@@ -31,8 +31,8 @@ network's routing computed the fused way (models/routing_fused.py): the same fun
 rounding, trained 4.3× faster than plain eager on an H200 and 2.2× on 2 CPU cores, after a compile.
 Either way, adversarial images are judged by the plain model. Measured on 2 CPU cores (capsnet-small,
 BIM and PGD-vote, 100 examples, ε 0/0.1/0.25, 10 steps): 81 s plain; compiled 138 s with an empty
-compile cache and 52 s with a warm one; 17 of 1,000 predictions differed, no accuracy. So it pays for
-long sweeps (the paper preset's take hours on a GPU), not for short ones.
+compile cache and 44-52 s with a warm one; none of the 1,000 predictions differed (both draw the same
+random starts). So it pays for long sweeps (the paper preset's take hours on a GPU), not short ones.
 """
 
 from __future__ import annotations

@@ -140,8 +140,8 @@ def fingerprint(model: nn.Module | None) -> str:
 
 
 def cell_key(cell: Cell, config: AttackConfig, models: tuple[str, str], eval_set: EvalSet) -> str:
-    """Hash of everything that changes a cell's predictions (not batch size, device or progress bar; the
-    crafting path, though it changes them only by rounding, so that a summary row's `crafting` is true).
+    """Hash of everything that changes a cell's predictions (not batch size, device, progress bar or the
+    crafting path, which change them by rounding only: the same random starts whichever computes them).
 
     `models` are the fingerprints of the victim and the transfer source. The data enter by content, not
     by where they lie: the key also seeds the cell's random starts (run_cells), so the same sweep on the
@@ -152,8 +152,6 @@ def cell_key(cell: Cell, config: AttackConfig, models: tuple[str, str], eval_set
         "seed": config.seed, "models": models, "data": content_identity(json.loads(eval_set.identity)),
         "examples": hashlib.sha256(eval_set.index.numpy().tobytes()).hexdigest(),
     }  # fmt: skip
-    if config.crafting != "plain":  # named only when not the default, so that existing cells keep their keys
-        settings["crafting"] = config.crafting
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     mode = "targeted" if cell.targeted else "untargeted"
     return f"{cell.attack}-{mode}-{cell.role}-eps{cell.eps_pixel:.5f}-{digest}"
@@ -228,14 +226,17 @@ def run_cells(
     """Run the cells not already on disk, write each atomically when done, return all their rows."""
     cells_dir = Path(out_dir) / CELLS_DIR
     models = (fingerprint(victim.model), fingerprint(victim.source))
-    keyed = [(cell, cells_dir / f"{cell_key(cell, config, models, eval_set)}.csv") for cell in cells]
-    todo = [(cell, path) for cell, path in keyed if not path.exists()]
+    # a cell crafted another way is stored apart, so that every summary row's `crafting` is true
+    suffix = "" if config.crafting == "plain" else f"-{config.crafting}"
+    keyed = [(cell, cell_key(cell, config, models, eval_set)) for cell in cells]
+    keyed = [(cell, key, cells_dir / f"{key}{suffix}.csv") for cell, key in keyed]
+    todo = [(cell, key, path) for cell, key, path in keyed if not path.exists()]
     batches = -(-len(eval_set.labels) // config.batch_size)
     with tqdm(total=len(todo) * batches, desc="attack cells", unit="batch", disable=not progress) as bar:
-        for cell, path in todo:
+        for cell, key, path in todo:
             bar.set_postfix_str(f"{cell.attack} ε={cell.eps:g} {'targeted' if cell.targeted else ''}".strip())
             # Seed per cell from its key, so a resumed sweep draws the same random starts as a fresh one.
-            torch.manual_seed(config.seed + int(path.stem[-8:], 16) % 2**31)
+            torch.manual_seed(config.seed + int(key[-8:], 16) % 2**31)
             atomic_write_text(path, run_cell(cell, config, victim, eval_set, bar).to_csv(index=False))
-    frames = [pd.read_csv(path, keep_default_na=False) for _, path in keyed]
+    frames = [pd.read_csv(path, keep_default_na=False) for _, _, path in keyed]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(EXAMPLE_COLUMNS))

@@ -124,7 +124,7 @@ def resolve_device(device: str) -> str:
     default="plain",
     show_default=True,
     help="What the attacks differentiate: the model as loaded, or a copy under torch.compile with fused "
-    "capsule routing (same function; ~1.5x on 2 CPU cores after a compile of about 1.5 min: for long "
+    "capsule routing (same function; ~1.7x on 2 CPU cores after a compile of about 1.5 min: for long "
     "sweeps). Judged by the model either way.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
