@@ -74,7 +74,7 @@ class Preset:
     stereo: str = "channels"
     amp: str = "none"  # "bf16" autocast in training (GPU presets)
     # how the capsule network trains: torch.compile with the fused routing path is 4.3× the plain eager
-    # path on an H200 (benchmarks/README.md); evaluation and attacks always use plain, eager
+    # path on an H200 (benchmarks/README.md); evaluation uses plain, eager (attacks: attack_crafting)
     capsnet_compile: bool = False
     capsnet_compile_mode: str = "default"  # TrainConfig.compile_mode ("reduce-overhead": CUDA graphs)
     capsnet_routing: str = "plain"
