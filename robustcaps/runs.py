@@ -309,10 +309,12 @@ def load_run(
         raise RobustcapsError(f"{run_dir}: no such run directory")
     config = TrainConfig.from_json(run_dir / CONFIG_FILE)
     metadata = read_json(run_dir / METADATA_FILE, "run metadata")
+    named = "--data"
     if data is None and config.data is not None and not Path(config.data).is_dir():
         data = _remade_dataset(run_dir, config.data, metadata)  # None: fails when the data are read
+        named = "the stand-in rendered again at"
     if data is not None:
-        check_same_dataset(metadata, data)
+        check_same_dataset(metadata, data, named)
         config = replace(config, data=str(data))
     path = checkpoint_path(run_dir, which)
     state = load_checkpoint(path, device)
@@ -341,19 +343,20 @@ def _remade_dataset(run_dir: Path, trained_on: str, metadata: dict[str, Any]) ->
     return root
 
 
-def check_same_dataset(metadata: dict[str, Any], root: str | os.PathLike) -> None:
+def check_same_dataset(metadata: dict[str, Any], root: str | os.PathLike, named: str = "--data") -> None:
     """`--data root` must hold the dataset the run was trained on: its identity (official MD5s, or the
-    rendered stand-in's generator, seed, options and SHA-256s) equals the one in metadata.json."""
+    rendered stand-in's generator, seed, options and SHA-256s) equals the one in metadata.json.
+    `named`: how the errors introduce `root` (where it did not come from --data)."""
     from robustcaps.data.norb import content_identity, dataset_identity
 
     if not Path(root).is_dir():
-        raise RobustcapsError(f"--data {root}: no such directory")
+        raise RobustcapsError(f"{named} {root}: no such directory")
     here = json.loads(json.dumps(content_identity(dataset_identity(root)), sort_keys=True, default=str))
     recorded = metadata.get("dataset", {})
     differ = sorted(key for key in here if recorded.get(key) != here[key])
     if differ:
         raise RobustcapsError(
-            f"--data {root}: not the dataset this run was trained on ({', '.join(differ)} differ from its "
+            f"{named} {root}: not the dataset this run was trained on ({', '.join(differ)} differ from its "
             "metadata.json)"
         )
 

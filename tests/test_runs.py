@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,6 +101,14 @@ def test_a_copied_run_whose_rendered_data_are_not_here_renders_them_again(
     assert remade.startswith(str(tmp_path / "cache")) and remade != str(rendered_root)
     assert content_identity(dataset_identity(remade)) == content_identity(dataset_identity(rendered_root))
     assert runs.load_run(tmp_path / "run").config.data == remade  # rendered once
+    rendered = json.loads((tmp_path / "cache" / Path(remade).name / "manifest.json").read_text())
+    sha256 = dict.fromkeys(rendered["sha256"], "0" * 64)  # as if the renderer's bytes had changed
+    runs.atomic_write_json(
+        tmp_path / "run" / runs.METADATA_FILE, metadata | {"dataset": trained_on | {"sha256": sha256}}
+    )
+    with pytest.raises(RobustcapsError, match="^the stand-in rendered again at .*: not the dataset"):
+        runs.load_run(tmp_path / "run")
+    runs.atomic_write_json(tmp_path / "run" / runs.METADATA_FILE, metadata | {"dataset": trained_on})
     result = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--which", "last", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert f"using {remade}" in result.stderr
