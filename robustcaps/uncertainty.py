@@ -71,12 +71,7 @@ def paired_difference(
     association = both * neither - only_first * only_second  # φ's numerator, continuity-corrected below
     association = association - n / 2 if association > n / 2 else min(association, 0)
     phi = association / math.sqrt(margins) if margins else 0.0
-    d = rate1 - rate2
-    below, above = rate1 - l1, u2 - rate2  # how far each rate's interval reaches towards a lower d
-    lower = d - math.sqrt(max(below**2 - 2 * phi * below * above + above**2, 0.0))
-    below, above = u1 - rate1, rate2 - l2  # ... and towards a higher d
-    upper = d + math.sqrt(max(below**2 - 2 * phi * below * above + above**2, 0.0))
-    return lower, upper
+    return _square_and_add(rate1, (l1, u1), rate2, (l2, u2), phi)
 
 
 def paired_mean_difference(first, second) -> tuple[float, float]:
@@ -93,6 +88,19 @@ def paired_mean_difference(first, second) -> tuple[float, float]:
 
 def difference(rate1: float, n1: int, rate2: float, n2: int) -> tuple[float, float]:
     """95% interval of rate1 − rate2 (Newcombe's hybrid score interval, see the module docstring)."""
-    (l1, u1), (l2, u2) = wilson(rate1, n1), wilson(rate2, n2)
+    return _square_and_add(rate1, wilson(rate1, n1), rate2, wilson(rate2, n2))
+
+
+def _square_and_add(
+    rate1: float, bounds1: tuple[float, float], rate2: float, bounds2: tuple[float, float], phi: float = 0.0
+) -> tuple[float, float]:
+    """rate1 − rate2 less / plus the two intervals' reaches combined in quadrature, less twice their
+    covariance φ·a·b (φ = 0: independent samples; see the module docstring)."""
+    (l1, u1), (l2, u2) = bounds1, bounds2
     d = rate1 - rate2
-    return d - math.hypot(rate1 - l1, u2 - rate2), d + math.hypot(u1 - rate1, rate2 - l2)
+
+    def reach(a: float, b: float) -> float:
+        return math.hypot(a, b) if phi == 0 else math.sqrt(max(a * a - 2 * phi * a * b + b * b, 0.0))
+
+    # towards a lower d, each rate's interval reaches rate1 − l1 and u2 − rate2; towards a higher one ...
+    return d - reach(rate1 - l1, u2 - rate2), d + reach(u1 - rate1, rate2 - l2)
