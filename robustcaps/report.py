@@ -16,6 +16,7 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.findings import findings_paragraph
 from robustcaps.report_tables import (
     MODELS_DIR,
+    PROVENANCE_JSON,
     checks_table,
     clean_table,
     interval_note,
@@ -91,6 +92,24 @@ def notes_text(provenance: dict) -> str:
             f"{c.get('wall_s', 0):.0f} s): {c.get('what', '')}{log}"
         )
     return "\n".join(lines) + "\n"
+
+
+def other_runs_text(root: Path) -> str:
+    """Runs kept in subfolders of this results folder (results/gpu/, made by `reproduce --preset gpu` on a
+    lent GPU), each with its findings paragraph recomputed from its own CSVs, so that the top README says
+    in plain words what the larger runs show and not only what the CPU demo does."""
+    sections = []
+    for sub in sorted(path.parent for path in root.glob(f"*/{PROVENANCE_JSON}")):
+        results = load_results(sub)
+        lines = provenance_lines(results, sub)
+        preset = results["provenance"].get("preset", "?")
+        sections.append(
+            f"### Preset `{preset}` on {lines['device']}: [{sub.name}/README.md]({sub.name}/README.md)\n\n"
+            f"{findings_paragraph(results, lines['kind'])}\n\n"
+            f"_Numbers: `{lines['reproduce']}`; its README, tables and figures: `{lines['report']}`. "
+            f"Data: {lines['dataset']}. Device: {lines['device']}. Commit: {lines['commit']}._\n"
+        )
+    return "## Other runs in this folder\n\n" + "\n".join(sections) if sections else ""
 
 
 def models_text(root: Path) -> str:
@@ -226,6 +245,7 @@ def write_report(results_dir: str | Path) -> Path:
             f"_{caption(lines)}_\n",
             timing_text(results["provenance"]),
             notes_text(results["provenance"]),
+            other_runs_text(root),
             models_text(root),
             "## Tables\n",
             *tables,

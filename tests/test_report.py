@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -208,6 +209,29 @@ def test_report_writes_every_file_with_the_fixture_numbers(results_dir):
     written = {path: path.read_bytes() for path in results_dir.rglob("*") if path.is_file()}
     write_report(results_dir)  # the same numbers give the same bytes (PDFs without a creation date)
     assert {path: path.read_bytes() for path in results_dir.rglob("*") if path.is_file()} == written
+
+
+def test_a_run_kept_in_a_subfolder_is_summarised_in_the_top_readme(results_dir, tmp_path):
+    gpu = results_dir / "gpu"
+    shutil.copytree(results_dir, tmp_path / "copy")
+    shutil.move(tmp_path / "copy", gpu)
+    provenance = json.loads((gpu / "provenance.json").read_text())
+    provenance.update(preset="gpu", demo=False, device="cuda", device_name="NVIDIA H200", git_commit="fe11")
+    (gpu / "provenance.json").write_text(json.dumps(provenance))
+    summary = gpu / "attacks" / "capsnet-small" / "summary.csv"
+    pd.read_csv(summary).assign(value=lambda f: (f["value"] * 0.5).round(4)).to_csv(summary, index=False)
+    text = write_report(results_dir).read_text()
+    section = text.split("## Other runs in this folder\n\n")[1].split("\n## ")[0]
+    assert section.startswith("### Preset `gpu` on NVIDIA H200: [gpu/README.md](gpu/README.md)")
+    # the subfolder's own paragraph, from its own numbers, not the demo's
+    assert findings_paragraph(load_results(gpu), "rendered") in section
+    assert findings_paragraph(load_results(gpu), "rendered") != findings_paragraph(
+        load_results(results_dir), "rendered"
+    )
+    assert "`robustcaps report --results " + str(gpu) + "`" in section and "Commit: fe11." in section
+    assert not (gpu / "README.md").exists()  # the subfolder's own report is left to its own command
+    gpu_text = write_report(gpu).read_text()
+    assert "Other runs" not in gpu_text
 
 
 def test_a_full_size_run_on_rendered_data_is_not_called_a_demo(results_dir):
