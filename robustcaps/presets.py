@@ -18,8 +18,8 @@ A preset is a frozen dataclass (timm-style: one plain function per preset, looke
   stop once every example is fooled; the checks' PGD cells add a few million): ≈ 12 h at the plain eager
   path's 808 img/s on an H200, ≈ 3 h at the compiled path's 3,511 (both measured in training; crafting
   itself not yet measured on a GPU).
-- `gpu`: the same models and the full rendered set, sized to finish in ≈ 9 minutes on one H100 or H200
-  (see `gpu()` for the plan and results/gpu/ for what an earlier version of it took).
+- `gpu`: the same models and the full rendered set, sized to finish within 8 minutes on one H100: it
+  took 4.7 minutes on an H200, rendering included (results/gpu/; `gpu()` has the plan).
 - `quick`: what `make demo` runs: small models, small rendered set, few attack examples, ≲ 15 minutes
   on 2 CPU cores. Its numbers are a demo, and say so wherever they appear.
 - `tiny`: the tests' end-to-end configuration (seconds, not meaningful numbers).
@@ -116,6 +116,8 @@ def gpu() -> Preset:
     # Plan: 3 capsnet runs × 1,500 steps × 64 = 288k images ≈ 1.4 min plus ≈ 1-2 min of compilation and
     # ≈ 1.5 min of per-epoch familiar/val evaluation (on a viewpoint split 14 epochs × 8,910 images ≈ 40 s);
     # final evaluations ≈ 0.5 min, CNN runs ≈ 1 min; attacks ≈ 2 min; rendering 25 s: ≈ 8.5-9.5 min in all.
+    # Measured since (H200, commit 052939a, results/gpu/): 4.7 min wall in all, capsnet at ≈ 4,800 img/s
+    # after compiling (2 iterations), rendering 10 s, attacks 1 min; ≈ 6-7 min expected on an H100.
     # The first GPU run (450 plain eager capsule steps, 3 iterations, bf16, TF32 convolutions) left capsnet
     # at 52% test error; this plan trains it in float32 without TF32, with 2 routing iterations (see above).
     # No 13-crop test here: 13 × 24,300 capsnet passes would cost another 1.5 min (the paper preset has it).
