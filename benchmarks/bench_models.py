@@ -5,6 +5,7 @@
     python benchmarks/bench_models.py --device cuda --modes eager,compile
     python benchmarks/bench_models.py --models capsnet --routing plain,fused --modes compile  # EM routing
     python benchmarks/bench_models.py --device cuda --models capsnet --routing fused --modes cudagraphs
+    python benchmarks/bench_models.py --device cuda --configs capsnet:triton:64:eager:train --profile OUT
 
 Modes: eager; compile (torch.compile, default mode); cudagraphs (torch.compile's "reduce-overhead" mode,
 which replays the compiled kernels as CUDA graphs: at batch 64 a capsnet step launches hundreds of small
@@ -15,7 +16,10 @@ forward in eval mode. Each configuration runs in its own process, so that peak m
 torch.cuda.max_memory_allocated on CUDA, the process's peak resident set (ru_maxrss, which includes
 Python and torch themselves) on CPU. On CUDA `--in-process` runs them one after another in this
 process instead (peak statistics reset between them), saving a CUDA start per configuration.
-`--deadline` (Unix seconds) skips what cannot start in time, for a GPU lease of fixed length. Prints a
+`--profile DIR`: after the timed steps, a few more under torch.profiler; the operators and kernels with
+the most self time on the device go to DIR/profile-<configuration>.txt (where a step's time goes, for a
+path slower than its estimate). `--deadline` (Unix seconds) skips what cannot start in time, for a GPU
+lease of fixed length. Prints a
 table and merges every row, as soon as it is measured, into benchmarks/results/<device-slug>.csv with
 the device name, torch version and commit.
 """
@@ -80,6 +84,7 @@ def measure(
     tf32: str = "default",
     recompute: str = "-",
     amp: str = "none",
+    profile: str | None = None,
 ) -> dict:
     """One configuration, in this process: images per second and peak memory. `routing` "-": not a capsnet.
     `check`: afterwards, compare the timed model's logits (and, in training, gradients) on the same batch
@@ -138,9 +143,30 @@ def measure(
         "peak_memory_mb": peak,
         "memory_kind": kind,
     }
+    if profile:
+        profile_steps(step, device, Path(profile))
     if check and routing != "-":
         result.update(float64_errors(model, run, model_name, x, y, phase == "train", autocast))
     return result
+
+
+def profile_steps(step, device: torch.device, path: Path, steps: int = 3, rows: int = 40) -> None:
+    """`steps` more steps under torch.profiler; the operators and kernels with the most self time on the
+    device (on a CPU, CPU time) written as a table to `path`, with the total per step for scale."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step()
+        synchronise(device)
+    events = profiler.key_averages()
+    on_device = device.type == "cuda"
+    column = "self_device_time_total" if on_device else "self_cpu_time_total"
+    total_ms = sum(getattr(event, column) for event in events) / 1000 / steps
+    where = "device" if on_device else "CPU"
+    header = f"{path.stem}: {steps} steps; self {where} time per step, all operators: {total_ms:.2f} ms"
+    atomic_write_text(path, f"{header}\n{events.table(sort_by=column, row_limit=rows)}\n")
 
 
 def float64_errors(model, run, model_name: str, x, y, train: bool, autocast=contextlib.nullcontext) -> dict:
@@ -288,6 +314,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("none", "bf16"),
         help="bf16: forward under bfloat16 autocast, as train --amp bf16 (EM routing computes in float32)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="folder for a torch.profiler table of each configuration (profile-<configuration>.txt)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -349,6 +381,11 @@ def main(argv: list[str] | None = None) -> None:
             "tf32": args.tf32,
             "amp": args.amp,
         }
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            parts = (model, routing, config["recompute"], batch, mode, phase, args.tf32, args.amp)
+            name = slug(" ".join(map(str, parts)))
+            timed_config["profile"] = str(args.profile / f"profile-{name}.txt")
         if args.in_process:
             result = run_here(timed_config, left)
         else:
