@@ -109,7 +109,14 @@ def resolve_device(device: str) -> str:
     show_default=True,
     help="Checkpoint of --source to craft on (as --which).",
 )
-@click.option("--batch-size", type=int, default=100, show_default=True)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Examples crafted at once. Lower it when memory is short: on a CPU an iterative attack on the "
+    "full-size capsnet peaked at 7.3 GB with 25 (measured), and 100 ran out of 24 GB.",
+)
 @device_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
