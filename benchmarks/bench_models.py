@@ -19,9 +19,8 @@ process instead (peak statistics reset between them), saving a CUDA start per co
 `--profile DIR`: after the timed steps, a few more under torch.profiler; the operators and kernels with
 the most self time on the device go to DIR/profile-<configuration>.txt (where a step's time goes, for a
 path slower than its estimate). `--deadline` (Unix seconds) skips what cannot start in time, for a GPU
-lease of fixed length. Prints a
-table and merges every row, as soon as it is measured, into benchmarks/results/<device-slug>.csv with
-the device name, torch version and commit.
+lease of fixed length. Prints a table and merges every row, as soon as it is measured, into
+benchmarks/results/<device-slug>.csv with the device name, torch version and commit.
 """
 
 from __future__ import annotations

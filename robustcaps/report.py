@@ -103,11 +103,10 @@ def other_runs_text(root: Path) -> str:
         results = load_results(sub)
         lines = provenance_lines(results, sub)
         preset = results["provenance"].get("preset", "?")
+        made_by = caption(lines, "its README, tables and figures")
         sections.append(
             f"### Preset `{preset}` on {lines['device']}: [{sub.name}/README.md]({sub.name}/README.md)\n\n"
-            f"{findings_paragraph(results, lines['kind'])}\n\n"
-            f"_Numbers: `{lines['reproduce']}`; its README, tables and figures: `{lines['report']}`. "
-            f"Data: {lines['dataset']}. Device: {lines['device']}. Commit: {lines['commit']}._\n"
+            f"{findings_paragraph(results, lines['kind'])}\n\n_{made_by}_\n"
         )
     return "## Other runs in this folder\n\n" + "\n".join(sections) if sections else ""
 
@@ -128,9 +127,9 @@ def models_text(root: Path) -> str:
     )
 
 
-def caption(lines: dict[str, str]) -> str:
+def caption(lines: dict[str, str], made_by: str = "this file") -> str:
     return (
-        f"Numbers: `{lines['reproduce']}`; this file: `{lines['report']}`. "
+        f"Numbers: `{lines['reproduce']}`; {made_by}: `{lines['report']}`. "
         f"Data: {lines['dataset']}. Device: {lines['device']}. Commit: {lines['commit']}."
     )
 
