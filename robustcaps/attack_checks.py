@@ -8,6 +8,9 @@ gradients are masked (Athalye et al.) and the reported robustness is an artefact
 - iterative_vs_single_step: white-box BIM and PGD no weaker than white-box FGSM at the same ε (transfer
   attacks are exempt: iterative ones transfer worse than one FGSM step);
 - large_eps_to_chance: PGD at ε_pixel = 0.5 (enough to turn any image mid-grey) ≤ chance (0.2);
+- targeted_large_eps_succeeds: in a targeted sweep, targeted BIM (else PGD) at ε_pixel = 0.5 reaches its
+  target at least 1 − chance (0.8) of the time: with that budget any image can be pushed into any class,
+  so a targeted attack that levels off below is held back by the gradients, not by the model;
 - more_steps_and_restarts: PGD with 4× steps and 2r+1 restarts loses no more accuracy than
   max(0.03, sampling slack) against the default PGD at the ε where that leaves half the clean accuracy;
 - blackbox_weaker_than_whitebox: Square and transfer attacks no stronger than the best white-box attack;
@@ -33,10 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from robustcaps.attack import NUM_CLASSES, AttackConfig, eps_pixel_and_std, predict
-from robustcaps.attack_sweep import SELF, Cell, EvalSet, Victim
+from robustcaps.attack_sweep import SELF, Cell, EvalSet, Victim, _budget
 
 CHANCE = 1 / NUM_CLASSES
 LARGE_EPS_PIXEL = 0.5
+TARGETED_CHECK_ATTACKS = ("bim", "pgd")  # iterative: one FGSM step is not expected to reach a target
 STRONG_STEPS_FACTOR = 4
 STRONGER_ATTACK_THRESHOLD = 0.03
 MAX_ZERO_GRADIENT_FRACTION = 0.01
@@ -54,7 +58,13 @@ def strong_restarts(config: AttackConfig) -> int:
 
 
 def check_cells(config: AttackConfig, victim: Victim, summary: pd.DataFrame, sigma_mean: float) -> list[Cell]:
-    """Extra cells the checks need: PGD at ε_pixel = 0.5, and PGD with a 4× budget at one sweep ε."""
+    """Extra cells the checks need: PGD at ε_pixel = 0.5, and PGD with a 4× budget at one sweep ε; in a
+    sweep with targeted attacks, also the targeted attack at ε_pixel = 0.5 (a targeted-only sweep gets that
+    one alone: its untargeted counterpart is another sweep's business)."""
+    targeted = [_targeted_cell(config, sigma_mean)] if True in config.targeted else []
+    targeted = [cell for cell in targeted if cell is not None]
+    if False not in config.targeted:
+        return targeted
     capsnet = getattr(victim.model, "family", "") == "capsnet"
     cells = [
         _pgd_cell(attack, LARGE_EPS_PIXEL, sigma_mean, config.steps, config.restarts)
@@ -65,7 +75,17 @@ def check_cells(config: AttackConfig, victim: Victim, summary: pd.DataFrame, sig
         cells.append(_pgd_cell("pgd", eps_pixel, sigma_mean, config.steps, config.restarts))
         steps = STRONG_STEPS_FACTOR * config.steps
         cells.append(_pgd_cell("pgd", eps_pixel, sigma_mean, steps, strong_restarts(config)))
-    return cells
+    return cells + targeted
+
+
+def _targeted_cell(config: AttackConfig, sigma_mean: float) -> Cell | None:
+    """The sweep's iterative targeted attack (BIM, the paper's, else PGD) at ε_pixel = 0.5, its own budget."""
+    attack = next((a for a in TARGETED_CHECK_ATTACKS if a in config.attacks), None)
+    if attack is None:
+        return None
+    _, eps_std = eps_pixel_and_std(LARGE_EPS_PIXEL, "pixel", sigma_mean)
+    budget = _budget(attack, config)
+    return Cell(attack, LARGE_EPS_PIXEL, LARGE_EPS_PIXEL, eps_std, True, SELF, "check", *budget)
 
 
 def _pgd_cell(attack: str, eps_pixel: float, sigma_mean: float, steps: int, restarts: int) -> Cell:
@@ -151,6 +171,19 @@ def check_large_eps(summary: pd.DataFrame) -> tuple[bool, str] | None:
     return bool(
         passed
     ), f"best of {', '.join(rows['attack'])} at ε_pixel={LARGE_EPS_PIXEL}: {best['value']:.3f}"
+
+
+def check_targeted_large_eps(summary: pd.DataFrame) -> tuple[bool, str] | None:
+    rows = _rows(summary, role="check", eps_pixel=LARGE_EPS_PIXEL, targeted=True)
+    if rows.empty:
+        return None
+    best = rows.loc[rows["value"].idxmax()]
+    floor = 1 - CHANCE
+    passed = best["value"] >= floor - tolerance(floor, int(best["n"]))
+    return bool(passed), (
+        f"{best['attack']} targeted at ε_pixel={LARGE_EPS_PIXEL} ({int(best['steps'])} steps): success "
+        f"{best['value']:.3f}, at least {floor:.1f} expected"
+    )
 
 
 def check_stronger_budget(summary: pd.DataFrame) -> tuple[bool, str] | None:
@@ -282,6 +315,7 @@ def run_checks(
         "monotone_in_eps": check_monotone(summary),
         "iterative_vs_single_step": check_iterative(summary),
         "large_eps_to_chance": check_large_eps(summary),
+        "targeted_large_eps_succeeds": check_targeted_large_eps(summary),
         "more_steps_and_restarts": check_stronger_budget(summary),
         "blackbox_weaker_than_whitebox": check_blackbox(summary),
         "vote_not_stronger_than_routed": check_vote(summary),

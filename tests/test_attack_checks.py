@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from robustcaps.attack import AttackConfig, craft
-from robustcaps.attack_checks import check_iterative, check_monotone, run_checks, tolerance
+from robustcaps.attack_checks import (
+    LARGE_EPS_PIXEL,
+    check_cells,
+    check_iterative,
+    check_monotone,
+    check_targeted_large_eps,
+    run_checks,
+    tolerance,
+)
 from robustcaps.attack_run import attack_model
 from robustcaps.attack_sweep import Victim
 from tests.test_attack import ToyNet, eval_set, train
@@ -224,3 +232,48 @@ def test_attacks_on_a_capsule_network_run_without_tf32_convolutions(toy, tmp_pat
         attack_model(Victim(model, "toy"), eval_set(20), config, tmp_path / family, progress=False)
         assert seen and set(seen) == {allowed}
         assert torch.backends.cudnn.allow_tf32
+
+
+def test_a_targeted_sweep_checks_that_a_large_budget_reaches_the_targets(toy, tmp_path):
+    config = AttackConfig(attacks=("fgsm", "bim"), eps=(0.0, 0.1), units="pixel", steps=10, targeted=(True,))
+    cells = check_cells(config, Victim(toy, "toy"), pd.DataFrame(), sigma_mean=0.2)
+    assert [(c.attack, c.eps_pixel, c.targeted, c.role) for c in cells] == [
+        ("bim", LARGE_EPS_PIXEL, True, "check")
+    ]
+    empty = pd.DataFrame(columns=["attack", "targeted", "eps_pixel", "source", "role", "value"])
+    mixed = check_cells(
+        AttackConfig(attacks=("pgd",), targeted=(False, True)), Victim(toy, "toy"), empty, 0.2
+    )
+    assert [c.targeted for c in mixed][-1] and not mixed[0].targeted  # the untargeted check cells stay
+    assert (
+        check_cells(
+            AttackConfig(attacks=("fgsm",), targeted=(True,)), Victim(toy, "toy"), pd.DataFrame(), 0.2
+        )
+        == []
+    )
+    smooth = attack_model(Victim(toy, "toy"), eval_set(40), config, tmp_path / "smooth", progress=False)
+    masked = QuantisedInput(toy).eval()
+    stuck = attack_model(
+        Victim(masked, "masked-toy"), eval_set(40), config, tmp_path / "masked", progress=False
+    )
+    verdict = {
+        name: r.checks.set_index("check")["passed"] for name, r in (("smooth", smooth), ("masked", stuck))
+    }
+    assert verdict["smooth"]["targeted_large_eps_succeeds"] and verdict["smooth"]["monotone_in_eps"]
+    assert not verdict["masked"]["targeted_large_eps_succeeds"]  # the gradients never point at a target
+    assert "large_eps_to_chance" not in verdict["smooth"]  # no untargeted check cells in a targeted sweep
+    assert any(f.startswith("targeted_large_eps_succeeds") for f in stuck.failed_checks)
+
+
+def test_targeted_large_eps_threshold_allows_for_sampling_noise():
+    def summary(value: float, n: int = 100) -> pd.DataFrame:
+        row = dict(
+            attack="bim", targeted=True, eps_pixel=LARGE_EPS_PIXEL, role="check", value=value, n=n, steps=10
+        )
+        return pd.DataFrame([row])
+
+    assert check_targeted_large_eps(summary(0.95))[0]
+    assert check_targeted_large_eps(summary(0.75))[0]  # within two standard errors of 0.8 on 100 examples
+    assert not check_targeted_large_eps(summary(0.71))[0]  # where results/gpu's capsnet got at ε_std 0.5
+    assert "success 0.710, at least 0.8 expected" in check_targeted_large_eps(summary(0.71))[1]
+    assert check_targeted_large_eps(summary(0.95).assign(targeted=False)) is None
