@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from robustcaps.attack import NUM_CLASSES, AttackConfig, eps_pixel_and_std, predict
-from robustcaps.attack_sweep import SELF, Cell, EvalSet, Victim, _budget
+from robustcaps.attack_sweep import SELF, Cell, EvalSet, Victim, cell_budget
 
 CHANCE = 1 / NUM_CLASSES
 LARGE_EPS_PIXEL = 0.5
@@ -61,8 +61,7 @@ def check_cells(config: AttackConfig, victim: Victim, summary: pd.DataFrame, sig
     """Extra cells the checks need: PGD at ε_pixel = 0.5, and PGD with a 4× budget at one sweep ε; in a
     sweep with targeted attacks, also the targeted attack at ε_pixel = 0.5 (a targeted-only sweep gets that
     one alone: its untargeted counterpart is another sweep's business)."""
-    targeted = [_targeted_cell(config, sigma_mean)] if True in config.targeted else []
-    targeted = [cell for cell in targeted if cell is not None]
+    targeted = _targeted_cells(config, sigma_mean)
     if False not in config.targeted:
         return targeted
     capsnet = getattr(victim.model, "family", "") == "capsnet"
@@ -78,14 +77,15 @@ def check_cells(config: AttackConfig, victim: Victim, summary: pd.DataFrame, sig
     return cells + targeted
 
 
-def _targeted_cell(config: AttackConfig, sigma_mean: float) -> Cell | None:
-    """The sweep's iterative targeted attack (BIM, the paper's, else PGD) at ε_pixel = 0.5, its own budget."""
+def _targeted_cells(config: AttackConfig, sigma_mean: float) -> list[Cell]:
+    """The sweep's iterative targeted attack (BIM, the paper's, else PGD) at ε_pixel = 0.5, with its own
+    budget; none when the sweep is untargeted or has no iterative targeted attack."""
     attack = next((a for a in TARGETED_CHECK_ATTACKS if a in config.attacks), None)
-    if attack is None:
-        return None
+    if True not in config.targeted or attack is None:
+        return []
     _, eps_std = eps_pixel_and_std(LARGE_EPS_PIXEL, "pixel", sigma_mean)
-    budget = _budget(attack, config)
-    return Cell(attack, LARGE_EPS_PIXEL, LARGE_EPS_PIXEL, eps_std, True, SELF, "check", *budget)
+    budget = cell_budget(attack, config)
+    return [Cell(attack, LARGE_EPS_PIXEL, LARGE_EPS_PIXEL, eps_std, True, SELF, "check", *budget)]
 
 
 def _pgd_cell(attack: str, eps_pixel: float, sigma_mean: float, steps: int, restarts: int) -> Cell:

@@ -177,12 +177,12 @@ def sweep_cells(config: AttackConfig, victim: Victim, sigma_mean: float) -> list
                 for eps in config.eps:
                     pixel, std = eps_pixel_and_std(eps, config.units, sigma_mean)
                     cells.append(
-                        Cell(attack, eps, pixel, std, targeted, source, "sweep", *_budget(attack, config))
+                        Cell(attack, eps, pixel, std, targeted, source, "sweep", *cell_budget(attack, config))
                     )
     return cells
 
 
-def _budget(attack: str, config: AttackConfig) -> tuple[int, int]:
+def cell_budget(attack: str, config: AttackConfig) -> tuple[int, int]:
     """(steps, restarts) as recorded: FGSM is one step; FGSM, BIM and CW have no random start."""
     kind = base_attack(attack)
     steps = {"fgsm": 1, "square": config.queries}.get(kind, config.steps)
