@@ -13,9 +13,23 @@ The M-step is `moments` with c = the data shares; the E-step's log-density is `q
 pass of either is the other plus `vote grads` (routing_triton.py). Why hand-written: inductor writes the
 votes to memory once per pass (routing_fused.py); no library sums over a vote computed on the fly.
 
-Layouts (contiguous): c, Q (NL, J, I); M (NL, I, 16); W (I, J, 16); offsets (I, 16); μ, a, b, u, w, S1,
-S2 (NL, J, 16); 4×4 matrices flattened row-major. On a CPU the kernels run only in Triton's interpreter
-(NumPy, slow; see INTERPRETED): that is how the tests check them.
+How the work is laid out (the second design; the first, at commit 9a4488c, spread each 4×4 vote over 16
+threads and ran at 543 img/s on an H200, its inner loops full of shuffles and shared-memory barriers):
+each thread owns whole votes, its 16 entries in registers as a 16-tuple, so the 4×4 products and every
+sum over pose entries stay inside a thread. The threads of a program are the parents j of one row (moments,
+quadratic, W's gradient) or 32 children i (the poses' gradient), and each loops over the other index, so
+that what all its threads share (M_i, or μ_j, a_j, b_j, W_ij) is loaded once per iteration or once per
+program, and what differs between threads is read with consecutive addresses: W is passed transposed for
+that ((I, 16, J) or (J, 16, I)) and Q is written (NL, I, J). No thread reads another's registers, so the
+compiled loops have no shuffles, no shared memory and no barriers (benchmarks/kernel_sass.py checks it).
+Sums over the looped index are split over several programs where a layer has few rows, their partial
+sums added afterwards in a fixed order: no atomics, so every result is deterministic.
+
+Layouts: c, Q (NL, J, I), c at any strides (a share expanded over parents is read in place); M (NL, I, 16);
+W (I, J, 16); offsets (I, 16); μ, a, b, u, w, S1, S2 (NL, J, 16); 4×4 matrices flattened row-major. The
+kernels index in int32 (every tensor under 2³¹ entries: at batch 64 the largest, c of ConvCaps1, is 2·10⁷).
+On a CPU they run only in Triton's interpreter (NumPy, slow; see INTERPRETED): that is how the tests check
+them.
 """
 
 from __future__ import annotations
@@ -31,124 +45,171 @@ from torch import Tensor
 # first imported (torch imports it): tests/conftest.py does so on machines without an NVIDIA driver.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # what triton.jit reads (any version)
 
-BLOCK_CHILDREN = 32  # children per tile: a (32, 4, 4) vote tile, 4 values per thread at 4 warps
+LANES = 32  # threads per program: one warp, each owning the votes of one parent (or child)
+NUM_WARPS = 1
+# Programs per launch worth splitting a loop for: a few warps per scheduler of an H100 (132 SMs × 4).
+TARGET_PROGRAMS = 4096
 
 
 @triton.jit
-def _vote_tile(m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J, HAS_OFFSETS: tl.constexpr, BI: tl.constexpr):
-    """V for children `i` (BI, 1, 1) of row nl and parent j: (BI, 4, 4), zero where not `live`."""
-    r = tl.arange(0, 4)[None, :, None]
-    col = tl.arange(0, 4)[None, None, :]
-    votes = tl.zeros((BI, 4, 4), dtype=m_ptr.dtype.element_ty)
-    for k in tl.static_range(4):
-        m_k = tl.load(m_ptr + (nl * I + i) * 16 + r * 4 + k, mask=live, other=0.0)  # M[r, k]: (BI, 4, 1)
-        w_k = tl.load(w_ptr + (i * J + j) * 16 + k * 4 + col, mask=live, other=0.0)  # W[k, c]: (BI, 1, 4)
-        votes += m_k * w_k
-    if HAS_OFFSETS:
-        votes += tl.load(off_ptr + i * 16 + r * 4 + col, mask=live, other=0.0)
-    return votes
+def _load16(ptr, stride):
+    """The 16 entries ptr[h · stride] as a tuple (of scalars or of vectors, as ptr is)."""
+    out = ()
+    for h in tl.static_range(16):
+        out = out + (tl.load(ptr + h * stride),)
+    return out
+
+
+@triton.jit
+def _zeros16(like):
+    out = ()
+    for _ in tl.static_range(16):
+        out = out + (tl.zeros_like(like),)
+    return out
+
+
+@triton.jit
+def _vote(m, w, offset, HAS_OFFSETS: tl.constexpr):
+    """V[r, c] = Σ_k M[r, k] W[k, c] (+ offset[r, c]) from 16-tuples: 64 multiply-adds in one thread."""
+    v = ()
+    for r in tl.static_range(4):
+        for c in tl.static_range(4):
+            entry = m[4 * r] * w[c]
+            for k in tl.static_range(1, 4):
+                entry += m[4 * r + k] * w[4 * k + c]
+            if HAS_OFFSETS:
+                entry += offset[4 * r + c]
+            v = v + (entry,)
+    return v
+
+
+@triton.jit
+def _vote_gradient(c, u, w, v):
+    """gV = c (u + w ⊙ V), entry by entry."""
+    out = ()
+    for h in tl.static_range(16):
+        out = out + (c * (u[h] + w[h] * v[h]),)
+    return out
 
 
 @triton.jit
 def _moments_kernel(
-    c_ptr, m_ptr, w_ptr, off_ptr, mu_ptr, s1_ptr, s2_ptr, I, J,
-    HAS_OFFSETS: tl.constexpr, HAS_MEAN: tl.constexpr, BI: tl.constexpr,
+    c_ptr, c_nl, c_j, c_i, m_ptr, wt_ptr, off_ptr, mu_ptr, s1_ptr, s2_ptr, NL, I, J, PER_PROGRAM,
+    HAS_OFFSETS: tl.constexpr, HAS_MEAN: tl.constexpr, LANES: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0)  # nl · J + j
-    nl, j = row // J, row % J
-    entry = tl.arange(0, 4)[None, :, None] * 4 + tl.arange(0, 4)[None, None, :]  # (1, 4, 4)
-    mean = tl.load(mu_ptr + row * 16 + entry) if HAS_MEAN else 0.0
-    first = tl.zeros((BI, 4, 4), dtype=c_ptr.dtype.element_ty)
-    second = tl.zeros((BI, 4, 4), dtype=c_ptr.dtype.element_ty)
-    for start in range(0, I, BI):
-        i = start + tl.arange(0, BI)[:, None, None]
-        live = i < I
-        centred = _vote_tile(m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J, HAS_OFFSETS, BI) - mean
-        weight = tl.load(c_ptr + row * I + i, mask=live, other=0.0)  # (BI, 1, 1)
-        first += weight * centred
-        second += weight * centred * centred
-    out = row * 16 + tl.arange(0, 4)[:, None] * 4 + tl.arange(0, 4)[None, :]
-    tl.store(s1_ptr + out, tl.sum(first, axis=0))
-    tl.store(s2_ptr + out, tl.sum(second, axis=0))
+    nl, part = tl.program_id(0), tl.program_id(1)
+    j = tl.minimum(tl.arange(0, LANES), J - 1)  # spare lanes repeat the last parent; their stores are masked
+    mean = _load16(mu_ptr + (nl * J + j) * 16, 1) if HAS_MEAN else ()
+    first = _zeros16(j.to(c_ptr.dtype.element_ty))
+    second = first
+    start = part * PER_PROGRAM
+    for i in range(start, tl.minimum(start + PER_PROGRAM, I)):
+        weight = _load16(wt_ptr + i * 16 * J + j, J)  # W_ij: consecutive over j
+        offset = _load16(off_ptr + i * 16, 1) if HAS_OFFSETS else ()
+        votes = _vote(_load16(m_ptr + (nl * I + i) * 16, 1), weight, offset, HAS_OFFSETS)
+        c = tl.load(c_ptr + nl * c_nl + j * c_j + i * c_i)
+        new_first, new_second = (), ()
+        for h in tl.static_range(16):
+            centred = votes[h] - mean[h] if HAS_MEAN else votes[h]
+            weighted = c * centred
+            new_first = new_first + (first[h] + weighted,)
+            new_second = new_second + (second[h] + weighted * centred,)
+        first, second = new_first, new_second
+    out = ((part * NL + nl) * J + j) * 16
+    live = tl.arange(0, LANES) < J
+    for h in tl.static_range(16):
+        tl.store(s1_ptr + out + h, first[h], mask=live)
+        tl.store(s2_ptr + out + h, second[h], mask=live)
 
 
 @triton.jit
 def _quadratic_kernel(
-    m_ptr, w_ptr, off_ptr, a_ptr, mu_ptr, b_ptr, q_ptr, I, J,
-    HAS_OFFSETS: tl.constexpr, HAS_MEAN: tl.constexpr, HAS_LINEAR: tl.constexpr, BI: tl.constexpr,
+    m_ptr, wt_ptr, off_ptr, a_ptr, mu_ptr, b_ptr, q_ptr, NL, I, J, PER_PROGRAM,
+    HAS_OFFSETS: tl.constexpr, HAS_MEAN: tl.constexpr, HAS_LINEAR: tl.constexpr, LANES: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0)  # nl · J + j
-    nl, j = row // J, row % J
-    i = tl.program_id(1) * BI + tl.arange(0, BI)[:, None, None]
-    live = i < I
-    entry = tl.arange(0, 4)[None, :, None] * 4 + tl.arange(0, 4)[None, None, :]
-    votes = _vote_tile(m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J, HAS_OFFSETS, BI)
-    centred = votes - tl.load(mu_ptr + row * 16 + entry) if HAS_MEAN else votes
-    terms = tl.load(a_ptr + row * 16 + entry) * centred * centred
-    if HAS_LINEAR:
-        terms += tl.load(b_ptr + row * 16 + entry) * votes
-    child = tl.program_id(1) * BI + tl.arange(0, BI)
-    tl.store(q_ptr + row * I + child, tl.sum(tl.sum(terms, axis=2), axis=1), mask=child < I)
-
-
-@triton.jit
-def _vote_gradient_tile(
-    c_ptr, u_ptr, v_ptr, m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J,
-    HAS_OFFSETS: tl.constexpr, BI: tl.constexpr,
-):  # fmt: skip
-    """gV = c_ij (u_j + w_j ⊙ V_ij) for children `i` (BI, 1, 1) of row nl and parent j: (BI, 4, 4)."""
-    row = nl * J + j
-    votes = _vote_tile(m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J, HAS_OFFSETS, BI)
-    scale = tl.load(c_ptr + row * I + i, mask=live, other=0.0)
-    entry = row * 16 + tl.arange(0, 4)[None, :, None] * 4 + tl.arange(0, 4)[None, None, :]
-    return scale * (tl.load(u_ptr + entry) + tl.load(v_ptr + entry) * votes)
+    nl, part = tl.program_id(0), tl.program_id(1)
+    j = tl.minimum(tl.arange(0, LANES), J - 1)
+    live = tl.arange(0, LANES) < J
+    row = (nl * J + j) * 16
+    a = _load16(a_ptr + row, 1)
+    mean = _load16(mu_ptr + row, 1) if HAS_MEAN else ()
+    linear = _load16(b_ptr + row, 1) if HAS_LINEAR else ()
+    start = part * PER_PROGRAM
+    for i in range(start, tl.minimum(start + PER_PROGRAM, I)):
+        offset = _load16(off_ptr + i * 16, 1) if HAS_OFFSETS else ()
+        votes = _vote(
+            _load16(m_ptr + (nl * I + i) * 16, 1), _load16(wt_ptr + i * 16 * J + j, J), offset, HAS_OFFSETS
+        )
+        total = tl.zeros_like(a[0])
+        for h in tl.static_range(16):
+            centred = votes[h] - mean[h] if HAS_MEAN else votes[h]
+            total += a[h] * centred * centred
+            if HAS_LINEAR:
+                total += linear[h] * votes[h]
+        tl.store(q_ptr + (nl * I + i) * J + j, total, mask=live)  # Q as (NL, I, J): consecutive over j
 
 
 @triton.jit
 def _grad_poses_kernel(
-    c_ptr, u_ptr, v_ptr, m_ptr, w_ptr, off_ptr, gm_ptr, I, J,
-    HAS_OFFSETS: tl.constexpr, BI: tl.constexpr,
+    c_ptr, c_nl, c_j, c_i, u_ptr, w_ptr, m_ptr, wp_ptr, off_ptr, gm_ptr, NL, I, J,
+    HAS_OFFSETS: tl.constexpr, LANES: tl.constexpr,
 ):  # fmt: skip
     nl = tl.program_id(0)
-    i = tl.program_id(1) * BI + tl.arange(0, BI)[:, None, None]
-    live = i < I
-    r = tl.arange(0, 4)[None, :, None]
-    col = tl.arange(0, 4)[None, None, :]  # c for gV and W, k for the result
-    grad = tl.zeros((BI, 4, 4), dtype=m_ptr.dtype.element_ty)  # gM[i, r, k]
+    lane = tl.program_id(1) * LANES + tl.arange(0, LANES)
+    i = tl.minimum(lane, I - 1)
+    poses = _load16(m_ptr + (nl * I + i) * 16, 1)  # M_i stays in registers over all parents
+    offset = _load16(off_ptr + i * 16, 1) if HAS_OFFSETS else ()
+    grad = _zeros16(poses[0])  # gM_i[r, k]
     for j in range(J):
-        g_votes = _vote_gradient_tile(
-            c_ptr, u_ptr, v_ptr, m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J, HAS_OFFSETS, BI
-        )
-        for k in tl.static_range(4):
-            w_k = tl.load(w_ptr + (i * J + j) * 16 + k * 4 + col, mask=live, other=0.0)  # W[k, c]
-            grad += tl.where(col == k, tl.sum(g_votes * w_k, axis=2)[:, :, None], 0.0)  # into column k
-    tl.store(gm_ptr + (nl * I + i) * 16 + r * 4 + col, grad, mask=live)
+        weight = _load16(wp_ptr + j * 16 * I + i, I)  # W_ij: consecutive over i
+        votes = _vote(poses, weight, offset, HAS_OFFSETS)
+        c = tl.load(c_ptr + nl * c_nl + j * c_j + i * c_i)
+        row = (nl * J + j) * 16
+        g_votes = _vote_gradient(c, _load16(u_ptr + row, 1), _load16(w_ptr + row, 1), votes)
+        new = ()
+        for r in tl.static_range(4):
+            for k in tl.static_range(4):
+                entry = grad[4 * r + k]
+                for col in tl.static_range(4):
+                    entry += g_votes[4 * r + col] * weight[4 * k + col]  # (gV Wᵀ)[r, k]
+                new = new + (entry,)
+        grad = new
+    for h in tl.static_range(16):
+        tl.store(gm_ptr + (nl * I + i) * 16 + h, grad[h], mask=lane < I)
 
 
 @triton.jit
 def _grad_weight_kernel(
-    c_ptr, u_ptr, v_ptr, m_ptr, w_ptr, off_ptr, gw_ptr, NL, I, J, ROWS_PER_CHUNK,
-    HAS_OFFSETS: tl.constexpr, BI: tl.constexpr,
+    c_ptr, c_nl, c_j, c_i, ut_ptr, wt_coef_ptr, m_ptr, wt_ptr, off_ptr, gw_ptr, NL, I, J, PER_PROGRAM,
+    HAS_OFFSETS: tl.constexpr, LANES: tl.constexpr,
 ):  # fmt: skip
-    j, chunk = tl.program_id(0), tl.program_id(2)
-    i = tl.program_id(1) * BI + tl.arange(0, BI)[:, None, None]
-    live = i < I
-    r = tl.arange(0, 4)[None, :, None]  # r for gV and M, k for the result
-    col = tl.arange(0, 4)[None, None, :]
-    grad = tl.zeros((BI, 4, 4), dtype=m_ptr.dtype.element_ty)  # gW[i, k, c]
-    first = chunk * ROWS_PER_CHUNK
-    for nl in range(first, tl.minimum(first + ROWS_PER_CHUNK, NL)):
-        g_votes = _vote_gradient_tile(
-            c_ptr, u_ptr, v_ptr, m_ptr, w_ptr, off_ptr, nl, j, i, live, I, J, HAS_OFFSETS, BI
-        )
+    i, part = tl.program_id(0), tl.program_id(1)
+    j = tl.minimum(tl.arange(0, LANES), J - 1)
+    weight = _load16(wt_ptr + i * 16 * J + j, J)  # W_ij stays in registers over all rows
+    offset = _load16(off_ptr + i * 16, 1) if HAS_OFFSETS else ()
+    grad = _zeros16(weight[0])  # gW_ij[k, c]
+    start = part * PER_PROGRAM
+    for nl in range(start, tl.minimum(start + PER_PROGRAM, NL)):
+        poses = _load16(m_ptr + (nl * I + i) * 16, 1)
+        votes = _vote(poses, weight, offset, HAS_OFFSETS)
+        c = tl.load(c_ptr + nl * c_nl + j * c_j + i * c_i)
+        column = nl * 16 * J + j  # u and w passed as (NL, 16, J): consecutive over j
+        g_votes = _vote_gradient(c, _load16(ut_ptr + column, J), _load16(wt_coef_ptr + column, J), votes)
+        new = ()
         for k in tl.static_range(4):
-            m_k = tl.load(m_ptr + (nl * I + i) * 16 + r * 4 + k, mask=live, other=0.0)  # M[r, k]
-            grad += tl.where(r == k, tl.sum(m_k * g_votes, axis=1)[:, None, :], 0.0)  # into row k
-    tl.store(gw_ptr + ((chunk * I + i) * J + j) * 16 + r * 4 + col, grad, mask=live)
+            for col in tl.static_range(4):
+                entry = grad[4 * k + col]
+                for r in tl.static_range(4):
+                    entry += poses[4 * r + k] * g_votes[4 * r + col]  # (Mᵀ gV)[k, c]
+                new = new + (entry,)
+        grad = new
+    out = (part * I + i) * 16 * J + j  # partial sums as (parts, I, 16, J)
+    for h in tl.static_range(16):
+        tl.store(gw_ptr + out + h * J, grad[h], mask=tl.arange(0, LANES) < J)
 
 
 def _dense(*tensors: Tensor | None) -> list[Tensor | None]:
-    """Contiguous copies where needed: the kernels index every tensor as its dense row-major layout (and
+    """Contiguous copies where needed: the kernels index these as their dense row-major layout (and
     torch.compile may hand a custom operator other strides than eager mode would)."""
     return [None if t is None else t.contiguous() for t in tensors]
 
@@ -157,19 +218,33 @@ def _offsets_arg(offsets: Tensor | None, poses: Tensor) -> tuple[Tensor, bool]:
     return (poses, False) if offsets is None else (offsets, True)  # a placeholder pointer when absent
 
 
+def split_loop(length: int, programs: int) -> tuple[int, int]:
+    """(parts, length per part) for a loop of `length` shared by `programs` programs per part: enough
+    parts to give the GPU TARGET_PROGRAMS programs, none shorter than 8 iterations."""
+    return chunked(length, min(triton.cdiv(TARGET_PROGRAMS, programs), length // 8))
+
+
+def chunked(length: int, parts: int) -> tuple[int, int]:
+    """(parts, length per part) for `length` iterations in at most `parts` equal parts (the last shorter)."""
+    per_part = triton.cdiv(length, max(1, min(parts, length)))
+    return triton.cdiv(length, per_part), per_part
+
+
 def moments(
     c: Tensor, poses: Tensor, weight: Tensor, offsets: Tensor | None, mean: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Σ_i c_ij (V_ij − μ_j) and Σ_i c_ij (V_ij − μ_j)²: (NL, J, 16) each."""
-    c, poses, weight, offsets, mean = _dense(c, poses, weight, offsets, mean)
+    poses, offsets, mean = _dense(poses, offsets, mean)
     rows, parents, children = c.shape
     off, has_off = _offsets_arg(offsets, poses)
-    first, second = (c.new_empty(rows, parents, 16) for _ in range(2))
-    _moments_kernel[(rows * parents,)](
-        c, poses, weight, off, poses if mean is None else mean, first, second, children, parents,
-        HAS_OFFSETS=has_off, HAS_MEAN=mean is not None, BI=BLOCK_CHILDREN,
+    parts, per_part = split_loop(children, rows)
+    first, second = (c.new_empty(parts, rows, parents, 16) for _ in range(2))
+    _moments_kernel[(rows, parts)](
+        c, *c.stride(), poses, weight.permute(0, 2, 1).contiguous(), off, poses if mean is None else mean,
+        first, second, rows, children, parents, per_part,
+        HAS_OFFSETS=has_off, HAS_MEAN=mean is not None, LANES=LANES, num_warps=NUM_WARPS,
     )  # fmt: skip
-    return first, second
+    return first.sum(0), second.sum(0)
 
 
 def quadratic(
@@ -180,42 +255,48 @@ def quadratic(
     mean: Tensor | None = None,
     b: Tensor | None = None,
 ) -> Tensor:
-    """Σ_h a_jh (V_ijh − μ_jh)² + b_jh V_ijh: (NL, J, I)."""
-    poses, weight, offsets, a, mean, b = _dense(poses, weight, offsets, a, mean, b)
+    """Σ_h a_jh (V_ijh − μ_jh)² + b_jh V_ijh: (NL, J, I), stored as (NL, I, J) (see quadratic_layout)."""
+    poses, offsets, a, mean, b = _dense(poses, offsets, a, mean, b)
     rows, children = poses.shape[:2]
     parents = weight.shape[1]
     off, has_off = _offsets_arg(offsets, poses)
-    out = a.new_empty(rows, parents, children)
-    grid = (rows * parents, triton.cdiv(children, BLOCK_CHILDREN))
-    _quadratic_kernel[grid](
-        poses, weight, off, a, a if mean is None else mean, a if b is None else b, out, children, parents,
-        HAS_OFFSETS=has_off, HAS_MEAN=mean is not None, HAS_LINEAR=b is not None, BI=BLOCK_CHILDREN,
+    parts, per_part = split_loop(children, rows)
+    out = quadratic_layout(a.new_empty, rows, parents, children)
+    _quadratic_kernel[(rows, parts)](
+        poses, weight.permute(0, 2, 1).contiguous(), off, a, a if mean is None else mean,
+        a if b is None else b, out, rows, children, parents, per_part, HAS_OFFSETS=has_off,
+        HAS_MEAN=mean is not None, HAS_LINEAR=b is not None, LANES=LANES, num_warps=NUM_WARPS,
     )  # fmt: skip
     return out
+
+
+def quadratic_layout(empty, rows: int, parents: int, children: int) -> Tensor:
+    """Q's memory: (NL, I, J), so that a program's threads (its parents) write consecutive addresses; seen
+    as (NL, J, I). The custom operator's fake tensor must have these strides too."""
+    return empty(rows, children, parents).transpose(1, 2)
 
 
 def vote_gradients(
     c: Tensor, u: Tensor, w: Tensor, poses: Tensor, weight: Tensor, offsets: Tensor | None, chunks: int
 ) -> tuple[Tensor, Tensor]:
     """gM (NL, I, 16) and gW (I, J, 16) for gV_ij = c_ij (u_j + w_j ⊙ V_ij). gW is summed over rows in
-    `chunks` programs per (parent, child tile), whose partial sums are added here: no atomics, so the
-    result is deterministic."""
-    c, u, w, poses, weight, offsets = _dense(c, u, w, poses, weight, offsets)
+    `chunks` programs per child, whose partial sums are added here in a fixed order: no atomics."""
+    u, w, poses, offsets = _dense(u, w, poses, offsets)
     rows, parents, children = c.shape
     off, has_off = _offsets_arg(offsets, poses)
-    tiles = triton.cdiv(children, BLOCK_CHILDREN)
     g_poses = torch.empty_like(poses)
-    _grad_poses_kernel[(rows, tiles)](
-        c, u, w, poses, weight, off, g_poses, children, parents, HAS_OFFSETS=has_off, BI=BLOCK_CHILDREN
-    )
-    chunks = max(1, min(chunks, rows))
-    per_chunk = triton.cdiv(rows, chunks)
-    partial = weight.new_empty(chunks, children, parents, 16)
-    _grad_weight_kernel[(parents, tiles, chunks)](
-        c, u, w, poses, weight, off, partial, rows, children, parents, per_chunk,
-        HAS_OFFSETS=has_off, BI=BLOCK_CHILDREN,
+    _grad_poses_kernel[(rows, triton.cdiv(children, LANES))](
+        c, *c.stride(), u, w, poses, weight.permute(1, 2, 0).contiguous(), off, g_poses, rows, children,
+        parents, HAS_OFFSETS=has_off, LANES=LANES, num_warps=NUM_WARPS,
     )  # fmt: skip
-    return g_poses, partial.sum(0)
+    chunks, per_chunk = chunked(rows, chunks)
+    partial = weight.new_empty(chunks, children, 16, parents)
+    by_column = [t.transpose(1, 2).contiguous() for t in (u, w)]  # (NL, 16, J)
+    _grad_weight_kernel[(children, chunks)](
+        c, *c.stride(), *by_column, poses, weight.permute(0, 2, 1).contiguous(), off, partial, rows,
+        children, parents, per_chunk, HAS_OFFSETS=has_off, LANES=LANES, num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return g_poses, partial.sum(0).transpose(1, 2).contiguous()
 
 
 def compile_for(capability: int = 90, warp_size: int = 32) -> list:
@@ -227,19 +308,24 @@ def compile_for(capability: int = 90, warp_size: int = 32) -> list:
 
     assert not INTERPRETED, "compile_for needs TRITON_INTERPRET unset"
     target = GPUTarget("cuda", capability, warp_size)
-    flags = (False, True)
-    variants = [(_moments_kernel, dict(HAS_OFFSETS=o, HAS_MEAN=m)) for o in flags for m in flags]
-    variants += [
-        (_quadratic_kernel, dict(HAS_OFFSETS=o, HAS_MEAN=m, HAS_LINEAR=not m)) for o in flags for m in flags
-    ]
-    variants += [(k, dict(HAS_OFFSETS=o)) for k in (_grad_poses_kernel, _grad_weight_kernel) for o in flags]
     compiled = []
-    for kernel, flags in variants:
-        constants = dict(flags, BI=BLOCK_CHILDREN)
+    for kernel, flags in variants():
+        constants = dict(flags, LANES=LANES)
         signature = {
             name: "constexpr" if name in constants else "*fp32" if name.endswith("_ptr") else "i32"
             for name in kernel.arg_names
         }
         fixed = {(kernel.arg_names.index(name),): value for name, value in constants.items()}
-        compiled.append(triton.compile(ASTSource(kernel, signature, fixed), target=target))
+        source = ASTSource(kernel, signature, fixed)
+        compiled.append(triton.compile(source, target=target, options={"num_warps": NUM_WARPS}))
     return compiled
+
+
+def variants() -> list[tuple]:
+    """(kernel, its constexpr flags) for every variant that the wrappers launch."""
+    flags = (False, True)
+    out = [(_moments_kernel, dict(HAS_OFFSETS=o, HAS_MEAN=m)) for o in flags for m in flags]
+    out += [
+        (_quadratic_kernel, dict(HAS_OFFSETS=o, HAS_MEAN=m, HAS_LINEAR=not m)) for o in flags for m in flags
+    ]
+    return out + [(k, dict(HAS_OFFSETS=o)) for k in (_grad_poses_kernel, _grad_weight_kernel) for o in flags]

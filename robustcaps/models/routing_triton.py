@@ -25,10 +25,6 @@ from robustcaps.models import routing_kernels as kernels
 from robustcaps.models.routing import Routed
 from robustcaps.models.routing_fused import em_iterations
 
-# Programs per vote-gradient launch that sum W's gradient over rows (partial sums added afterwards): a few
-# per streaming multiprocessor of an H100 (132) keeps it busy without many partial sums to add.
-WEIGHT_GRADIENT_PROGRAMS = 2048
-
 
 def require_triton(device: torch.device) -> None:
     """Refuse, with what to do, a device on which the Triton kernels cannot run."""
@@ -62,7 +58,7 @@ def vote_quadratic(
 
 @vote_quadratic.register_fake
 def _(poses, weight, offsets, a, mean, b):
-    return a.new_empty(poses.shape[0], weight.shape[1], poses.shape[1])
+    return kernels.quadratic_layout(a.new_empty, poses.shape[0], weight.shape[1], poses.shape[1])
 
 
 @torch.library.custom_op("robustcaps::vote_gradients", mutates_args=())
@@ -88,7 +84,9 @@ def _m_step_backward(ctx, g_first: Tensor, g_second: Tensor):
         raise NotImplementedError("vote_moments is differentiable only without a mean")
     g_first, g_second = g_first.contiguous(), g_second.contiguous()
     g_shares = vote_quadratic(poses, weight, offsets, g_second, None, g_first)  # Σ_h g1 V + g2 V²
-    g_poses, g_weight = vote_gradients(shares, g_first, 2 * g_second, poses, weight, offsets, _chunks(weight))
+    g_poses, g_weight = vote_gradients(
+        shares, g_first, 2 * g_second, poses, weight, offsets, weight_gradient_chunks(weight.shape[0])
+    )
     return g_shares, g_poses, g_weight, None, None
 
 
@@ -97,11 +95,10 @@ def _e_step_backward(ctx, g: Tensor):
     poses, weight, offsets, half_precision, mean, linear = ctx.saved_tensors
     if mean is None or linear is not None:  # the E-step's form; other calls come from backward passes
         raise NotImplementedError("vote_quadratic is differentiable only as the E-step distance")
-    g = g.contiguous()
     centred, centred_sq = vote_moments(g, poses, weight, offsets, mean)  # Σ_i g (V − μ), Σ_i g (V − μ)²
     precision = 2 * half_precision
     g_poses, g_weight = vote_gradients(
-        g, -precision * mean, precision, poses, weight, offsets, _chunks(weight)
+        g, -precision * mean, precision, poses, weight, offsets, weight_gradient_chunks(weight.shape[0])
     )  # gV = g (V − μ)/σ²
     return g_poses, g_weight, None, centred_sq, -precision * centred, None
 
@@ -110,9 +107,9 @@ torch.library.register_autograd("robustcaps::vote_moments", _m_step_backward, se
 torch.library.register_autograd("robustcaps::vote_quadratic", _e_step_backward, setup_context=_save)
 
 
-def _chunks(weight: Tensor) -> int:
-    tiles = -(-weight.shape[0] // kernels.BLOCK_CHILDREN)
-    return max(1, WEIGHT_GRADIENT_PROGRAMS // (weight.shape[1] * tiles))
+def weight_gradient_chunks(children: int) -> int:
+    """Programs per child that sum W's gradient over rows: with one per child too few to fill a GPU."""
+    return max(1, kernels.TARGET_PROGRAMS // children)
 
 
 def triton_em_routing(
@@ -144,10 +141,10 @@ def triton_em_routing(
         offsets = None if offsets is None else offsets.to(work).contiguous()
 
         def rows(t: Tensor) -> Tensor:  # (N, L, J, ·) → the kernels' (N·L, J, ·)
-            return t.reshape(n * positions, parents, t.shape[-1]).contiguous()
+            return t.reshape(n * positions, parents, t.shape[-1])
 
         def moments(share: Tensor) -> tuple[Tensor, Tensor]:
-            share = rows(share.expand(n, positions, parents, slots))
+            share = rows(share.expand(n, positions, parents, slots))  # read in place, at its strides
             first, second = vote_moments(share, flat_poses, flat_weight, offsets, None)
             return first.view(n, positions, parents, 16), second.view(n, positions, parents, 16)
 
