@@ -59,17 +59,19 @@ bench() {  # configurations in order of importance, until the deadline
 }
 C=${BENCH_CAPSNET:-capsnet}
 # What the second H200 session (commit 052939a, benchmarks/README.md) left open comes first.
-# 1. Where the time goes: the Triton path trained at 543 img/s against an estimate of 3,200-6,400, and
-#    fused compiled at 3,387 against issue 8's 3,700. A torch.profiler table per configuration (kernels
-#    and operators by self GPU time, calls per step), gathered into one returned file.
-bench "$C:triton:64:eager:train,$C:fused:64:compile:train" --tf32 off --profile /tmp/profiles
+# 1. The second Triton design (each thread owns whole votes; not yet run on a GPU; the first ran at
+#    543 img/s): eager and with the torch part compiled, each with a torch.profiler table (kernels and
+#    operators by self GPU time, calls per step) gathered into one returned file, then inference.
+bench "$C:triton:64:eager:train,$C:triton:64:compile:train" --tf32 off --profile /tmp/profiles
 cat /tmp/profiles/*.txt > "$OUT/profiles.txt" 2>/dev/null
-# 2. The fused path's other recompute settings and bf16 autocast (a speed figure only: bf16 puts capsule
-#    gradients 57-85 % from float64), then the Triton kernels with the torch part compiled around them.
+bench "$C:triton:256:compile:infer,$C:triton:256:eager:infer,$C:triton:64:compile:train" --tf32 off --recompute none
+# 2. The fused path (3,387 img/s against issue 8's 3,700): its profile, its other recompute settings and
+#    bf16 autocast (a speed figure only: bf16 puts capsule gradients 57-85 % from float64).
+bench "$C:fused:64:compile:train" --tf32 off --profile /tmp/profiles-fused
+cat /tmp/profiles-fused/*.txt >> "$OUT/profiles.txt" 2>/dev/null
 bench "$C:fused:64:compile:train" --recompute first --tf32 off
 bench "$C:fused:64:compile:train" --recompute none --tf32 off
 bench "$C:fused:64:compile:train,$C:fused:256:compile:infer" --amp bf16 --tf32 off
-bench "$C:triton:64:compile:train,$C:triton:256:compile:infer" --tf32 off
 # 3. attack --crafting compiled (the paper preset's attacks) against plain, on the capsnet that this
 #    call's reproduce trained, or else on the committed results/gpu model (its rendered stand-in is made
 #    again into the cache, 10 s on 16 cores): BIM + PGD-vote, 100 examples, 10 steps, when time is left
@@ -84,13 +86,12 @@ for crafting in plain compiled; do
         --out "/tmp/robustcaps-craft-$crafting" | tail -n 7
     echo "== [$(elapsed) s] attack exit $?"
 done
-# 4. Measured at 052939a, rerun when their code changes: the Triton tests on this GPU (compiled kernels,
-#    float64, against torch and the loop oracle; 15 passed), CUDA graphs (+1.8 %), the plain path
-#    without TF32, the DDP (NCCL) smoke test with torch.compile and bf16 autocast.
+# 4. The Triton tests on this GPU (compiled kernels, float64, against torch and the loop oracle; the
+#    first design passed all 15 at 052939a), then what was measured at 052939a and is rerun when its
+#    code changes: CUDA graphs (+1.8 %), the plain path without TF32, the DDP (NCCL) smoke test.
 echo "== [$(elapsed) s] tests/test_routing_triton.py on $DEVICE"
 [ $((deadline - $(date +%s))) -ge 60 ] && timeout 120 python3 -m pytest -q -x -p no:cacheprovider \
     tests/test_routing_triton.py 2>&1 | tail -n 15
-bench "$C:triton:64:eager:train,$C:triton:256:eager:infer" --tf32 off
 bench "$C:fused:64:cudagraphs:train,$C:fused:256:cudagraphs:infer" --tf32 off
 bench "$C:plain:64:eager:train" --tf32 off
 if [ $((deadline - $(date +%s))) -ge 90 ]; then

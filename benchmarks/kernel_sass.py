@@ -35,6 +35,7 @@ from triton.backends import nvidia  # noqa: E402
 
 from robustcaps.models import routing_kernels as kernels  # noqa: E402
 from robustcaps.models.routing_triton import weight_gradient_chunks  # noqa: E402
+from robustcaps.runs import atomic_write_text, git_commit  # noqa: E402
 
 TOOLS = Path(nvidia.__file__).parent / "bin"
 WARP_ISSUE_PER_SECOND = 132 * 4 * 1.98e9
@@ -110,19 +111,19 @@ def launches(batch: int, iterations: int) -> list[tuple]:
     """(layer, kernel, flags, programs, loop iterations in all) of one training step."""
     out = []
     for layer, (positions, children, parents, offsets) in LAYERS.items():
-        rows = batch * positions
-        parts = kernels.split_loop(children, rows)[0]
+        rows, warps = batch * positions, kernels.WARPS
+        row_blocks, child_tiles = triton.cdiv(rows, warps), triton.cdiv(children, kernels.LANES)
+        parts = kernels.split_loop(children, row_blocks)[0]
         chunks = kernels.chunked(rows, weight_gradient_chunks(children))[0]
-        sums = {
-            "moments": (rows * parts, rows * children),
-            "quadratic": (rows * parts, rows * children),
-            "grad_poses": (
-                rows * triton.cdiv(children, kernels.LANES),
-                rows * triton.cdiv(children, kernels.LANES) * parents,
+        sums = {  # programs, and the loop iterations of all their warps
+            "moments": (row_blocks * parts, row_blocks * warps * children),
+            "quadratic": (row_blocks * parts, row_blocks * warps * children),
+            "grad_poses": (row_blocks * child_tiles, row_blocks * child_tiles * warps * parents),
+            "grad_weight": (
+                triton.cdiv(children, warps) * chunks,
+                triton.cdiv(children, warps) * warps * rows,
             ),
-            "grad_weight": (children * chunks, children * rows),
         }
-
         plan = [  # (kernel, launches, flags): the forward and its recompute, then backward
             ("moments", 2 * iterations, dict(has_mean=False)),
             ("quadratic", 2 * (iterations - 1), dict(has_mean=True, has_linear=False)),
@@ -143,7 +144,9 @@ def estimate(table: pd.DataFrame, batch: int, iterations: int) -> pd.DataFrame:
         for key, value in flags.items():
             match = match[match[key] == value]
         variant = match.iloc[0]
-        instructions = trips * variant.loop_instructions + programs * variant.other_instructions
+        instructions = (
+            trips * variant.loop_instructions + programs * kernels.WARPS * variant.other_instructions
+        )
         rows.append({"layer": layer, "kernel": kernel, "launches": 1, "warp_instructions": instructions})
     steps = pd.DataFrame(rows).groupby(["layer", "kernel"], sort=False).sum().reset_index()
     steps["floor_ms"] = steps.warp_instructions / WARP_ISSUE_PER_SECOND * 1e3
@@ -157,15 +160,16 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, help="also write the per-variant table here")
     args = parser.parse_args()
     table = describe()
-    print(f"Triton {triton.__version__}, sm_90, {kernels.NUM_WARPS} warp(s) per program\n")
+    print(f"Triton {triton.__version__}, sm_90, {kernels.WARPS} warps per program\n")
     print(table.to_string(index=False))
     steps = estimate(table, args.batch, args.iterations)
     print(f"\ncapsnet training step, batch {args.batch}, {args.iterations} iterations, recompute all:\n")
     print(steps.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     total = steps.floor_ms.sum()
     print(f"\nissue floor of the kernels: {total:.2f} ms per step ({args.batch / total * 1e3:,.0f} img/s)")
-    if args.csv:
-        args.csv.write_text(table.to_csv(index=False))
+    if args.csv:  # which compiler made this code, for what, from which commit
+        table = table.assign(triton=triton.__version__, target="sm_90", commit=git_commit())
+        atomic_write_text(args.csv, table.to_csv(index=False))
 
 
 if __name__ == "__main__":

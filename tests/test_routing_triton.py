@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -189,27 +191,22 @@ def test_capsnet_dispatches_every_routed_layer_to_the_triton_path(monkeypatch):
     assert len(calls) == 3 and triton_path.routing == "triton"
 
 
-def test_kernels_compile_for_an_h100_without_one():
+def test_kernels_compile_for_an_h100_without_one_and_keep_each_vote_in_one_thread(tmp_path):
     """The interpreter runs Python, not Triton's compiler: compile every kernel variant to sm_90 machine code
-    (Triton ships ptxas; no GPU is needed) so that a lent GPU session does not find the compile errors."""
+    (Triton ships ptxas; no GPU is needed) so that a lent GPU session does not find the compile errors, and
+    check the design's point in that code: no inner loop exchanges data between threads (no shuffles,
+    barriers or shared memory) and nothing spills to local memory."""
     pytest.importorskip("triton.backends.nvidia")
-    script = (
-        "from robustcaps.models.routing_kernels import compile_for\n"
-        "for k in compile_for(capability=90):\n"
-        "    print(k.metadata.name, len(k.asm['cubin']))\n"
-    )
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_sass.py"
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    command = [sys.executable, "-c", script]
+    command = [sys.executable, str(script), "--csv", str(tmp_path / "sass.csv")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [line.split() for line in done.stdout.splitlines()]
-    assert len(lines) == 4 + 4 + 2 + 2 and all(int(size) > 0 for _, size in lines)
-    assert {name for name, _ in lines} == {
-        "_moments_kernel",
-        "_quadratic_kernel",
-        "_grad_poses_kernel",
-        "_grad_weight_kernel",
-    }
+    table = pd.read_csv(tmp_path / "sass.csv")
+    assert len(table) == 4 + 4 + 2 + 2
+    assert set(table.kernel) == {"moments", "quadratic", "grad_poses", "grad_weight"}
+    assert (table.loop_instructions > 100).all(), "each variant has its inner loop"
+    assert (table[["shuffle", "barrier", "shared", "spill_bytes"]] == 0).all().all(), table.to_string()
 
 
 def test_triton_path_without_a_gpu_or_the_interpreter_says_what_to_do(monkeypatch):

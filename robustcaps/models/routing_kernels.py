@@ -45,10 +45,12 @@ from torch import Tensor
 # first imported (torch imports it): tests/conftest.py does so on machines without an NVIDIA driver.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # what triton.jit reads (any version)
 
-LANES = 32  # threads per program: one warp, each owning the votes of one parent (or child)
-NUM_WARPS = 1
-# Programs per launch worth splitting a loop for: a few warps per scheduler of an H100 (132 SMs × 4).
-TARGET_PROGRAMS = 4096
+LANES = 32  # threads per warp, each owning the votes of one parent (or child)
+# Warps per program, each a row (or a child): they read the same W (or u, w) entries at about the same
+# time, so all but the first read hit the SM's L1 cache instead of L2.
+WARPS = 4
+# Programs per launch worth splitting a loop for: several per SM of an H100 (132).
+TARGET_PROGRAMS = 1024
 
 
 @triton.jit
@@ -61,10 +63,10 @@ def _load16(ptr, stride):
 
 
 @triton.jit
-def _zeros16(like):
+def _zeros16(WARPS: tl.constexpr, LANES: tl.constexpr, dtype: tl.constexpr):
     out = ()
     for _ in tl.static_range(16):
-        out = out + (tl.zeros_like(like),)
+        out = out + (tl.zeros((WARPS, LANES), dtype),)
     return out
 
 
@@ -95,16 +97,19 @@ def _vote_gradient(c, u, w, v):
 @triton.jit
 def _moments_kernel(
     c_ptr, c_nl, c_j, c_i, m_ptr, wt_ptr, off_ptr, mu_ptr, s1_ptr, s2_ptr, NL, I, J, PER_PROGRAM,
-    HAS_OFFSETS: tl.constexpr, HAS_MEAN: tl.constexpr, LANES: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr, HAS_MEAN: tl.constexpr, WARPS: tl.constexpr, LANES: tl.constexpr,
 ):  # fmt: skip
-    nl, part = tl.program_id(0), tl.program_id(1)
-    j = tl.minimum(tl.arange(0, LANES), J - 1)  # spare lanes repeat the last parent; their stores are masked
+    """A warp per row nl, a thread per parent j (spare threads repeat the last of each: stores masked)."""
+    part = tl.program_id(1)
+    rows = tl.program_id(0) * WARPS + tl.arange(0, WARPS)[:, None]  # (WARPS, 1)
+    lanes = tl.arange(0, LANES)[None, :]  # (1, LANES)
+    nl, j = tl.minimum(rows, NL - 1), tl.minimum(lanes, J - 1)
     mean = _load16(mu_ptr + (nl * J + j) * 16, 1) if HAS_MEAN else ()
-    first = _zeros16(j.to(c_ptr.dtype.element_ty))
+    first = _zeros16(WARPS, LANES, c_ptr.dtype.element_ty)
     second = first
     start = part * PER_PROGRAM
     for i in range(start, tl.minimum(start + PER_PROGRAM, I)):
-        weight = _load16(wt_ptr + i * 16 * J + j, J)  # W_ij: consecutive over j
+        weight = _load16(wt_ptr + i * 16 * J + j, J)  # W_ij: consecutive over j, the same for every warp
         offset = _load16(off_ptr + i * 16, 1) if HAS_OFFSETS else ()
         votes = _vote(_load16(m_ptr + (nl * I + i) * 16, 1), weight, offset, HAS_OFFSETS)
         c = tl.load(c_ptr + nl * c_nl + j * c_j + i * c_i)
@@ -116,7 +121,7 @@ def _moments_kernel(
             new_second = new_second + (second[h] + weighted * centred,)
         first, second = new_first, new_second
     out = ((part * NL + nl) * J + j) * 16
-    live = tl.arange(0, LANES) < J
+    live = (rows < NL) & (lanes < J)
     for h in tl.static_range(16):
         tl.store(s1_ptr + out + h, first[h], mask=live)
         tl.store(s2_ptr + out + h, second[h], mask=live)
@@ -125,11 +130,15 @@ def _moments_kernel(
 @triton.jit
 def _quadratic_kernel(
     m_ptr, wt_ptr, off_ptr, a_ptr, mu_ptr, b_ptr, q_ptr, NL, I, J, PER_PROGRAM,
-    HAS_OFFSETS: tl.constexpr, HAS_MEAN: tl.constexpr, HAS_LINEAR: tl.constexpr, LANES: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr, HAS_MEAN: tl.constexpr, HAS_LINEAR: tl.constexpr, WARPS: tl.constexpr,
+    LANES: tl.constexpr,
 ):  # fmt: skip
-    nl, part = tl.program_id(0), tl.program_id(1)
-    j = tl.minimum(tl.arange(0, LANES), J - 1)
-    live = tl.arange(0, LANES) < J
+    """A warp per row nl, a thread per parent j."""
+    part = tl.program_id(1)
+    rows = tl.program_id(0) * WARPS + tl.arange(0, WARPS)[:, None]
+    lanes = tl.arange(0, LANES)[None, :]
+    nl, j = tl.minimum(rows, NL - 1), tl.minimum(lanes, J - 1)
+    live = (rows < NL) & (lanes < J)
     row = (nl * J + j) * 16
     a = _load16(a_ptr + row, 1)
     mean = _load16(mu_ptr + row, 1) if HAS_MEAN else ()
@@ -152,16 +161,17 @@ def _quadratic_kernel(
 @triton.jit
 def _grad_poses_kernel(
     c_ptr, c_nl, c_j, c_i, u_ptr, w_ptr, m_ptr, wp_ptr, off_ptr, gm_ptr, NL, I, J,
-    HAS_OFFSETS: tl.constexpr, LANES: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr, WARPS: tl.constexpr, LANES: tl.constexpr,
 ):  # fmt: skip
-    nl = tl.program_id(0)
-    lane = tl.program_id(1) * LANES + tl.arange(0, LANES)
-    i = tl.minimum(lane, I - 1)
+    """A warp per row nl, a thread per child i."""
+    rows = tl.program_id(0) * WARPS + tl.arange(0, WARPS)[:, None]
+    lanes = tl.program_id(1) * LANES + tl.arange(0, LANES)[None, :]
+    nl, i = tl.minimum(rows, NL - 1), tl.minimum(lanes, I - 1)
     poses = _load16(m_ptr + (nl * I + i) * 16, 1)  # M_i stays in registers over all parents
     offset = _load16(off_ptr + i * 16, 1) if HAS_OFFSETS else ()
-    grad = _zeros16(poses[0])  # gM_i[r, k]
+    grad = _zeros16(WARPS, LANES, m_ptr.dtype.element_ty)  # gM_i[r, k]
     for j in range(J):
-        weight = _load16(wp_ptr + j * 16 * I + i, I)  # W_ij: consecutive over i
+        weight = _load16(wp_ptr + j * 16 * I + i, I)  # W_ij: consecutive over i, the same for every warp
         votes = _vote(poses, weight, offset, HAS_OFFSETS)
         c = tl.load(c_ptr + nl * c_nl + j * c_j + i * c_i)
         row = (nl * J + j) * 16
@@ -175,25 +185,28 @@ def _grad_poses_kernel(
                 new = new + (entry,)
         grad = new
     for h in tl.static_range(16):
-        tl.store(gm_ptr + (nl * I + i) * 16 + h, grad[h], mask=lane < I)
+        tl.store(gm_ptr + (nl * I + i) * 16 + h, grad[h], mask=(rows < NL) & (lanes < I))
 
 
 @triton.jit
 def _grad_weight_kernel(
     c_ptr, c_nl, c_j, c_i, ut_ptr, wt_coef_ptr, m_ptr, wt_ptr, off_ptr, gw_ptr, NL, I, J, PER_PROGRAM,
-    HAS_OFFSETS: tl.constexpr, LANES: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr, WARPS: tl.constexpr, LANES: tl.constexpr,
 ):  # fmt: skip
-    i, part = tl.program_id(0), tl.program_id(1)
-    j = tl.minimum(tl.arange(0, LANES), J - 1)
+    """A warp per child i, a thread per parent j; each program sums over a part of the rows."""
+    part = tl.program_id(1)
+    children = tl.program_id(0) * WARPS + tl.arange(0, WARPS)[:, None]
+    lanes = tl.arange(0, LANES)[None, :]
+    i, j = tl.minimum(children, I - 1), tl.minimum(lanes, J - 1)
     weight = _load16(wt_ptr + i * 16 * J + j, J)  # W_ij stays in registers over all rows
     offset = _load16(off_ptr + i * 16, 1) if HAS_OFFSETS else ()
-    grad = _zeros16(weight[0])  # gW_ij[k, c]
+    grad = _zeros16(WARPS, LANES, m_ptr.dtype.element_ty)  # gW_ij[k, c]
     start = part * PER_PROGRAM
     for nl in range(start, tl.minimum(start + PER_PROGRAM, NL)):
         poses = _load16(m_ptr + (nl * I + i) * 16, 1)
         votes = _vote(poses, weight, offset, HAS_OFFSETS)
         c = tl.load(c_ptr + nl * c_nl + j * c_j + i * c_i)
-        column = nl * 16 * J + j  # u and w passed as (NL, 16, J): consecutive over j
+        column = nl * 16 * J + j  # u and w passed as (NL, 16, J): consecutive over j, the same for every warp
         g_votes = _vote_gradient(c, _load16(ut_ptr + column, J), _load16(wt_coef_ptr + column, J), votes)
         new = ()
         for k in tl.static_range(4):
@@ -205,7 +218,7 @@ def _grad_weight_kernel(
         grad = new
     out = (part * I + i) * 16 * J + j  # partial sums as (parts, I, 16, J)
     for h in tl.static_range(16):
-        tl.store(gw_ptr + out + h * J, grad[h], mask=tl.arange(0, LANES) < J)
+        tl.store(gw_ptr + out + h * J, grad[h], mask=(children < I) & (lanes < J))
 
 
 def _dense(*tensors: Tensor | None) -> list[Tensor | None]:
@@ -237,12 +250,12 @@ def moments(
     poses, offsets, mean = _dense(poses, offsets, mean)
     rows, parents, children = c.shape
     off, has_off = _offsets_arg(offsets, poses)
-    parts, per_part = split_loop(children, rows)
+    parts, per_part = split_loop(children, triton.cdiv(rows, WARPS))
     first, second = (c.new_empty(parts, rows, parents, 16) for _ in range(2))
-    _moments_kernel[(rows, parts)](
+    _moments_kernel[(triton.cdiv(rows, WARPS), parts)](
         c, *c.stride(), poses, weight.permute(0, 2, 1).contiguous(), off, poses if mean is None else mean,
         first, second, rows, children, parents, per_part,
-        HAS_OFFSETS=has_off, HAS_MEAN=mean is not None, LANES=LANES, num_warps=NUM_WARPS,
+        HAS_OFFSETS=has_off, HAS_MEAN=mean is not None, WARPS=WARPS, LANES=LANES, num_warps=WARPS,
     )  # fmt: skip
     return first.sum(0), second.sum(0)
 
@@ -260,12 +273,12 @@ def quadratic(
     rows, children = poses.shape[:2]
     parents = weight.shape[1]
     off, has_off = _offsets_arg(offsets, poses)
-    parts, per_part = split_loop(children, rows)
+    parts, per_part = split_loop(children, triton.cdiv(rows, WARPS))
     out = quadratic_layout(a.new_empty, rows, parents, children)
-    _quadratic_kernel[(rows, parts)](
+    _quadratic_kernel[(triton.cdiv(rows, WARPS), parts)](
         poses, weight.permute(0, 2, 1).contiguous(), off, a, a if mean is None else mean,
         a if b is None else b, out, rows, children, parents, per_part, HAS_OFFSETS=has_off,
-        HAS_MEAN=mean is not None, HAS_LINEAR=b is not None, LANES=LANES, num_warps=NUM_WARPS,
+        HAS_MEAN=mean is not None, HAS_LINEAR=b is not None, WARPS=WARPS, LANES=LANES, num_warps=WARPS,
     )  # fmt: skip
     return out
 
@@ -285,16 +298,16 @@ def vote_gradients(
     rows, parents, children = c.shape
     off, has_off = _offsets_arg(offsets, poses)
     g_poses = torch.empty_like(poses)
-    _grad_poses_kernel[(rows, triton.cdiv(children, LANES))](
+    _grad_poses_kernel[(triton.cdiv(rows, WARPS), triton.cdiv(children, LANES))](
         c, *c.stride(), u, w, poses, weight.permute(1, 2, 0).contiguous(), off, g_poses, rows, children,
-        parents, HAS_OFFSETS=has_off, LANES=LANES, num_warps=NUM_WARPS,
+        parents, HAS_OFFSETS=has_off, WARPS=WARPS, LANES=LANES, num_warps=WARPS,
     )  # fmt: skip
     chunks, per_chunk = chunked(rows, chunks)
     partial = weight.new_empty(chunks, children, 16, parents)
     by_column = [t.transpose(1, 2).contiguous() for t in (u, w)]  # (NL, 16, J)
-    _grad_weight_kernel[(children, chunks)](
+    _grad_weight_kernel[(triton.cdiv(children, WARPS), chunks)](
         c, *c.stride(), *by_column, poses, weight.permute(0, 2, 1).contiguous(), off, partial, rows,
-        children, parents, per_chunk, HAS_OFFSETS=has_off, LANES=LANES, num_warps=NUM_WARPS,
+        children, parents, per_chunk, HAS_OFFSETS=has_off, WARPS=WARPS, LANES=LANES, num_warps=WARPS,
     )  # fmt: skip
     return g_poses, partial.sum(0).transpose(1, 2).contiguous()
 
@@ -310,14 +323,14 @@ def compile_for(capability: int = 90, warp_size: int = 32) -> list:
     target = GPUTarget("cuda", capability, warp_size)
     compiled = []
     for kernel, flags in variants():
-        constants = dict(flags, LANES=LANES)
+        constants = dict(flags, WARPS=WARPS, LANES=LANES)
         signature = {
             name: "constexpr" if name in constants else "*fp32" if name.endswith("_ptr") else "i32"
             for name in kernel.arg_names
         }
         fixed = {(kernel.arg_names.index(name),): value for name, value in constants.items()}
         source = ASTSource(kernel, signature, fixed)
-        compiled.append(triton.compile(source, target=target, options={"num_warps": NUM_WARPS}))
+        compiled.append(triton.compile(source, target=target, options={"num_warps": WARPS}))
     return compiled
 
 

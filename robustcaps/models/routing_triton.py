@@ -108,8 +108,8 @@ torch.library.register_autograd("robustcaps::vote_quadratic", _e_step_backward, 
 
 
 def weight_gradient_chunks(children: int) -> int:
-    """Programs per child that sum W's gradient over rows: with one per child too few to fill a GPU."""
-    return max(1, kernels.TARGET_PROGRAMS // children)
+    """Programs per block of children that sum W's gradient over rows: with one, too few to fill a GPU."""
+    return max(1, kernels.TARGET_PROGRAMS // -(-children // kernels.WARPS))
 
 
 def triton_em_routing(
