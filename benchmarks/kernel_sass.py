@@ -10,10 +10,11 @@ between a label and the branch back to it). Shuffles (SHFL), barriers (BAR) and 
 (LDS/STS/STSM) in a loop are threads exchanging data, which the kernels' design avoids.
 
 The estimate: every launch of a `capsnet` (A=B=C=D=32) training step at this batch (each routed layer
-recomputed in backward, as capsnet trains), its loop iterations times the loop's instructions plus each
-program's instructions outside the loop, issued at one warp instruction per cycle by each of the 4
-schedulers of 132 SMs at 1.98 GHz (an H100 SXM at full clock). That is a floor (no memory stalls, full
-occupancy, no other work), not a prediction: the GPU benchmark measures (benchmarks/README.md).
+recomputed in backward as capsnet trains, unless --recompute none), its loop iterations times the loop's
+instructions plus each program's instructions outside the loop, issued at one warp instruction per
+cycle by each of the 4 schedulers of 132 SMs at 1.98 GHz (an H100 SXM at full clock). That is a floor (no
+memory stalls, full occupancy, no other work), not a prediction: the GPU benchmark measures
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def describe() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def launches(batch: int, iterations: int) -> list[tuple]:
+def launches(batch: int, iterations: int, recompute: bool = True) -> list[tuple]:
     """(layer, kernel, flags, programs, loop iterations in all) of one training step."""
     out = []
     for layer, (positions, children, parents, offsets) in LAYERS.items():
@@ -125,8 +126,8 @@ def launches(batch: int, iterations: int) -> list[tuple]:
             ),
         }
         plan = [  # (kernel, launches, flags): the forward and its recompute, then backward
-            ("moments", 2 * iterations, dict(has_mean=False)),
-            ("quadratic", 2 * (iterations - 1), dict(has_mean=True, has_linear=False)),
+            ("moments", (1 + recompute) * iterations, dict(has_mean=False)),
+            ("quadratic", (1 + recompute) * (iterations - 1), dict(has_mean=True, has_linear=False)),
             ("quadratic", iterations, dict(has_mean=False, has_linear=True)),  # the M-steps' backward
             ("moments", iterations - 1, dict(has_mean=True)),  # the E-steps' backward
             ("grad_poses", 2 * iterations - 1, {}),
@@ -137,9 +138,9 @@ def launches(batch: int, iterations: int) -> list[tuple]:
     return out
 
 
-def estimate(table: pd.DataFrame, batch: int, iterations: int) -> pd.DataFrame:
+def estimate(table: pd.DataFrame, batch: int, iterations: int, recompute: bool = True) -> pd.DataFrame:
     rows = []
-    for layer, kernel, flags, programs, trips in launches(batch, iterations):
+    for layer, kernel, flags, programs, trips in launches(batch, iterations, recompute):
         match = table[table.kernel == kernel]
         for key, value in flags.items():
             match = match[match[key] == value]
@@ -157,13 +158,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--recompute", choices=("all", "none"), default="all", help="as bench_models.py")
     parser.add_argument("--csv", type=Path, help="also write the per-variant table here")
     args = parser.parse_args()
     table = describe()
     print(f"Triton {triton.__version__}, sm_90, {kernels.WARPS} warps per program\n")
     print(table.to_string(index=False))
-    steps = estimate(table, args.batch, args.iterations)
-    print(f"\ncapsnet training step, batch {args.batch}, {args.iterations} iterations, recompute all:\n")
+    steps = estimate(table, args.batch, args.iterations, args.recompute == "all")
+    setting = f"batch {args.batch}, {args.iterations} iterations, recompute {args.recompute}"
+    print(f"\ncapsnet training step, {setting}:\n")
     print(steps.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     total = steps.floor_ms.sum()
     print(f"\nissue floor of the kernels: {total:.2f} ms per step ({args.batch / total * 1e3:,.0f} img/s)")
