@@ -32,6 +32,7 @@ import torch._inductor.metrics as metrics  # noqa: E402
 
 from robustcaps.models import create_model, routing_triton  # noqa: E402
 from robustcaps.models import routing_kernels as kernels  # noqa: E402
+from robustcaps.models.common import compile_model  # noqa: E402
 from robustcaps.runs import atomic_write_text, device_description, git_commit  # noqa: E402
 
 
@@ -78,11 +79,13 @@ class GraphBytes(logging.Handler):
             self.graphs.append(int(found.group(1)))
 
 
-def count(routing: str, recompute: str, batch: int, iterations: int) -> dict:
+def count(routing: str, recompute: str, batch: int, iterations: int, thresholds: str = "raised") -> dict:
+    """`thresholds`: "raised" compiles as training does (compile_model), "default" with torch's settings."""
     torch.manual_seed(0)
     model = create_model("capsnet", routing=routing, iterations=iterations)
     model.use_recompute(recompute)
-    step = torch.compile(lambda x, y: torch.nn.functional.cross_entropy(model(x), y))
+    net = compile_model(model) if thresholds == "raised" else torch.compile(model)
+    step = lambda x, y: torch.nn.functional.cross_entropy(net(x), y)  # noqa: E731
     x, y = torch.rand(batch, 1, 32, 32), torch.randint(0, 5, (batch,))
     handler = GraphBytes()
     logger = logging.getLogger("torch._inductor.compile_fx")
@@ -95,7 +98,8 @@ def count(routing: str, recompute: str, batch: int, iterations: int) -> dict:
         logger.removeHandler(handler)
     forward, backward = handler.graphs
     return {
-        "routing": routing, "recompute": recompute, "batch_size": batch, "iterations": iterations,
+        "routing": routing, "recompute": recompute, "thresholds": thresholds if routing == "fused" else "-",
+        "batch_size": batch, "iterations": iterations,
         "forward_gb": forward / 1e9, "backward_gb": backward / 1e9, "step_gb": (forward + backward) / 1e9,
         "kernels": metrics.generated_kernel_count, "compile_s": time.perf_counter() - start,
     }  # fmt: skip
@@ -105,16 +109,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--routing", default="fused,triton")
     parser.add_argument("--recompute", default="all")
+    parser.add_argument(
+        "--thresholds", default="default,raised", help="inductor's realize thresholds for fused routing: "
+        "torch's defaults and/or those that training uses (models.common.FUSED_ROUTING_INDUCTOR)",
+    )  # fmt: skip
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--csv", type=Path, help="also write the table here")
     args = parser.parse_args()
     torch._logging.set_logs(inductor_metrics=True)
     stand_in_kernels()
-    rows = [
-        count(routing, recompute, args.batch, args.iterations)
+    settings = [
+        (routing, recompute, thresholds)
         for routing in args.routing.split(",")
         for recompute in args.recompute.split(",")
+        for thresholds in (args.thresholds.split(",") if routing == "fused" else ["default"])
+    ]
+    rows = [
+        count(routing, recompute, args.batch, args.iterations, thresholds)
+        for routing, recompute, thresholds in settings
     ]
     table = pd.DataFrame(rows).assign(
         device=device_description(torch.device("cpu")), torch=torch.__version__, commit=git_commit()
