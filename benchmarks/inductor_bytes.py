@@ -32,7 +32,7 @@ import torch._inductor.metrics as metrics  # noqa: E402
 
 from robustcaps.models import create_model, routing_triton  # noqa: E402
 from robustcaps.models import routing_kernels as kernels  # noqa: E402
-from robustcaps.models.common import compile_model  # noqa: E402
+from robustcaps.models.common import FUSED_ROUTING_INDUCTOR, compile_model  # noqa: E402
 from robustcaps.runs import atomic_write_text, device_description, git_commit  # noqa: E402
 
 
@@ -79,12 +79,12 @@ class GraphBytes(logging.Handler):
             self.graphs.append(int(found.group(1)))
 
 
-def count(routing: str, recompute: str, batch: int, iterations: int, thresholds: str = "raised") -> dict:
-    """`thresholds`: "raised" compiles as training does (compile_model), "default" with torch's settings."""
+def count(routing: str, recompute: str, batch: int, iterations: int, thresholds: str = "default") -> dict:
+    """`thresholds`: "default" compiles as training does, "raised" with FUSED_ROUTING_INDUCTOR."""
     torch.manual_seed(0)
     model = create_model("capsnet", routing=routing, iterations=iterations)
     model.use_recompute(recompute)
-    net = compile_model(model) if thresholds == "raised" else torch.compile(model)
+    net = compile_model(model, inductor=FUSED_ROUTING_INDUCTOR if thresholds == "raised" else None)
     step = lambda x, y: torch.nn.functional.cross_entropy(net(x), y)  # noqa: E731
     x, y = torch.rand(batch, 1, 32, 32), torch.randint(0, 5, (batch,))
     handler = GraphBytes()
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--recompute", default="all")
     parser.add_argument(
         "--thresholds", default="default,raised", help="inductor's realize thresholds for fused routing: "
-        "torch's defaults and/or those that training uses (models.common.FUSED_ROUTING_INDUCTOR)",
+        "torch's defaults (as training compiles) and/or models.common.FUSED_ROUTING_INDUCTOR",
     )  # fmt: skip
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=3)

@@ -46,7 +46,6 @@ import torchattacks
 from torch import nn
 
 from robustcaps.errors import RobustcapsError
-from robustcaps.models.common import compile_model
 
 NUM_CLASSES = 5
 # name -> (supports targeted mode, uses gradients). APGD in torchattacks 3.5.1 is untargeted only.
@@ -154,7 +153,7 @@ class CompiledCrafter(nn.Module):
         self.fast = copy.deepcopy(model)
         if hasattr(self.fast, "use_routing"):
             self.fast.use_routing("fused")
-        self.compiled = {"forward": compile_model(self.fast)}  # a dict: not a second registered child
+        self.compiled = {"forward": torch.compile(self.fast)}  # a dict: not a second registered child
 
     def forward(self, images: torch.Tensor, output: str = "logits") -> torch.Tensor:
         if torch.is_grad_enabled() and images.requires_grad:

@@ -23,7 +23,7 @@ from robustcaps import distributed, losses, runs
 from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate
 from robustcaps.models import CapsNet, routing_as
-from robustcaps.models.common import compile_model, full_float32_convolutions
+from robustcaps.models.common import full_float32_convolutions
 from robustcaps.models.routing_triton import require_triton
 from robustcaps.train import TrainConfig, build_model, check_resumable, config_json, load_split, lr_factor
 
@@ -104,7 +104,7 @@ class Session:
                 require_triton(torch.device(device))
             except RuntimeError as error:
                 raise RobustcapsError(f"--routing triton: {error}") from None
-        net = compile_model(model, config.compile_mode) if config.compile else model
+        net = torch.compile(model, mode=config.compile_mode) if config.compile else model
         net = distributed.wrap(net, world, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         session = cls(

@@ -73,19 +73,17 @@ def keep_freed_cpu_memory() -> bool:
 
 # Inductor's store-or-recompute thresholds for fused EM routing (routing_fused): each vote is an
 # expression of 8 loads that several sums consume, and at torch's defaults (4 reads; 30 operations on a
-# GPU, 50 on a CPU) inductor writes the votes to memory once per pass, forward and backward. Raised, it
-# forms them inside their consumers instead: inductor's own count of the bytes that a capsnet training
-# step moves (batch 64, 3 iterations; benchmarks/inductor_bytes.py, benchmarks/README.md) falls from
-# 72.9 GB to 46.8 GB with every layer recomputed.
+# GPU, 50 on a CPU) inductor writes the votes to memory once per pass, forward and backward. Raised to
+# these, it forms them inside their consumers instead: inductor's own count of the bytes that a capsnet
+# training step moves (batch 64, 3 iterations; benchmarks/inductor_bytes.py) falls from 72.9 GB to
+# 46.8 GB, but the re-formed votes cost arithmetic: on the 2-core CPU compiled capsnet-small training ran
+# at 14.5 img/s against 70.7. Not used in training until a GPU measures it (bench_models.py --modes
+# compile-raised).
 FUSED_ROUTING_INDUCTOR = {"realize_reads_threshold": 16, "realize_opcount_threshold": 60}
 
 
-def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
-    """torch.compile(model, mode=mode), with inductor's thresholds raised for a fused-routing model."""
-    if getattr(model, "routing", None) != "fused":
+def compile_model(model: nn.Module, mode: str = "default", inductor: dict | None = None) -> nn.Module:
+    """torch.compile(model, mode=mode), with these inductor settings on top of the mode's, if any."""
+    if not inductor:
         return torch.compile(model, mode=mode)
-    options = {
-        **torch._inductor.list_mode_options(mode),
-        **FUSED_ROUTING_INDUCTOR,
-    }  # mode and options exclude each other
-    return torch.compile(model, options=options)
+    return torch.compile(model, options={**torch._inductor.list_mode_options(mode), **inductor})
