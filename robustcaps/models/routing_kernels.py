@@ -86,6 +86,21 @@ def _vote(m, w, offset, HAS_OFFSETS: tl.constexpr):
 
 
 @triton.jit
+def _add_product(acc, a, b, A_TRANSPOSED: tl.constexpr, B_TRANSPOSED: tl.constexpr):
+    """acc + A B for 4×4 16-tuples, A = aᵀ or a and B = bᵀ or b as flagged: the gradients' contractions."""
+    out = ()
+    for x in tl.static_range(4):
+        for y in tl.static_range(4):
+            entry = acc[4 * x + y]
+            for z in tl.static_range(4):
+                a_xz = a[4 * z + x] if A_TRANSPOSED else a[4 * x + z]
+                b_zy = b[4 * y + z] if B_TRANSPOSED else b[4 * z + y]
+                entry += a_xz * b_zy
+            out = out + (entry,)
+    return out
+
+
+@triton.jit
 def _vote_gradient(c, u, w, v):
     """gV = c (u + w ⊙ V), entry by entry."""
     out = ()
@@ -176,14 +191,7 @@ def _grad_poses_kernel(
         c = tl.load(c_ptr + nl * c_nl + j * c_j + i * c_i)
         row = (nl * J + j) * 16
         g_votes = _vote_gradient(c, _load16(u_ptr + row, 1), _load16(w_ptr + row, 1), votes)
-        new = ()
-        for r in tl.static_range(4):
-            for k in tl.static_range(4):
-                entry = grad[4 * r + k]
-                for col in tl.static_range(4):
-                    entry += g_votes[4 * r + col] * weight[4 * k + col]  # (gV Wᵀ)[r, k]
-                new = new + (entry,)
-        grad = new
+        grad = _add_product(grad, g_votes, weight, False, True)  # gM += gV Wᵀ
     for h in tl.static_range(16):
         tl.store(gm_ptr + (nl * I + i) * 16 + h, grad[h], mask=(rows < NL) & (lanes < I))
 
@@ -208,14 +216,7 @@ def _grad_weight_kernel(
         c = tl.load(c_ptr + nl * c_nl + j * c_j + i * c_i)
         column = nl * 16 * J + j  # u and w passed as (NL, 16, J): consecutive over j, the same for every warp
         g_votes = _vote_gradient(c, _load16(ut_ptr + column, J), _load16(wt_coef_ptr + column, J), votes)
-        new = ()
-        for k in tl.static_range(4):
-            for col in tl.static_range(4):
-                entry = grad[4 * k + col]
-                for r in tl.static_range(4):
-                    entry += poses[4 * r + k] * g_votes[4 * r + col]  # (Mᵀ gV)[k, c]
-                new = new + (entry,)
-        grad = new
+        grad = _add_product(grad, poses, g_votes, True, False)  # gW += Mᵀ gV
     out = (part * I + i) * 16 * J + j  # partial sums as (parts, I, 16, J)
     for h in tl.static_range(16):
         tl.store(gw_ptr + out + h * J, grad[h], mask=(children < I) & (lanes < J))
