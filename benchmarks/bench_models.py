@@ -264,7 +264,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--routing",
         default="plain",
-        help="capsnet EM routing paths, comma-separated: plain, fused, triton (cnn rows record '-')",
+        help="capsnet EM routing paths, comma-separated: plain, fused, gathered, triton (cnn rows record '-')",
     )
     parser.add_argument(
         "--malloc", default="default", help="CPU allocator settings: default, no-mmap or both"
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
             mode=mode,
             phase=phase,
             device=args.device,
-            recompute=args.recompute if routing in ("fused", "triton") else "-",
+            recompute=args.recompute if routing in ("fused", "gathered", "triton") else "-",
         )
         left = args.timeout if args.deadline is None else min(args.timeout, args.deadline - time.time())
         if left < EXPECTED_SECONDS[mode]:

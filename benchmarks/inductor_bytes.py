@@ -107,7 +107,7 @@ def count(routing: str, recompute: str, batch: int, iterations: int, thresholds:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--routing", default="fused,triton")
+    parser.add_argument("--routing", default="fused,gathered,triton")
     parser.add_argument("--recompute", default="all")
     parser.add_argument(
         "--thresholds", default="default,raised", help="inductor's realize thresholds for fused routing: "

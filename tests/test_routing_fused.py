@@ -102,10 +102,10 @@ def test_fused_gradients_match_finite_differences_and_the_plain_path(cross):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11, msg=f"gradient w.r.t. {name}")
 
 
-def twin_models(estep, dtype=torch.float64, **overrides):
+def twin_models(estep, dtype=torch.float64, routing="fused", **overrides):
     torch.manual_seed(0)
     plain = create_model("capsnet-small", estep=estep, **TINY, **overrides).to(dtype)
-    fused = create_model("capsnet-small", estep=estep, routing="fused", **TINY, **overrides).to(dtype)
+    fused = create_model("capsnet-small", estep=estep, routing=routing, **TINY, **overrides).to(dtype)
     fused.load_state_dict(plain.state_dict())
     return plain, fused
 
@@ -156,7 +156,7 @@ def test_fused_capsnet_under_torch_compile_matches_eager_plain():
 
 
 def test_unknown_routing_names_the_setting():
-    with pytest.raises(RobustcapsError, match="routing must be one of plain, fused, triton"):
+    with pytest.raises(RobustcapsError, match="routing must be one of plain, fused, gathered, triton"):
         create_model("capsnet-small", routing="vectorised")
     assert create_model("capsnet-small").config.routing == "plain", "the plain path stays the default"
 

@@ -29,13 +29,14 @@ from robustcaps.models.routing import (
     mass_scale,
 )
 from robustcaps.models.routing_fused import fused_em_routing
+from robustcaps.models.routing_gathered import gathered_em_routing
 from robustcaps.models.routing_triton import triton_em_routing
 
 IMAGE_SIZE = 32
 POSE = 16  # a 4×4 pose matrix, flattened
 OUTPUTS = ("logits", "activations", "vote_logits")
 ESTEPS = ("cross", "position")
-ROUTINGS = ("plain", "fused", "triton")
+ROUTINGS = ("plain", "fused", "gathered", "triton")
 RECOMPUTE = ("all", "first", "none")
 CALIBRATIONS = ("beta_u", "beta_a")
 
@@ -218,7 +219,7 @@ def _route_vote_free(routing: str, recompute: bool, *args, **kwargs) -> Routed:
     speed within the noise (0.19–0.20 vs 0.16–0.23 s per step at batch 32). In eager mode it replaces a
     dozen saved vote-sized temporaries with a recompute. Triton: it trades the responsibility-sized
     tensors that torch keeps (several per iteration) for a second forward."""
-    route = triton_em_routing if routing == "triton" else fused_em_routing
+    route = {"fused": fused_em_routing, "gathered": gathered_em_routing, "triton": triton_em_routing}[routing]
     if recompute and torch.is_grad_enabled():
         return Routed(*checkpoint(route, *args, use_reentrant=False, **kwargs))
     return route(*args, **kwargs)

@@ -49,6 +49,26 @@ def fused_votes(poses: Tensor, weight: Tensor, offsets: Tensor | None) -> Tensor
     return votes if offsets is None else votes + offsets
 
 
+def fused_sums(
+    poses: Tensor, weight: Tensor, offsets: Tensor | None, iterations: int
+) -> tuple[Callable[[Tensor], tuple[Tensor, Tensor]], Callable[[Tensor, Tensor], Tensor]]:
+    """The `moments` and `distance` of `em_iterations` as expressions of the votes formed from M and W,
+    differentiated by autograd."""
+    votes = fused_votes(poses, weight, offsets)  # (N, L, J, I, 16); under compile, never stored
+
+    def moments(share: Tensor) -> tuple[Tensor, Tensor]:
+        # element-wise products reduced over I, which inductor fuses with the vote's multiply-adds
+        share = share.unsqueeze(-1)  # s_ij: (N, L, J, I, 1)
+        return (share * votes).sum(-2), (share * votes.square()).sum(-2)
+
+    def distance(mean: Tensor, variance: Tensor) -> Tensor:
+        # (V − μ)²/2σ² summed directly: one fused pass over the votes, no cancellation between two
+        # large terms
+        return ((votes - mean.unsqueeze(-2)).square() * (0.5 / variance).unsqueeze(-2)).sum(-1)
+
+    return moments, distance
+
+
 def fused_em_routing(
     poses: Tensor,
     weight: Tensor,
@@ -63,10 +83,12 @@ def fused_em_routing(
     children: Tensor | None = None,
     n_children: int = 0,
     estep_temperature: float = 1.0,
+    sums: Callable = fused_sums,
 ) -> Routed:
     """Route the votes of children with poses (N, L, I, 4, 4) and `activations` (N, L, I) through W
     (I, J, 4, 4) to J parents per position; `offsets` (I, 16) are added to every vote (coordinate
-    addition). Arguments and results as `routing.em_routing`; computed in at least float32."""
+    addition). Arguments and results as `routing.em_routing`; computed in at least float32. `sums`
+    builds the two vote-sized sums (`fused_sums`, or routing_gathered's with its own backward)."""
     # the plain path's output dtype: that of its votes (poses, promoted by the offsets when present)
     dtype = poses.dtype if offsets is None else torch.promote_types(poses.dtype, offsets.dtype)
     with torch.autocast(poses.device.type, enabled=False):
@@ -74,18 +96,7 @@ def fused_em_routing(
         poses, weight, activations = poses.to(work), weight.to(work), activations.to(work)
         beta_u, beta_a = beta_u.to(work), beta_a.to(work)
         offsets = None if offsets is None else offsets.to(work)
-        votes = fused_votes(poses, weight, offsets)  # (N, L, J, I, 16); under compile, never stored
-
-        def moments(share: Tensor) -> tuple[Tensor, Tensor]:
-            # element-wise products reduced over I, which inductor fuses with the vote's multiply-adds
-            share = share.unsqueeze(-1)  # s_ij: (N, L, J, I, 1)
-            return (share * votes).sum(-2), (share * votes.square()).sum(-2)
-
-        def distance(mean: Tensor, variance: Tensor) -> Tensor:
-            # (V − μ)²/2σ² summed directly: one fused pass over the votes, no cancellation between two
-            # large terms
-            return ((votes - mean.unsqueeze(-2)).square() * (0.5 / variance).unsqueeze(-2)).sum(-1)
-
+        moments, distance = sums(poses, weight, offsets, len(inverse_temperatures))
         out = em_iterations(
             moments, distance, activations, beta_u, beta_a, inverse_temperatures, min_variance=min_variance,
             mass_scale=mass_scale, children=children, n_children=n_children,
