@@ -264,7 +264,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--routing",
         default="plain",
-        help="capsnet EM routing paths, comma-separated: plain, fused, gathered, triton (cnn rows record '-')",
+        help="capsnet EM routing paths, comma-separated: plain, fused, gathered, triton (cnn: '-')",
     )
     parser.add_argument(
         "--malloc", default="default", help="CPU allocator settings: default, no-mmap or both"

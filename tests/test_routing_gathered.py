@@ -60,10 +60,14 @@ def test_gathered_capsnet_gives_the_plain_logits_and_parameter_gradients(estep, 
         for model in (plain, gathered):
             model.zero_grad()
             torch.nn.functional.cross_entropy(model(x, output=output), torch.tensor([0, 3, 4])).backward()
-        torch.testing.assert_close(gathered(x, output=output), plain(x, output=output), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            gathered(x, output=output), plain(x, output=output), rtol=1e-10, atol=1e-12
+        )
         for (name, p), q in zip(plain.named_parameters(), gathered.parameters(), strict=True):
             assert p.grad.abs().max() > 0, name
-            torch.testing.assert_close(q.grad, p.grad, rtol=1e-8, atol=1e-12, msg=f"{output}: gradient of {name}")
+            torch.testing.assert_close(
+                q.grad, p.grad, rtol=1e-8, atol=1e-12, msg=f"{output}: gradient of {name}"
+            )
 
 
 def test_gathered_capsnet_under_torch_compile_matches_eager_plain():
