@@ -59,12 +59,16 @@ bench() {  # configurations in order of importance, until the deadline
 }
 C=${BENCH_CAPSNET:-capsnet}
 # What the second H200 session (commit 052939a, benchmarks/README.md) left open comes first.
-# 1. The fused path (3,387 img/s against issue 8's 3,700) as training compiles it, A/B against inductor's
-#    realize thresholds raised (compile-raised: 46.8 GB per step by inductor's count against 72.9, but 5×
-#    slower on the 2-core CPU, where the re-formed votes' arithmetic dominates), with profiles. Its other
-#    settings come in 2b, bf16 autocast there as a speed figure only (capsule gradients 57-85 % off).
-bench "$C:fused:64:compile:train,$C:fused:64:compile-raised:train" --tf32 off --profile /tmp/profiles-fused
+# 1. routing="gathered" (the fused forward; a backward that forms each layer's vote gradient once, not yet
+#    run on a GPU) without recompute and with, against the fused path as training compiles it (3,387 img/s
+#    on the H200 against issue 8's 3,700), with profiles. By inductor's byte count per step (CPU codegen):
+#    gathered 41 GB without recompute, 48 GB with; fused 73 GB, which the H200 moved at 3.9 TB/s.
+bench "$C:gathered:64:compile:train" --tf32 off --recompute none --profile /tmp/profiles-fused
+bench "$C:gathered:64:compile:train,$C:fused:64:compile:train" --tf32 off --profile /tmp/profiles-fused
 cat /tmp/profiles-fused/*.txt >> "$OUT/profiles.txt" 2>/dev/null
+# 1b. Inductor's realize thresholds raised (compile-raised: votes re-formed in every consumer, fewer bytes,
+#    more arithmetic; 5× slower on the 2-core CPU for fused): gathered, then fused.
+bench "$C:gathered:64:compile-raised:train,$C:fused:64:compile-raised:train" --tf32 off
 # 2. The second Triton design (each thread owns whole votes; not yet run on a GPU; the first ran at
 #    543 img/s), compiled without recompute first: by inductor's byte count and the kernels' issue floor
 #    the one configuration that can reach issue 8's bar (benchmarks/README.md). Each with a torch.profiler
@@ -74,7 +78,7 @@ bench "$C:triton:64:compile:train,$C:triton:64:eager:train" --tf32 off --profile
 cat /tmp/profiles/*.txt >> "$OUT/profiles.txt" 2>/dev/null
 bench "$C:triton:256:compile:infer,$C:triton:256:eager:infer" --tf32 off
 # 2b. The fused path's other settings.
-bench "$C:fused:64:compile-raised:train,$C:fused:64:compile:train" --recompute first --tf32 off
+bench "$C:fused:64:compile:train" --recompute first --tf32 off
 bench "$C:fused:256:compile:infer,$C:fused:256:compile-raised:infer" --tf32 off
 bench "$C:fused:64:compile:train" --recompute none --tf32 off
 bench "$C:fused:64:compile:train,$C:fused:256:compile:infer" --amp bf16 --tf32 off

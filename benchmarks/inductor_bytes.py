@@ -35,6 +35,8 @@ from robustcaps.models import routing_kernels as kernels  # noqa: E402
 from robustcaps.models.common import FUSED_ROUTING_INDUCTOR, compile_model  # noqa: E402
 from robustcaps.runs import atomic_write_text, device_description, git_commit  # noqa: E402
 
+INDUCTOR_ROUTINGS = ("fused", "gathered")  # whose vote-sized sums inductor generates
+
 
 def votes(poses, weight, offsets):
     """V (NL, J, I, 4, 4) in torch, from the kernels' layouts."""
@@ -98,7 +100,7 @@ def count(routing: str, recompute: str, batch: int, iterations: int, thresholds:
         logger.removeHandler(handler)
     forward, backward = handler.graphs
     return {
-        "routing": routing, "recompute": recompute, "thresholds": thresholds if routing == "fused" else "-",
+        "routing": routing, "recompute": recompute, "thresholds": thresholds if routing in INDUCTOR_ROUTINGS else "-",
         "batch_size": batch, "iterations": iterations,
         "forward_gb": forward / 1e9, "backward_gb": backward / 1e9, "step_gb": (forward + backward) / 1e9,
         "kernels": metrics.generated_kernel_count, "compile_s": time.perf_counter() - start,
@@ -123,7 +125,7 @@ def main() -> None:
         (routing, recompute, thresholds)
         for routing in args.routing.split(",")
         for recompute in args.recompute.split(",")
-        for thresholds in (args.thresholds.split(",") if routing == "fused" else ["default"])
+        for thresholds in (args.thresholds.split(",") if routing in INDUCTOR_ROUTINGS else ["default"])
     ]
     rows = [
         count(routing, recompute, args.batch, args.iterations, thresholds)

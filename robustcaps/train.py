@@ -76,7 +76,8 @@ class TrainConfig:
     compile: bool = False
     compile_mode: str = "default"  # with `compile`: one of COMPILE_MODES
     # how a capsule network's EM routing is computed while training: "fused" (models/routing_fused.py) is
-    # the fast path under --compile, "triton" (models/routing_triton.py) the GPU kernels; evaluation
+    # the fast path under --compile, "gathered" (models/routing_gathered.py) the same with a leaner
+    # backward (not yet measured on a GPU), "triton" (models/routing_triton.py) the GPU kernels; evaluation
     # computes it the plain way (same function), or with the kernels when training does
     routing: str = "plain"
     amp: str = "none"

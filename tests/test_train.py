@@ -146,11 +146,13 @@ def test_training_with_fused_routing_gives_the_plain_weights_and_loads_as_plain(
     assert not calls
     fit(_config(rendered_root, routing="fused", **common), tmp_path / "fused")
     assert calls, "training computed routing the fused way"
-    plain, fused = (runs.load_run(tmp_path / name, "last") for name in ("plain", "fused"))
+    fit(_config(rendered_root, routing="gathered", **common), tmp_path / "gathered")
+    plain, fused, gathered = (runs.load_run(tmp_path / name, "last") for name in ("plain", "fused", "gathered"))
     assert fused.config.routing == "fused" and fused.model.routing == "plain"  # evaluation path
-    weights = zip(plain.model.state_dict().items(), fused.model.state_dict().values(), strict=True)
-    for (name, want), got in weights:
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)  # float32 rounding only
+    for other in (fused, gathered):
+        weights = zip(plain.model.state_dict().items(), other.model.state_dict().values(), strict=True)
+        for (name, want), got in weights:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)  # float32 rounding only
     with pytest.raises(RobustcapsError, match="--routing fused: cnn-small has no EM routing"):
         fit(_config(rendered_root, routing="fused", steps=1), tmp_path / "cnn")
     with pytest.raises(RobustcapsError, match="--routing 'vectorised'"):

@@ -58,15 +58,15 @@ class _LayerVotes(torch.autograd.Function):
     def backward(ctx, _votes, *coefficients):
         poses, weight = ctx.saved_tensors
         votes = fused_votes(poses, weight, ctx.offsets)
-        # gV = Σ_k c^k u^k + V Σ_k c^k w^k, one pointwise pass over the votes with every sum's terms
-        g_votes = None
-        for c, uw in zip(coefficients[::2], coefficients[1::2], strict=True):
-            if c is not None:
-                c = c.unsqueeze(-1)  # (N, L, J, I, 1)
-                term = c * uw[..., 0, :].unsqueeze(-2) + c * uw[..., 1, :].unsqueeze(-2) * votes
-                g_votes = term if g_votes is None else g_votes + term
-        if g_votes is None:
+        sums = [(c, uw) for c, uw in zip(coefficients[::2], coefficients[1::2], strict=True) if c is not None]
+        if not sums:
             return None, None, None, None
+        # gV = Σ_k c^k u^k + V Σ_k c^k w^k: the K ≤ 8 terms stacked, so that inductor unrolls the sum over k
+        # inside one pointwise pass over the votes (added one by one, the growing sum's reads pass its
+        # realize_acc_reads_threshold and a partial sum is stored, measured with recompute="none")
+        c = torch.stack([c for c, _ in sums], -1).unsqueeze(-1)  # (N, L, J, I, K, 1)
+        uw = torch.stack([uw for _, uw in sums], -3).unsqueeze(-4)  # (N, L, J, 1, K, 2, 16)
+        g_votes = (c * uw[..., 0, :]).sum(-2) + (c * uw[..., 1, :]).sum(-2) * votes
         return *vote_product_gradients(g_votes, poses, weight, ctx.needs_input_grad[:2]), None, None
 
 
@@ -120,7 +120,9 @@ class _Distance(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         votes, mean, half_precision = ctx.saved_tensors
-        centred, weights = votes - mean.unsqueeze(-2), g.unsqueeze(-1)
+        # V + (−μ), not V − μ: the forward's V − μ, were it the same expression, is merged with this one
+        # under torch.compile, and without recompute the partitioner then stores it (vote-sized) for here
+        centred, weights = votes + mean.neg().unsqueeze(-2), g.unsqueeze(-1)
         # ∂D/∂μ = −2a Σ_i g (V − μ), ∂D/∂a = Σ_i g (V − μ)²: one pass over the votes
         g_mean = -2 * half_precision * (weights * centred).sum(-2)
         g_half_precision = (weights * centred.square()).sum(-2)
