@@ -100,7 +100,8 @@ def count(routing: str, recompute: str, batch: int, iterations: int, thresholds:
         logger.removeHandler(handler)
     forward, backward = handler.graphs
     return {
-        "routing": routing, "recompute": recompute, "thresholds": thresholds if routing in INDUCTOR_ROUTINGS else "-",
+        "routing": routing, "recompute": recompute,
+        "thresholds": thresholds if routing in INDUCTOR_ROUTINGS else "-",
         "batch_size": batch, "iterations": iterations,
         "forward_gb": forward / 1e9, "backward_gb": backward / 1e9, "step_gb": (forward + backward) / 1e9,
         "kernels": metrics.generated_kernel_count, "compile_s": time.perf_counter() - start,

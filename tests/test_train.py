@@ -147,7 +147,8 @@ def test_training_with_fused_routing_gives_the_plain_weights_and_loads_as_plain(
     fit(_config(rendered_root, routing="fused", **common), tmp_path / "fused")
     assert calls, "training computed routing the fused way"
     fit(_config(rendered_root, routing="gathered", **common), tmp_path / "gathered")
-    plain, fused, gathered = (runs.load_run(tmp_path / name, "last") for name in ("plain", "fused", "gathered"))
+    names = ("plain", "fused", "gathered")
+    plain, fused, gathered = (runs.load_run(tmp_path / name, "last") for name in names)
     assert fused.config.routing == "fused" and fused.model.routing == "plain"  # evaluation path
     for other in (fused, gathered):
         weights = zip(plain.model.state_dict().items(), other.model.state_dict().values(), strict=True)

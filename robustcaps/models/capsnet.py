@@ -61,7 +61,8 @@ class CapsNetConfig:
     routes them (routing.em_routing); "fused" forms each vote inside the routing's sums and recomputes
     them in backward (routing_fused), written for torch.compile: same results, less memory traffic;
     "gathered" is fused with a backward that forms each layer's vote gradient once (routing_gathered;
-    a third fewer bytes per compiled training step by inductor's count); "triton" computes the vote-sized sums in Triton kernels that never store a vote (routing_triton; a
+    a third fewer bytes per compiled training step by inductor's count); "triton" computes the
+    vote-sized sums in Triton kernels that never store a vote (routing_triton; a
     CUDA GPU, or Triton's interpreter in the tests).
     """
 
@@ -213,10 +214,10 @@ def cast_votes(poses: Tensor, weight: Tensor) -> Tensor:
 
 
 def _route_vote_free(routing: str, recompute: bool, *args, **kwargs) -> Routed:
-    """fused_em_routing (or gathered_ or triton_em_routing: same arguments), checkpointed when gradients are needed: the
-    forward keeps only the layer's inputs and backward recomputes the routing. Fused, measured under
-    torch.compile (ConvCaps1 of capsnet-small, batch 8 on the CPU): without the checkpoint the min-cut
-    partitioner saves one vote-sized tensor per layer, (V − μ), for backward; with it, none, at the same
+    """fused_em_routing (or gathered_ or triton_em_routing: same arguments), checkpointed when gradients
+    are needed: the forward keeps only the layer's inputs and backward recomputes the routing. Fused,
+    measured under torch.compile (ConvCaps1 of capsnet-small, batch 8 on the CPU): without the checkpoint
+    the min-cut partitioner saves one vote-sized tensor per layer, (V − μ), for backward; with it, none, at the same
     speed within the noise (0.19–0.20 vs 0.16–0.23 s per step at batch 32). In eager mode it replaces a
     dozen saved vote-sized temporaries with a recompute. Triton: it trades the responsibility-sized
     tensors that torch keeps (several per iteration) for a second forward."""
