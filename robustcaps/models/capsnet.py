@@ -217,9 +217,9 @@ def _route_vote_free(routing: str, recompute: bool, *args, **kwargs) -> Routed:
     """fused_em_routing (or gathered_ or triton_em_routing: same arguments), checkpointed when gradients
     are needed: the forward keeps only the layer's inputs and backward recomputes the routing. Fused,
     measured under torch.compile (ConvCaps1 of capsnet-small, batch 8 on the CPU): without the checkpoint
-    the min-cut partitioner saves one vote-sized tensor per layer, (V − μ), for backward; with it, none, at the same
-    speed within the noise (0.19–0.20 vs 0.16–0.23 s per step at batch 32). In eager mode it replaces a
-    dozen saved vote-sized temporaries with a recompute. Triton: it trades the responsibility-sized
+    the min-cut partitioner saves one vote-sized tensor per layer, (V − μ), for backward; with it, none,
+    at the same speed within the noise (0.19–0.20 vs 0.16–0.23 s per step at batch 32). In eager mode it
+    replaces a dozen saved vote-sized temporaries with a recompute. Triton: it trades the responsibility-sized
     tensors that torch keeps (several per iteration) for a second forward."""
     route = {"fused": fused_em_routing, "gathered": gathered_em_routing, "triton": triton_em_routing}[routing]
     if recompute and torch.is_grad_enabled():
