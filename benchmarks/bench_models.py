@@ -3,7 +3,7 @@
     python benchmarks/bench_models.py                                   # CPU: every model, batch 64 and 256
     python benchmarks/bench_models.py --models capsnet-small,cnn-small --batch-sizes 64 --modes eager
     python benchmarks/bench_models.py --device cuda --modes eager,compile
-    python benchmarks/bench_models.py --models capsnet --routing plain,fused --modes compile  # EM routing
+    python benchmarks/bench_models.py --models capsnet --routing plain,fused,gathered --modes compile
     python benchmarks/bench_models.py --device cuda --models capsnet --routing fused --modes cudagraphs
     python benchmarks/bench_models.py --device cuda --configs capsnet:triton:64:eager:train --profile OUT
 
