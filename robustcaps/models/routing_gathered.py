@@ -61,9 +61,10 @@ class _LayerVotes(torch.autograd.Function):
         sums = [(c, uw) for c, uw in zip(coefficients[::2], coefficients[1::2], strict=True) if c is not None]
         if not sums:
             return None, None, None, None
-        # gV = Σ_k c^k u^k + V Σ_k c^k w^k: the K ≤ 8 terms stacked, so that inductor unrolls the sum over k
-        # inside one pointwise pass over the votes (added one by one, the growing sum's reads pass its
-        # realize_acc_reads_threshold and a partial sum is stored, measured with recompute="none")
+        # gV = Σ_k c^k u^k + V Σ_k c^k w^k: the K = 2·iterations − 1 terms stacked, so that inductor unrolls
+        # the sum over k (K ≤ 8) inside one pointwise pass over the votes (added one by one, the growing
+        # sum's reads pass its realize_acc_reads_threshold and a partial sum is stored, measured with
+        # recompute="none")
         c = torch.stack([c for c, _ in sums], -1).unsqueeze(-1)  # (N, L, J, I, K, 1)
         uw = torch.stack([uw for _, uw in sums], -3).unsqueeze(-4)  # (N, L, J, 1, K, 2, 16)
         g_votes = (c * uw[..., 0, :]).sum(-2) + (c * uw[..., 1, :]).sum(-2) * votes
