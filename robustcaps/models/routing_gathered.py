@@ -65,9 +65,12 @@ class _LayerVotes(torch.autograd.Function):
         # the sum over k (K ≤ 8) inside one pointwise pass over the votes (added one by one, the growing
         # sum's reads pass its realize_acc_reads_threshold and a partial sum is stored, measured with
         # recompute="none")
-        c = torch.stack([c for c, _ in sums], -1).unsqueeze(-1)  # (N, L, J, I, K, 1)
-        uw = torch.stack([uw for _, uw in sums], -3).unsqueeze(-4)  # (N, L, J, 1, K, 2, 16)
-        g_votes = (c * uw[..., 0, :]).sum(-2) + (c * uw[..., 1, :]).sum(-2) * votes
+        c = torch.stack([c for c, _ in sums]).unsqueeze(-1)  # (K, N, L, J, I, 1)
+        uw = torch.stack([uw for _, uw in sums])  # (K, N, L, J, 2, 16)
+        u, w = uw[..., 0, :].unsqueeze(-2), uw[..., 1, :].unsqueeze(-2)  # (K, N, L, J, 1, 16)
+        linear = sum(c[k] * u[k] for k in range(len(sums)))
+        scale = sum(c[k] * w[k] for k in range(len(sums)))
+        g_votes = linear + scale * votes
         return *vote_product_gradients(g_votes, poses, weight, ctx.needs_input_grad[:2]), None, None
 
 
@@ -75,18 +78,20 @@ def vote_product_gradients(
     g_votes: Tensor, poses: Tensor, weight: Tensor, needed: tuple[bool, bool]
 ) -> tuple[Tensor | None, Tensor | None]:
     """Back through V_ij = M_i W_ij: gM_i = Σ_j gV_ij W_ijᵀ (N, L, I, 4, 4), gW_ij = Σ_{n,l} M_iᵀ gV_ij
-    (I, J, 4, 4). Each written as four broadcast multiply-adds and one sum, as fused_votes is, so that
-    inductor makes each one reduction over gV rather than a matrix product on a permuted copy."""
-    g = g_votes.unflatten(-1, (4, 4))  # (N, L, J, I, 4, 4): [r, c]
+    (I, J, 4, 4), as two batched matrix products over the children i on gV laid out (I, N·L·4, J·4).
+    Under compile the pass that forms gV writes it in that layout, and each product reads it once.
+    Written as reductions instead, torch 2.11's inductor (the GPU machine's) stored the 4-term products
+    before summing them: 4 more vote passes per product (benchmarks/README.md)."""
+    n, positions, parents, children = g_votes.shape[:4]
+    g = g_votes.unflatten(-1, (4, 4)).permute(3, 0, 1, 4, 2, 5)  # [i, n, l, r, j, c]
+    g = g.reshape(children, n * positions * 4, parents * 4)
     g_poses = g_weight = None
     if needed[0]:
-        w = weight.transpose(0, 1)  # (J, I, 4, 4): [k, c]
-        product = sum(g[..., :, c : c + 1] * w[..., :, c].unsqueeze(-2) for c in range(4))  # [r, k]
-        g_poses = product.sum(2)
+        w = weight.transpose(2, 3).reshape(children, parents * 4, 4)  # [i, (j, c), k]
+        g_poses = torch.bmm(g, w).view(children, n, positions, 4, 4).permute(1, 2, 0, 3, 4)
     if needed[1]:
-        m = poses.unsqueeze(2)  # (N, L, 1, I, 4, 4): [r, k]
-        product = sum(m[..., r, :].unsqueeze(-1) * g[..., r : r + 1, :] for r in range(4))  # [k, c]
-        g_weight = product.sum((0, 1)).transpose(0, 1)
+        m = poses.permute(2, 0, 1, 3, 4).reshape(children, n * positions * 4, 4)  # [i, (n, l, r), k]
+        g_weight = torch.bmm(m.transpose(1, 2), g).view(children, 4, parents, 4).transpose(1, 2)
     return g_poses, g_weight
 
 
@@ -104,7 +109,10 @@ class _Moments(torch.autograd.Function):
     def backward(ctx, g_first: Tensor, g_second: Tensor):
         share, votes = ctx.saved_tensors
         g1, g2 = g_first.unsqueeze(-2), g_second.unsqueeze(-2)
-        g_share = (votes * (g1 + g2 * votes)).sum(-1).sum_to_size(share.shape)  # Σ_h g1 V + g2 V²
+        terms = votes * (g1 + g2 * votes)  # summed over h: Σ_h g1 V + g2 V²
+        # the first M-step's shares are one per child (N, L, 1, I): its sum over the parents is the same
+        # reduction, not a second one (chained, torch 2.11's inductor stored the vote-sized terms)
+        g_share = terms.sum((2, -1)).unsqueeze(2) if share.shape[2] == 1 else terms.sum(-1)
         coefficients = share.expand(ctx.slot_shape), torch.stack((g_first, 2 * g_second), -2)
         return g_share, None, *coefficients
 
