@@ -61,37 +61,36 @@ class _LayerVotes(torch.autograd.Function):
         sums = [(c, uw) for c, uw in zip(coefficients[::2], coefficients[1::2], strict=True) if c is not None]
         if not sums:
             return None, None, None, None
-        # gV = Σ_k c^k u^k + V Σ_k c^k w^k: the K = 2·iterations − 1 terms stacked, so that inductor unrolls
-        # the sum over k (K ≤ 8) inside one pointwise pass over the votes (added one by one, the growing
-        # sum's reads pass its realize_acc_reads_threshold and a partial sum is stored, measured with
-        # recompute="none")
-        c = torch.stack([c for c, _ in sums]).unsqueeze(-1)  # (K, N, L, J, I, 1)
-        uw = torch.stack([uw for _, uw in sums])  # (K, N, L, J, 2, 16)
-        u, w = uw[..., 0, :].unsqueeze(-2), uw[..., 1, :].unsqueeze(-2)  # (K, N, L, J, 1, 16)
+        # gV = Σ_k c^k u^k + V Σ_k c^k w^k, in one pass over the votes, formed directly in the layout of
+        # the matrix products below, [i, n, l, r, j, c] (V_ij's entry (r, c)), every operand a view
+        n, positions, parents, children = votes.shape[:4]
+        votes = votes.unflatten(-1, (4, 4)).permute(3, 0, 1, 4, 2, 5)
+        c = torch.stack([c for c, _ in sums]).permute(0, 4, 1, 2, 3)[:, :, :, :, None, :, None]
+        uw = torch.stack([uw for _, uw in sums]).unflatten(-1, (4, 4)).permute(0, 4, 1, 2, 5, 3, 6)
+        u, w = uw[:, 0, None], uw[:, 1, None]  # (K, 1, N, L, 4, J, 4)
         linear = sum(c[k] * u[k] for k in range(len(sums)))
         scale = sum(c[k] * w[k] for k in range(len(sums)))
-        g_votes = linear + scale * votes
+        g_votes = (linear + scale * votes).reshape(children, n * positions * 4, parents * 4)
         return *vote_product_gradients(g_votes, poses, weight, ctx.needs_input_grad[:2]), None, None
 
 
 def vote_product_gradients(
     g_votes: Tensor, poses: Tensor, weight: Tensor, needed: tuple[bool, bool]
 ) -> tuple[Tensor | None, Tensor | None]:
-    """Back through V_ij = M_i W_ij: gM_i = Σ_j gV_ij W_ijᵀ (N, L, I, 4, 4), gW_ij = Σ_{n,l} M_iᵀ gV_ij
-    (I, J, 4, 4), as two batched matrix products over the children i on gV laid out (I, N·L·4, J·4).
-    Under compile the pass that forms gV writes it in that layout, and each product reads it once.
-    Written as reductions instead, torch 2.11's inductor (the GPU machine's) stored the 4-term products
-    before summing them: 4 more vote passes per product (benchmarks/README.md)."""
-    n, positions, parents, children = g_votes.shape[:4]
-    g = g_votes.unflatten(-1, (4, 4)).permute(3, 0, 1, 4, 2, 5)  # [i, n, l, r, j, c]
-    g = g.reshape(children, n * positions * 4, parents * 4)
+    """Back through V_ij = M_i W_ij, given gV laid out (I, N·L·4, J·4) ([i, (n, l, r), (j, c)]):
+    gM_i = Σ_j gV_ij W_ijᵀ (N, L, I, 4, 4) and gW_ij = Σ_{n,l} M_iᵀ gV_ij (I, J, 4, 4), as two batched
+    matrix products over the children i, each reading gV once. Written as reductions over 4-term
+    products instead, torch 2.11's inductor (the GPU machine's) stored each product before summing it:
+    4 more vote passes apiece (benchmarks/README.md)."""
+    children, rows, columns = g_votes.shape
+    n, positions, parents = poses.shape[0], poses.shape[1], columns // 4
     g_poses = g_weight = None
     if needed[0]:
         w = weight.transpose(2, 3).reshape(children, parents * 4, 4)  # [i, (j, c), k]
-        g_poses = torch.bmm(g, w).view(children, n, positions, 4, 4).permute(1, 2, 0, 3, 4)
+        g_poses = torch.bmm(g_votes, w).view(children, n, positions, 4, 4).permute(1, 2, 0, 3, 4)
     if needed[1]:
-        m = poses.permute(2, 0, 1, 3, 4).reshape(children, n * positions * 4, 4)  # [i, (n, l, r), k]
-        g_weight = torch.bmm(m.transpose(1, 2), g).view(children, 4, parents, 4).transpose(1, 2)
+        m = poses.permute(2, 0, 1, 3, 4).reshape(children, rows, 4)  # [i, (n, l, r), k]
+        g_weight = torch.bmm(m.transpose(1, 2), g_votes).view(children, 4, parents, 4).transpose(1, 2)
     return g_poses, g_weight
 
 
