@@ -61,14 +61,15 @@ C=${BENCH_CAPSNET:-capsnet}
 # What the second H200 session (commit 052939a, benchmarks/README.md) left open comes first.
 # 1. routing="gathered" (the fused forward; a backward that forms each layer's vote gradient once, not yet
 #    run on a GPU) without recompute and with, against the fused path as training compiles it (3,387 img/s
-#    on the H200 against issue 8's 3,700), with profiles. By inductor's byte count per step (CPU codegen):
-#    gathered 41 GB without recompute, 48 GB with; fused 73 GB, which the H200 moved at 3.9 TB/s.
+#    on the H200 against issue 8's 3,700), with profiles. By inductor's byte count per step (CPU codegen,
+#    torch 2.11 as here): gathered 52.4 GB without recompute, 49.0 with; fused 70.8 GB with, which the
+#    H200 moved at 3.9 TB/s.
 bench "$C:gathered:64:compile:train" --tf32 off --recompute none --profile /tmp/profiles-fused
 bench "$C:gathered:64:compile:train,$C:fused:64:compile:train" --tf32 off --profile /tmp/profiles-fused
 cat /tmp/profiles-fused/*.txt >> "$OUT/profiles.txt" 2>/dev/null
 # 1b. Inductor's realize thresholds raised (compile-raised: votes re-formed in every consumer, fewer bytes,
-#    more arithmetic; 5× slower on the 2-core CPU for fused), recompute first, their fewest bytes:
-#    gathered 31.5 GB, fused 43.3 GB.
+#    more arithmetic; 5× slower on the 2-core CPU for fused), recompute first, their fewest bytes under
+#    torch 2.14: gathered 30.4 GB, fused 43.3 GB.
 bench "$C:gathered:64:compile-raised:train,$C:fused:64:compile-raised:train" --tf32 off --recompute first
 # 2. The second Triton design (each thread owns whole votes; not yet run on a GPU; the first ran at
 #    543 img/s), compiled without recompute first: by inductor's byte count and the kernels' issue floor
