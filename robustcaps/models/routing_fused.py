@@ -53,7 +53,7 @@ def fused_sums(
     poses: Tensor, weight: Tensor, offsets: Tensor | None, iterations: int
 ) -> tuple[Callable[[Tensor], tuple[Tensor, Tensor]], Callable[[Tensor, Tensor], Tensor]]:
     """The `moments` and `distance` of `em_iterations` as expressions of the votes formed from M and W,
-    differentiated by autograd."""
+    differentiated by autograd. `iterations` is unused here (routing_gathered's counterpart needs it)."""
     votes = fused_votes(poses, weight, offsets)  # (N, L, J, I, 16); under compile, never stored
 
     def moments(share: Tensor) -> tuple[Tensor, Tensor]:
