@@ -141,18 +141,22 @@ def test_fused_routing_under_bfloat16_autocast_keeps_the_plain_dtypes_and_values
     torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
 
 
-def test_fused_capsnet_under_torch_compile_matches_eager_plain():
-    plain, fused = twin_models("cross", torch.float32)
+def assert_compiled_matches_eager_plain(routing, fullgraph=False):
+    """A float32 capsnet with `routing`, under torch.compile: the eager plain path's logits and gradients."""
+    plain, fast = twin_models("cross", torch.float32, routing=routing)
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(3))
-    compiled = torch.compile(fused)
-    got, want = compiled(x), plain(x)
+    got, want = torch.compile(fast, fullgraph=fullgraph)(x), plain(x)
     got.square().sum().backward()
     want.square().sum().backward()
     # float32, different summation orders: agreement to a few ulps of the values' scale
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    for (name, p), q in zip(plain.named_parameters(), fused.parameters(), strict=True):
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
         scale = p.grad.abs().max().item()
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4 * scale, msg=f"gradient of {name}")
+
+
+def test_fused_capsnet_under_torch_compile_matches_eager_plain():
+    assert_compiled_matches_eager_plain("fused")
 
 
 def test_unknown_routing_names_the_setting():

@@ -100,7 +100,6 @@ class _Moments(torch.autograd.Function):
     @staticmethod
     def forward(ctx, share: Tensor, votes: Tensor, _c: Tensor, _uw: Tensor):
         ctx.save_for_backward(share, votes)
-        ctx.slot_shape = _c.shape
         share = share.unsqueeze(-1)
         return (share * votes).sum(-2), (share * votes.square()).sum(-2)
 
@@ -112,7 +111,7 @@ class _Moments(torch.autograd.Function):
         # the first M-step's shares are one per child (N, L, 1, I): its sum over the parents is the same
         # reduction, not a second one (chained, torch 2.11's inductor stored the vote-sized terms)
         g_share = terms.sum((2, -1)).unsqueeze(2) if share.shape[2] == 1 else terms.sum(-1)
-        coefficients = share.expand(ctx.slot_shape), torch.stack((g_first, 2 * g_second), -2)
+        coefficients = share.expand(votes.shape[:-1]), torch.stack((g_first, 2 * g_second), -2)
         return g_share, None, *coefficients
 
 
