@@ -61,16 +61,17 @@ class _LayerVotes(torch.autograd.Function):
         sums = [(c, uw) for c, uw in zip(coefficients[::2], coefficients[1::2], strict=True) if c is not None]
         if not sums:
             return None, None, None, None
-        # gV = Σ_k c^k u^k + V Σ_k c^k w^k, in one pass over the votes, formed directly in the layout of
-        # the matrix products below, [i, n, l, r, j, c] (V_ij's entry (r, c)), every operand a view
+        # gV = Σ_k c^k (u^k + w^k V), in one pass over the votes, formed directly in the layout of the
+        # matrix products below, [i, n, l, r, j, c] (V_ij's entry (r, c)), every operand a view. Written
+        # as a reduction over the stacked k: as a sum of K terms, inductor stores any partial sum that has
+        # read over 8 inputs (`realize_acc_reads_threshold`), and torch 2.11's then stored Σ_k c^k u^k and
+        # Σ_k c^k w^k, 4 vote passes more per layer (benchmarks/README.md)
         n, positions, parents, children = votes.shape[:4]
         votes = votes.unflatten(-1, (4, 4)).permute(3, 0, 1, 4, 2, 5)
         c = torch.stack([c for c, _ in sums]).permute(0, 4, 1, 2, 3)[:, :, :, :, None, :, None]
         uw = torch.stack([uw for _, uw in sums]).unflatten(-1, (4, 4)).permute(0, 4, 1, 2, 5, 3, 6)
         u, w = uw[:, 0, None], uw[:, 1, None]  # (K, 1, N, L, 4, J, 4)
-        linear = sum(c[k] * u[k] for k in range(len(sums)))
-        scale = sum(c[k] * w[k] for k in range(len(sums)))
-        g_votes = (linear + scale * votes).reshape(children, n * positions * 4, parents * 4)
+        g_votes = (c * (u + w * votes)).sum(0).reshape(children, n * positions * 4, parents * 4)
         return *vote_product_gradients(g_votes, poses, weight, ctx.needs_input_grad[:2]), None, None
 
 
