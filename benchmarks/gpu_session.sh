@@ -60,17 +60,19 @@ bench() {  # configurations in order of importance, until the deadline
 C=${BENCH_CAPSNET:-capsnet}
 # What the second H200 session (commit 052939a, benchmarks/README.md) left open comes first.
 # 1. routing="gathered" (the fused forward; a backward that forms each layer's vote gradient once, not yet
-#    run on a GPU) without recompute and with, against the fused path as training compiles it (3,387 img/s
-#    on the H200 against issue 8's 3,700), with profiles. By inductor's byte count per step (CPU codegen,
-#    torch 2.11 as here): gathered 52.4 GB without recompute, 49.0 with; fused 70.8 GB with, which the
-#    H200 moved at 3.9 TB/s.
-bench "$C:gathered:64:compile:train" --tf32 off --recompute none --profile /tmp/profiles-fused
+#    run on a GPU) against the fused path as training compiles it (3,387 img/s on the H200 against issue
+#    8's 3,700), with profiles. First with inductor's realize thresholds raised (compile-raised: no vote is
+#    stored, each consumer forms its own), then at torch's defaults. Inductor's count per step (CPU code
+#    generator, torch 2.11 as here, recompute all): gathered raised 16.0 GB, gathered 41.1 GB, fused 70.8
+#    GB (moved at 3.9 TB/s on the H200). Separate calls: a process that aborts loses only its own rows.
+bench "$C:gathered:64:compile-raised:train" --tf32 off --profile /tmp/profiles-fused
 bench "$C:gathered:64:compile:train,$C:fused:64:compile:train" --tf32 off --profile /tmp/profiles-fused
 cat /tmp/profiles-fused/*.txt >> "$OUT/profiles.txt" 2>/dev/null
-# 1b. Inductor's realize thresholds raised (compile-raised: votes re-formed in every consumer, fewer bytes,
-#    more arithmetic; 5× slower on the 2-core CPU for fused), recompute first, their fewest bytes under
-#    torch 2.14: gathered 30.4 GB, fused 43.3 GB.
-bench "$C:gathered:64:compile-raised:train,$C:fused:64:compile-raised:train" --tf32 off --recompute first
+# 1b. The fused path raised (the fewest bytes without the gathered backward), the gathered forward raised
+#    at inference, and gathered raised without recompute (more bytes by the count, 30.0 GB under 2.14, but
+#    no layer computed twice).
+bench "$C:fused:64:compile-raised:train,$C:gathered:256:compile-raised:infer" --tf32 off
+bench "$C:gathered:64:compile-raised:train" --tf32 off --recompute none
 # 2. The second Triton design (each thread owns whole votes; not yet run on a GPU; the first ran at
 #    543 img/s), compiled without recompute first: by inductor's byte count and the kernels' issue floor
 #    the one configuration that can reach issue 8's bar (benchmarks/README.md). Each with a torch.profiler

@@ -36,6 +36,7 @@ from robustcaps.models.common import FUSED_ROUTING_INDUCTOR, compile_model  # no
 from robustcaps.runs import atomic_write_text, device_description, git_commit  # noqa: E402
 
 INDUCTOR_ROUTINGS = ("fused", "gathered")  # whose vote-sized sums inductor generates
+NO_SIMD = {"cpp.simdlen": 0}
 
 
 def votes(poses, weight, offsets):
@@ -81,12 +82,18 @@ class GraphBytes(logging.Handler):
             self.graphs.append(int(found.group(1)))
 
 
-def count(routing: str, recompute: str, batch: int, iterations: int, thresholds: str = "default") -> dict:
-    """`thresholds`: "default" compiles as training does, "raised" with FUSED_ROUTING_INDUCTOR."""
+def count(
+    routing: str, recompute: str, batch: int, iterations: int, thresholds: str = "default", simd: bool = True
+) -> dict:
+    """`thresholds`: "default" compiles as training does, "raised" with FUSED_ROUTING_INDUCTOR. `simd`
+    False: the CPU kernels without vector instructions (the count is the scheduler's, made before code
+    generation, and does not change; torch 2.11's vectorised kernels for the raised thresholds corrupt the
+    heap and abort the step, 2.14's do not)."""
     torch.manual_seed(0)
     model = create_model("capsnet", routing=routing, iterations=iterations)
     model.use_recompute(recompute)
-    net = compile_model(model, inductor=FUSED_ROUTING_INDUCTOR if thresholds == "raised" else None)
+    options = {**(FUSED_ROUTING_INDUCTOR if thresholds == "raised" else {}), **({} if simd else NO_SIMD)}
+    net = compile_model(model, inductor=options)
     step = lambda x, y: torch.nn.functional.cross_entropy(net(x), y)  # noqa: E731
     x, y = torch.rand(batch, 1, 32, 32), torch.randint(0, 5, (batch,))
     handler = GraphBytes()
@@ -119,6 +126,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--csv", type=Path, help="also write the table here")
+    parser.add_argument(
+        "--no-simd",
+        action="store_true",
+        help="CPU kernels without vector instructions "
+        "(same count; torch 2.11's vectorised kernels abort with the raised thresholds)",
+    )
     args = parser.parse_args()
     torch._logging.set_logs(inductor_metrics=True)
     stand_in_kernels()
@@ -129,7 +142,7 @@ def main() -> None:
         for thresholds in (args.thresholds.split(",") if routing in INDUCTOR_ROUTINGS else ["default"])
     ]
     rows = [
-        count(routing, recompute, args.batch, args.iterations, thresholds)
+        count(routing, recompute, args.batch, args.iterations, thresholds, simd=not args.no_simd)
         for routing, recompute, thresholds in settings
     ]
     table = pd.DataFrame(rows).assign(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from robustcaps.models.common import FUSED_ROUTING_INDUCTOR
 from robustcaps.models.routing import em_routing
 from robustcaps.models.routing_fused import fused_em_routing
 from robustcaps.models.routing_gathered import gathered_em_routing
@@ -79,6 +80,11 @@ def test_gathered_capsnet_gives_the_plain_logits_and_parameter_gradients(estep, 
 
 def test_gathered_capsnet_under_torch_compile_matches_eager_plain():
     assert_compiled_matches_eager_plain("gathered", fullgraph=True)
+
+
+def test_gathered_capsnet_with_votes_formed_in_every_consumer_matches_eager_plain():
+    # FUSED_ROUTING_INDUCTOR: no vote is stored, each sum (and the vote gradient) forms its own
+    assert_compiled_matches_eager_plain("gathered", fullgraph=True, inductor=FUSED_ROUTING_INDUCTOR)
 
 
 def test_gathered_routing_refuses_offsets_that_want_a_gradient():

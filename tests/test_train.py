@@ -24,6 +24,7 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate
 from robustcaps.losses import spread_margin
 from robustcaps.models import routing_kernels
+from robustcaps.models.common import FUSED_ROUTING_INDUCTOR
 from robustcaps.train import TrainConfig, config_json, fit, load_split, lr_factor
 
 # One thread: the same arithmetic in every process, and no starving the other tests.
@@ -335,13 +336,20 @@ def test_compile_mode_reaches_torch_compile_and_each_cuda_graph_step_is_marked(
     """Under CUDA graphs a step's outputs live in buffers the next replay overwrites: every training step
     must be announced (torch.compiler.cudagraph_mark_step_begin), or the second step fails on a GPU."""
     compiled, marks = [], []
-    monkeypatch.setattr(torch, "compile", lambda model, mode: compiled.append(mode) or model)
+
+    def compile(model, mode=None, options=None):
+        compiled.append(mode or options)
+        return model
+
+    monkeypatch.setattr(torch, "compile", compile)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     config = _config(rendered_root, steps=5, compile=True)
     fit(config, tmp_path / "default")
     assert compiled == ["default"] and not marks
     fit(dataclasses.replace(config, compile_mode="reduce-overhead"), tmp_path / "graphs")
     assert compiled[-1] == "reduce-overhead" and len(marks) == 5
+    fit(dataclasses.replace(config, compile_mode="raised"), tmp_path / "raised")
+    assert compiled[-1].items() >= FUSED_ROUTING_INDUCTOR.items() and len(marks) == 5
     # how the same function is computed, not what is trained: a resumed run may change it
     graphs = dataclasses.replace(config, steps=7, compile_mode="reduce-overhead")
     fit(graphs, tmp_path / "default", resume=True)

@@ -71,15 +71,22 @@ def keep_freed_cpu_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
-# Inductor's store-or-recompute thresholds for fused EM routing (routing_fused): each vote is an
-# expression of 8 loads that several sums consume, and at torch's defaults (4 reads; 30 operations on a
-# GPU, 50 on a CPU) inductor writes the votes to memory once per pass, forward and backward. Raised to
-# these, it forms them inside their consumers instead: inductor's own count of the bytes that a capsnet
-# training step moves (batch 64, 3 iterations; benchmarks/inductor_bytes.py) falls from 72.9 GB to
-# 46.8 GB, but the re-formed votes cost arithmetic: on the 2-core CPU compiled capsnet-small training ran
-# at 14.5 img/s against 70.7. Not used in training until a GPU measures it (bench_models.py --modes
-# compile-raised).
-FUSED_ROUTING_INDUCTOR = {"realize_reads_threshold": 16, "realize_opcount_threshold": 60}
+# Inductor's store-or-recompute thresholds for fused EM routing (routing_fused, routing_gathered): each vote
+# is an expression of 8 loads (9 with coordinate offsets) that several sums consume. At torch's defaults
+# inductor writes the votes to memory once per pass, forward and backward, because an expression of over
+# 4 reads with several users is stored (`realize_reads_threshold`), and so is any whose reads pile up past
+# 8 (`realize_acc_reads_threshold`: a vote times the responsibilities is 9) or whose operations pass 30
+# (`realize_opcount_threshold`). Raised to these, it forms the votes inside each consumer instead, and
+# a compiled capsnet training step at batch 64 (3 iterations, recompute all) moves, by inductor's own count
+# (benchmarks/inductor_bytes.py, torch 2.11 as on the GPU machine): gathered 16.0 GB instead of 41.1,
+# fused 17.0 instead of 70.8. The re-formed votes cost arithmetic, which bounds the 2-core CPU (slower
+# there); whether a GPU hides it is what bench_models.py --modes compile-raised measures. Not used in
+# training until a GPU has.
+FUSED_ROUTING_INDUCTOR = {
+    "realize_reads_threshold": 16,
+    "realize_opcount_threshold": 60,
+    "realize_acc_reads_threshold": 32,
+}
 
 
 def compile_model(model: nn.Module, mode: str = "default", inductor: dict | None = None) -> nn.Module:
