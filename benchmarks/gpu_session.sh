@@ -62,15 +62,15 @@ C=${BENCH_CAPSNET:-capsnet}
 # 1. routing="gathered" (the fused forward; a backward that forms each layer's vote gradient once, not yet
 #    run on a GPU) against the fused path as training compiles it (3,387 img/s on the H200 against issue
 #    8's 3,700), with profiles. First with inductor's realize thresholds raised (compile-raised: no vote is
-#    stored, each consumer forms its own), then at torch's defaults. Inductor's count per step (CPU code
-#    generator, torch 2.11 as here, recompute all): gathered raised 16.0 GB, gathered 41.1 GB, fused 70.8
-#    GB (moved at 3.9 TB/s on the H200). Separate calls: a process that aborts loses only its own rows.
+#    stored, each consumer forms its own), then at torch's defaults. Inductor's count per step for this
+#    GPU's code generator (inductor_bytes.py --codegen cuda, torch 2.11 as here, recompute all): gathered
+#    raised 15.6 GB, gathered 36.4 GB, fused 58.2 GB (which the H200 moved at 3.08 TB/s, 64 % of peak).
+#    Separate calls: a process that aborts loses only its own rows.
 bench "$C:gathered:64:compile-raised:train" --tf32 off --profile /tmp/profiles-fused
 bench "$C:gathered:64:compile:train,$C:fused:64:compile:train" --tf32 off --profile /tmp/profiles-fused
 cat /tmp/profiles-fused/*.txt >> "$OUT/profiles.txt" 2>/dev/null
-# 1b. The fused path raised (the fewest bytes without the gathered backward), the gathered forward raised
-#    at inference, and gathered raised without recompute (more bytes by the count, 30.0 GB under 2.14, but
-#    no layer computed twice).
+# 1b. The fused path raised (23.4 GB), the gathered forward raised at inference, and gathered raised
+#    without recompute (more bytes by the CPU count, 30.0 GB under 2.14, but no layer computed twice).
 bench "$C:fused:64:compile-raised:train,$C:gathered:256:compile-raised:infer" --tf32 off
 bench "$C:gathered:64:compile-raised:train" --tf32 off --recompute none
 # 2. The second Triton design (each thread owns whole votes; not yet run on a GPU; the first ran at

@@ -78,10 +78,10 @@ def keep_freed_cpu_memory() -> bool:
 # 8 (`realize_acc_reads_threshold`: a vote times the responsibilities is 9) or whose operations pass 30
 # (`realize_opcount_threshold`). Raised to these, it forms the votes inside each consumer instead, and
 # a compiled capsnet training step at batch 64 (3 iterations, recompute all) moves, by inductor's own count
-# (benchmarks/inductor_bytes.py, torch 2.11 as on the GPU machine): gathered 16.0 GB instead of 41.1,
-# fused 17.0 instead of 70.8. The re-formed votes cost arithmetic, which bounds the 2-core CPU (slower
-# there); whether a GPU hides it is what bench_models.py --modes compile-raised measures. Not used in
-# training until a GPU has.
+# for its GPU code generator (benchmarks/inductor_bytes.py --codegen cuda, torch 2.11 as on the GPU
+# machine): gathered 15.6 GB instead of 36.4, fused 23.4 instead of 58.2. The re-formed votes cost
+# arithmetic, which bounds the 2-core CPU (slower there); whether a GPU hides it is what bench_models.py
+# --modes compile-raised measures. Not used in training until a GPU has.
 FUSED_ROUTING_INDUCTOR = {
     "realize_reads_threshold": 16,
     "realize_opcount_threshold": 60,
