@@ -69,15 +69,16 @@ C=${BENCH_CAPSNET:-capsnet}
 bench "$C:gathered:64:compile-raised:train" --tf32 off --profile /tmp/profiles-fused
 bench "$C:gathered:64:compile:train,$C:fused:64:compile:train" --tf32 off --profile /tmp/profiles-fused
 cat /tmp/profiles-fused/*.txt >> "$OUT/profiles.txt" 2>/dev/null
-# 1b. The fused path raised (23.4 GB), the gathered forward raised at inference, and gathered raised
-#    without recompute (more bytes by the CPU count, 30.0 GB under 2.14, but no layer computed twice).
-bench "$C:fused:64:compile-raised:train,$C:gathered:256:compile-raised:infer" --tf32 off
-bench "$C:gathered:64:compile-raised:train" --tf32 off --recompute none
 # 2. The second Triton design (each thread owns whole votes; not yet run on a GPU; the first ran at
 #    543 img/s), compiled without recompute first: by inductor's byte count and the kernels' issue floor
 #    the one configuration that can reach issue 8's bar (benchmarks/README.md). Each with a torch.profiler
 #    table (kernels and operators by self GPU time, calls per step), gathered into one returned file.
 bench "$C:triton:64:compile:train" --tf32 off --recompute none --profile /tmp/profiles
+# 1b. After that Triton row: the fused path raised (23.4 GB), the gathered forward raised at inference,
+#    gathered raised without recompute (more bytes by the CPU count, 30.0 GB under 2.14, but no layer
+#    computed twice); then the rest of step 2.
+bench "$C:fused:64:compile-raised:train,$C:gathered:256:compile-raised:infer" --tf32 off
+bench "$C:gathered:64:compile-raised:train" --tf32 off --recompute none
 bench "$C:triton:64:compile:train,$C:triton:64:eager:train" --tf32 off --profile /tmp/profiles
 cat /tmp/profiles/*.txt >> "$OUT/profiles.txt" 2>/dev/null
 bench "$C:triton:256:compile:infer,$C:triton:256:eager:infer" --tf32 off
