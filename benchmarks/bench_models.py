@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 
 from robustcaps.models import create_model, list_models
-from robustcaps.models.common import FUSED_ROUTING_INDUCTOR, compile_model
+from robustcaps.models.common import compile_as
 from robustcaps.runs import atomic_write_text, device_description, git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,9 +105,8 @@ def measure(
     model = create_model(model_name, **({} if routing == "-" else {"routing": routing})).to(device)
     if recompute != "-":
         model.use_recompute(recompute)
-    compile_mode = {"compile": "default", "compile-raised": "default", "cudagraphs": "reduce-overhead"}
-    inductor = FUSED_ROUTING_INDUCTOR if mode == "compile-raised" else None
-    run = compile_model(model, compile_mode[mode], inductor) if mode in compile_mode else model
+    setting = {"compile": "default", "compile-raised": "raised", "cudagraphs": "reduce-overhead"}
+    run = compile_as(model, setting[mode]) if mode in setting else model
     graphs = mode == "cudagraphs" and device.type == "cuda"
     x = torch.rand(batch, 1, 32, 32, device=device)
     y = torch.randint(0, 5, (batch,), device=device)

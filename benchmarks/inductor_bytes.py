@@ -44,7 +44,7 @@ import torch._inductor.metrics as metrics  # noqa: E402
 
 from robustcaps.models import create_model, routing_triton  # noqa: E402
 from robustcaps.models import routing_kernels as kernels  # noqa: E402
-from robustcaps.models.common import FUSED_ROUTING_INDUCTOR, compile_model  # noqa: E402
+from robustcaps.models.common import COMPILE_SETTINGS, compile_as  # noqa: E402
 from robustcaps.runs import atomic_write_text, device_description, git_commit  # noqa: E402
 
 INDUCTOR_ROUTINGS = ("fused", "gathered")  # whose vote-sized sums inductor generates
@@ -101,13 +101,9 @@ def count(
     False: the CPU kernels without vector instructions (the count is the scheduler's, made before code
     generation, and does not change; torch 2.11's vectorised kernels for the raised thresholds corrupt the
     heap and abort the step, 2.14's do not)."""
-    torch.manual_seed(0)
-    model = create_model("capsnet", routing=routing, iterations=iterations)
-    model.use_recompute(recompute)
-    options = {**(FUSED_ROUTING_INDUCTOR if thresholds == "raised" else {}), **({} if simd else NO_SIMD)}
-    net = compile_model(model, inductor=options)
+    model, x, y = capsnet_step(routing, recompute, batch, iterations)
+    net = compile_as(model, thresholds, {} if simd else NO_SIMD)
     step = lambda x, y: torch.nn.functional.cross_entropy(net(x), y)  # noqa: E731
-    x, y = torch.rand(batch, 1, 32, 32), torch.randint(0, 5, (batch,))
     handler = GraphBytes()
     logger = logging.getLogger("torch._inductor.compile_fx")
     logger.addHandler(handler)
@@ -118,12 +114,36 @@ def count(
     finally:
         logger.removeHandler(handler)
     forward, backward = handler.graphs
+    kernels = metrics.generated_kernel_count
+    return row(routing, recompute, thresholds, batch, iterations, forward, backward, start, kernels)
+
+
+def capsnet_step(routing: str, recompute: str, batch: int, iterations: int) -> tuple[torch.nn.Module, ...]:
+    """The counted step's capsnet and batch (images, labels)."""
+    torch.manual_seed(0)
+    model = create_model("capsnet", routing=routing, iterations=iterations)
+    model.use_recompute(recompute)
+    return model, torch.rand(batch, 1, 32, 32), torch.randint(0, 5, (batch,))
+
+
+def row(
+    routing: str,
+    recompute: str,
+    thresholds: str,
+    batch: int,
+    iterations: int,
+    forward: int,
+    backward: int,
+    start: float,
+    kernels: int | None = None,
+) -> dict:
+    """One table row from a step's forward and backward bytes; `start`: when its compile began."""
     return {
         "routing": routing, "recompute": recompute,
         "thresholds": thresholds if routing in INDUCTOR_ROUTINGS else "-",
         "batch_size": batch, "iterations": iterations,
         "forward_gb": forward / 1e9, "backward_gb": backward / 1e9, "step_gb": (forward + backward) / 1e9,
-        "kernels": metrics.generated_kernel_count, "compile_s": time.perf_counter() - start,
+        "kernels": kernels, "compile_s": time.perf_counter() - start,
     }  # fmt: skip
 
 
@@ -217,13 +237,10 @@ def count_scheduled(
             partition_fn=min_cut_rematerialization_partition, decompositions=select_decomp_table(),
         )  # fmt: skip
 
-    torch.manual_seed(0)
-    model = create_model("capsnet", routing=routing, iterations=iterations)
-    model.use_recompute(recompute)
-    x, y = torch.rand(batch, 1, 32, 32), torch.randint(0, 5, (batch,))
+    model, x, y = capsnet_step(routing, recompute, batch, iterations)
     start = time.perf_counter()
     torch.nn.functional.cross_entropy(torch.compile(model, backend=backend)(x), y).backward()
-    options = FUSED_ROUTING_INDUCTOR if thresholds == "raised" else {}
+    options = COMPILE_SETTINGS[thresholds][1]
     with simulated_gpu() if device == "cuda" else contextlib.nullcontext():
         counted = [
             (backward, scheduled_bytes(gm, inputs, device, options, backward))
@@ -231,11 +248,7 @@ def count_scheduled(
         ]
     forward = sum(b for backward, b in counted if not backward)
     backward = sum(b for backward, b in counted if backward)
-    return {
-        "routing": routing, "recompute": recompute, "thresholds": thresholds, "batch_size": batch,
-        "iterations": iterations, "forward_gb": forward / 1e9, "backward_gb": backward / 1e9,
-        "step_gb": (forward + backward) / 1e9, "kernels": None, "compile_s": time.perf_counter() - start,
-    }  # fmt: skip
+    return row(routing, recompute, thresholds, batch, iterations, forward, backward, start)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from robustcaps import distributed, losses, runs
 from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate  # lives in its own module; docs/ARCHITECTURE.md names it here
 from robustcaps.models.capsnet import ROUTINGS
+from robustcaps.models.common import COMPILE_SETTINGS
 
 __all__ = ["TrainConfig", "build_model", "evaluate", "fit", "load_split", "resolve_device"]
 
@@ -35,12 +36,7 @@ SPLITS = ("full", "azimuth", "elevation")
 STEREO = ("channels", "samples")
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
-# torch.compile's modes: "reduce-overhead" replays the compiled step as CUDA graphs (on a GPU; elsewhere it
-# is the default mode), which removes the launch cost of the hundreds of small kernels in a capsnet step;
-# "raised" is the default mode with inductor's realize thresholds raised (models.common.
-# FUSED_ROUTING_INDUCTOR), under which the fused and gathered routings form the votes in every consumer
-# instead of storing them (fewer bytes, more arithmetic)
-COMPILE_MODES = ("default", "reduce-overhead", "raised")
+COMPILE_MODES = tuple(COMPILE_SETTINGS)  # see models.common.COMPILE_SETTINGS
 # Options a resumed run may change: how long to train, where, and where the data lives (metadata.json
 # checks that it is the same data); anything else would not be the same run.
 # `routing` and `compile` change how the same function is computed (rounding only), not what is trained.

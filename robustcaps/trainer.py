@@ -23,7 +23,7 @@ from robustcaps import distributed, losses, runs
 from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate
 from robustcaps.models import CapsNet, routing_as
-from robustcaps.models.common import FUSED_ROUTING_INDUCTOR, compile_model, full_float32_convolutions
+from robustcaps.models.common import compile_as, full_float32_convolutions
 from robustcaps.models.routing_triton import require_triton
 from robustcaps.train import TrainConfig, build_model, check_resumable, config_json, load_split, lr_factor
 
@@ -104,7 +104,7 @@ class Session:
                 require_triton(torch.device(device))
             except RuntimeError as error:
                 raise RobustcapsError(f"--routing triton: {error}") from None
-        net = compiled(model, config.compile_mode) if config.compile else model
+        net = compile_as(model, config.compile_mode) if config.compile else model
         net = distributed.wrap(net, world, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         session = cls(
@@ -164,13 +164,6 @@ class Session:
         runs.atomic_torch_save(runs.checkpoint_path(self.run_dir, "last"), state)
         runs.write_metrics(self.run_dir, self.progress.history)
         self.saved_step = self.progress.step
-
-
-def compiled(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """torch.compile(model) in train.COMPILE_MODES' `mode` ("raised": the default mode, raised thresholds)."""
-    if mode == "raised":
-        return compile_model(model, "default", FUSED_ROUTING_INDUCTOR)
-    return compile_model(model, mode)
 
 
 def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, world: distributed.World) -> bool:

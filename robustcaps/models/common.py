@@ -89,8 +89,26 @@ FUSED_ROUTING_INDUCTOR = {
 }
 
 
+# How this project compiles a model (train --compile-mode): torch.compile's mode and inductor settings on
+# top of it. "reduce-overhead" replays the compiled step as CUDA graphs (on a GPU; elsewhere it is the
+# default mode), which removes the launch cost of the hundreds of small kernels in a capsnet step; "raised"
+# is the default mode with FUSED_ROUTING_INDUCTOR, under which the fused and gathered routings form the
+# votes in every consumer instead of storing them (fewer bytes, more arithmetic).
+COMPILE_SETTINGS = {
+    "default": ("default", {}),
+    "reduce-overhead": ("reduce-overhead", {}),
+    "raised": ("default", FUSED_ROUTING_INDUCTOR),
+}
+
+
 def compile_model(model: nn.Module, mode: str = "default", inductor: dict | None = None) -> nn.Module:
     """torch.compile(model, mode=mode), with these inductor settings on top of the mode's, if any."""
     if not inductor:
         return torch.compile(model, mode=mode)
     return torch.compile(model, options={**torch._inductor.list_mode_options(mode), **inductor})
+
+
+def compile_as(model: nn.Module, setting: str, extra: dict | None = None) -> nn.Module:
+    """`model` compiled in one of COMPILE_SETTINGS, with `extra` inductor settings on top, if any."""
+    mode, inductor = COMPILE_SETTINGS[setting]
+    return compile_model(model, mode, {**inductor, **(extra or {})})
