@@ -27,7 +27,7 @@ import torch
 from robustcaps import distributed, losses, runs
 from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate  # lives in its own module; docs/ARCHITECTURE.md names it here
-from robustcaps.models.capsnet import ROUTINGS
+from robustcaps.models.capsnet import RECOMPUTE, ROUTINGS
 from robustcaps.models.common import COMPILE_SETTINGS
 
 __all__ = ["TrainConfig", "build_model", "evaluate", "fit", "load_split", "resolve_device"]
@@ -39,9 +39,10 @@ AMP = ("none", "bf16")
 COMPILE_MODES = tuple(COMPILE_SETTINGS)  # see models.common.COMPILE_SETTINGS
 # Options a resumed run may change: how long to train, where, and where the data lives (metadata.json
 # checks that it is the same data); anything else would not be the same run.
-# `routing` and `compile` change how the same function is computed (rounding only), not what is trained.
+# `routing`, `recompute` and `compile` change how the same function is computed (rounding only), not what
+# is trained.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "steps", "device", "compile", "compile_mode", "routing", "eval_batch_size", "data"}
+    {"epochs", "steps", "device", "compile", "compile_mode", "routing", "recompute", "eval_batch_size", "data"}
 )
 WARMUP_STEPS = 100
 # A config.json written before warm-up existed trained without it: loading one must rebuild that run.
@@ -79,6 +80,9 @@ class TrainConfig:
     # backward (not yet measured on a GPU), "triton" (models/routing_triton.py) the GPU kernels; evaluation
     # computes it the plain way (same function), or with the kernels when training does
     routing: str = "plain"
+    # with fused, gathered or triton routing: which routed layers recompute their routing in backward
+    # (CapsNet.use_recompute); "none" with triton and CUDA graphs is the fastest measured (benchmarks/README.md)
+    recompute: str = "all"
     amp: str = "none"
     target_familiar_error: float | None = None
     # keep the weights at each new lowest familiar-viewpoint error (checkpoints/familiar-step*.pt): the first
@@ -104,6 +108,7 @@ class TrainConfig:
                 f"one of {COMPILE_MODES}, and a mode other than default only with --compile",
             ),
             "--routing": (self.routing, self.routing in ROUTINGS, f"one of {ROUTINGS}"),
+            "--recompute": (self.recompute, self.recompute in RECOMPUTE, f"one of {RECOMPUTE}"),
             "--loss": (self.loss, self.loss in losses.LOSSES, f"one of {losses.LOSSES}"),
             "--batch-size": (self.batch_size, self.batch_size > 0, "a positive number"),
             "--lr": (self.lr, self.lr > 0, "a positive number"),

@@ -104,6 +104,13 @@ class Session:
                 require_triton(torch.device(device))
             except RuntimeError as error:
                 raise RobustcapsError(f"--routing triton: {error}") from None
+        if config.recompute != "all":
+            if getattr(model, "routing", "plain") == "plain":  # a CNN, or capsules routed the plain way
+                raise RobustcapsError(
+                    f"--recompute {config.recompute}: only with fused, gathered or triton routing "
+                    f"({config.model} routes plainly here)"
+                )
+            model.use_recompute(config.recompute)
         net = compile_as(model, config.compile_mode) if config.compile else model
         net = distributed.wrap(net, world, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

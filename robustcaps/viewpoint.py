@@ -90,6 +90,8 @@ def run_dir(runs_dir: Path, preset: Preset, model: str, split: str) -> Path:
         settings["eval_every"] = preset.eval_every
     if preset.capsnet_compile_mode != "default":
         settings["capsnet_compile_mode"] = preset.capsnet_compile_mode
+    if preset.capsnet_recompute != "all":
+        settings["capsnet_recompute"] = preset.capsnet_recompute
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return Path(runs_dir) / f"{model}-{split}-{digest}"
 
@@ -102,7 +104,7 @@ def train_config(preset: Preset, model: str, split: str, data_root: Path, device
     steps = preset.capsnet_steps if capsules else preset.cnn_steps
     changes = (
         {"compile": preset.capsnet_compile, "compile_mode": preset.capsnet_compile_mode,
-         "routing": preset.capsnet_routing}
+         "routing": preset.capsnet_routing, "recompute": preset.capsnet_recompute}
         if capsules else {}
     )  # fmt: skip
     if keeps_snapshots(preset, model, split):

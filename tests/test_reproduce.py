@@ -99,6 +99,12 @@ def test_the_gpu_preset_compiles_only_the_capsule_network_with_fused_routing(tmp
     assert train_config(graphs, "capsnet", "full", tmp_path, "cuda").compile_mode == "reduce-overhead"
     assert train_config(graphs, "cnn", "full", tmp_path, "cuda").compile_mode == "default"
     assert run_dir(tmp_path, gpu, "capsnet", "full") != run_dir(tmp_path, graphs, "capsnet", "full")
+    kept = gpu.replace(capsnet_routing="triton", capsnet_recompute="none")
+    assert train_config(kept, "capsnet", "full", tmp_path, "cuda").recompute == "none"
+    assert train_config(kept, "cnn", "full", tmp_path, "cuda").recompute == "all"
+    assert run_dir(tmp_path, kept, "capsnet", "full") != run_dir(
+        tmp_path, kept.replace(capsnet_recompute="all"), "capsnet", "full"
+    )
     paper = get_preset("paper")
     assert {
         train_config(paper, m, "azimuth", tmp_path, "cuda").eval_every for m in (paper.capsnet, paper.cnn)

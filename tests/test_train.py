@@ -148,10 +148,12 @@ def test_training_with_fused_routing_gives_the_plain_weights_and_loads_as_plain(
     fit(_config(rendered_root, routing="fused", **common), tmp_path / "fused")
     assert calls, "training computed routing the fused way"
     fit(_config(rendered_root, routing="gathered", **common), tmp_path / "gathered")
-    names = ("plain", "fused", "gathered")
-    plain, fused, gathered = (runs.load_run(tmp_path / name, "last") for name in names)
+    fit(_config(rendered_root, routing="gathered", recompute="none", **common), tmp_path / "kept")
+    names = ("plain", "fused", "gathered", "kept")
+    plain, fused, gathered, kept = (runs.load_run(tmp_path / name, "last") for name in names)
     assert fused.config.routing == "fused" and fused.model.routing == "plain"  # evaluation path
-    for other in (fused, gathered):
+    assert kept.config.recompute == "none" and gathered.config.recompute == "all"
+    for other in (fused, gathered, kept):
         weights = zip(plain.model.state_dict().items(), other.model.state_dict().values(), strict=True)
         for (name, want), got in weights:
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)  # float32 rounding only
@@ -159,6 +161,11 @@ def test_training_with_fused_routing_gives_the_plain_weights_and_loads_as_plain(
         fit(_config(rendered_root, routing="fused", steps=1), tmp_path / "cnn")
     with pytest.raises(RobustcapsError, match="--routing 'vectorised'"):
         _config(rendered_root, routing="vectorised")
+    with pytest.raises(RobustcapsError, match="--recompute none: only with fused, gathered or triton"):
+        fit(_config(rendered_root, recompute="none", **common), tmp_path / "plain-kept")
+    assert not (tmp_path / "plain-kept" / "checkpoints").exists()
+    with pytest.raises(RobustcapsError, match="--recompute 'some'"):
+        _config(rendered_root, recompute="some")
     monkeypatch.setattr(routing_kernels, "INTERPRETED", False)  # a CPU without Triton's interpreter
     with pytest.raises(RobustcapsError, match="--routing triton: routing='triton' needs a CUDA GPU"):
         fit(_config(rendered_root, routing="triton", **common), tmp_path / "triton")

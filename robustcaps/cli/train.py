@@ -21,7 +21,7 @@ _FIELDS = {
     "lr_decay_steps": "lr_decay_steps", "warmup_steps": "warmup_steps",
     "margin_step_scale": "margin_step_scale", "loss": "loss",
     "seed": "seed", "device": "device", "compile": "compile",
-    "compile_mode": "compile_mode", "routing": "routing", "amp": "amp",
+    "compile_mode": "compile_mode", "routing": "routing", "recompute": "recompute", "amp": "amp",
     "target_familiar_error": "target_familiar_error", "familiar_snapshots": "familiar_snapshots",
     "checkpoint_every": "checkpoint_every", "eval_every": "eval_every",
 }  # fmt: skip
@@ -100,6 +100,9 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
               help="How capsule EM routing is computed in training: fused is the fast path under "
               "--compile, triton the GPU kernels (same function; evaluation uses plain, or triton "
               "when training does).")  # fmt: skip
+@click.option("--recompute", type=click.Choice(training.RECOMPUTE), default="all", show_default=True,
+              help="With --routing fused, gathered or triton: which routed layers recompute their routing "
+              "in backward instead of keeping what it saves (all: least memory; same results).")  # fmt: skip
 @click.option("--amp", type=click.Choice(training.AMP), default="none", show_default=True)
 @click.option(
     "--target-familiar-error", type=float, help="Stop when familiar-viewpoint error ≤ this (HSF18 T2)."

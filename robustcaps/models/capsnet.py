@@ -278,7 +278,8 @@ class CapsNet(nn.Module):
     def use_recompute(self, layers: str) -> None:
         """Which routed layers recompute their fused or triton routing in backward rather than keep its saves:
         "all" (the default, least memory), "first" (ConvCaps1 only, the largest: its votes are 2.3× those
-        of ConvCaps2) or "none" (fastest under torch.compile on the CPU, 1.2×, most memory). How, not what:
+        of ConvCaps2) or "none" (fastest under torch.compile on the CPU, 1.2×, most memory; with triton
+        routing under CUDA graphs the fastest measured on an H100, benchmarks/README.md). How, not what:
         the results are the same."""
         if layers not in RECOMPUTE:
             raise ValueError(f"recompute must be one of {RECOMPUTE}, got {layers!r}")
