@@ -42,7 +42,8 @@ COMPILE_MODES = tuple(COMPILE_SETTINGS)  # see models.common.COMPILE_SETTINGS
 # `routing`, `recompute` and `compile` change how the same function is computed (rounding only), not what
 # is trained.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "steps", "device", "compile", "compile_mode", "routing", "recompute", "eval_batch_size", "data"}
+    {"epochs", "steps", "device", "compile", "compile_mode", "routing", "recompute", "eval_batch_size",
+     "data"}  # fmt: skip
 )
 WARMUP_STEPS = 100
 # A config.json written before warm-up existed trained without it: loading one must rebuild that run.
@@ -81,7 +82,8 @@ class TrainConfig:
     # computes it the plain way (same function), or with the kernels when training does
     routing: str = "plain"
     # with fused, gathered or triton routing: which routed layers recompute their routing in backward
-    # (CapsNet.use_recompute); "none" with triton and CUDA graphs is the fastest measured (benchmarks/README.md)
+    # (CapsNet.use_recompute); "none" with triton and CUDA graphs is the fastest measured
+    # (benchmarks/README.md)
     recompute: str = "all"
     amp: str = "none"
     target_familiar_error: float | None = None
