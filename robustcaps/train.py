@@ -42,8 +42,7 @@ COMPILE_MODES = tuple(COMPILE_SETTINGS)  # see models.common.COMPILE_SETTINGS
 # `routing`, `recompute` and `compile` change how the same function is computed (rounding only), not what
 # is trained.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "steps", "device", "compile", "compile_mode", "routing", "recompute", "eval_batch_size",
-     "data"}  # fmt: skip
+    "epochs steps device compile compile_mode routing recompute eval_batch_size data".split()
 )
 WARMUP_STEPS = 100
 # A config.json written before warm-up existed trained without it: loading one must rebuild that run.
