@@ -76,9 +76,10 @@ class TrainConfig:
     compile: bool = False
     compile_mode: str = "default"  # with `compile`: one of COMPILE_MODES
     # how a capsule network's EM routing is computed while training: "fused" (models/routing_fused.py) is
-    # the fast path under --compile, "gathered" (models/routing_gathered.py) the same with a leaner
-    # backward (not yet measured on a GPU), "triton" (models/routing_triton.py) the GPU kernels; evaluation
-    # computes it the plain way (same function), or with the kernels when training does
+    # a fast path under --compile, "gathered" (models/routing_gathered.py) the same with a backward that
+    # moves fewer bytes (slower on an H100), "triton" (models/routing_triton.py) the GPU kernels, the
+    # fastest on an H100 (with recompute none and compile mode reduce-overhead); evaluation computes it
+    # the plain way (same function), or with the kernels when training does
     routing: str = "plain"
     # with fused, gathered or triton routing: which routed layers recompute their routing in backward
     # (CapsNet.use_recompute); "none" with triton and CUDA graphs is the fastest measured

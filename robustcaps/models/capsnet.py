@@ -61,9 +61,10 @@ class CapsNetConfig:
     routes them (routing.em_routing); "fused" forms each vote inside the routing's sums and recomputes
     them in backward (routing_fused), written for torch.compile: same results, less memory traffic;
     "gathered" is fused with a backward that forms each layer's vote gradient once (routing_gathered;
-    a third fewer bytes per compiled training step by inductor's count); "triton" computes the
-    vote-sized sums in Triton kernels that never store a vote (routing_triton; a
-    CUDA GPU, or Triton's interpreter in the tests).
+    fewer bytes per compiled training step by inductor's count, yet slower than fused on an H100);
+    "triton" computes the vote-sized sums in Triton kernels that never store a vote (routing_triton; a
+    CUDA GPU, or Triton's interpreter in the tests): the fastest measured in training on an H100, with
+    recompute none under CUDA graphs (benchmarks/README.md).
     """
 
     in_channels: int = 1

@@ -80,8 +80,9 @@ def keep_freed_cpu_memory() -> bool:
 # a compiled capsnet training step at batch 64 (3 iterations, recompute all) moves, by inductor's own count
 # for its GPU code generator (benchmarks/inductor_bytes.py --codegen cuda, torch 2.11 as on the GPU
 # machine): gathered 15.6 GB instead of 36.4, fused 23.4 instead of 58.2. The re-formed votes cost
-# arithmetic, which bounds the 2-core CPU (slower there); whether a GPU hides it is what bench_models.py
-# --modes compile-raised measures. Not used in training until a GPU has.
+# arithmetic, and the step is slower for it on the 2-core CPU and on an H100 too (gathered 1,285 img/s
+# against 2,189 at the defaults, fused 1,490 against 2,726; benchmarks/README.md): kept selectable
+# (train --compile-mode raised), used by no preset.
 FUSED_ROUTING_INDUCTOR = {
     "realize_reads_threshold": 16,
     "realize_opcount_threshold": 60,
