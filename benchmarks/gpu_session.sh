@@ -29,6 +29,7 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20 PYTHONPATH="/tmp/site:$PWD" ROBUSTCAPS_CACHE="${ROBUSTCAPS_CACHE:-/tmp/robustcaps-cache}"
 results="results/$PRESET" runs="/tmp/robustcaps-runs-$PRESET"
+data_size=$([ "$PRESET" = tiny ] && echo tiny || echo full)  # the stand-in for the training runs below
 elapsed() { echo $(($(date +%s) - start)); }
 
 if ls .whl/*.whl >/dev/null 2>&1; then  # torchattacks is not on the GPU image: it travels as a wheel
@@ -67,7 +68,7 @@ C=${BENCH_CAPSNET:-capsnet}
 if [ $((deadline - $(date +%s))) -ge 200 ]; then
     echo "== [$(elapsed) s] robustcaps train --routing triton --compile-mode reduce-overhead --recompute none"
     rm -rf /tmp/robustcaps-fast
-    timeout 200 python3 -m robustcaps train --model "$C" --data-size "$([ "$PRESET" = tiny ] && echo tiny || echo full)" \
+    timeout 200 python3 -m robustcaps train --model "$C" --data-size "$data_size" \
         --steps 700 --batch-size 64 --device "$DEVICE" --routing triton --compile --compile-mode reduce-overhead \
         --recompute none --out /tmp/robustcaps-fast
     code=$?
@@ -111,7 +112,7 @@ if [ $((deadline - $(date +%s))) -ge 90 ]; then
     echo "== [$(elapsed) s] one-process DDP (NCCL) training with torch.compile and bf16 autocast, 60 steps"
     rm -rf /tmp/robustcaps-smoke  # a leftover run there would be refused rather than overwritten
     timeout 90 torchrun --nproc-per-node 1 -m robustcaps train --model cnn-small \
-        --data-size "$([ "$PRESET" = tiny ] && echo tiny || echo full)" --steps 60 --batch-size 64 \
+        --data-size "$data_size" --steps 60 --batch-size 64 \
         --device "$DEVICE" --compile --amp bf16 --out /tmp/robustcaps-smoke && tail -n 2 /tmp/robustcaps-smoke/metrics.csv
     echo "== [$(elapsed) s] smoke exit $?"
 fi

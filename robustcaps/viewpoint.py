@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,6 +74,10 @@ TRAINING_FIELDS = (
 )  # fmt: skip
 
 
+# Training settings added after run folders existed: they join the folder's digest only when changed.
+NAMED_IF_CHANGED = ("eval_every", "capsnet_compile_mode", "capsnet_recompute")
+
+
 def keeps_snapshots(preset: Preset, model: str, split: str) -> bool:
     """The viewpoint CNN keeps familiar snapshots, for the reverse match (step 4 above)."""
     return model == preset.cnn and split in VIEWPOINT_SPLITS
@@ -86,12 +90,10 @@ def run_dir(runs_dir: Path, preset: Preset, model: str, split: str) -> Path:
     if keeps_snapshots(preset, model, split):  # a run made before snapshots existed is not resumed with them
         settings["familiar_snapshots"] = True
     # named only when not the default, so that existing run folders keep their names
-    if preset.eval_every != 1:
-        settings["eval_every"] = preset.eval_every
-    if preset.capsnet_compile_mode != "default":
-        settings["capsnet_compile_mode"] = preset.capsnet_compile_mode
-    if preset.capsnet_recompute != "all":
-        settings["capsnet_recompute"] = preset.capsnet_recompute
+    defaults = {f.name: f.default for f in fields(Preset)}
+    for name in NAMED_IF_CHANGED:
+        if getattr(preset, name) != defaults[name]:
+            settings[name] = getattr(preset, name)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return Path(runs_dir) / f"{model}-{split}-{digest}"
 
