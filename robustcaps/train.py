@@ -6,7 +6,8 @@ Adam moves every weight by about ±lr on its first steps whatever the gradient's
 that killed every ReLU of the baseline CNN's second convolution within a few steps on the full rendered
 split (GPU run, seed 0: loss ln 5 for 1000 steps; see `lr_factor`).
 
-Validation uses held-out *training* data only and picks `best.pt`; the matched protocol of HSF18
+Validation uses held-out *training* data only (by default whole held-out instances, `val`) and picks
+`best.pt`; the matched protocol of HSF18
 Table 2 (`target_familiar_error`) stops when the error on familiar viewpoints reaches a target. No
 choice is ever made on novel viewpoints.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ from robustcaps.models.common import COMPILE_SETTINGS
 __all__ = ["TrainConfig", "build_model", "evaluate", "fit", "load_split", "resolve_device"]
 
 SPLITS = ("full", "azimuth", "elevation")
+VALIDATIONS = ("instances", "pairs")  # see data/splits.py
+LR_SCHEDULES = ("exponential", "cosine")
 STEREO = ("channels", "samples")
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
@@ -45,8 +49,9 @@ RESUMABLE_CHANGES = frozenset(
     "epochs steps device compile compile_mode routing recompute eval_batch_size data".split()
 )
 WARMUP_STEPS = 100
-# A config.json written before warm-up existed trained without it: loading one must rebuild that run.
-PRE_WARMUP_DEFAULTS = {"warmup_steps": 0}
+# A config.json written before a setting existed trained without it: loading one must rebuild that run
+# (no warm-up; validation on random pairs).
+LEGACY_DEFAULTS = {"warmup_steps": 0, "val": "pairs"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class TrainConfig:
     data_size: str = "small"
     split: str = "full"
     stereo: str = "channels"
+    val: str = "instances"  # "instances": one whole training instance per category; "pairs": val_fraction
     val_fraction: float = 0.1
     max_per_part: int | None = None
     epochs: int = 20
@@ -67,10 +73,17 @@ class TrainConfig:
     lr: float = 3e-3
     lr_decay: float = 0.96
     lr_decay_steps: float = 20_000.0
+    # "exponential": lr·lr_decay^(step/lr_decay_steps) (HSF18); "cosine": from lr down to lr·lr_min_factor
+    # over the run's steps (not in the paper)
+    lr_schedule: str = "exponential"
+    lr_min_factor: float = 0.05
     warmup_steps: int = WARMUP_STEPS  # lr rises linearly to `lr` over these steps; 0: none (the paper)
     weight_decay: float = 2e-7
     margin_step_scale: float = losses.MARGIN_STEP_SCALE
     loss: str = "auto"
+    # capsules: re-centre β (CapsNet.calibrate_half_active) on this many centre-cropped training images
+    # instead of the noise the model is built with; 0 keeps the noise calibration
+    calibrate_images: int = 0
     seed: int = 0
     device: str = "auto"
     compile: bool = False
@@ -102,6 +115,10 @@ class TrainConfig:
         checks = {  # option: (value, allowed?, what is allowed)
             "--split": (self.split, self.split in SPLITS, f"one of {SPLITS}"),
             "--stereo": (self.stereo, self.stereo in STEREO, f"one of {STEREO}"),
+            "--val": (self.val, self.val in VALIDATIONS, f"one of {VALIDATIONS}"),
+            "--lr-schedule": (self.lr_schedule, self.lr_schedule in LR_SCHEDULES, f"one of {LR_SCHEDULES}"),
+            "--lr-min-factor": (self.lr_min_factor, 0 <= self.lr_min_factor <= 1, "a factor in [0, 1]"),
+            "--calibrate-images": (self.calibrate_images, self.calibrate_images >= 0, "0 or more images"),
             "--device": (self.device, self.device in DEVICES, f"one of {DEVICES}"),
             "--amp": (self.amp, self.amp in AMP, f"one of {AMP}"),
             "--compile-mode": (
@@ -146,7 +163,7 @@ class TrainConfig:
                 f"{source}: unknown settings {sorted(unknown)}; was it written by robustcaps?"
             )
         try:
-            return cls(**(PRE_WARMUP_DEFAULTS | values))
+            return cls(**(LEGACY_DEFAULTS | values))
         except (TypeError, ValueError) as error:
             raise RobustcapsError(f"{source}: {error}") from None
         except RobustcapsError as error:
@@ -176,6 +193,7 @@ def load_split(config: TrainConfig):
         root,
         split=config.split,
         stereo=config.stereo,
+        val=config.val,
         val_fraction=config.val_fraction,
         seed=config.seed,
         max_per_part=config.max_per_part,
@@ -225,8 +243,11 @@ def config_json(config: TrainConfig) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
-def lr_factor(config: TrainConfig):
-    """lr(step) = lr · min(1, (step + 1) / warmup_steps) · decay^(step / decay_steps), LambdaLR's factor.
+def lr_factor(config: TrainConfig, total_steps: int):
+    """lr(step) = lr · min(1, (step + 1) / warmup_steps) · schedule(step), LambdaLR's factor.
+
+    schedule: decay^(step / decay_steps) (HSF18), or with `lr_schedule="cosine"` a half cosine from 1 at
+    the end of warm-up down to `lr_min_factor` at `total_steps`.
 
     Why the warm-up: Adam's update m̂/(√v̂ + ε) is about ±1 per weight on the first steps, so each weight
     of conv2 (init bound 1/√800 = 0.035) moves by 3e-3 a step in the direction of the first, large
@@ -235,7 +256,12 @@ def lr_factor(config: TrainConfig):
     and 63 of its 64 channels were dead by step 7 on the CPU, all 64 on the GPU: the FC layers then see
     zeros and the logits are constant (loss ln 5 for good, since dead units get no gradient).
     """
-    warmup = config.warmup_steps
-    return lambda step: (
-        min(1.0, (step + 1) / warmup if warmup else 1.0) * config.lr_decay ** (step / config.lr_decay_steps)
-    )
+    warmup, floor = config.warmup_steps, config.lr_min_factor
+
+    def schedule(step: int) -> float:
+        if config.lr_schedule == "exponential":
+            return config.lr_decay ** (step / config.lr_decay_steps)
+        progress = min(1.0, max(0, step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return lambda step: min(1.0, (step + 1) / warmup if warmup else 1.0) * schedule(step)

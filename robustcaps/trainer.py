@@ -78,7 +78,7 @@ class Session:
 
     @property
     def total_steps(self) -> int:
-        return self.config.steps or self.config.epochs * self.steps_per_epoch
+        return _total_steps(self.config, self.data)
 
     @classmethod
     def open(cls, config: TrainConfig, run_dir: Path, resume: bool, world, device) -> Session:
@@ -111,14 +111,17 @@ class Session:
                     f"({config.model} routes plainly here)"
                 )
             model.use_recompute(config.recompute)
+        if config.calibrate_images and isinstance(model, CapsNet):
+            model.calibrate_half_active(probe=_calibration_probe(data.train, config))
         net = compile_as(model, config.compile_mode) if config.compile else model
         net = distributed.wrap(net, world, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        lr_at = lr_factor(config, _total_steps(config, data))
         session = cls(
             config, run_dir, world, device, data,
             images=data.train.images.to(device), labels=data.train.labels.to(device),
             model=model, net=net, optimizer=optimizer,
-            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config)),
+            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at),
             augment=torch.Generator(device=device).manual_seed(config.seed + 1),
             progress=Progress(torch.Generator().manual_seed(config.seed).get_state()),
             loss_name=losses.resolve_loss(config.loss, model.family),
@@ -171,6 +174,19 @@ class Session:
         runs.atomic_torch_save(runs.checkpoint_path(self.run_dir, "last"), state)
         runs.write_metrics(self.run_dir, self.progress.history)
         self.saved_step = self.progress.step
+
+
+def _total_steps(config: TrainConfig, data: Any) -> int:
+    return config.steps or config.epochs * (len(data.train) // config.batch_size)
+
+
+def _calibration_probe(train: Any, config: TrainConfig) -> torch.Tensor:
+    """Centre crops of `calibrate_images` training images, a seeded class-stratified draw, in [0, 1]."""
+    from robustcaps.data.splits import stratified_subset
+    from robustcaps.data.transforms import test_batch
+
+    generator = torch.Generator().manual_seed(config.seed)
+    return test_batch(train.images[stratified_subset(train.labels, config.calibrate_images, generator)])
 
 
 def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, world: distributed.World) -> bool:

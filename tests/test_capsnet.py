@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from robustcaps.errors import RobustcapsError
-from robustcaps.models import create_model, list_models
+from robustcaps.models import create_model, describe, list_models
 from robustcaps.models.capsnet import CapsNet, receptive_field_centres
 from robustcaps.models.common import Standardize, keep_freed_cpu_memory
 
@@ -64,6 +64,38 @@ def test_half_of_the_capsules_in_each_layer_are_active_at_the_start(small):
     assert all(0.35 < m < 0.65 for m in means), means
     first_layer = small.routed(x)[0].activations
     assert first_layer.std() > 1e-3, "activations must depend on the input, not sit at one value"
+
+
+def test_official_initialisation_has_the_released_scales_and_still_starts_half_active():
+    torch.manual_seed(0)
+    model = create_model("capsnet", init="official")
+    assert torch.all(model.conv1.bias == 0.1) and model.conv1.weight.abs().max() <= 0.1
+    assert model.conv1.weight.std().item() == pytest.approx(0.05 * 0.88, rel=0.05)  # truncated at 2σ
+    weight = model.primary_caps.conv.weight.view(32, 17, -1)
+    bias = model.primary_caps.conv.bias.view(32, 17)
+    assert weight[:, :16].std().item() == pytest.approx(0.5, rel=0.05)
+    assert weight[:, 16].std().item() == pytest.approx(3.0, rel=0.1) and torch.all(bias[:, 16] == -1)
+    assert model.conv_caps1.weight.std().item() == pytest.approx(0.3, rel=0.05)
+    assert model.class_caps.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    with torch.no_grad():
+        routed = model.routed(images())
+    for layer in routed:  # calibrate_half_active runs after the official draw
+        assert torch.isfinite(layer.activations).all()
+        assert layer.activations.median().item() == pytest.approx(0.5, abs=0.1)
+    assert "official init" in describe(model.config) and "official" not in describe(
+        create_model("cnn").config
+    )
+
+
+def test_batchnorm_after_conv1_is_an_option_that_old_weights_do_not_need():
+    plain, normed = create_model("capsnet-small"), create_model("capsnet-small", conv1_batchnorm=True)
+    assert not any("conv1_norm" in key for key in plain.state_dict())
+    assert {"conv1_norm.weight", "conv1_norm.running_mean"} <= set(normed.state_dict())
+    features = normed.train().features(images(16))
+    pre_relu = normed.conv1_norm(normed.conv1(normed.standardize(images(16))))
+    assert pre_relu.mean(dim=(0, 2, 3)).abs().max() < 1e-5 and torch.equal(features, F.relu(pre_relu))
+    with pytest.raises(RobustcapsError, match="init must be one of"):
+        create_model("capsnet-small", init="xavier")
 
 
 def test_calibrating_beta_a_keeps_agreement_rewarded_and_the_class_activations_apart():

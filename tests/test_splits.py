@@ -8,7 +8,7 @@ from torchvision.transforms.v2 import functional as F
 
 from robustcaps.data import splits
 from robustcaps.data.norb import load_arrays
-from robustcaps.data.splits import TRAIN_AZIMUTHS, TRAIN_ELEVATIONS, make_split, stratified_subset
+from robustcaps.data.splits import TRAIN_AZIMUTHS, TRAIN_ELEVATIONS, stratified_subset
 from robustcaps.errors import RobustcapsError
 from tests.test_norb import write_norb_set
 
@@ -20,6 +20,11 @@ SIZES = {
     "elevation": (243, 27, 810, 270, 540),
 }
 PART_NAMES = ("train", "val", "test", "familiar", "novel")
+
+
+def make_split(root, **options):
+    """The splits of the one-instance set: validation by pairs (there is no second instance to hold out)."""
+    return splits.make_split(root, **({"val": "pairs"} | options))
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +141,43 @@ def test_read_only_data_directory_caches_under_cache_root(tmp_path, monkeypatch)
     make_split(root, split="elevation")
     assert not (root / ".robustcaps-cache").exists()
     assert len(list((tmp_path / "cache" / "downsampled").glob("*/downsampled48-*.pt"))) == 1
+
+
+@pytest.fixture(scope="module")
+def two_instances(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ROBUSTCAPS_CACHE", str(tmp_path_factory.mktemp("cache2")))
+        yield write_norb_set(tmp_path_factory.mktemp("norb2"), instances=2)
+
+
+@pytest.mark.parametrize("split", ["full", "azimuth", "elevation"])
+def test_instance_validation_holds_out_one_whole_instance_per_category(two_instances, split):
+    data = splits.make_split(two_instances, split=split)  # the default: val="instances"
+    held_out = data.identity["val_instances"]
+    assert data.identity["val"] == "instances" and sorted(held_out) == list(range(5))
+    train = set(zip(data.train.labels.tolist(), data.train.info[:, 0].tolist(), strict=True))
+    val = set(zip(data.val.labels.tolist(), data.val.info[:, 0].tolist(), strict=True))
+    assert val == set(held_out.items()), "exactly one instance per category"
+    assert not train & val, "no image of a validation instance is trained on"
+    assert len(train) == 5, "the other instance of every category trains"
+    pool = 9 * 18 if split == "full" else 3 * 18 if split == "elevation" else 9 * 6
+    assert len(data.val) == len(data.train) == 5 * pool, "all its familiar-viewpoint images"
+    assert data.identity["sizes"]["val"] == len(data.val)
+
+
+def test_instance_validation_is_seeded(two_instances):
+    draws = [splits.make_split(two_instances, seed=seed).identity["val_instances"] for seed in range(6)]
+    assert draws[0] == splits.make_split(two_instances, seed=0).identity["val_instances"]
+    assert len({tuple(d.values()) for d in draws}) > 1, "another seed holds out other instances"
+
+
+def test_instance_validation_needs_two_instances(norb_dir):
+    with pytest.raises(RobustcapsError, match="--val instances: category 0 has 1 training instance"):
+        splits.make_split(norb_dir)
+    with pytest.raises(RobustcapsError, match="--val 'objects'"):
+        splits.make_split(norb_dir, val="objects")
+
+
+def test_pairs_validation_keeps_the_identity_written_before_instances_existed(norb_dir):
+    identity = make_split(norb_dir).identity
+    assert identity["val_fraction"] == 0.1 and "val" not in identity and "val_instances" not in identity

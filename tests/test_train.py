@@ -109,7 +109,8 @@ def _config(root, **changes) -> TrainConfig:
 def test_cnn_loss_falls_and_best_is_chosen_on_validation(rendered_root, tmp_path):
     fit(_config(rendered_root, steps=64, max_per_part=None), tmp_path)
     metrics = pd.read_csv(tmp_path / runs.METRICS_FILE)
-    assert len(metrics) == 4 and list(metrics["step"]) == [16, 32, 48, 64]
+    # 240 training pairs (one of the five instances per category validates): 15 steps an epoch
+    assert list(metrics["step"]) == [15, 30, 45, 60, 64]
     assert metrics["train_loss"].iloc[-1] < 0.9 * metrics["train_loss"].iloc[0]
     best = runs.load_run(tmp_path, "best")
     assert (
@@ -117,6 +118,18 @@ def test_cnn_loss_falls_and_best_is_chosen_on_validation(rendered_root, tmp_path
     )  # first epoch with the lowest val error
     assert metrics["val_error"].min() < 0.8  # chance is 0.8
     assert metrics["familiar_error"].isna().all()  # no look at test data unless the protocol asks
+
+
+def test_calibrating_on_training_images_recentres_beta_and_is_recorded(rendered_root, tmp_path):
+    common = dict(model="capsnet-small", batch_size=4, steps=1, max_per_part=16, lr=1e-9, warmup_steps=0)
+    fit(_config(rendered_root, **common), tmp_path / "noise")
+    fit(_config(rendered_root, calibrate_images=8, **common), tmp_path / "images")
+    noise, images = (runs.load_run(tmp_path / name, "last") for name in ("noise", "images"))
+    assert images.config.calibrate_images == 8
+    assert TrainConfig.from_json(tmp_path / "images" / runs.CONFIG_FILE).calibrate_images == 8
+    # β_u moved to the training images' median cost; the weights are the same draw (lr ~ 0)
+    assert not torch.allclose(noise.model.conv_caps1.beta_u, images.model.conv_caps1.beta_u)
+    assert torch.allclose(noise.model.conv1.weight, images.model.conv1.weight)
 
 
 def test_capsnet_trains_on_spread_loss_with_the_configured_margin(rendered_root, tmp_path):
@@ -284,21 +297,42 @@ def test_warmup_rises_linearly_then_follows_the_paper_decay():
     paper = TrainConfig(warmup_steps=0, lr_decay_steps=250.0)
     warm = dataclasses.replace(paper, warmup_steps=100)
     decay = [0.96 ** (step / 250.0) for step in range(300)]
-    assert [lr_factor(paper)(step) for step in range(300)] == decay  # no warm-up: the old schedule exactly
-    assert lr_factor(warm)(0) == pytest.approx(0.01 * decay[0])  # Adam's first step moves weights by lr/100
-    assert lr_factor(warm)(49) == pytest.approx(0.5 * decay[49])
-    assert [lr_factor(warm)(step) for step in range(99, 300)] == decay[99:]
+    assert [
+        lr_factor(paper, 300)(step) for step in range(300)
+    ] == decay  # no warm-up: the old schedule exactly
+    assert lr_factor(warm, 300)(0) == pytest.approx(
+        0.01 * decay[0]
+    )  # Adam's first step moves weights by lr/100
+    assert lr_factor(warm, 300)(49) == pytest.approx(0.5 * decay[49])
+    assert [lr_factor(warm, 300)(step) for step in range(99, 300)] == decay[99:]
     with pytest.raises(RobustcapsError, match="--warmup-steps"):
         dataclasses.replace(paper, warmup_steps=-1)
 
 
+def test_cosine_schedule_warms_up_then_falls_to_the_floor_at_the_last_step():
+    cosine = TrainConfig(lr_schedule="cosine", lr_min_factor=0.05, warmup_steps=100)
+    factor = [lr_factor(cosine, 1100)(step) for step in range(1101)]
+    assert factor[49] == pytest.approx(0.5) and factor[99] == pytest.approx(1.0)
+    assert factor[600] == pytest.approx(0.525)  # half-way: the mean of 1 and the floor
+    assert factor[1100] == pytest.approx(0.05) and min(factor[99:]) == pytest.approx(0.05)
+    assert all(a >= b for a, b in zip(factor[99:], factor[100:], strict=False)), (
+        "non-increasing after warm-up"
+    )
+    for option, value in [("--lr-schedule", "step"), ("--lr-min-factor", 1.5)]:
+        with pytest.raises(RobustcapsError, match=option):
+            dataclasses.replace(cosine, **{option[2:].replace("-", "_"): value})
+
+
 def test_a_config_json_from_before_warmup_rebuilds_a_run_without_it(tmp_path):
-    """Resuming or reloading an old run must not silently add the warm-up it never had."""
+    """Resuming or reloading an old run must not silently add the warm-up or instance validation it never
+    had."""
     old = TrainConfig(model="cnn", steps=1000).to_dict()
-    del old["warmup_steps"]
+    del old["warmup_steps"], old["val"]
     (tmp_path / "config.json").write_text(json.dumps(old))
     assert TrainConfig.from_json(tmp_path / "config.json").warmup_steps == 0
+    assert TrainConfig.from_json(tmp_path / "config.json").val == "pairs"
     assert TrainConfig().warmup_steps == 100  # new runs warm up
+    assert TrainConfig().val == "instances"  # and validate on held-out instances
     fresh = TrainConfig(model="cnn", steps=1000)
     (tmp_path / "config.json").write_text(config_json(fresh))
     assert TrainConfig.from_json(tmp_path / "config.json") == fresh

@@ -16,10 +16,12 @@ from robustcaps.errors import RobustcapsError
 # CLI option → TrainConfig field, for the options `--resume` may not change (see train.RESUMABLE_CHANGES).
 _FIELDS = {
     "model": "model", "model_option": "model_overrides", "data": "data", "data_size": "data_size",
-    "split": "split", "stereo": "stereo", "val_fraction": "val_fraction", "max_per_part": "max_per_part",
-    "epochs": "epochs", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
-    "lr_decay_steps": "lr_decay_steps", "warmup_steps": "warmup_steps",
-    "margin_step_scale": "margin_step_scale", "loss": "loss",
+    "split": "split", "stereo": "stereo", "val": "val", "val_fraction": "val_fraction",
+    "max_per_part": "max_per_part", "epochs": "epochs", "steps": "steps", "batch_size": "batch_size",
+    "lr": "lr",
+    "lr_decay_steps": "lr_decay_steps", "lr_schedule": "lr_schedule", "lr_min_factor": "lr_min_factor",
+    "warmup_steps": "warmup_steps", "margin_step_scale": "margin_step_scale", "loss": "loss",
+    "calibrate_images": "calibrate_images",
     "seed": "seed", "device": "device", "compile": "compile",
     "compile_mode": "compile_mode", "routing": "routing", "recompute": "recompute", "amp": "amp",
     "target_familiar_error": "target_familiar_error", "familiar_snapshots": "familiar_snapshots",
@@ -76,19 +78,32 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
 @click.option("--split", type=click.Choice(training.SPLITS), default="full", show_default=True)
 @click.option("--stereo", type=click.Choice(training.STEREO), default="channels", show_default=True,
               help="Stereo pair as 2 channels (official code) or each camera as its own sample.")  # fmt: skip
-@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Training data held out.")
+@click.option("--val", type=click.Choice(training.VALIDATIONS), default="instances", show_default=True,
+              help="Validation data, held out from training: one whole instance per category (measures "
+              "generalisation to unseen objects, like the test set) or random pairs (--val-fraction; their "
+              "instances and viewpoints stay in training, so it reads lower than test error).")  # fmt: skip
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Pairs held out with --val pairs.")  # fmt: skip
 @click.option("--max-per-part", type=int, help="Keep at most this many images per part (quick runs).")
 @click.option("--epochs", type=int, default=20, show_default=True)
 @click.option("--steps", type=int, help="Train this many steps (replaces --epochs).")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch (all processes).")
 @click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--lr-schedule", type=click.Choice(training.LR_SCHEDULES), default="exponential",
+              show_default=True, help="exponential: lr ×0.96 per --lr-decay-steps (HSF18); cosine: down to "
+              "lr × --lr-min-factor over the run.")  # fmt: skip
 @click.option("--lr-decay-steps", type=float, default=20_000.0, show_default=True, help="lr ×0.96 per this.")
+@click.option("--lr-min-factor", type=float, default=0.05, show_default=True,
+              help="With --lr-schedule cosine: the final lr as a fraction of --lr.")  # fmt: skip
 @click.option("--warmup-steps", type=int, default=training.WARMUP_STEPS, show_default=True,
               help="Linear lr warm-up, not in the paper (0: none); see train.lr_factor.")  # fmt: skip
 @click.option("--margin-step-scale", type=float, default=losses.MARGIN_STEP_SCALE, show_default=True,
               help="Spread-loss margin schedule: m = 0.2 + 0.79·σ(min(10, step/scale − 4)).")  # fmt: skip
 @click.option("--loss", type=click.Choice(losses.LOSSES), default="auto", show_default=True,
               help="auto: spread loss for capsules, cross-entropy for CNNs.")  # fmt: skip
+@click.option("--calibrate-images", type=int, default=0, show_default=True,
+              help="Capsules: start half the capsules active as measured on this many training images "
+              "(0: on the noise the model is built with).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(training.DEVICES), default="auto", show_default=True)
 @click.option("--compile", is_flag=True, help="torch.compile the model.")

@@ -7,6 +7,11 @@
 "Familiar" is the test set at the training viewpoints, never the training images themselves; the
 validation set is drawn from the training images only, so no checkpoint is ever chosen on test data.
 
+Validation (`val`): "instances" (the default) holds out one whole training instance per category, every
+image of it, so that val error measures what test error measures, generalisation to unseen objects;
+"pairs" holds out a random fraction of stereo pairs, whose own instance and viewpoint (under another
+lighting) stay in training, so it measures interpolation and reads far lower than test error.
+
 The 96×96 images are downsampled to 48×48 once and cached (keyed by the dataset's identity and the files'
 sizes and mtimes): the full set is 48,600 stereo pairs and the resize costs seconds each time.
 """
@@ -30,6 +35,7 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.runs import atomic_torch_save
 
 SPLITS = ("full", "azimuth", "elevation")
+VALIDATIONS = ("instances", "pairs")
 TRAIN_AZIMUTHS = (30, 32, 34, 0, 2, 4)  # info values: 300°, 320°, 340°, 0°, 20°, 40°
 TRAIN_ELEVATIONS = (0, 1, 2)  # info values: 30°, 35°, 40°
 _CACHE_VERSION = 1
@@ -123,9 +129,11 @@ def downsampled_parts(root: str | os.PathLike) -> dict[str, TensorSet]:
     return parts
 
 
-def _check_options(split: str, stereo: str, val_fraction: float, max_per_part: int | None) -> None:
+def _check_options(split: str, stereo: str, val: str, val_fraction: float, max_per_part: int | None) -> None:
     if split not in SPLITS:
         raise RobustcapsError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+    if val not in VALIDATIONS:
+        raise RobustcapsError(f"--val {val!r}: expected one of {', '.join(VALIDATIONS)}")
     check_stereo(stereo)
     if not 0 <= val_fraction < 1:
         raise RobustcapsError(f"--val-fraction {val_fraction}: expected a fraction in [0, 1)")
@@ -133,21 +141,45 @@ def _check_options(split: str, stereo: str, val_fraction: float, max_per_part: i
         raise RobustcapsError(f"--max-per-part {max_per_part}: expected a positive number of images")
 
 
-def _viewpoint_sets(
-    parts: dict[str, TensorSet], split: str, val_fraction: float, generator: torch.Generator
-) -> dict[str, TensorSet]:
-    pool = parts["train"].subset(torch.nonzero(familiar_mask(parts["train"].info, split)).flatten())
-    val_index = stratified_subset(pool.labels, round(val_fraction * len(pool)), generator)
+def held_out_instances(pool: TensorSet, generator: torch.Generator) -> dict[int, int]:
+    """{category: instance}: one of each category's training instances, drawn with `generator`."""
+    chosen = {}
+    for category in sorted(set(pool.labels.tolist())):
+        instances = sorted(set(pool.info[pool.labels == category, 0].tolist()))
+        if len(instances) < 2:
+            raise RobustcapsError(
+                f"--val instances: category {category} has {len(instances)} training instance(s), so none "
+                "can be held out; use --val pairs"
+            )
+        chosen[category] = instances[int(torch.randint(len(instances), (1,), generator=generator))]
+    return chosen
+
+
+def _validation_mask(pool: TensorSet, val: str, val_fraction: float, generator: torch.Generator):
+    """True for the pool's validation pairs, and the held-out instances ({} for `pairs`)."""
     is_val = torch.zeros(len(pool), dtype=torch.bool)
-    is_val[val_index] = True
+    if val == "pairs":
+        is_val[stratified_subset(pool.labels, round(val_fraction * len(pool)), generator)] = True
+        return is_val, {}
+    chosen = held_out_instances(pool, generator)
+    for category, instance in chosen.items():
+        is_val |= (pool.labels == category) & (pool.info[:, 0] == instance)
+    return is_val, chosen
+
+
+def _viewpoint_sets(
+    parts: dict[str, TensorSet], split: str, val: str, val_fraction: float, generator: torch.Generator
+) -> tuple[dict[str, TensorSet], dict[int, int]]:
+    pool = parts["train"].subset(torch.nonzero(familiar_mask(parts["train"].info, split)).flatten())
+    is_val, held_out = _validation_mask(pool, val, val_fraction, generator)
     test, familiar = parts["test"], familiar_mask(parts["test"].info, split)
     return {
         "train": pool.subset(torch.nonzero(~is_val).flatten()),
-        "val": pool.subset(val_index),
+        "val": pool.subset(torch.nonzero(is_val).flatten()),
         "test": test,
         "familiar": test if split == "full" else test.subset(torch.nonzero(familiar).flatten()),
         "novel": test.subset(torch.nonzero(~familiar).flatten()),
-    }
+    }, held_out
 
 
 def make_split(
@@ -157,16 +189,18 @@ def make_split(
     val_fraction: float = 0.1,
     seed: int = 0,
     max_per_part: int | None = None,
+    val: str = "instances",
 ) -> SplitData:
     """The train / val / test / familiar / novel sets of one split, uint8 (N, C, 48, 48), C = 2 or 1.
 
-    val: a class-stratified `val_fraction` of the training pairs (seeded), split before the cameras are
-    separated so that both views of a pair stay on the same side. `max_per_part` caps every part at that
-    many samples (seeded, class-stratified) for quick runs.
+    val: with `val="instances"` every image of one seeded training instance per category; with "pairs" a
+    class-stratified `val_fraction` of the training pairs (seeded). Either way it is split before the
+    cameras are separated, so both views of a pair stay on the same side. `max_per_part` caps every part
+    at that many samples (seeded, class-stratified) for quick runs.
     """
-    _check_options(split, stereo, val_fraction, max_per_part)
+    _check_options(split, stereo, val, val_fraction, max_per_part)
     generator = torch.Generator().manual_seed(seed)
-    sets = _viewpoint_sets(downsampled_parts(root), split, val_fraction, generator)
+    sets, held_out = _viewpoint_sets(downsampled_parts(root), split, val, val_fraction, generator)
     if stereo == "samples":
         sets = {name: as_samples(s) for name, s in sets.items()}
     if max_per_part is not None:
@@ -178,7 +212,8 @@ def make_split(
     identity = dataset_identity(root) | {
         "split": split,
         "stereo": stereo,
-        "val_fraction": val_fraction,
+        # "pairs" keeps the identity written before instance validation existed, so those runs resume
+        **({"val_fraction": val_fraction} if val == "pairs" else {"val": val, "val_instances": held_out}),
         "split_seed": seed,
         "max_per_part": max_per_part,
         "sizes": {name: len(s) for name, s in sets.items()},

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from robustcaps.errors import RobustcapsError
-from robustcaps.models.capsnet import CALIBRATIONS, ESTEPS, ROUTINGS, CapsNet, CapsNetConfig
+from robustcaps.models.capsnet import CALIBRATIONS, ESTEPS, INITS, ROUTINGS, CapsNet, CapsNetConfig
 from robustcaps.models.cnn import CNN, CNNConfig
 
 __all__ = [
@@ -95,6 +95,10 @@ def _check(name: str, config: Any) -> None:
             raise RobustcapsError(
                 f"model {name!r}: calibrate must be one of {allowed}, got {config.calibrate!r}"
             )
+        if config.init not in INITS:
+            raise RobustcapsError(
+                f"model {name!r}: init must be one of {', '.join(INITS)}, got {config.init!r}"
+            )
         if config.iterations < 1:
             raise RobustcapsError(f"model {name!r}: iterations must be at least 1, got {config.iterations}")
         if not config.estep_temperature > 0:
@@ -114,10 +118,12 @@ def describe(config: Any) -> str:
     if isinstance(config, CapsNetConfig):
         mass = "raw" if config.data_mass is None else f"{config.data_mass:g}"
         temperature = "" if config.estep_temperature == 1 else f" at T={config.estep_temperature:g}"
+        departures = ", official init" if config.init == "official" else ""
+        departures += ", BatchNorm after Conv1" if config.conv1_batchnorm else ""
         return (
             f"A={config.conv1_channels} B={config.primary_types} C={config.convcaps1_types} "
             f"D={config.convcaps2_types}, {config.iterations} iters, E-step {config.estep}{temperature}, "
-            f"data mass {mass}"
+            f"data mass {mass}{departures}"
         )
     widths = f"conv {config.conv1_channels}-{config.conv2_channels}, FC {config.hidden}"
     return f"{widths}, dropout {config.dropout:g}"

@@ -39,6 +39,7 @@ ESTEPS = ("cross", "position")
 ROUTINGS = ("plain", "fused", "gathered", "triton")
 RECOMPUTE = ("all", "first", "none")
 CALIBRATIONS = ("beta_u", "beta_a")
+INITS = ("default", "official")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,10 @@ class CapsNetConfig:
     calibrate: str = "beta_u"  # which bias starts half the capsules active (calibrate_half_active)
     estep_temperature: float = 1.0
     routing: str = "plain"
+    # "official": the weight initialisation of the authors' release (CapsNet.official_init) instead of
+    # PyTorch's defaults for the convolutions and `weight_std` for the capsule layers
+    init: str = "default"
+    conv1_batchnorm: bool = False  # BatchNorm between Conv1 and its ReLU: not in HSF18, a labelled departure
 
 
 class PrimaryCaps(nn.Module):
@@ -255,15 +260,37 @@ class CapsNet(nn.Module):
         assert config.estep in ESTEPS, f"estep must be one of {ESTEPS}"
         assert config.routing in ROUTINGS, f"routing must be one of {ROUTINGS}"
         assert config.calibrate in CALIBRATIONS, f"calibrate must be one of {CALIBRATIONS}"
+        assert config.init in INITS, f"init must be one of {INITS}"
         self.config, self.name = config, name
         self.standardize = Standardize()
         self.conv1 = nn.Conv2d(config.in_channels, config.conv1_channels, kernel_size=5, stride=2)
+        self.conv1_norm = nn.BatchNorm2d(config.conv1_channels) if config.conv1_batchnorm else nn.Identity()
         self.primary_caps = PrimaryCaps(config.conv1_channels, config.primary_types)
         self.conv_caps1 = ConvCaps(config.primary_types, config.convcaps1_types, 3, 2, 14, config)
         self.conv_caps2 = ConvCaps(config.convcaps1_types, config.convcaps2_types, 3, 1, 6, config)
         centres = receptive_field_centres([(5, 2), (1, 1), (3, 2), (3, 1)], self.conv_caps2.out_size)
         self.class_caps = ClassCaps(config.convcaps2_types, config.n_classes, centres, config)
+        if config.init == "official":
+            self.official_init()
         self.calibrate_half_active()
+
+    @torch.no_grad()
+    def official_init(self) -> None:
+        """The authors' release: Conv1 weights truncated normal std 0.05 with bias 0.1; PrimaryCaps pose
+        weights std 0.5, activation weights std 3.0 with bias −1 (most primary capsules start inactive);
+        ConvCaps W std 0.3; ClassCaps W std 0.01 (class votes start close to the coordinate offsets)."""
+        nn.init.trunc_normal_(self.conv1.weight, std=0.05, a=-0.1, b=0.1)
+        nn.init.constant_(self.conv1.bias, 0.1)
+        types = self.primary_caps.types
+        weight = self.primary_caps.conv.weight.view(types, POSE + 1, -1)  # output channels are (type, 17)
+        bias = self.primary_caps.conv.bias.view(types, POSE + 1)
+        weight[:, :POSE].normal_(0.0, 0.5)
+        weight[:, POSE].normal_(0.0, 3.0)
+        bias[:, :POSE].zero_()
+        bias[:, POSE].fill_(-1.0)
+        self.conv_caps1.weight.normal_(0.0, 0.3)
+        self.conv_caps2.weight.normal_(0.0, 0.3)
+        self.class_caps.weight.normal_(0.0, 0.01)
 
     def use_routing(self, routing: str) -> None:
         """Compute routing the `routing` way from now on (one of ROUTINGS): the same function of the same
@@ -297,11 +324,15 @@ class CapsNet(nn.Module):
             raise ValueError(
                 f"{self.name} takes (N, {self.config.in_channels}, 32, 32) images, got {tuple(x.shape)}"
             )
-        capsules = self.primary_caps(F.relu(self.conv1(self.standardize(x))))
+        capsules = self.primary_caps(self.features(x))
         first = self.conv_caps1(capsules)
         second = self.conv_caps2(_as_capsules(first, self.conv_caps1.out_size))
         classes = self.class_caps(_as_capsules(second, self.conv_caps2.out_size), output)
         return [first, second, classes]
+
+    def features(self, x: Tensor) -> Tensor:
+        """ReLU Conv1 of the standardised image (with the optional BatchNorm): (N, A, 14, 14)."""
+        return F.relu(self.conv1_norm(self.conv1(self.standardize(x))))
 
     def forward(self, x: Tensor, output: str = "logits") -> Tensor:
         """Class scores (N, n_classes): pre-sigmoid `logits` (what attacks see), sigmoid `activations`, or
@@ -312,7 +343,7 @@ class CapsNet(nn.Module):
         return (classes.activations if output == "activations" else classes.logits).squeeze(1)
 
     @torch.no_grad()
-    def calibrate_half_active(self, images: int = 4, seed: int = 0) -> None:
+    def calibrate_half_active(self, images: int = 4, seed: int = 0, probe: Tensor | None = None) -> None:
         """Initialise β_u (or β_a) so that half of the capsules in each routed layer are active at the start.
 
         The authors' answer on OpenReview: "half of the capsules in each layer active at the start". A
@@ -322,21 +353,24 @@ class CapsNet(nn.Module):
         agreeing children) *lowers* the activation. `calibrate="beta_a"` (β_u = 0): β_a is set to the
         median cost instead, which centres the logits the same way but keeps the cost per unit of mass at
         Σ_h log σ_h (< 0 for votes tighter than 1), so agreement raises the activation, as EM routing
-        means it to. Each layer in order, over a fixed batch of uniform random images; a fixed generator
-        leaves the global random stream alone. Always with the plain path (the same function), which runs on
-        any device: a model is built on the CPU before it moves to a GPU that the triton path needs.
+        means it to. Each layer in order, over a fixed batch of uniform random images (a fixed generator
+        leaves the global random stream alone), or over `probe`, real (N, C, 32, 32) images in [0, 1]:
+        noise has other pose statistics than objects, so calibrating on it misplaces the start. Always
+        with the plain path (the same function), which runs on any device: a model is built on the CPU
+        before it moves to a GPU that the triton path needs.
         """
+        if probe is None:
+            generator = torch.Generator().manual_seed(seed)
+            probe = torch.rand(images, self.config.in_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
         routing = self.routing
         self.use_routing("plain")
         try:
-            self._calibrate(images, seed)
+            self._calibrate(probe.to(self.conv1.weight.device))
         finally:
             self.use_routing(routing)
 
-    def _calibrate(self, images: int, seed: int) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        probe = torch.rand(images, self.config.in_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-        capsules = self.primary_caps(F.relu(self.conv1(self.standardize(probe.to(self.conv1.weight.device)))))
+    def _calibrate(self, probe: Tensor) -> None:
+        capsules = self.primary_caps(self.features(probe))
         for layer in (self.conv_caps1, self.conv_caps2, self.class_caps):
             routed = layer(capsules)
             if self.config.calibrate == "beta_a":
