@@ -46,7 +46,7 @@ COMPILE_MODES = tuple(COMPILE_SETTINGS)  # see models.common.COMPILE_SETTINGS
 # `routing`, `recompute` and `compile` change how the same function is computed (rounding only), not what
 # is trained.
 RESUMABLE_CHANGES = frozenset(
-    "epochs steps device compile compile_mode routing recompute eval_batch_size data".split()
+    "epochs steps patience device compile compile_mode routing recompute eval_batch_size data".split()
 )
 WARMUP_STEPS = 100
 # A config.json written before a setting existed trained without it: loading one must rebuild that run
@@ -109,6 +109,8 @@ class TrainConfig:
     # of the last one: on a 300k-step viewpoint run, evaluating 8,100 familiar images after every epoch of
     # 7,290 training images costs a capsule network as much time as the training itself
     eval_every: int = 1
+    # stop once this many validations in a row have not lowered the best val error (a plateau); 0: never
+    patience: int = 0
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
@@ -135,6 +137,7 @@ class TrainConfig:
             "--val-fraction": (self.val_fraction, 0 < self.val_fraction < 1, "a fraction in (0, 1)"),
             "--checkpoint-every": (self.checkpoint_every, self.checkpoint_every >= 0, "0 or more steps"),
             "--eval-every": (self.eval_every, self.eval_every >= 1, "1 or more epochs"),
+            "--patience": (self.patience, self.patience >= 0, "0 or more validations"),
             "--margin-step-scale": (self.margin_step_scale, self.margin_step_scale > 0, "a positive number"),
             "--target-familiar-error": (
                 self.target_familiar_error,

@@ -46,7 +46,8 @@ class Progress:
     seconds: float = 0.0  # the whole run, training and validation
     best_val_error: float = math.inf
     best_familiar_error: float = math.inf  # lowest so far, with familiar_snapshots
-    stop_reason: str = ""  # "", "steps" or "target"
+    stale_validations: int = 0  # validations since the best val error last fell (for `patience`)
+    stop_reason: str = ""  # "", "steps", "target" or "plateau"
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -150,6 +151,9 @@ class Session:
         runs.restore_rng_state(rng[self.world.rank % len(rng)])
         if self.progress.stop_reason == "steps" and self.progress.step < self.total_steps:
             self.progress.stop_reason = ""  # --steps/--epochs was raised: train on
+        patience = self.config.patience
+        if self.progress.stop_reason == "plateau" and not 0 < patience <= self.progress.stale_validations:
+            self.progress.stop_reason = ""  # --patience was raised or dropped: train on
 
     def checkpoint(self, best: bool) -> None:
         """checkpoints/last.pt (and best.pt), then metrics.csv; each written atomically by rank 0."""
@@ -235,6 +239,8 @@ def run_session(s: Session) -> None:
 def _reason(s: Session) -> str:
     if s.progress.stop_reason == "target":
         return f"familiar error reached --target-familiar-error {s.config.target_familiar_error}"
+    if s.progress.stop_reason == "plateau":
+        return f"val error did not fall in {s.config.patience} validations (--patience)"
     return f"{s.total_steps} steps done"
 
 
@@ -317,8 +323,12 @@ def _end_epoch(s: Session) -> None:
     improved = distributed.broadcast_flag(val_error < p.best_val_error, s.world)
     if improved:
         p.best_val_error = val_error
+    if validate:
+        p.stale_validations = 0 if improved else p.stale_validations + 1
     if distributed.broadcast_flag(matched and familiar_error <= config.target_familiar_error, s.world):
         p.stop_reason = "target"
+    elif config.patience and p.stale_validations >= config.patience:
+        p.stop_reason = "plateau"
     elif p.step >= s.total_steps:
         p.stop_reason = "steps"
     if p.batch_in_epoch == s.steps_per_epoch:

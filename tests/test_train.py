@@ -190,6 +190,20 @@ def test_training_with_fused_routing_gives_the_plain_weights_and_loads_as_plain(
     assert runs.load_run(tmp_path / "opt", "last").model.routing == "plain", "loaded models route plainly"
 
 
+def test_patience_stops_at_a_plateau_and_a_raised_patience_trains_on(rendered_root, tmp_path):
+    # lr ~ 0: the weights never change, so only the first validation lowers the best val error
+    frozen = _config(rendered_root, steps=200, batch_size=16, lr=1e-12, warmup_steps=0, patience=2)
+    fit(frozen, tmp_path)
+    metrics = pd.read_csv(tmp_path / runs.METRICS_FILE)
+    assert list(metrics["epoch"]) == [1, 2, 3], "the best at epoch 1, then two validations without a fall"
+    last = runs.load_checkpoint(runs.checkpoint_path(tmp_path, "last"), "cpu")
+    assert last["stop_reason"] == "plateau" and last["progress"]["stale_validations"] == 2
+    fit(dataclasses.replace(frozen, patience=3), tmp_path, resume=True)
+    assert list(pd.read_csv(tmp_path / runs.METRICS_FILE)["epoch"]) == [1, 2, 3, 4]
+    with pytest.raises(RobustcapsError, match="--patience"):
+        dataclasses.replace(frozen, patience=-1)
+
+
 def test_target_familiar_error_stops_and_is_recorded(rendered_root, tmp_path):
     fit(_config(rendered_root, target_familiar_error=1.0), tmp_path)
     metrics = pd.read_csv(tmp_path / runs.METRICS_FILE)

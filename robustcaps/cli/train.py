@@ -25,7 +25,7 @@ _FIELDS = {
     "seed": "seed", "device": "device", "compile": "compile",
     "compile_mode": "compile_mode", "routing": "routing", "recompute": "recompute", "amp": "amp",
     "target_familiar_error": "target_familiar_error", "familiar_snapshots": "familiar_snapshots",
-    "checkpoint_every": "checkpoint_every", "eval_every": "eval_every",
+    "checkpoint_every": "checkpoint_every", "eval_every": "eval_every", "patience": "patience",
 }  # fmt: skip
 
 
@@ -135,6 +135,8 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
     show_default=True,
     help="Epochs between validations (and familiar-error evaluations); the last epoch always validates.",
 )
+@click.option("--patience", type=int, default=0, show_default=True,
+              help="Stop when this many validations in a row did not lower the best val error (0: never).")  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory [runs/MODEL-SPLIT-sSEED].")
 @click.option("--resume", is_flag=True, help="Continue --out from checkpoints/last.pt (its config.json).")
 @click.pass_context
