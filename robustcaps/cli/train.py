@@ -136,7 +136,7 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
     help="Epochs between validations (and familiar-error evaluations); the last epoch always validates.",
 )
 @click.option("--patience", type=int, default=0, show_default=True,
-              help="Stop after this many validations in a row without a new best val error (0: never).")  # fmt: skip
+              help="Stop after this many validations without a new best val error (0: never).")  # fmt: skip
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory [runs/MODEL-SPLIT-sSEED].")
 @click.option("--resume", is_flag=True, help="Continue --out from checkpoints/last.pt (its config.json).")
 @click.pass_context
