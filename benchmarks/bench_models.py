@@ -3,15 +3,14 @@
     python benchmarks/bench_models.py                                   # CPU: every model, batch 64 and 256
     python benchmarks/bench_models.py --models capsnet-small,cnn-small --batch-sizes 64 --modes eager
     python benchmarks/bench_models.py --device cuda --modes eager,compile
-    python benchmarks/bench_models.py --models capsnet --routing plain,fused,gathered --modes compile
+    python benchmarks/bench_models.py --models capsnet --routing plain,fused,triton --modes compile
     python benchmarks/bench_models.py --device cuda --models capsnet --routing fused --modes cudagraphs
     python benchmarks/bench_models.py --device cuda --configs capsnet:triton:64:eager:train --profile OUT
 
-Modes: eager; compile (torch.compile, default mode, as training compiles); compile-raised (the same with
-inductor's realize thresholds raised, models.common.FUSED_ROUTING_INDUCTOR: fewer bytes, more arithmetic);
-cudagraphs (compile in torch.compile's "reduce-overhead" mode, which replays the compiled kernels as CUDA
-graphs: at batch 64 a capsnet step launches hundreds of small kernels, so launch overhead may be a real
-part of the step; on the CPU it is the compile mode).
+Modes: eager; compile (torch.compile, default mode, as training compiles); cudagraphs (compile in
+torch.compile's "reduce-overhead" mode, which replays the compiled kernels as CUDA graphs: at batch 64 a
+capsnet step launches hundreds of small kernels, so launch overhead may be a real part of the step; on the
+CPU it is the compile mode).
 
 Training is one forward + backward + Adam step (cross-entropy on the logits); inference is a no-grad
 forward in eval mode. Each configuration runs in its own process, so that peak memory belongs to it:
@@ -45,7 +44,7 @@ import pandas as pd
 import torch
 
 from robustcaps.models import create_model, list_models
-from robustcaps.models.common import compile_as
+from robustcaps.models.common import compile_model
 from robustcaps.runs import atomic_write_text, device_description, git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,8 +104,8 @@ def measure(
     model = create_model(model_name, **({} if routing == "-" else {"routing": routing})).to(device)
     if recompute != "-":
         model.use_recompute(recompute)
-    setting = {"compile": "default", "compile-raised": "raised", "cudagraphs": "reduce-overhead"}
-    run = compile_as(model, setting[mode]) if mode in setting else model
+    setting = {"compile": "default", "cudagraphs": "reduce-overhead"}
+    run = compile_model(model, setting[mode]) if mode in setting else model
     graphs = mode == "cudagraphs" and device.type == "cuda"
     x = torch.rand(batch, 1, 32, 32, device=device)
     y = torch.randint(0, 5, (batch,), device=device)
@@ -215,7 +214,7 @@ def run_isolated(config: dict, malloc: str, timeout: float) -> dict:
 
 # Seconds a configuration may need, compilation included: a configuration that cannot finish before the
 # deadline is skipped rather than cut off half-way (measured on the 2-core CPU; GPU compiles are faster).
-EXPECTED_SECONDS = {"eager": 20, "compile": 90, "compile-raised": 90, "cudagraphs": 90}
+EXPECTED_SECONDS = {"eager": 20, "compile": 90, "cudagraphs": 90}
 
 
 def run_here(config: dict, timeout: float) -> dict:
@@ -257,13 +256,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--modes",
         default="eager,compile",
-        help="eager, compile (torch.compile), compile-raised and/or cudagraphs (see above)",
+        help="eager, compile (torch.compile) and/or cudagraphs (see above)",
     )
     parser.add_argument("--phases", default="train,infer", help="train and/or infer")
     parser.add_argument(
         "--routing",
         default="plain",
-        help="capsnet EM routing paths, comma-separated: plain, fused, gathered, triton (cnn: '-')",
+        help="capsnet EM routing paths, comma-separated: plain, fused, triton (cnn: '-')",
     )
     parser.add_argument(
         "--malloc", default="default", help="CPU allocator settings: default, no-mmap or both"
@@ -369,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
             mode=mode,
             phase=phase,
             device=args.device,
-            recompute=args.recompute if routing in ("fused", "gathered", "triton") else "-",
+            recompute=args.recompute if routing in ("fused", "triton") else "-",
         )
         left = args.timeout if args.deadline is None else min(args.timeout, args.deadline - time.time())
         if left < EXPECTED_SECONDS[mode]:

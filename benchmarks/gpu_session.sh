@@ -84,7 +84,6 @@ cat /tmp/profiles/*.txt >> "$OUT/profiles.txt" 2>/dev/null
 bench "$C:plain:64:eager:train" --tf32 off
 # 2b. The fused path's other settings.
 bench "$C:fused:64:compile:train" --recompute first --tf32 off
-bench "$C:fused:256:compile-raised:infer" --tf32 off
 bench "$C:fused:64:compile:train" --recompute none --tf32 off
 bench "$C:fused:64:compile:train,$C:fused:256:compile:infer" --amp bf16 --tf32 off
 # 3. attack --crafting compiled (the paper preset's attacks) against plain, on the capsnet that this

@@ -78,7 +78,7 @@ class Preset:
     capsnet_compile: bool = False
     capsnet_compile_mode: str = "default"  # TrainConfig.compile_mode ("reduce-overhead": CUDA graphs)
     capsnet_routing: str = "plain"
-    capsnet_recompute: str = "all"  # TrainConfig.recompute (fused, gathered and triton routing)
+    capsnet_recompute: str = "all"  # TrainConfig.recompute (fused and triton routing)
     eps: tuple[float, ...] = FIG3_EPS
     attack_n: int = 500  # examples per attack cell
     attack_steps: int = 10  # BIM / PGD iterations (HSF18 does not give BIM's)

@@ -30,7 +30,7 @@ from robustcaps import distributed, losses, runs
 from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate  # lives in its own module; docs/ARCHITECTURE.md names it here
 from robustcaps.models.capsnet import RECOMPUTE, ROUTINGS
-from robustcaps.models.common import COMPILE_SETTINGS
+from robustcaps.models.common import COMPILE_MODES
 
 __all__ = ["TrainConfig", "build_model", "evaluate", "fit", "load_split", "resolve_device"]
 
@@ -40,7 +40,6 @@ LR_SCHEDULES = ("exponential", "cosine")
 STEREO = ("channels", "samples")
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
-COMPILE_MODES = tuple(COMPILE_SETTINGS)  # see models.common.COMPILE_SETTINGS
 # Options a resumed run may change: how long to train, where, and where the data lives (metadata.json
 # checks that it is the same data); anything else would not be the same run.
 # `routing`, `recompute` and `compile` change how the same function is computed (rounding only), not what
@@ -89,12 +88,11 @@ class TrainConfig:
     compile: bool = False
     compile_mode: str = "default"  # with `compile`: one of COMPILE_MODES
     # how a capsule network's EM routing is computed while training: "fused" (models/routing_fused.py) is
-    # a fast path under --compile, "gathered" (models/routing_gathered.py) the same with a backward that
-    # moves fewer bytes (slower on an H100), "triton" (models/routing_triton.py) the GPU kernels, the
+    # a fast path under --compile, "triton" (models/routing_triton.py) the GPU kernels, the
     # fastest on an H100 (with recompute none and compile mode reduce-overhead); evaluation computes it
     # the plain way (same function), or with the kernels when training does
     routing: str = "plain"
-    # with fused, gathered or triton routing: which routed layers recompute their routing in backward
+    # with fused or triton routing: which routed layers recompute their routing in backward
     # (CapsNet.use_recompute); "none" with triton and CUDA graphs is the fastest measured
     # (benchmarks/README.md)
     recompute: str = "all"

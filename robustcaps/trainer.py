@@ -23,7 +23,7 @@ from robustcaps import distributed, losses, runs
 from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate
 from robustcaps.models import CapsNet, routing_as
-from robustcaps.models.common import compile_as, full_float32_convolutions
+from robustcaps.models.common import compile_model, full_float32_convolutions
 from robustcaps.models.routing_triton import require_triton
 from robustcaps.train import TrainConfig, build_model, check_resumable, config_json, load_split, lr_factor
 
@@ -108,13 +108,13 @@ class Session:
         if config.recompute != "all":
             if getattr(model, "routing", "plain") == "plain":  # a CNN, or capsules routed the plain way
                 raise RobustcapsError(
-                    f"--recompute {config.recompute}: only with fused, gathered or triton routing "
+                    f"--recompute {config.recompute}: only with fused or triton routing "
                     f"({config.model} routes plainly here)"
                 )
             model.use_recompute(config.recompute)
         if config.calibrate_images and isinstance(model, CapsNet):
             model.calibrate_half_active(probe=_calibration_probe(data.train, config))
-        net = compile_as(model, config.compile_mode) if config.compile else model
+        net = compile_model(model, config.compile_mode) if config.compile else model
         net = distributed.wrap(net, world, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         lr_at = lr_factor(config, _total_steps(config, data))

@@ -109,14 +109,13 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
 @click.option("--compile", is_flag=True, help="torch.compile the model.")
 @click.option("--compile-mode", type=click.Choice(training.COMPILE_MODES), default="default",
               show_default=True, help="With --compile: reduce-overhead replays each training step as "
-              "CUDA graphs (GPU only; elsewhere the default mode); raised forms the capsule votes in every "
-              "consumer under fused or gathered routing (inductor's realize thresholds raised).")  # fmt: skip
+              "CUDA graphs (GPU only; elsewhere the default mode).")  # fmt: skip
 @click.option("--routing", type=click.Choice(training.ROUTINGS), default="plain", show_default=True,
               help="How capsule EM routing is computed in training: fused is the fast path under "
               "--compile, triton the GPU kernels (same function; evaluation uses plain, or triton "
               "when training does).")  # fmt: skip
 @click.option("--recompute", type=click.Choice(training.RECOMPUTE), default="all", show_default=True,
-              help="With --routing fused, gathered or triton: which routed layers recompute their routing "
+              help="With --routing fused or triton: which routed layers recompute their routing "
               "in backward instead of keeping what it saves (all: least memory; same results).")  # fmt: skip
 @click.option("--amp", type=click.Choice(training.AMP), default="none", show_default=True)
 @click.option(

@@ -29,14 +29,13 @@ from robustcaps.models.routing import (
     mass_scale,
 )
 from robustcaps.models.routing_fused import fused_em_routing
-from robustcaps.models.routing_gathered import gathered_em_routing
 from robustcaps.models.routing_triton import triton_em_routing
 
 IMAGE_SIZE = 32
 POSE = 16  # a 4×4 pose matrix, flattened
 OUTPUTS = ("logits", "activations", "vote_logits")
 ESTEPS = ("cross", "position")
-ROUTINGS = ("plain", "fused", "gathered", "triton")
+ROUTINGS = ("plain", "fused", "triton")
 RECOMPUTE = ("all", "first", "none")
 CALIBRATIONS = ("beta_u", "beta_a")
 INITS = ("default", "official")
@@ -61,8 +60,6 @@ class CapsNetConfig:
     routing: how the same routing is computed. "plain" (the reference) casts the votes as a tensor and
     routes them (routing.em_routing); "fused" forms each vote inside the routing's sums and recomputes
     them in backward (routing_fused), written for torch.compile: same results, less memory traffic;
-    "gathered" is fused with a backward that forms each layer's vote gradient once (routing_gathered;
-    fewer bytes per compiled training step by inductor's count, yet slower than fused on an H100);
     "triton" computes the vote-sized sums in Triton kernels that never store a vote (routing_triton; a
     CUDA GPU, or Triton's interpreter in the tests): the fastest measured in training on an H100, with
     recompute none under CUDA graphs (benchmarks/README.md).
@@ -220,14 +217,14 @@ def cast_votes(poses: Tensor, weight: Tensor) -> Tensor:
 
 
 def _route_vote_free(routing: str, recompute: bool, *args, **kwargs) -> Routed:
-    """fused_em_routing (or gathered_ or triton_em_routing: same arguments), checkpointed when gradients
+    """fused_em_routing (or triton_em_routing: same arguments), checkpointed when gradients
     are needed: the forward keeps only the layer's inputs and backward recomputes the routing. Fused,
     measured under torch.compile (ConvCaps1 of capsnet-small, batch 8 on the CPU): without the checkpoint
     the min-cut partitioner saves one vote-sized tensor per layer, (V − μ), for backward; with it, none,
     at the same speed within the noise (0.19–0.20 vs 0.16–0.23 s per step at batch 32). In eager mode it
     replaces a dozen saved vote-sized temporaries with a recompute. Triton: it trades the responsibility-sized
     tensors that torch keeps (several per iteration) for a second forward."""
-    route = {"fused": fused_em_routing, "gathered": gathered_em_routing, "triton": triton_em_routing}[routing]
+    route = {"fused": fused_em_routing, "triton": triton_em_routing}[routing]
     if recompute and torch.is_grad_enabled():
         return Routed(*checkpoint(route, *args, use_reentrant=False, **kwargs))
     return route(*args, **kwargs)

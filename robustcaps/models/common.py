@@ -71,45 +71,14 @@ def keep_freed_cpu_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
-# Inductor's store-or-recompute thresholds for fused EM routing (routing_fused, routing_gathered): each vote
-# is an expression of 8 loads (9 with coordinate offsets) that several sums consume. At torch's defaults
-# inductor writes the votes to memory once per pass, forward and backward, because an expression of over
-# 4 reads with several users is stored (`realize_reads_threshold`), and so is any whose reads pile up past
-# 8 (`realize_acc_reads_threshold`: a vote times the responsibilities is 9) or whose operations pass 30
-# (`realize_opcount_threshold`). Raised to these, it forms the votes inside each consumer instead, and
-# a compiled capsnet training step at batch 64 (3 iterations, recompute all) moves, by inductor's own count
-# for its GPU code generator (benchmarks/inductor_bytes.py --codegen cuda, torch 2.11 as on the GPU
-# machine): gathered 15.6 GB instead of 36.4, fused 23.4 instead of 58.2. The re-formed votes cost
-# arithmetic, and the step is slower for it on the 2-core CPU and on an H100 too (gathered 1,285 img/s
-# against 2,189 at the defaults, fused 1,490 against 2,726; benchmarks/README.md): kept selectable
-# (train --compile-mode raised), used by no preset.
-FUSED_ROUTING_INDUCTOR = {
-    "realize_reads_threshold": 16,
-    "realize_opcount_threshold": 60,
-    "realize_acc_reads_threshold": 32,
-}
+# How this project compiles a model (train --compile-mode): torch.compile's mode. "reduce-overhead" replays
+# the compiled step as CUDA graphs (on a GPU; elsewhere it is the default mode), which removes the launch
+# cost of the hundreds of small kernels in a capsnet step.
+COMPILE_MODES = ("default", "reduce-overhead")
 
 
-# How this project compiles a model (train --compile-mode): torch.compile's mode and inductor settings on
-# top of it. "reduce-overhead" replays the compiled step as CUDA graphs (on a GPU; elsewhere it is the
-# default mode), which removes the launch cost of the hundreds of small kernels in a capsnet step; "raised"
-# is the default mode with FUSED_ROUTING_INDUCTOR, under which the fused and gathered routings form the
-# votes in every consumer instead of storing them (fewer bytes, more arithmetic).
-COMPILE_SETTINGS = {
-    "default": ("default", {}),
-    "reduce-overhead": ("reduce-overhead", {}),
-    "raised": ("default", FUSED_ROUTING_INDUCTOR),
-}
-
-
-def compile_model(model: nn.Module, mode: str = "default", inductor: dict | None = None) -> nn.Module:
-    """torch.compile(model, mode=mode), with these inductor settings on top of the mode's, if any."""
-    if not inductor:
-        return torch.compile(model, mode=mode)
-    return torch.compile(model, options={**torch._inductor.list_mode_options(mode), **inductor})
-
-
-def compile_as(model: nn.Module, setting: str, extra: dict | None = None) -> nn.Module:
-    """`model` compiled in one of COMPILE_SETTINGS, with `extra` inductor settings on top, if any."""
-    mode, inductor = COMPILE_SETTINGS[setting]
-    return compile_model(model, mode, {**inductor, **(extra or {})})
+def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
+    """torch.compile(model, mode=mode), `mode` one of COMPILE_MODES."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+    return torch.compile(model, mode=mode)

@@ -50,10 +50,10 @@ def fused_votes(poses: Tensor, weight: Tensor, offsets: Tensor | None) -> Tensor
 
 
 def fused_sums(
-    poses: Tensor, weight: Tensor, offsets: Tensor | None, iterations: int
+    poses: Tensor, weight: Tensor, offsets: Tensor | None
 ) -> tuple[Callable[[Tensor], tuple[Tensor, Tensor]], Callable[[Tensor, Tensor], Tensor]]:
     """The `moments` and `distance` of `em_iterations` as expressions of the votes formed from M and W,
-    differentiated by autograd. `iterations` is unused here (routing_gathered's counterpart needs it)."""
+    differentiated by autograd."""
     votes = fused_votes(poses, weight, offsets)  # (N, L, J, I, 16); under compile, never stored
 
     def moments(share: Tensor) -> tuple[Tensor, Tensor]:
@@ -83,12 +83,10 @@ def fused_em_routing(
     children: Tensor | None = None,
     n_children: int = 0,
     estep_temperature: float = 1.0,
-    sums: Callable = fused_sums,
 ) -> Routed:
     """Route the votes of children with poses (N, L, I, 4, 4) and `activations` (N, L, I) through W
     (I, J, 4, 4) to J parents per position; `offsets` (I, 16) are added to every vote (coordinate
-    addition). Arguments and results as `routing.em_routing`; computed in at least float32. `sums`
-    builds the two vote-sized sums (`fused_sums`, or routing_gathered's with its own backward)."""
+    addition). Arguments and results as `routing.em_routing`; computed in at least float32."""
     # the plain path's output dtype: that of its votes (poses, promoted by the offsets when present)
     dtype = poses.dtype if offsets is None else torch.promote_types(poses.dtype, offsets.dtype)
     with torch.autocast(poses.device.type, enabled=False):
@@ -96,7 +94,7 @@ def fused_em_routing(
         poses, weight, activations = poses.to(work), weight.to(work), activations.to(work)
         beta_u, beta_a = beta_u.to(work), beta_a.to(work)
         offsets = None if offsets is None else offsets.to(work)
-        moments, distance = sums(poses, weight, offsets, len(inverse_temperatures))
+        moments, distance = fused_sums(poses, weight, offsets)
         out = em_iterations(
             moments, distance, activations, beta_u, beta_a, inverse_temperatures, min_variance=min_variance,
             mass_scale=mass_scale, children=children, n_children=n_children,
