@@ -43,9 +43,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from robustcaps.io import atomic_write_text
 from robustcaps.models import create_model, list_models
 from robustcaps.models.common import compile_model
-from robustcaps.runs import atomic_write_text, device_description, git_commit
+from robustcaps.provenance import device_description, git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEY = ["model", "routing", "recompute", "batch_size", "mode", "phase", "threads", "malloc", "tf32", "amp"]

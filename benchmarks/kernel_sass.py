@@ -34,9 +34,10 @@ os.environ.pop("TRITON_INTERPRET", None)  # compile for real (read when triton i
 import triton  # noqa: E402
 from triton.backends import nvidia  # noqa: E402
 
+from robustcaps.io import atomic_write_text  # noqa: E402
 from robustcaps.models import routing_kernels as kernels  # noqa: E402
 from robustcaps.models.routing_triton import weight_gradient_chunks  # noqa: E402
-from robustcaps.runs import atomic_write_text, git_commit  # noqa: E402
+from robustcaps.provenance import git_commit  # noqa: E402
 
 TOOLS = Path(nvidia.__file__).parent / "bin"
 WARP_ISSUE_PER_SECOND = 132 * 4 * 1.98e9

@@ -26,9 +26,13 @@ from robustcaps.attack_sweep import (
     stratified_subset,
     sweep_cells,
 )
+from robustcaps.data import transforms
 from robustcaps.errors import RobustcapsError
+from robustcaps.io import atomic_write_json, atomic_write_text
 from robustcaps.models.common import full_float32_convolutions
-from robustcaps.runs import atomic_write_json, atomic_write_text, environment_metadata
+from robustcaps.provenance import environment_metadata
+from robustcaps.runs import load_run
+from robustcaps.training.config import load_split
 
 CELL_COLUMNS = ["attack", "targeted", "eps_pixel", "eps_std", "source", "role", "steps", "restarts"]
 
@@ -162,9 +166,6 @@ def identity_string(identity: dict) -> str:
 
 def load_eval_set(loaded, config: AttackConfig) -> EvalSet:
     """A seeded, class-stratified subset of `config.part` of the run's own split, centre-cropped to [0, 1]."""
-    from robustcaps.data import transforms
-    from robustcaps.train import load_split
-
     data = load_split(loaded.config)
     part = getattr(data, config.part)
     if len(part) == 0:
@@ -185,8 +186,6 @@ def attack_run_dir(
     """`robustcaps attack`: load the run (and the transfer source), pick the examples, sweep, check.
     `which` / `source_which`: the checkpoint of each run (best, last or a familiar-stepN snapshot).
     `data`: where the run's dataset is here, when not where it was trained (runs.load_run)."""
-    from robustcaps.runs import load_run
-
     loaded = load_run(run_dir, which=which, device=config.device, data=data)
     crafted_on = None
     if source is not None:

@@ -37,7 +37,7 @@ from robustcaps.attack import (
 )
 from robustcaps.data.norb import content_identity
 from robustcaps.errors import RobustcapsError
-from robustcaps.runs import atomic_write_text
+from robustcaps.io import atomic_write_text
 
 CELLS_DIR = "cells"
 SELF = "self"  # the `source` of a white-box cell

@@ -17,9 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from robustcaps.io import atomic_write_bytes  # noqa: E402
 from robustcaps.paper_results import fig3_frame, table2_frame  # noqa: E402
 from robustcaps.report_tables import PAPER_ATTACKS, family_of, with_protocol  # noqa: E402
-from robustcaps.runs import atomic_write_bytes  # noqa: E402
 
 FAMILY_COLOURS = {"capsnet": "tab:blue", "cnn": "tab:orange"}
 

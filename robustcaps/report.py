@@ -14,6 +14,7 @@ import pandas as pd
 from robustcaps import plots
 from robustcaps.errors import RobustcapsError
 from robustcaps.findings import findings_paragraph
+from robustcaps.io import atomic_write_text
 from robustcaps.report_tables import (
     MODELS_DIR,
     PROVENANCE_JSON,
@@ -26,7 +27,6 @@ from robustcaps.report_tables import (
     sweep_table,
     table2,
 )
-from robustcaps.runs import atomic_write_text
 
 TABLES_DIR = Path("tables")
 FIGURES_DIR = Path("figures")

@@ -18,8 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from robustcaps.data.norb import dataset_identity
+from robustcaps.data.norb_verify import verify
+from robustcaps.data.render import default_data_path
+from robustcaps.distributed import World
 from robustcaps.errors import RobustcapsError
+from robustcaps.io import atomic_write_json, atomic_write_text
 from robustcaps.presets import Preset
+from robustcaps.provenance import environment_metadata
+from robustcaps.report import write_report
 from robustcaps.report_tables import (
     CLEAN_CSV,
     MODELS_DIR,
@@ -29,8 +36,10 @@ from robustcaps.report_tables import (
     family_of,
     with_protocol,
 )
-from robustcaps.runs import atomic_write_json, atomic_write_text, environment_metadata, export_run
+from robustcaps.reproduce_attacks import ATTACK_FILES, attack_victim
+from robustcaps.runs import export_run
 from robustcaps.steps import Pipeline, Step
+from robustcaps.train import resolve_device as trainer_device
 from robustcaps.viewpoint import (
     TABLE_VERSION,
     VIEWPOINT_SPLITS,
@@ -47,8 +56,6 @@ CHECKPOINT_FILES = ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv")
 
 def prepare_data(data: str | None, preset: Preset, results: Path, echo: Callable[[str], None]) -> Path:
     """The dataset root: --data as given, else the preset's rendered stand-in (rendered once, cached)."""
-    from robustcaps.data.norb import verify
-
     root = resolve_data_root(data, preset.data_size)
     report = verify(root)
     lines = report.lines()
@@ -111,8 +118,6 @@ def training_steps(
     preset: Preset, root: Path, results: Path, runs_dir: Path, device: str, echo
 ) -> list[Step]:
     """Both models on the full split, then the matched-familiar-error protocol on each viewpoint split."""
-    from robustcaps.data.norb import dataset_identity
-
     identity, steps = dataset_identity(root), []
     for model in (preset.cnn, preset.capsnet):
         config, directory = (
@@ -122,8 +127,6 @@ def training_steps(
         outputs = tuple(directory / f for f in CHECKPOINT_FILES)
         steps.append(Step(f"train-{model}-full", {"train": config.to_dict(), "data": identity}, outputs,
                           partial(train, config, directory)))  # fmt: skip
-    from robustcaps.data.render import default_data_path
-
     # the preset's own stand-in needs no --data (its cache path differs between machines)
     data = "" if Path(root) == default_data_path(preset.data_size) else f" --data {root}"
     for split in VIEWPOINT_SPLITS:
@@ -143,8 +146,6 @@ def training_steps(
 
 def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, device: str, echo) -> list[Step]:
     """The pipeline after data preparation, in order; each step's config is what makes its outputs."""
-    from robustcaps.reproduce_attacks import ATTACK_FILES, attack_victim
-
     steps = training_steps(preset, root, results, runs_dir, device, echo)
     trained = tuple(step.name for step in steps)
     models = (preset.cnn, preset.capsnet)
@@ -202,9 +203,6 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
 def resolve_device(device: str) -> str:
     """The device for `auto`, `cuda` or `cpu` (an error for cuda without a GPU), spelt as TrainConfig
     accepts it: the device type, not "cuda:0" (each process picks its GPU from its local rank)."""
-    from robustcaps.distributed import World
-    from robustcaps.train import resolve_device as trainer_device
-
     return trainer_device(device, World()).type
 
 
@@ -213,9 +211,6 @@ def reproduce(
     runs_dir: str | Path | None = None, device: str = "auto", echo: Callable[[str], None] = print,
 ) -> Path:  # fmt: skip
     """Run (or resume) the whole pipeline for a preset; returns the results/README.md it writes."""
-    from robustcaps.data.norb import dataset_identity
-    from robustcaps.report import write_report
-
     start = time.perf_counter()
     results = Path(results_dir)
     runs = Path(runs_dir) if runs_dir else Path("runs") / f"reproduce-{preset.name}"

@@ -18,16 +18,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from robustcaps.attack import AttackConfig
+from robustcaps.attack_run import attack_model, identity_string
+from robustcaps.attack_sweep import EvalSet, Victim, stratified_subset
+from robustcaps.data import transforms
+from robustcaps.io import atomic_write_bytes
 from robustcaps.presets import Preset
-from robustcaps.runs import atomic_write_bytes
+from robustcaps.runs import load_run
+from robustcaps.training.config import load_split
 
 TARGETED = ("fgsm", "bim")
 
 
 def attack_configs(preset: Preset, family: str, device: str) -> dict[str, object]:
     """{suffix: AttackConfig} for one victim: "" (untargeted + checks) and "-targeted"."""
-    from robustcaps.attack import AttackConfig
-
     common = dict(eps=preset.eps, units="std", n=preset.attack_n, steps=preset.attack_steps,
                   restarts=preset.restarts, seed=preset.seed, device=device, part="test",
                   batch_size=preset.attack_batch_size, crafting=preset.attack_crafting)  # fmt: skip
@@ -40,11 +44,6 @@ def attack_configs(preset: Preset, family: str, device: str) -> dict[str, object
 
 def eval_set_for(loaded, config) -> object:
     """The attacked examples: a seeded, class-stratified subset of the test part, centre-cropped to [0, 1]."""
-    from robustcaps.attack_run import identity_string
-    from robustcaps.attack_sweep import EvalSet, stratified_subset
-    from robustcaps.data import transforms
-    from robustcaps.train import load_split
-
     data = load_split(loaded.config)
     part = getattr(data, config.part)
     index = stratified_subset(part.labels, config.n, config.seed)
@@ -61,10 +60,6 @@ def attack_victim(
 ) -> list[Path]:  # fmt: skip
     """Run both sweeps on one trained model; returns the CSVs copied into results (per-example results too:
     the report pairs the two models' outcomes on the same examples)."""
-    from robustcaps.attack_run import attack_model
-    from robustcaps.attack_sweep import Victim
-    from robustcaps.runs import load_run
-
     loaded = load_run(run_dir, which="best", device=device)
     source = load_run(source_dir, which="best", device=device) if source_dir is not None else None
     copied = []

@@ -1,126 +1,35 @@
-"""Run directories: atomic writes, and the metadata that makes every result traceable.
+"""Run directories: config.json, metadata.json, metrics.csv and checkpoints, and loading a trained run back.
 
-Every file in results/ and every checkpoint is written through `atomic_write_*`: a temporary
-file in the same directory, fsync, then `os.replace`, so a crash never leaves half a file.
+Every file here is written atomically (`robustcaps.io`), and metadata.json carries the commit, device and
+library versions (`robustcaps.provenance`) that make every result traceable.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import platform
-import socket
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, replace
-from importlib import metadata as importlib_metadata
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from robustcaps.data.norb import content_identity, dataset_identity
+from robustcaps.data.render import remade_data_root
 from robustcaps.errors import RobustcapsError
+from robustcaps.io import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-LIBRARIES = ("robustcaps", "torch", "torchvision", "torchattacks", "numpy", "pandas", "seaborn", "click")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file 0600; give it the mode an ordinary open() would (0666 less the umask).
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-# What the pipeline itself writes into the tracked tree; changes there do not make the code dirty.
-GENERATED_PATHS = ("results", "benchmarks/results")
-
-
-def git_commit(repo: str | os.PathLike | None = None) -> str:
-    """The current commit, with `+dirty` when tracked code has uncommitted changes; 'unknown' outside git.
-
-    $ROBUSTCAPS_GIT_COMMIT, when set, is the answer: a copy of the tree sent to a GPU machine may carry no
-    .git or a stale one (one such copy reported its session's first commit, +dirty, for code committed
-    later), so the sender names the commit it sent.
-
-    Files under GENERATED_PATHS are left out of the dirty check: `make demo` rewrites the committed
-    results/ while it runs, and that must not mark its own numbers as coming from modified code.
-    """
-    if os.environ.get("ROBUSTCAPS_GIT_COMMIT"):
-        return os.environ["ROBUSTCAPS_GIT_COMMIT"]
-    cwd = Path(repo) if repo else Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-
-    try:
-        sha = git("rev-parse", "HEAD")
-        excluded = [f":(top,exclude){path}" for path in GENERATED_PATHS]
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return sha + ("+dirty" if dirty else "")
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def device_description(device: str | torch.device = "cpu") -> str:
-    """A human name for where the numbers came from: the GPU's name, or the CPU and its core count."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu} x{os.cpu_count()} ({socket.gethostname()})"
-
-
-def environment_metadata(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Commit, device and library versions: attach to every run and every results file."""
-    return {
-        "git_commit": git_commit(),
-        "device": str(torch.device(device)),
-        "device_name": device_description(device),
-        "versions": library_versions(),
-    }
-
+# device_description, git_commit: re-exported for existing callers (benchmarks/time_to_accuracy.py)
+from robustcaps.provenance import device_description, environment_metadata, git_commit  # noqa: F401
+from robustcaps.training.config import TrainConfig, build_model
 
 # ---- run directories: config, metadata, metrics, checkpoints ------------------------------------------
 
@@ -146,24 +55,6 @@ def is_checkpoint_name(which: str) -> bool:
 def checkpoint_path(run_dir: str | os.PathLike, which: str = "last") -> Path:
     assert is_checkpoint_name(which), which
     return Path(run_dir) / "checkpoints" / f"{which}.pt"
-
-
-def read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
-    """A JSON object from `path`, or one RobustcapsError line naming the file."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RobustcapsError(
-            f"{path}: no {what} here; is this a run directory made by `robustcaps train`?"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RobustcapsError(
-            f"{path}: cannot read the {what} ({error}); restore it or retrain the run"
-        ) from None
-    if not isinstance(obj, dict):
-        raise RobustcapsError(f"{path}: the {what} is not a JSON object; restore it or retrain the run")
-    return obj
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -192,9 +83,6 @@ def write_metadata(
 ) -> Path:
     """metadata.json: commit, device, versions and the dataset's identity. A resumed run keeps the
     original and appends its own environment, after checking that the data is the same."""
-    import sys
-    from datetime import datetime, timezone
-
     identity = json.loads(json.dumps(identity, sort_keys=True, default=str))  # as it reads back from JSON
     environment = environment_metadata(device) | (extra or {})
     environment |= {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv}
@@ -277,7 +165,7 @@ class LoadedRun:
     """A trained model (eval mode) with the TrainConfig and metadata that made it."""
 
     model: torch.nn.Module
-    config: Any  # robustcaps.train.TrainConfig
+    config: TrainConfig
     metadata: dict[str, Any]
     run_dir: Path
     which: str = "best"
@@ -298,8 +186,6 @@ def load_run(
     `data`: where the run's dataset is on this machine (a committed or copied run names the directory it
     was trained from); it must be the same dataset, checked against metadata.json (`check_same_dataset`).
     """
-    from robustcaps.train import TrainConfig, build_model  # train imports runs: import here, not at the top
-
     if not is_checkpoint_name(which):
         raise RobustcapsError(
             f"{option} {which!r}: choose one of {', '.join(CHECKPOINTS)} or a {SNAPSHOT_PREFIX}N snapshot"
@@ -335,8 +221,6 @@ def load_run(
 def _remade_dataset(run_dir: Path, trained_on: str, metadata: dict[str, Any]) -> Path | None:
     """The data directory a run names is not on this machine (a committed or copied run): a rendered
     stand-in is rendered again into the cache (the same bytes on every machine); other data are not."""
-    from robustcaps.data.render import remade_data_root
-
     root = remade_data_root(metadata.get("dataset", {}))
     if root is not None:
         print(f"{run_dir}: trained on the rendered stand-in at {trained_on}; using {root}", file=sys.stderr)
@@ -347,8 +231,6 @@ def check_same_dataset(metadata: dict[str, Any], root: str | os.PathLike, named:
     """`--data root` must hold the dataset the run was trained on: its identity (official MD5s, or the
     rendered stand-in's generator, seed, options and SHA-256s) equals the one in metadata.json.
     `named`: how the errors introduce `root` (where it did not come from --data)."""
-    from robustcaps.data.norb import content_identity, dataset_identity
-
     if not Path(root).is_dir():
         raise RobustcapsError(f"{named} {root}: no such directory")
     here = json.loads(json.dumps(content_identity(dataset_identity(root)), sort_keys=True, default=str))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robustcaps.runs import atomic_write_json
+from robustcaps.io import atomic_write_json
 
 
 def canonical(config: Any) -> str:

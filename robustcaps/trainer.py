@@ -20,12 +20,22 @@ import torch
 from tqdm.auto import tqdm
 
 from robustcaps import distributed, losses, runs
+from robustcaps.data import transforms
+from robustcaps.data.splits import stratified_subset
 from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate
+from robustcaps.io import atomic_torch_save, atomic_write_text
 from robustcaps.models import CapsNet, routing_as
 from robustcaps.models.common import compile_model, full_float32_convolutions
 from robustcaps.models.routing_triton import require_triton
-from robustcaps.train import TrainConfig, build_model, check_resumable, config_json, load_split, lr_factor
+from robustcaps.training.config import (
+    RESUMABLE_CHANGES,
+    TrainConfig,
+    build_model,
+    config_json,
+    load_split,
+    lr_factor,
+)
 
 LOG_EVERY = 10  # steps between reading the loss back from the device (a sync) and refreshing the bar
 CHECKPOINT_FORMAT = 1
@@ -174,8 +184,8 @@ class Session:
             "progress": dataclasses.asdict(self.progress),
         }
         if best:  # best before last: a kill between the two redoes this epoch and rewrites best identically
-            runs.atomic_torch_save(runs.checkpoint_path(self.run_dir, "best"), state)
-        runs.atomic_torch_save(runs.checkpoint_path(self.run_dir, "last"), state)
+            atomic_torch_save(runs.checkpoint_path(self.run_dir, "best"), state)
+        atomic_torch_save(runs.checkpoint_path(self.run_dir, "last"), state)
         runs.write_metrics(self.run_dir, self.progress.history)
         self.saved_step = self.progress.step
 
@@ -186,11 +196,9 @@ def _total_steps(config: TrainConfig, data: Any) -> int:
 
 def _calibration_probe(train: Any, config: TrainConfig) -> torch.Tensor:
     """Centre crops of `calibrate_images` training images, a seeded class-stratified draw, in [0, 1]."""
-    from robustcaps.data.splits import stratified_subset
-    from robustcaps.data.transforms import test_batch
-
     generator = torch.Generator().manual_seed(config.seed)
-    return test_batch(train.images[stratified_subset(train.labels, config.calibrate_images, generator)])
+    index = stratified_subset(train.labels, config.calibrate_images, generator)
+    return transforms.test_batch(train.images[index])
 
 
 def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, world: distributed.World) -> bool:
@@ -209,8 +217,20 @@ def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, world: dist
     return resume
 
 
+def check_resumable(config: TrainConfig, run_dir: Path) -> None:
+    """A resumed run must be the run that was started: only RESUMABLE_CHANGES may differ."""
+    stored = TrainConfig.from_json(run_dir / runs.CONFIG_FILE)
+    changed = [k for k, v in config.to_dict().items() if stored.to_dict()[k] != v]
+    changed = sorted(set(changed) - RESUMABLE_CHANGES)
+    if changed:
+        raise RobustcapsError(
+            f"{run_dir / runs.CONFIG_FILE}: --resume cannot change {', '.join(changed)}; "
+            "drop those options or train into a new --out"
+        )
+
+
 def _write_run_files(s: Session, resume: bool) -> None:
-    runs.atomic_write_text(s.run_dir / runs.CONFIG_FILE, config_json(s.config))
+    atomic_write_text(s.run_dir / runs.CONFIG_FILE, config_json(s.config))
     extra = {"world_size": s.world.world_size, "torch_threads": torch.get_num_threads()}
     runs.write_metadata(s.run_dir, s.data.identity, s.device, s.progress.step if resume else None, extra)
     if s.progress.history:
@@ -245,8 +265,6 @@ def _reason(s: Session) -> str:
 
 
 def _train_epoch(s: Session) -> None:
-    from robustcaps.data import transforms
-
     p, b = s.progress, s.config.batch_size
     order = torch.Generator().manual_seed(0)
     order.set_state(p.order_epoch_start)

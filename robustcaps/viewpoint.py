@@ -29,11 +29,17 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from robustcaps.data.render import default_data_root
+from robustcaps.distributed import World
 from robustcaps.errors import RobustcapsError
+from robustcaps.evaluate import evaluate
+from robustcaps.io import atomic_write_text
 from robustcaps.paper_results import TABLE2
 from robustcaps.presets import Preset
 from robustcaps.report_tables import markdown_table, percent, table2
-from robustcaps.runs import atomic_write_text
+from robustcaps.runs import CONFIG_FILE, METRICS_FILE, checkpoint_path, load_run, snapshot_name
+from robustcaps.train import fit, resolve_device
+from robustcaps.training.config import TrainConfig, load_split
 
 if TYPE_CHECKING:
     import torch
@@ -58,8 +64,6 @@ class Trained:
 
 def resolve_data_root(data: str | None, size: str) -> Path:
     """--data as given (it must exist), else the rendered stand-in of `size` (rendered once, cached)."""
-    from robustcaps.data.render import default_data_root
-
     if data is None:
         return Path(default_data_root(size))
     if not Path(data).is_dir():
@@ -100,8 +104,6 @@ def run_dir(runs_dir: Path, preset: Preset, model: str, split: str) -> Path:
 
 def train_config(preset: Preset, model: str, split: str, data_root: Path, device: str, **extra):
     """The TrainConfig of one run of a preset (the trainer's dataclass, so config.json rebuilds it)."""
-    from robustcaps.train import TrainConfig
-
     capsules = model == preset.capsnet
     steps = preset.capsnet_steps if capsules else preset.cnn_steps
     changes = (
@@ -122,9 +124,6 @@ def train_config(preset: Preset, model: str, split: str, data_root: Path, device
 
 def train(config, run_dir: Path) -> Path:
     """fit(), resuming a run that was interrupted with the same config instead of starting it over."""
-    from robustcaps.runs import CONFIG_FILE, checkpoint_path
-    from robustcaps.train import TrainConfig, fit
-
     resume = checkpoint_path(run_dir, "last").exists() and (run_dir / CONFIG_FILE).exists()
     if resume and TrainConfig.from_json(run_dir / CONFIG_FILE) != config:
         raise RobustcapsError(f"{run_dir}: holds a run with another config; delete it or use another --runs")
@@ -133,11 +132,6 @@ def train(config, run_dir: Path) -> Path:
 
 def evaluate_run(run_dir: Path, which: str, parts: tuple[str, ...], device: str, multi_crop: bool = False):
     """Errors of a trained run on parts of its own split ("test", "familiar", "novel", "val")."""
-    from robustcaps.distributed import World
-    from robustcaps.evaluate import evaluate
-    from robustcaps.runs import load_run
-    from robustcaps.train import load_split, resolve_device
-
     dev = resolve_device(device, World())
     loaded = load_run(run_dir, which=which, device=dev)
     data = load_split(loaded.config)
@@ -153,8 +147,6 @@ def evaluate_run(run_dir: Path, which: str, parts: tuple[str, ...], device: str,
 def reverse_match(cnn_dir: Path, target: float, device: str) -> Trained | None:
     """The CNN run's first familiar snapshot at or below `target` (the capsules' familiar error), evaluated;
     None when no epoch of the CNN got that low."""
-    from robustcaps.runs import METRICS_FILE, checkpoint_path, snapshot_name
-
     metrics = pd.read_csv(cnn_dir / METRICS_FILE)
     reached = metrics[metrics["familiar_error"] <= target]
     if reached.empty:

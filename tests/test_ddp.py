@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from robustcaps import runs
+from robustcaps.io import read_json
 from robustcaps.train import TrainConfig, build_model
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -48,4 +49,4 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(rendere
         rtol=1e-4,
         atol=1e-6,
     )
-    assert runs.read_json(tmp_path / "two" / runs.METADATA_FILE, "metadata")["world_size"] == 2
+    assert read_json(tmp_path / "two" / runs.METADATA_FILE, "metadata")["world_size"] == 2

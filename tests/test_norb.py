@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 
 from robustcaps.data import norb, norb_format
+from robustcaps.data.dataset import SmallNORB
 from robustcaps.data.norb import (
     FILE_NAMES,
     NorbFormatError,
-    SmallNORB,
     dataset_identity,
     load_arrays,
     norb_paths,
     read_matrix,
-    verify,
     write_matrix,
 )
+from robustcaps.data.norb_verify import verify
 
 MAGICS = {
     np.uint8: 0x1E3D4C55,

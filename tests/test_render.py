@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from robustcaps.cli import cli
 from robustcaps.data import scene
 from robustcaps.data.mesh import ellipsoid, merge, tube
-from robustcaps.data.norb import FILE_NAMES, MANIFEST, load_arrays, read_matrix, verify
+from robustcaps.data.norb import FILE_NAMES, MANIFEST, load_arrays, read_matrix
+from robustcaps.data.norb_verify import verify
 from robustcaps.data.render import INSTANCES, make_config, render_dataset, render_elevation, row_order
 from robustcaps.data.scene import coverage
 from robustcaps.errors import RobustcapsError

@@ -209,10 +209,10 @@ def test_the_resolved_device_is_a_spelling_train_config_accepts(monkeypatch):
     # device on to TrainConfig, which accepts the type only (a GPU run once failed on "cuda:0").
     import torch
 
-    import robustcaps.train
+    import robustcaps.reproduce
     from robustcaps.reproduce import resolve_device
     from robustcaps.train import TrainConfig
 
-    monkeypatch.setattr(robustcaps.train, "resolve_device", lambda name, world: torch.device("cuda", 0))
+    monkeypatch.setattr(robustcaps.reproduce, "trainer_device", lambda name, world: torch.device("cuda", 0))
     device = resolve_device("auto")
     assert device == "cuda" and TrainConfig(model="capsnet", device=device).device == "cuda"

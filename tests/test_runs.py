@@ -13,7 +13,9 @@ import torch
 
 from robustcaps import runs
 from robustcaps.errors import RobustcapsError
-from robustcaps.train import TrainConfig, build_model, config_json
+from robustcaps.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
+from robustcaps.provenance import environment_metadata
+from robustcaps.training.config import TrainConfig, build_model, config_json
 
 
 def _one_line_naming(error: pytest.ExceptionInfo, path) -> None:
@@ -24,7 +26,7 @@ def _one_line_naming(error: pytest.ExceptionInfo, path) -> None:
 def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     torch.randn(5), np.random.randn(5), random.random()
-    runs.atomic_torch_save(tmp_path / "rng.pt", {"model": {}, "rng": runs.capture_rng_state()})
+    atomic_torch_save(tmp_path / "rng.pt", {"model": {}, "rng": runs.capture_rng_state()})
     expected = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
     torch.manual_seed(99), np.random.seed(99), random.seed(99)
     runs.restore_rng_state(runs.load_checkpoint(tmp_path / "rng.pt")["rng"])
@@ -36,11 +38,11 @@ def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
 def _make_run(run_dir, **overrides) -> tuple[TrainConfig, torch.nn.Module]:
     config = TrainConfig(model="cnn-small", data="/nowhere", stereo="samples", steps=1, **overrides)
     model = build_model(config)
-    runs.atomic_write_text(run_dir / runs.CONFIG_FILE, config_json(config))
-    runs.atomic_write_json(run_dir / runs.METADATA_FILE, runs.environment_metadata("cpu"))
+    atomic_write_text(run_dir / runs.CONFIG_FILE, config_json(config))
+    atomic_write_json(run_dir / runs.METADATA_FILE, environment_metadata("cpu"))
     for which in runs.CHECKPOINTS:
         state = {"model": model.state_dict(), "step": 7, "stop_reason": "steps"}
-        runs.atomic_torch_save(runs.checkpoint_path(run_dir, which), state)
+        atomic_torch_save(runs.checkpoint_path(run_dir, which), state)
     return config, model
 
 
@@ -54,22 +56,15 @@ def test_load_run_rebuilds_the_model_from_config_json(tmp_path):
     assert "git_commit" in loaded.metadata
 
 
-def test_git_commit_named_by_the_sender_wins(monkeypatch, tmp_path):
-    monkeypatch.setenv("ROBUSTCAPS_GIT_COMMIT", "0123abc")
-    assert runs.git_commit() == "0123abc" and runs.git_commit(tmp_path) == "0123abc"
-    monkeypatch.delenv("ROBUSTCAPS_GIT_COMMIT")
-    assert runs.git_commit(tmp_path) == "unknown"  # not a checkout
-
-
 def test_a_run_reads_its_dataset_from_another_place_only_if_it_is_the_same(rendered_root, tmp_path):
     import shutil
 
     from robustcaps.data.norb import dataset_identity
 
     _make_run(tmp_path / "run")
-    metadata = runs.read_json(tmp_path / "run" / runs.METADATA_FILE, "metadata")
+    metadata = read_json(tmp_path / "run" / runs.METADATA_FILE, "metadata")
     metadata["dataset"] = {**dataset_identity(rendered_root), "root": "/gone", "split": "full"}
-    runs.atomic_write_json(tmp_path / "run" / runs.METADATA_FILE, metadata)
+    atomic_write_json(tmp_path / "run" / runs.METADATA_FILE, metadata)
     moved = shutil.copytree(rendered_root, tmp_path / "moved")
     assert runs.load_run(tmp_path / "run", data=moved).config.data == str(moved)
     other = shutil.copytree(rendered_root, tmp_path / "other")
@@ -94,26 +89,26 @@ def test_a_copied_run_whose_rendered_data_are_not_here_renders_them_again(
     from robustcaps.data.norb import content_identity, dataset_identity
 
     _make_run(tmp_path / "run")  # config.json names data="/nowhere"
-    metadata = runs.read_json(tmp_path / "run" / runs.METADATA_FILE, "metadata")
+    metadata = read_json(tmp_path / "run" / runs.METADATA_FILE, "metadata")
     trained_on = {**dataset_identity(rendered_root), "root": "/nowhere", "split": "full"}
-    runs.atomic_write_json(tmp_path / "run" / runs.METADATA_FILE, metadata | {"dataset": trained_on})
+    atomic_write_json(tmp_path / "run" / runs.METADATA_FILE, metadata | {"dataset": trained_on})
     remade = runs.load_run(tmp_path / "run").config.data
     assert remade.startswith(str(tmp_path / "cache")) and remade != str(rendered_root)
     assert content_identity(dataset_identity(remade)) == content_identity(dataset_identity(rendered_root))
     assert runs.load_run(tmp_path / "run").config.data == remade  # rendered once
     rendered = json.loads((tmp_path / "cache" / Path(remade).name / "manifest.json").read_text())
     sha256 = dict.fromkeys(rendered["sha256"], "0" * 64)  # as if the renderer's bytes had changed
-    runs.atomic_write_json(
+    atomic_write_json(
         tmp_path / "run" / runs.METADATA_FILE, metadata | {"dataset": trained_on | {"sha256": sha256}}
     )
     with pytest.raises(RobustcapsError, match="^the stand-in rendered again at .*: not the dataset"):
         runs.load_run(tmp_path / "run")
-    runs.atomic_write_json(tmp_path / "run" / runs.METADATA_FILE, metadata | {"dataset": trained_on})
+    atomic_write_json(tmp_path / "run" / runs.METADATA_FILE, metadata | {"dataset": trained_on})
     result = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--which", "last", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert f"using {remade}" in result.stderr
     smallnorb = {"kind": "smallnorb", "root": "/nowhere", "md5_verified": True, "md5": {}}
-    runs.atomic_write_json(tmp_path / "run" / runs.METADATA_FILE, metadata | {"dataset": smallnorb})
+    atomic_write_json(tmp_path / "run" / runs.METADATA_FILE, metadata | {"dataset": smallnorb})
     assert runs.load_run(tmp_path / "run").config.data == "/nowhere"  # the weights load; the data cannot
     result = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--which", "last", "--device", "cpu"])
     assert result.exit_code == 1 and "/nowhere: data directory not found" in result.output
@@ -124,7 +119,7 @@ def test_exported_run_loads_with_the_same_weights_and_drops_the_optimiser(tmp_pa
     config, model = _make_run(tmp_path / "run")
     state = runs.load_checkpoint(runs.checkpoint_path(tmp_path / "run", "best"))
     state["optimizer"] = {"lots": torch.zeros(1000)}
-    runs.atomic_torch_save(runs.checkpoint_path(tmp_path / "run", "best"), state)
+    atomic_torch_save(runs.checkpoint_path(tmp_path / "run", "best"), state)
     out = runs.export_run(tmp_path / "run", tmp_path / "export")
     assert set(runs.load_checkpoint(runs.checkpoint_path(out, "best"))) == {"model", "step", "stop_reason"}
     loaded = runs.load_run(out, "best")
@@ -168,7 +163,7 @@ def test_weights_that_do_not_fit_the_config_are_reported(tmp_path):
     _make_run(tmp_path)
     other = build_model(TrainConfig(model="cnn", data="/nowhere", steps=1))
     path = runs.checkpoint_path(tmp_path, "best")
-    runs.atomic_torch_save(path, {"model": other.state_dict(), "step": 1})
+    atomic_torch_save(path, {"model": other.state_dict(), "step": 1})
     with pytest.raises(RobustcapsError) as error:
         runs.load_run(tmp_path)
     _one_line_naming(error, path)
@@ -180,23 +175,3 @@ def test_write_metrics_replaces_the_whole_file(tmp_path):
     runs.write_metrics(tmp_path, rows[:1])
     assert (tmp_path / runs.METRICS_FILE).read_text().splitlines() == ["epoch,step,val_error", "1,10,0.5"]
     assert not list(tmp_path.glob(".*tmp"))
-
-
-def test_git_commit_is_dirty_for_code_changes_but_not_for_generated_results(tmp_path):
-    import subprocess
-
-    def git(*args):
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "table.csv").write_text("a\n")
-    (tmp_path / "code.py").write_text("x = 1\n")
-    git("init", "-q")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    clean = runs.git_commit(tmp_path)
-    assert len(clean) == 40
-    (tmp_path / "results" / "table.csv").write_text("b\n")
-    assert runs.git_commit(tmp_path) == clean
-    (tmp_path / "code.py").write_text("x = 2\n")
-    assert runs.git_commit(tmp_path) == clean + "+dirty"

@@ -22,9 +22,11 @@ from robustcaps import losses, runs
 from robustcaps.cli import cli
 from robustcaps.errors import RobustcapsError
 from robustcaps.evaluate import evaluate
+from robustcaps.io import read_json
 from robustcaps.losses import spread_margin
 from robustcaps.models import routing_kernels
-from robustcaps.train import TrainConfig, config_json, fit, load_split, lr_factor
+from robustcaps.train import fit
+from robustcaps.training.config import TrainConfig, config_json, load_split, lr_factor
 
 # One thread: the same arithmetic in every process, and no starving the other tests.
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -82,7 +84,7 @@ def test_kill_and_resume_equals_uninterrupted(killed_and_resumed):
             result = CliRunner().invoke(cli, ["eval", str(run_dir), "--which", which, "--device", "cpu"])
             assert result.exit_code == 0, result.output
         assert (whole / runs.EVAL_FILE).read_bytes() == (interrupted / runs.EVAL_FILE).read_bytes()
-    resumed = runs.read_json(interrupted / runs.METADATA_FILE, "metadata")["resumed"]
+    resumed = read_json(interrupted / runs.METADATA_FILE, "metadata")["resumed"]
     assert [r["at_step"] for r in resumed] == [killed_at]
 
 

@@ -35,7 +35,7 @@ def fetch(root: Path, base_url: str | None, progress: bool) -> None:
 @click.argument("root", type=click.Path(path_type=Path))
 def verify(root: Path) -> None:
     """Check the six smallNORB-format files in ROOT (plain or .gz): format, shapes, counts, MD5s."""
-    from robustcaps.data.norb import verify
+    from robustcaps.data.norb_verify import verify
 
     click.echo("\n".join(verify(root).lines()))
 

@@ -12,8 +12,22 @@ from robustcaps import losses, runs
 from robustcaps import train as training
 from robustcaps.cli.options import run_data_option
 from robustcaps.errors import RobustcapsError
+from robustcaps.io import atomic_write_text
+from robustcaps.models.capsnet import RECOMPUTE, ROUTINGS
+from robustcaps.models.common import COMPILE_MODES
+from robustcaps.training.config import (
+    AMP,
+    DEVICES,
+    LR_SCHEDULES,
+    SPLITS,
+    STEREO,
+    VALIDATIONS,
+    WARMUP_STEPS,
+    TrainConfig,
+    load_split,
+)
 
-# CLI option → TrainConfig field, for the options `--resume` may not change (see train.RESUMABLE_CHANGES).
+# CLI option → TrainConfig field, for the options `--resume` may not change (config.RESUMABLE_CHANGES).
 _FIELDS = {
     "model": "model", "model_option": "model_overrides", "data": "data", "data_size": "data_size",
     "split": "split", "stereo": "stereo", "val": "val", "val_fraction": "val_fraction",
@@ -44,13 +58,13 @@ def _model_overrides(values: tuple[str, ...]) -> dict:
     return overrides
 
 
-def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
+def _config(ctx: click.Context, options: dict) -> TrainConfig:
     """From the options given; with --resume, from the run's config.json with only the options given."""
     values = {_FIELDS[k]: v for k, v in options.items() if k in _FIELDS}
     values["model_overrides"] = _model_overrides(options["model_option"])
     if not options["resume"] or not (Path(options["out"]) / runs.CONFIG_FILE).exists():
-        return training.TrainConfig(**values)  # nothing stored yet: fit starts the run afresh
-    stored = training.TrainConfig.from_json(Path(options["out"]) / runs.CONFIG_FILE).to_dict()
+        return TrainConfig(**values)  # nothing stored yet: fit starts the run afresh
+    stored = TrainConfig.from_json(Path(options["out"]) / runs.CONFIG_FILE).to_dict()
     for option, name in _FIELDS.items():
         if ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE:
             stored[name] = values[name]
@@ -59,7 +73,7 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
         and options["steps"] is None
     ):
         stored["steps"] = None  # --epochs given alone replaces a stored --steps
-    return training.TrainConfig(**stored)
+    return TrainConfig(**stored)
 
 
 @click.command()
@@ -75,10 +89,10 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
 @click.option(
     "--data-size", default="small", show_default=True, help="Stand-in size when --data is not given."
 )
-@click.option("--split", type=click.Choice(training.SPLITS), default="full", show_default=True)
-@click.option("--stereo", type=click.Choice(training.STEREO), default="channels", show_default=True,
+@click.option("--split", type=click.Choice(SPLITS), default="full", show_default=True)
+@click.option("--stereo", type=click.Choice(STEREO), default="channels", show_default=True,
               help="Stereo pair as 2 channels (official code) or each camera as its own sample.")  # fmt: skip
-@click.option("--val", type=click.Choice(training.VALIDATIONS), default="instances", show_default=True,
+@click.option("--val", type=click.Choice(VALIDATIONS), default="instances", show_default=True,
               help="Validation data, held out from training: one whole instance per category (measures "
               "generalisation to unseen objects, like the test set) or random pairs (--val-fraction; their "
               "instances and viewpoints stay in training, so it reads lower than test error).")  # fmt: skip
@@ -89,14 +103,14 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
 @click.option("--steps", type=int, help="Train this many steps (replaces --epochs).")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch (all processes).")
 @click.option("--lr", type=float, default=3e-3, show_default=True)
-@click.option("--lr-schedule", type=click.Choice(training.LR_SCHEDULES), default="exponential",
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="exponential",
               show_default=True, help="exponential: lr ×0.96 per --lr-decay-steps (HSF18); cosine: down to "
               "lr × --lr-min-factor over the run.")  # fmt: skip
 @click.option("--lr-decay-steps", type=float, default=20_000.0, show_default=True, help="lr ×0.96 per this.")
 @click.option("--lr-min-factor", type=float, default=0.05, show_default=True,
               help="With --lr-schedule cosine: the final lr as a fraction of --lr.")  # fmt: skip
-@click.option("--warmup-steps", type=int, default=training.WARMUP_STEPS, show_default=True,
-              help="Linear lr warm-up, not in the paper (0: none); see train.lr_factor.")  # fmt: skip
+@click.option("--warmup-steps", type=int, default=WARMUP_STEPS, show_default=True,
+              help="Linear lr warm-up, not in the paper (0: none); see training/config.py.")  # fmt: skip
 @click.option("--margin-step-scale", type=float, default=losses.MARGIN_STEP_SCALE, show_default=True,
               help="Spread-loss margin schedule: m = 0.2 + 0.79·σ(min(10, step/scale − 4)).")  # fmt: skip
 @click.option("--loss", type=click.Choice(losses.LOSSES), default="auto", show_default=True,
@@ -105,19 +119,19 @@ def _config(ctx: click.Context, options: dict) -> training.TrainConfig:
               help="Capsules: start half the capsules active as measured on this many training images "
               "(0: on the noise the model is built with).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(training.DEVICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--compile", is_flag=True, help="torch.compile the model.")
-@click.option("--compile-mode", type=click.Choice(training.COMPILE_MODES), default="default",
+@click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default="default",
               show_default=True, help="With --compile: reduce-overhead replays each training step as "
               "CUDA graphs (GPU only; elsewhere the default mode).")  # fmt: skip
-@click.option("--routing", type=click.Choice(training.ROUTINGS), default="plain", show_default=True,
+@click.option("--routing", type=click.Choice(ROUTINGS), default="plain", show_default=True,
               help="How capsule EM routing is computed in training: fused is the fast path under "
               "--compile, triton the GPU kernels (same function; evaluation uses plain, or triton "
               "when training does).")  # fmt: skip
-@click.option("--recompute", type=click.Choice(training.RECOMPUTE), default="all", show_default=True,
+@click.option("--recompute", type=click.Choice(RECOMPUTE), default="all", show_default=True,
               help="With --routing fused or triton: which routed layers recompute their routing "
               "in backward instead of keeping what it saves (all: least memory; same results).")  # fmt: skip
-@click.option("--amp", type=click.Choice(training.AMP), default="none", show_default=True)
+@click.option("--amp", type=click.Choice(AMP), default="none", show_default=True)
 @click.option(
     "--target-familiar-error", type=float, help="Stop when familiar-viewpoint error ≤ this (HSF18 T2)."
 )
@@ -162,7 +176,7 @@ def train(ctx: click.Context, **options) -> None:
 
 
 def _eval_rows(loaded: runs.LoadedRun, parts: tuple[str, ...], multi_crop: bool, device: str) -> list[dict]:
-    data = training.load_split(loaded.config)
+    data = load_split(loaded.config)
     rows = []
     for part in parts:
         tensorset = getattr(data, part)
@@ -188,7 +202,7 @@ def _eval_rows(loaded: runs.LoadedRun, parts: tuple[str, ...], multi_crop: bool,
     show_default=True,
     help="Checkpoint: best, last, or a familiar-stepN snapshot (--familiar-snapshots).",
 )
-@click.option("--device", type=click.Choice(training.DEVICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @run_data_option
 def eval_(
     run_dir: str, parts: tuple[str, ...], multi_crop: bool, which: str, device: str, data: str | None
@@ -209,7 +223,7 @@ def eval_(
         fresh = set(map(tuple, table[keys].astype(str).values))
         old = old[[tuple(k) not in fresh for k in old[keys].astype(str).values]]
         table = pd.concat([old, table], ignore_index=True)
-    runs.atomic_write_text(path, table.to_csv(index=False))
+    atomic_write_text(path, table.to_csv(index=False))
     shown = table[table["which"] == which].pivot_table("error", ["part", "crops"], "class", sort=False)
     click.echo(f"{run_dir} ({which}.pt, step {loaded.step}): error per part and class")
     click.echo(shown.to_string(float_format=lambda e: f"{e:.4f}"))

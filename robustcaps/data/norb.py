@@ -20,7 +20,7 @@ from robustcaps.data.norb_format import (  # noqa: F401 (write_matrix is re-expo
     read_matrix,
     write_matrix,
 )
-from robustcaps.runs import atomic_write_json
+from robustcaps.io import atomic_write_json
 
 PARTS = ("train", "test")
 KINDS = ("dat", "cat", "info")
@@ -183,16 +183,3 @@ def content_identity(identity: dict[str, Any]) -> dict[str, Any]:
     """A dataset identity without where the files lie ("root"): what the data are, which is all that may
     decide a result or a seed. The same files in another folder or on another machine compare equal."""
     return {key: value for key, value in identity.items() if key != "root"}
-
-
-def __getattr__(name: str) -> Any:
-    # The verifier and the Dataset build on this module, so they are imported on first use (no import cycle).
-    if name == "SmallNORB":
-        from robustcaps.data.dataset import SmallNORB
-
-        return SmallNORB
-    if name in ("verify", "VerifyReport"):
-        from robustcaps.data import norb_verify
-
-        return getattr(norb_verify, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

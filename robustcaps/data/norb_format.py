@@ -52,7 +52,7 @@ def write_matrix(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Write `array` as a NORB matrix; its dtype picks the magic, a `.gz` suffix writes it gzipped.
 
     The write is atomic (temporary file, then rename) and streamed, so a 447 MB array is not copied
-    into one bytes object first (which `robustcaps.runs.atomic_write_bytes` would need).
+    into one bytes object first (which `robustcaps.io.atomic_write_bytes` would need).
     """
     path = Path(path)
     array = np.asarray(array)

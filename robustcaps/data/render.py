@@ -49,7 +49,7 @@ from robustcaps.data.scene import (  # noqa: F401 (INSTANCES and render_elevatio
     render_elevation,
 )
 from robustcaps.errors import RobustcapsError
-from robustcaps.runs import atomic_write_json
+from robustcaps.io import atomic_write_json
 
 GENERATOR_VERSION = "1.0"
 # (elevations, azimuths, lightings) per preset; every class and instance is always in. full: 24,300 stereo

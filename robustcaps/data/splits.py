@@ -32,7 +32,7 @@ from robustcaps.data.norb import PARTS, dataset_identity, load_arrays, norb_path
 from robustcaps.data.norb_format import cache_root
 from robustcaps.data.transforms import DOWNSAMPLED, downsample
 from robustcaps.errors import RobustcapsError
-from robustcaps.runs import atomic_torch_save
+from robustcaps.io import atomic_torch_save
 
 SPLITS = ("full", "azimuth", "elevation")
 VALIDATIONS = ("instances", "pairs")
