@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="names the output files")
     parser.add_argument("--test", action="store_true", help="also the test error of each run's best.pt")
     args = parser.parse_args(argv)
-    run_dirs = [r for r in args.runs if (r / runs.METRICS_FILE).is_file()]
+    for run_dir in args.runs:
+        if not (run_dir / runs.METRICS_FILE).is_file():
+            parser.error(f"{run_dir}: not a training run (no {runs.METRICS_FILE})")
+    run_dirs = args.runs
     changes = differing({r.name: settings(r) for r in run_dirs})
     curves, summary = [], []
     for run_dir in run_dirs:
