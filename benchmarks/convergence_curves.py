@@ -19,15 +19,15 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustcaps import runs  # noqa: E402
-from robustcaps.report_tables import markdown_table  # noqa: E402
-from robustcaps.runs import atomic_write_text  # noqa: E402
+from robustcaps.report.tables import markdown_table  # noqa: E402
+from robustcaps.training import checkpoints  # noqa: E402
+from robustcaps.training.checkpoints import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def settings(run_dir: Path) -> dict:
-    config = runs.read_json(run_dir / runs.CONFIG_FILE, "run config")
+    config = checkpoints.read_json(run_dir / checkpoints.CONFIG_FILE, "run config")
     flat = {k: v for k, v in config.items() if k != "model_overrides"}
     return flat | {f"model.{k}": v for k, v in config["model_overrides"].items()}
 
@@ -43,10 +43,10 @@ def differing(all_settings: dict[str, dict]) -> dict[str, str]:
 
 
 def test_error(run_dir: Path) -> float:
-    from robustcaps.evaluate import evaluate
-    from robustcaps.train import load_split
+    from robustcaps.training import load_split
+    from robustcaps.training.evaluation import evaluate
 
-    loaded = runs.load_run(run_dir, "best", "cpu")
+    loaded = checkpoints.load_run(run_dir, "best", "cpu")
     return evaluate(loaded.model, load_split(loaded.config).test, "cpu")["error"]
 
 
@@ -79,14 +79,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", action="store_true", help="also the test error of each run's best.pt")
     args = parser.parse_args(argv)
     for run_dir in args.runs:
-        if not (run_dir / runs.METRICS_FILE).is_file():
-            parser.error(f"{run_dir}: not a training run (no {runs.METRICS_FILE})")
+        if not (run_dir / checkpoints.METRICS_FILE).is_file():
+            parser.error(f"{run_dir}: not a training run (no {checkpoints.METRICS_FILE})")
     run_dirs = args.runs
     changes = differing({r.name: settings(r) for r in run_dirs})
     curves, summary = [], []
     for run_dir in run_dirs:
-        metadata = runs.read_json(run_dir / runs.METADATA_FILE, "run metadata")
-        metrics = pd.read_csv(run_dir / runs.METRICS_FILE).dropna(subset=["val_error"])
+        metadata = checkpoints.read_json(run_dir / checkpoints.METADATA_FILE, "run metadata")
+        metrics = pd.read_csv(run_dir / checkpoints.METRICS_FILE).dropna(subset=["val_error"])
         curves.append(
             metrics.assign(
                 run=run_dir.name, settings=changes[run_dir.name], device_name=metadata.get("device_name"),

@@ -103,9 +103,9 @@ done
 # 4. The Triton tests on this GPU (compiled kernels, float64, against torch and the loop oracle; the
 #    first design passed all 15 at 052939a), then what was measured at 052939a and is rerun when its
 #    code changes: CUDA graphs (+1.8 %), the plain path without TF32, the DDP (NCCL) smoke test.
-echo "== [$(elapsed) s] tests/test_routing_triton.py on $DEVICE"
+echo "== [$(elapsed) s] tests/models/test_routing_triton.py on $DEVICE"
 [ $((deadline - $(date +%s))) -ge 60 ] && timeout 120 python3 -m pytest -q -x -p no:cacheprovider \
-    tests/test_routing_triton.py 2>&1 | tail -n 15
+    tests/models/test_routing_triton.py 2>&1 | tail -n 15
 bench "$C:fused:64:cudagraphs:train,$C:fused:256:cudagraphs:infer" --tf32 off
 if [ $((deadline - $(date +%s))) -ge 90 ]; then
     echo "== [$(elapsed) s] one-process DDP (NCCL) training with torch.compile and bf16 autocast, 60 steps"

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustcaps.attack import AttackConfig
-from robustcaps.attack_run import load_eval_set
-from robustcaps.runs import load_run
+from robustcaps.attacks.adapters import AttackConfig
+from robustcaps.attacks.run import load_eval_set
+from robustcaps.training.checkpoints import load_run
 
 
 def round_to_tf32(t: torch.Tensor) -> torch.Tensor:

@@ -20,11 +20,10 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from robustcaps import runs
 from robustcaps.data import transforms
 from robustcaps.models import create_model, routing
-from robustcaps.presets import CAPSNET_INIT
-from robustcaps.train import TrainConfig, load_split
+from robustcaps.study.presets import CAPSNET_INIT
+from robustcaps.training import TrainConfig, checkpoints, load_split
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     parser.add_argument("--estep-temperature", type=float, default=1.0, help="T of every E-step (1: HSF18)")
     parser.add_argument("--run", default=None, help="a trained run's best weights instead of seed-0 init")
     args = parser.parse_args()
-    trained = None if args.run is None else runs.load_run(args.run, data=args.data)
+    trained = None if args.run is None else checkpoints.load_run(args.run, data=args.data)
     model_name = args.model if trained is None else trained.config.model
     test = load_split(TrainConfig(model=model_name, data=args.data, data_size="small")).test
     x, y = transforms.test_batch(test.images[: 2 * args.n]), test.labels[: 2 * args.n]

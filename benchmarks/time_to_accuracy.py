@@ -24,9 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustcaps import runs  # noqa: E402
-from robustcaps.runs import atomic_write_text, device_description, git_commit  # noqa: E402
-from robustcaps.train import TrainConfig, fit  # noqa: E402
+from robustcaps.training import (  # noqa: E402
+    TrainConfig,
+    checkpoints,  # noqa: E402
+    fit,
+)
+from robustcaps.training.checkpoints import atomic_write_text, device_description, git_commit  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = (0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05)
@@ -86,9 +89,9 @@ def dataset_name(identity: dict) -> str:
 
 
 def family_rows(family: str, run_dir: Path) -> tuple[list[dict], pd.DataFrame]:
-    config = TrainConfig.from_json(run_dir / runs.CONFIG_FILE)
-    metadata = runs.read_json(run_dir / runs.METADATA_FILE, "run metadata")
-    metrics = pd.read_csv(run_dir / runs.METRICS_FILE)
+    config = TrainConfig.from_json(run_dir / checkpoints.CONFIG_FILE)
+    metadata = checkpoints.read_json(run_dir / checkpoints.METADATA_FILE, "run metadata")
+    metrics = pd.read_csv(run_dir / checkpoints.METRICS_FILE)
     validated = metrics.dropna(subset=["val_error"])
     common = {
         "family": family,

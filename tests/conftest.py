@@ -21,7 +21,7 @@ RENDERED_SUBSET = {"elevations": (0, 5), "azimuths": (0, 2, 8, 16, 24, 32), "lig
 @pytest.fixture(scope="session")
 def rendered_root(tmp_path_factory: pytest.TempPathFactory):
     """Path of a rendered directory with the six official-name files and manifest.json (seed 0)."""
-    from robustcaps.data.render import render_dataset
+    from robustcaps.data.standin.render import render_dataset
 
     # supersample=1 (aliased edges) renders in ~2 s of CPU; the images are otherwise the full renderer's
     return render_dataset(
@@ -42,6 +42,6 @@ def private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def norb_dir(tmp_path_factory: pytest.TempPathFactory):
-    from tests.test_norb import write_norb_set
+    from tests.data.test_norb import write_norb_set
 
     return write_norb_set(tmp_path_factory.mktemp("norb"))

@@ -1,11 +1,19 @@
-"""`robustcaps attack`: options in, an AttackConfig out; the logic is in robustcaps.attack_run."""
+"""`robustcaps attack`: options in, an AttackConfig out; the logic is in robustcaps.attacks.run."""
 
 from __future__ import annotations
 
 import click
 import torch
 
-from robustcaps.attack import ATTACKS, CRAFTING, LOSSES, PARTS, UNITS, AttackConfig, supports_targeted
+from robustcaps.attacks.adapters import (
+    ATTACK_LOSSES,
+    ATTACK_PARTS,
+    ATTACKS,
+    CRAFTING,
+    UNITS,
+    AttackConfig,
+    supports_targeted,
+)
 from robustcaps.cli.options import device_option, run_data_option
 from robustcaps.errors import RobustcapsError
 
@@ -32,7 +40,7 @@ def parse_eps(values: tuple[str, ...]) -> tuple[float, ...]:
     return tuple(sorted(set(grid)))
 
 
-def resolve_device(device: str) -> str:
+def attack_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -75,7 +83,7 @@ def resolve_device(device: str) -> str:
 )
 @click.option(
     "--loss",
-    type=click.Choice(LOSSES),
+    type=click.Choice(ATTACK_LOSSES),
     default="ce",
     show_default=True,
     help="FGSM/BIM/PGD objective on logits: cross-entropy or the CW logit margin.",
@@ -88,7 +96,7 @@ def resolve_device(device: str) -> str:
 @click.option(
     "--n", type=int, default=500, show_default=True, help="Examples: a seeded class-stratified subset."
 )
-@click.option("--part", type=click.Choice(PARTS), default="test", show_default=True)
+@click.option("--part", type=click.Choice(ATTACK_PARTS), default="test", show_default=True)
 @click.option(
     "--source",
     type=click.Path(exists=True, file_okay=False),
@@ -143,10 +151,10 @@ def attack(run_dir: str, attacks: tuple[str, ...], eps: tuple[str, ...], mode: s
 
     Writes per_example.csv, summary.csv and checks.csv; an interrupted sweep resumes where it stopped.
     """
-    from robustcaps.attack_run import attack_run_dir
+    from robustcaps.attacks.run import attack_run_dir
 
     config = AttackConfig(attacks=tuple(dict.fromkeys(attacks)), eps=parse_eps(eps), targeted=MODES[mode],
-                          device=resolve_device(device), **options)  # fmt: skip
+                          device=attack_device(device), **options)  # fmt: skip
     if True in config.targeted:
         for name in config.attacks:
             if not supports_targeted(name):

@@ -1,4 +1,4 @@
-"""`robustcaps data render` and `data contact-sheet`: wiring only; the work is in robustcaps.data.render."""
+"""`robustcaps data render` and `data contact-sheet`: wiring only; the work is in data.standin.render."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def render(
     progress: bool,
 ) -> None:
     """Render the stand-in viewpoint dataset in the exact smallNORB file format."""
-    from robustcaps.data.render import render_dataset
+    from robustcaps.data.standin.render import render_dataset
 
     path = render_dataset(
         out_dir,

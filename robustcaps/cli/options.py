@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from robustcaps.presets import PRESETS
+from robustcaps.study.presets import PRESETS
 
 device_option = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True

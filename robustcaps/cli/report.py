@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from robustcaps.report import write_report
+from robustcaps.report.readme import write_report
 
 
 @click.command()

@@ -1,4 +1,4 @@
-"""`robustcaps reproduce`: the whole study for one preset, resumable; logic in robustcaps.reproduce."""
+"""`robustcaps reproduce`: the whole study for one preset, resumable; logic in robustcaps.study.pipeline."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from robustcaps.cli.options import data_option, device_option, preset_option, ru
 def reproduce(preset: str, data: str | None, results_dir: str, runs_dir: str | None, device: str) -> None:
     """Render/verify data, train capsnet and CNN on the full, azimuth and elevation splits, attack them,
     check the attacks, and write the report. Finished steps (same config, outputs present) are skipped."""
-    from robustcaps.presets import get_preset
-    from robustcaps.reproduce import reproduce as run
+    from robustcaps.study.pipeline import reproduce as run
+    from robustcaps.study.presets import get_preset
 
     run(
         get_preset(preset),

@@ -1,4 +1,4 @@
-"""`robustcaps train` and `robustcaps eval`: options in, a TrainConfig out; logic in robustcaps.train."""
+"""`robustcaps train` and `robustcaps eval`: options in, a TrainConfig out; logic in robustcaps.training."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ from pathlib import Path
 
 import click
 
-from robustcaps import evaluate as evaluation
-from robustcaps import losses, runs
-from robustcaps import train as training
 from robustcaps.cli.options import run_data_option
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_text
 from robustcaps.models.capsnet import RECOMPUTE, ROUTINGS
 from robustcaps.models.common import COMPILE_MODES
+from robustcaps.training import checkpoints, evaluation, losses
+from robustcaps.training import train as training
 from robustcaps.training.config import (
     AMP,
     DEVICES,
@@ -62,9 +61,9 @@ def _config(ctx: click.Context, options: dict) -> TrainConfig:
     """From the options given; with --resume, from the run's config.json with only the options given."""
     values = {_FIELDS[k]: v for k, v in options.items() if k in _FIELDS}
     values["model_overrides"] = _model_overrides(options["model_option"])
-    if not options["resume"] or not (Path(options["out"]) / runs.CONFIG_FILE).exists():
+    if not options["resume"] or not (Path(options["out"]) / checkpoints.CONFIG_FILE).exists():
         return TrainConfig(**values)  # nothing stored yet: fit starts the run afresh
-    stored = TrainConfig.from_json(Path(options["out"]) / runs.CONFIG_FILE).to_dict()
+    stored = TrainConfig.from_json(Path(options["out"]) / checkpoints.CONFIG_FILE).to_dict()
     for option, name in _FIELDS.items():
         if ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE:
             stored[name] = values[name]
@@ -163,7 +162,7 @@ def train(ctx: click.Context, **options) -> None:
             raise RobustcapsError("--resume needs --out RUN_DIR")
         options["out"] = f"runs/{options['model']}-{options['split']}-s{options['seed']}"
     config = _config(ctx, options)
-    from robustcaps.report_tables import family_of  # imports pandas: not at CLI start-up
+    from robustcaps.report.tables import family_of  # imports pandas: not at CLI start-up
 
     if config.amp == "bf16" and family_of(config.model) == "capsnet":
         click.echo(
@@ -175,7 +174,9 @@ def train(ctx: click.Context, **options) -> None:
     training.fit(config, options["out"], resume=options["resume"])
 
 
-def _eval_rows(loaded: runs.LoadedRun, parts: tuple[str, ...], multi_crop: bool, device: str) -> list[dict]:
+def _eval_rows(
+    loaded: checkpoints.LoadedRun, parts: tuple[str, ...], multi_crop: bool, device: str
+) -> list[dict]:
     data = load_split(loaded.config)
     rows = []
     for part in parts:
@@ -210,13 +211,13 @@ def eval_(
     """Error per part and per class of a trained run; prints it and writes RUN_DIR/eval.csv."""
     import pandas as pd
 
-    from robustcaps.distributed import World
+    from robustcaps.training.distributed import World
 
     device = str(training.resolve_device(device, World()))
-    loaded = runs.load_run(run_dir, which, device, data=data)
+    loaded = checkpoints.load_run(run_dir, which, device, data=data)
     rows = _eval_rows(loaded, parts or ("familiar", "novel", "test", "val"), multi_crop, device)
     table = pd.DataFrame(rows)
-    path = Path(run_dir) / runs.EVAL_FILE
+    path = Path(run_dir) / checkpoints.EVAL_FILE
     if path.exists():  # keep rows of other checkpoints/crop counts; replace the ones evaluated now
         old = pd.read_csv(path, keep_default_na=False, dtype={"class": str})
         keys = ["which", "part", "crops"]

@@ -1,4 +1,4 @@
-"""`robustcaps viewpoint`: HSF18 Table 2 at matched familiar error; logic in robustcaps.viewpoint."""
+"""`robustcaps viewpoint`: HSF18 Table 2 at matched familiar error; logic in robustcaps.study.viewpoint."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def viewpoint(
 ) -> None:
     """Train the CNN, then the capsule network until its familiar-viewpoint error matches the CNN's;
     write both models' familiar and novel error next to the paper's (Table 2)."""
-    from robustcaps.presets import get_preset
-    from robustcaps.viewpoint import resolve_data_root, run_viewpoint
+    from robustcaps.study.presets import get_preset
+    from robustcaps.study.viewpoint import resolve_data_root, run_viewpoint
 
     chosen = get_preset(preset)
     root = resolve_data_root(data, chosen.data_size)

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robustcaps.data.norb import CLASSES, PARTS, dataset_identity, load_arrays  # noqa: E402
-from robustcaps.data.render import INSTANCES  # noqa: E402
+from robustcaps.data.standin.render import INSTANCES  # noqa: E402
 from robustcaps.io import atomic_write_bytes  # noqa: E402
 
 WANTED_AZIMUTHS = (0, 8, 18, 26)  # info values: 0°, 80°, 180° and 260°, front, side, back, other side

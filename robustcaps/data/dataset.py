@@ -19,6 +19,10 @@ from robustcaps.data.norb import INFO_FIELDS, load_arrays
 from robustcaps.errors import RobustcapsError
 
 STEREO = ("channels", "samples")
+# How a run splits the data (implemented in splits.py, which imports torchvision): named here so that a
+# config can be checked without that import.
+SPLITS = ("full", "azimuth", "elevation")
+VALIDATIONS = ("instances", "pairs")
 
 
 def check_stereo(stereo: str) -> None:

@@ -48,7 +48,7 @@ class VerifyReport:
 
     @property
     def mismatch(self) -> tuple[str, ...]:
-        """Alias of `sha256_mismatch` (the name `robustcaps.reproduce` reads)."""
+        """Alias of `sha256_mismatch` (the name `robustcaps.study.pipeline` reads)."""
         return self.sha256_mismatch
 
     @property

@@ -27,15 +27,13 @@ from typing import Any
 
 import torch
 
-from robustcaps.data.dataset import check_stereo
+from robustcaps.data.dataset import SPLITS, VALIDATIONS, check_stereo
 from robustcaps.data.norb import PARTS, dataset_identity, load_arrays, norb_paths
 from robustcaps.data.norb_format import cache_root
 from robustcaps.data.transforms import DOWNSAMPLED, downsample
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_torch_save
 
-SPLITS = ("full", "azimuth", "elevation")
-VALIDATIONS = ("instances", "pairs")
 TRAIN_AZIMUTHS = (30, 32, 34, 0, 2, 4)  # info values: 300°, 320°, 340°, 0°, 20°, 40°
 TRAIN_ELEVATIONS = (0, 1, 2)  # info values: 30°, 35°, 40°
 _CACHE_VERSION = 1

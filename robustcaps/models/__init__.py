@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 # name → (model class, preset configuration); the presets are the paper's (HSF18 §5) sizes.
-PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
+REGISTRY: dict[str, tuple[type[nn.Module], Any]] = {
     "capsnet": (CapsNet, CapsNetConfig()),  # A=B=C=D=32: 316,394 parameters ("310K")
     "capsnet-small": (
         CapsNet,
@@ -58,17 +58,17 @@ def routing_as(model: nn.Module, routing: str):
 
 
 def list_models() -> list[str]:
-    return list(PRESETS)
+    return list(REGISTRY)
 
 
 def create_model(name: str, in_channels: int = 1, **overrides: Any) -> nn.Module:
     """The preset `name` with `in_channels` input channels (1: one camera, 2: the stereo pair) and any
     configuration fields overridden; raises RobustcapsError for an unknown name or setting."""
-    if name not in PRESETS:
-        raise RobustcapsError(f"unknown model {name!r} (--model): choose one of {', '.join(PRESETS)}")
+    if name not in REGISTRY:
+        raise RobustcapsError(f"unknown model {name!r} (--model): choose one of {', '.join(REGISTRY)}")
     if in_channels not in (1, 2):
         raise RobustcapsError(f"--in-channels must be 1 (one camera) or 2 (stereo pair), got {in_channels}")
-    model_class, preset = PRESETS[name]
+    model_class, preset = REGISTRY[name]
     fields = {field.name for field in dataclasses.fields(preset)}
     unknown = sorted(set(overrides) - fields)
     if unknown:

@@ -31,7 +31,7 @@ from robustcaps.models.routing import (
 from robustcaps.models.routing_fused import fused_em_routing
 from robustcaps.models.routing_triton import triton_em_routing
 
-IMAGE_SIZE = 32
+INPUT_SIZE = 32
 POSE = 16  # a 4×4 pose matrix, flattened
 OUTPUTS = ("logits", "activations", "vote_logits")
 ESTEPS = ("cross", "position")
@@ -238,7 +238,7 @@ def receptive_field_centres(layers: list[tuple[int, int]], out_size: int) -> Ten
     centre = torch.arange(out_size, dtype=torch.float64)
     for kernel, stride in reversed(layers):
         centre = stride * centre + (kernel - 1) / 2
-    return ((centre + 0.5) / IMAGE_SIZE).float()
+    return ((centre + 0.5) / INPUT_SIZE).float()
 
 
 def _as_capsules(routed: Routed, size: int) -> Tensor:
@@ -291,7 +291,7 @@ class CapsNet(nn.Module):
 
     def use_routing(self, routing: str) -> None:
         """Compute routing the `routing` way from now on (one of ROUTINGS): the same function of the same
-        weights (tests/test_routing_fused.py, test_routing_triton.py), so a model trained with one path is
+        weights (tests/models/test_routing_fused.py, test_routing_triton.py), so a model trained with one path is
         evaluated with another.
         The trainer trains with fused under torch.compile and evaluates with plain, which is faster than
         fused in eager mode; `config.routing` keeps what the model was built with."""
@@ -317,7 +317,7 @@ class CapsNet(nn.Module):
 
     def routed(self, x: Tensor, output: str = "logits") -> list[Routed]:
         """Every routed layer's parents: [ConvCaps1, ConvCaps2, ClassCaps], positions flattened."""
-        if x.dim() != 4 or x.shape[1:] != (self.config.in_channels, IMAGE_SIZE, IMAGE_SIZE):
+        if x.dim() != 4 or x.shape[1:] != (self.config.in_channels, INPUT_SIZE, INPUT_SIZE):
             raise ValueError(
                 f"{self.name} takes (N, {self.config.in_channels}, 32, 32) images, got {tuple(x.shape)}"
             )
@@ -358,7 +358,7 @@ class CapsNet(nn.Module):
         """
         if probe is None:
             generator = torch.Generator().manual_seed(seed)
-            probe = torch.rand(images, self.config.in_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+            probe = torch.rand(images, self.config.in_channels, INPUT_SIZE, INPUT_SIZE, generator=generator)
         routing = self.routing
         self.use_routing("plain")
         try:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from robustcaps.models.common import Standardize
 
-IMAGE_SIZE = 32
+INPUT_SIZE = 32
 OUTPUTS = ("logits", "activations")
 
 
@@ -37,7 +37,7 @@ class CNN(nn.Module):
     def __init__(self, config: CNNConfig, name: str = "cnn") -> None:
         super().__init__()
         self.config, self.name = config, name
-        flat = config.conv2_channels * (IMAGE_SIZE // 4) ** 2
+        flat = config.conv2_channels * (INPUT_SIZE // 4) ** 2
         self.layers = nn.Sequential(
             Standardize(),
             nn.Conv2d(config.in_channels, config.conv1_channels, kernel_size=5, padding="same"),
@@ -57,7 +57,7 @@ class CNN(nn.Module):
         """Class scores (N, n_classes): pre-softmax `logits` (what attacks see) or softmax `activations`."""
         if output not in OUTPUTS:
             raise ValueError(f"{self.name} supports output in {OUTPUTS}, got {output!r}")
-        if x.dim() != 4 or x.shape[1:] != (self.config.in_channels, IMAGE_SIZE, IMAGE_SIZE):
+        if x.dim() != 4 or x.shape[1:] != (self.config.in_channels, INPUT_SIZE, INPUT_SIZE):
             raise ValueError(
                 f"{self.name} takes (N, {self.config.in_channels}, 32, 32) images, got {tuple(x.shape)}"
             )

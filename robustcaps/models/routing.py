@@ -232,7 +232,7 @@ def _log_joint(
     """log a_j + T log N(V_ij; μ_j, σ_j²): (N, L, J, I), with (V − μ)² expanded into two matrix products.
     T scales the precision and the normaliser (parent-sized), not a vote-sized tensor."""
     precision, log_normaliser = variance.reciprocal(), (2 * math.pi * variance).log()
-    if temperature != 1.0:  # T = 1 computes exactly what it did before T existed
+    if temperature != 1.0:  # T = 1 keeps Procedure 1's arithmetic exactly
         precision, log_normaliser = temperature * precision, temperature * log_normaliser
     if (
         torch.compiler.is_compiling()

@@ -141,6 +141,6 @@ def joint_from_distance(
 ) -> Tensor:
     """log a_j + T log N(V_ij; μ_j, σ_j²) from the distance Σ_h (V_ijh − μ_jh)²/2σ_jh² (N, L, J, I)."""
     constant = 0.5 * (2 * math.pi * variance).log().sum(-1)  # (N, L, J)
-    if temperature != 1.0:  # T = 1 computes exactly what it did before T existed
+    if temperature != 1.0:  # T = 1 keeps Procedure 1's arithmetic exactly
         constant, distance = temperature * constant, temperature * distance
     return (F.logsigmoid(logits) - constant).unsqueeze(-1) - distance

@@ -13,9 +13,8 @@ The M-step is `moments` with c = the data shares; the E-step's log-density is `q
 pass of either is the other plus `vote grads` (routing_triton.py). Why hand-written: inductor writes the
 votes to memory once per pass (routing_fused.py); no library sums over a vote computed on the fly.
 
-How the work is laid out (the second design; the first, at commit 9a4488c, spread each 4×4 vote over 16
-threads and ran at 543 img/s on an H200, its inner loops full of shuffles and shared-memory barriers):
-each thread owns whole votes, its 16 entries in registers as a 16-tuple, so the 4×4 products and every
+How the work is laid out (benchmarks/NOTES.md has the first design and why it was replaced): each thread
+owns whole votes, its 16 entries in registers as a 16-tuple, so the 4×4 products and every
 sum over pose entries stay inside a thread. The threads of a program are the parents j of one row (moments,
 quadratic, W's gradient) or 32 children i (the poses' gradient), and each loops over the other index, so
 that what all its threads share (M_i, or μ_j, a_j, b_j, W_ij) is loaded once per iteration or once per

@@ -1,8 +1,19 @@
-"""Training: `config` holds TrainConfig and what follows from it alone (the model, the split, the schedule).
-
-The loop (`robustcaps.trainer`) and `fit` (`robustcaps.train`) build on it; nothing here imports them.
+"""Training: a TrainConfig (`config`) trained into a run directory by `fit` (`train`, through `loop`), and
+loaded back with `load_run` (`checkpoints`); `evaluation` gives test-time error, `losses` the spread loss.
 """
 
+from robustcaps.training.checkpoints import LoadedRun, load_run
 from robustcaps.training.config import TrainConfig, build_model, load_split
+from robustcaps.training.evaluation import evaluate
+from robustcaps.training.train import fit, resolve_device
 
-__all__ = ["TrainConfig", "build_model", "load_split"]
+__all__ = [
+    "LoadedRun",
+    "TrainConfig",
+    "build_model",
+    "evaluate",
+    "fit",
+    "load_run",
+    "load_split",
+    "resolve_device",
+]

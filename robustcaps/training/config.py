@@ -23,18 +23,16 @@ from typing import Any
 
 import torch
 
-from robustcaps import losses
-from robustcaps.data.render import default_data_root
+from robustcaps.data.dataset import SPLITS, STEREO, VALIDATIONS
+from robustcaps.data.standin.render import default_data_root
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import read_json
 from robustcaps.models import create_model, list_models
 from robustcaps.models.capsnet import RECOMPUTE, ROUTINGS
 from robustcaps.models.common import COMPILE_MODES
+from robustcaps.training import losses
 
-SPLITS = ("full", "azimuth", "elevation")
-VALIDATIONS = ("instances", "pairs")  # see data/splits.py
 LR_SCHEDULES = ("exponential", "cosine")
-STEREO = ("channels", "samples")
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
 # Options a resumed run may change: how long to train, where, and where the data lives (metadata.json

@@ -1,0 +1,176 @@
+"""The report's figures (seaborn): Fig. 3 analogue, all attacks, familiar vs novel error, training curves.
+
+Each figure carries a footer naming the command that regenerates it, the dataset, the device and the
+commit, so a PNG that travels alone still says where it came from. Written as PNG and PDF, atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless machines (CI, GPU nodes) have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from robustcaps.io import atomic_write_bytes  # noqa: E402
+from robustcaps.paper_results import fig3_frame, table2_frame  # noqa: E402
+from robustcaps.report.tables import PAPER_ATTACKS, family_of, with_protocol  # noqa: E402
+
+FAMILY_COLOURS = {"capsnet": "tab:blue", "cnn": "tab:orange"}
+
+
+def save_figure(fig: plt.Figure, stem: Path, footer: str) -> list[Path]:
+    """Write `stem`.png and `stem`.pdf with the provenance footer; returns both paths."""
+    fig.text(0.01, 0.005, footer, fontsize=6, ha="left", va="bottom", wrap=True, color="0.3")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    paths = []
+    # no creation date in the PDF: the same numbers give the same bytes, and a rerun leaves git clean
+    for suffix, kwargs in ((".png", {"dpi": 130}), (".pdf", {"metadata": {"CreationDate": None}})):
+        buffer = io.BytesIO()
+        # bbox "tight" keeps legends that seaborn places outside the axes inside the file.
+        fig.savefig(buffer, format=suffix[1:], bbox_inches="tight", **kwargs)
+        paths.append(atomic_write_bytes(stem.with_suffix(suffix), buffer.getvalue()))
+    plt.close(fig)
+    return paths
+
+
+def _colour(model: str) -> str:
+    return FAMILY_COLOURS.get(family_of(model), "0.4")
+
+
+def plot_fig3(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
+    """Accuracy (untargeted) and success rate (targeted) against ε for FGSM and BIM, paper points overlaid."""
+    white_box = (summary["source"] == "") & (summary["role"] == "sweep")
+    rows = summary[summary["attack"].isin(PAPER_ATTACKS) & white_box]
+    paper = fig3_frame()
+    fig, axes = plt.subplots(2, 2, figsize=(9, 7), sharex=True, sharey=True, squeeze=False)
+    for i, targeted in enumerate((False, True)):
+        for j, attack in enumerate(PAPER_ATTACKS):
+            ax = axes[i, j]
+            ours = rows[(rows["attack"] == attack) & (rows["targeted"] == targeted)]
+            ours = ours.groupby(["model", "eps_std"], as_index=False)["value"].mean()
+            for model, line in ours.groupby("model"):
+                sns.lineplot(
+                    data=line,
+                    x="eps_std",
+                    y="value",
+                    ax=ax,
+                    marker="o",
+                    color=_colour(model),
+                    label=f"{model} (ours)",
+                )
+            points = paper[(paper["attack"] == attack) & (paper["targeted"] == targeted)]
+            for family, group in points.groupby("family"):
+                ax.scatter(
+                    group["eps_std"],
+                    group["value"],
+                    marker="*",
+                    s=140,
+                    edgecolor="black",
+                    color=FAMILY_COLOURS[family],
+                    label=f"{family} (paper)",
+                    zorder=3,
+                )
+            metric = "targeted success rate" if targeted else "accuracy"
+            ax.set(
+                title=f"{attack.upper()} {'targeted' if targeted else 'untargeted'}",
+                xlabel="ε (standardised input units)",
+                ylabel=metric,
+                ylim=(-0.02, 1.02),
+            )
+            ax.legend(fontsize=7)
+    fig.suptitle("White-box attacks (cf. HSF18 Fig. 3)")
+    return save_figure(fig, stem, footer)
+
+
+def plot_all_attacks(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
+    """Untargeted accuracy against ε for every attack (including transfer and the vote attack) and model."""
+    chosen = (~summary["targeted"]) & (summary["role"] == "sweep") & (summary["attack"] != "clean")
+    rows = summary[chosen & (summary["metric"] == "accuracy")].copy()
+    rows["attack"] = [
+        a if not s else f"{a} (from {s})" for a, s in zip(rows["attack"], rows["source"], strict=True)
+    ]
+    grid = sns.relplot(
+        data=rows,
+        x="eps_std",
+        y="value",
+        hue="attack",
+        col="model",
+        kind="line",
+        marker="o",
+        height=3.6,
+        aspect=1.1,
+        facet_kws={"ylim": (-0.02, 1.02)},
+    )
+    grid.set_axis_labels("ε (standardised input units)", "accuracy")
+    sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.9))  # beside the axes, not over them
+    grid.figure.suptitle("Untargeted accuracy under every attack", y=1.0)
+    return save_figure(grid.figure, stem, footer)
+
+
+def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
+    """Novel against familiar error per split and model, ours and the paper's Table 2."""
+    viewpoint = with_protocol(viewpoint)
+    stopped, paper = "ours, CNN stopped at capsules' familiar", "paper (smallNORB)"
+    markers = {"ours": "o", stopped: "X", paper: "s"}  # fixed: seaborn would pick them per panel
+    source = viewpoint["protocol"].map({"paper": "ours", "reverse": stopped})
+    ours = viewpoint.assign(family=viewpoint["model"].map(family_of), source=source)
+    points = pd.concat([ours, table2_frame().assign(source=paper)], ignore_index=True)
+    splits = sorted(points["split"].unique())
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits), 4.2), squeeze=False)
+    legend = {}  # label -> handle, over every panel (a reverse match may exist on one split only)
+    for ax, split in zip(axes[0], splits, strict=True):
+        group = points[points["split"] == split]
+        sns.scatterplot(
+            data=group,
+            x="familiar_error",
+            y="novel_error",
+            hue="family",
+            style="source",
+            markers={k: v for k, v in markers.items() if k in set(group["source"])},
+            palette=FAMILY_COLOURS,
+            s=110,
+            ax=ax,
+        )
+        top = max(group[["familiar_error", "novel_error"]].max().max() * 1.15, 0.05)
+        ax.plot([0, top], [0, top], color="0.7", linestyle="--", linewidth=1, label="novel = familiar")
+        ax.set(
+            title=f"{split} split",
+            xlim=(0, top),
+            ylim=(0, top),
+            xlabel="familiar-viewpoint error",
+            ylabel="novel-viewpoint error",
+        )
+        legend |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+        ax.get_legend().remove()
+    # one legend beside the panels: inside an axes it covers points wherever "best" puts it
+    fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False)  # fmt: skip
+    fig.suptitle("Viewpoint generalisation at matched familiar error (cf. HSF18 Table 2)")
+    return save_figure(fig, stem, footer)
+
+
+def plot_training(training: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
+    """Training loss and errors against step, one line per run, one row per family."""
+    metrics = [m for m in ("train_loss", "train_error", "val_error", "familiar_error") if m in training]
+    training = training.assign(family=training["model"].map(family_of)) if "model" in training else training
+    ids = ["run", "step"] + (["family"] if "family" in training else [])
+    long = training.melt(id_vars=ids, value_vars=metrics, var_name="metric").dropna(subset=["value"])
+    # One row per family: the capsules' spread loss and the CNN's cross-entropy are not on one scale.
+    grid = sns.relplot(data=long, x="step", y="value", hue="run", col="metric",
+                       row="family" if "family" in long else None, kind="line", marker="o", markersize=4,
+                       height=3.0, aspect=1.1, facet_kws={"sharey": False, "sharex": False})  # fmt: skip
+    grid.set_titles("{row_name}: {col_name}" if "family" in long else "{col_name}")
+    for ax in grid.axes.flat:  # an empty panel: e.g. familiar error, recorded only with a target to reach
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    grid.figure.suptitle("Training curves", y=1.0)
+    sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.9))
+    return save_figure(grid.figure, stem, footer)

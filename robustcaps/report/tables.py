@@ -1,0 +1,254 @@
+"""Read the small CSVs of a results/ tree and turn them into the report's tables.
+
+The results/ tree (written by `robustcaps reproduce`, read here):
+
+    provenance.json              preset, command, device, commit, dataset identity, step times
+    clean/clean_error.csv        model, family, split, part, crops, error, n
+    viewpoint/<split>.csv        the Table 2 analogue of one split (see robustcaps.study.viewpoint)
+    training/metrics.csv         run, model, family, split + the trainer's metrics.csv columns
+    models/<model>-full/         the full-split models, weights only: `robustcaps eval` and `attack` read them
+    attacks/<name>/summary.csv   the attacks' summary (model, attack, targeted, eps_std, value...)
+    attacks/<name>/checks.csv    the attacks' integrity checks (model, check, passed, detail)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from robustcaps.paper_results import CLEAN_ERROR, TABLE2
+from robustcaps.uncertainty import wilson
+
+CLEAN_CSV = Path("clean") / "clean_error.csv"
+VIEWPOINT_DIR = Path("viewpoint")
+TRAINING_CSV = Path("training") / "metrics.csv"
+MODELS_DIR = Path("models")  # the full-split models, weights only (runs.export_run)
+ATTACKS_DIR = Path("attacks")
+PROVENANCE_JSON = Path("provenance.json")
+PAPER_ATTACKS = ("fgsm", "bim")
+
+
+def family_of(model: str) -> str:
+    """capsnet or cnn, from a model or run name (the registry's names start with the family)."""
+    name = str(model).lower()
+    return "capsnet" if "caps" in name else "cnn" if "cnn" in name else name
+
+
+def csv_bool(column: pd.Series) -> pd.Series:
+    """A True/False column as pandas read it back: bool, or the strings "True"/"1" when a CSV mixed types."""
+    return column.astype(str).str.lower().isin(("true", "1"))
+
+
+def _read_csvs(paths: list[Path]) -> pd.DataFrame:
+    frames = [pd.read_csv(path) for path in sorted(paths) if path.stat().st_size > 0]
+    frames = [frame for frame in frames if not frame.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame | dict]:
+    """Every input of the report; a part that was not produced is an empty frame."""
+    root = Path(results_dir)
+    summary = _read_csvs(list((root / ATTACKS_DIR).glob("*/summary.csv")))
+    if not summary.empty:
+        summary["attack"] = summary["attack"].astype(str).str.lower()
+        summary["targeted"] = csv_bool(summary["targeted"])
+        source = summary["source"] if "source" in summary else pd.Series("", index=summary.index)
+        # the attacks write "self" for a white-box attack; here an empty source means white-box.
+        summary["source"] = source.astype(object).where(source.notna(), "").astype(str).replace("self", "")
+        role = summary["role"] if "role" in summary else pd.Series("sweep", index=summary.index)
+        summary["role"] = role.fillna("sweep").astype(str)
+        summary["family"] = summary["model"].map(family_of)
+    provenance_path = root / PROVENANCE_JSON
+    return {
+        "outcomes": white_box_outcomes(root),
+        "clean": _read_csvs([root / CLEAN_CSV] if (root / CLEAN_CSV).exists() else []),
+        "viewpoint": with_protocol(_read_csvs(list((root / VIEWPOINT_DIR).glob("*.csv")))),
+        "training": _read_csvs([root / TRAINING_CSV] if (root / TRAINING_CSV).exists() else []),
+        "summary": summary,
+        "checks": _read_csvs(list((root / ATTACKS_DIR).glob("*/checks.csv"))),
+        "provenance": json.loads(provenance_path.read_text()) if provenance_path.exists() else {},
+    }
+
+
+def white_box_outcomes(root: Path) -> pd.DataFrame:
+    """Per example and white-box sweep cell, each model's score (model, family, attack, targeted, eps_std,
+    example, score): untargeted, 1 if it still classified the example correctly, else 0; targeted, the
+    fraction of the wrong classes the attack reached. From the per_example.csv files that `reproduce`
+    copies next to each summary; empty when there are none."""
+    frames = []
+    for path in sorted((root / ATTACKS_DIR).glob("*/per_example.csv")):
+        if not path.with_name("summary.csv").is_file():  # which model these rows are about is not known
+            continue
+        model = pd.read_csv(path.with_name("summary.csv"), usecols=["model"], nrows=1)["model"].iloc[0]
+        rows = pd.read_csv(path)
+        rows = rows[(rows["source"] == "self") & (rows["role"] == "sweep")]
+        targeted = csv_bool(rows["targeted"])
+        hit = rows["prediction"] == rows["target"].where(targeted, rows["label"])
+        frames.append(pd.DataFrame({
+            "model": model, "family": family_of(model), "attack": rows["attack"].str.lower(),
+            "targeted": targeted, "eps_std": rows["eps_std"], "example": rows["example"], "score": hit,
+        }))  # fmt: skip
+    if not frames:
+        return pd.DataFrame()
+    keys = ["model", "family", "attack", "targeted", "eps_std", "example"]
+    return pd.concat(frames, ignore_index=True).groupby(keys, as_index=False, sort=False)["score"].mean()
+
+
+def with_protocol(viewpoint: pd.DataFrame) -> pd.DataFrame:
+    """Viewpoint rows with their `protocol` ("paper" or "reverse", robustcaps.study.viewpoint); rows written
+    before the reverse match existed are all "paper"."""
+    if viewpoint.empty or "protocol" in viewpoint:
+        return viewpoint
+    return viewpoint.assign(protocol="paper")
+
+
+def step_of(checkpoint: str) -> str:
+    """ "step N" from a snapshot's name (runs.snapshot_name), else the name itself."""
+    digits = re.search(r"\d+$", str(checkpoint))
+    return f"step {int(digits.group())}" if digits else str(checkpoint)
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
+    """A GitHub Markdown table. Written by hand: pandas' to_markdown needs `tabulate`, not a dependency."""
+    if frame.empty:
+        return "_(no data)_\n"
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else floatfmt.format(value)
+        return str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def percent(value: float) -> str:
+    return "" if pd.isna(value) else f"{100 * value:.1f}%"
+
+
+def percent_interval(value: float, n: int) -> str:
+    """ "45.8% (41.0–50.7)": the rate and its 95% Wilson interval on n examples."""
+    if pd.isna(value) or pd.isna(n):
+        return percent(value)
+    low, high = wilson(value, int(n))
+    return f"{percent(value)} ({100 * low:.1f}–{100 * high:.1f})"
+
+
+def interval_note(summary: pd.DataFrame) -> str:
+    """How wide a 95% interval on one attack cell's rate can be, for the examples per cell in `summary`."""
+    if summary.empty or "n" not in summary:
+        return ""
+    n = int(summary["n"].min())
+    low, high = wilson(0.5, n)
+    fewest = f"{n} examples per cell" if n == summary["n"].max() else f"at least {n} examples per cell"
+    return f" {fewest}: a 95% interval on a rate can be up to ±{(high - low) / 2:.2f} wide (Wilson, at 0.5)."
+
+
+def clean_table(clean: pd.DataFrame) -> pd.DataFrame:
+    """Clean error per model, split and part, one column per crop count (1 and 13), with the paper's."""
+    if clean.empty:
+        return clean
+    wide = clean.pivot_table(index=["model", "split", "part"], columns="crops", values="error").reset_index()
+    wide.columns = [
+        f"error ({c} crop{'s' if c != 1 else ''})" if isinstance(c, int | float) else c for c in wide.columns
+    ]
+    n = clean.groupby(["model", "split", "part"])["n"].max().reset_index()
+    wide = wide.merge(n, on=["model", "split", "part"])
+    paper = {1: [], 13: []}
+    for row in wide.itertuples(index=False):
+        for crops in paper:
+            value = CLEAN_ERROR.get((family_of(row.model), crops)) if row.split == "full" else None
+            paper[crops].append(percent(value) if value is not None and row.part == "test" else "")
+    for column in [c for c in wide.columns if c.startswith("error")]:
+        wide[column] = [percent_interval(e, n) for e, n in zip(wide[column], wide["n"], strict=True)]
+    wide["paper (1 crop)"], wide["paper (13 crops)"] = paper[1], paper[13]
+    return wide
+
+
+def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
+    """The Table 2 analogue: familiar and novel error per split and model, next to the paper's."""
+    if viewpoint.empty:
+        return viewpoint
+    viewpoint = with_protocol(viewpoint).sort_values(["split", "protocol", "model"]).reset_index(drop=True)
+    paper = viewpoint["protocol"] == "paper"
+
+    def from_paper(column: str) -> list[str]:
+        return [
+            percent(TABLE2[(s, family_of(m))][column]) if is_paper else ""
+            for s, m, is_paper in zip(viewpoint["split"], viewpoint["model"], paper, strict=True)
+        ]
+
+    return pd.DataFrame(
+        {
+            "split": viewpoint["split"],
+            "model": viewpoint["model"],
+            "match": [
+                "capsules stopped at the CNN's"
+                if is_paper
+                else f"CNN stopped at the capsules' ({step_of(which)})"
+                for is_paper, which in zip(paper, viewpoint.get("checkpoint", paper), strict=True)
+            ],
+            **{
+                f"{part} error (95% interval)": [
+                    percent_interval(e, n)
+                    for e, n in zip(viewpoint[f"{part}_error"], viewpoint[f"n_{part}"], strict=True)
+                ]
+                for part in ("familiar", "novel")
+            },
+            "paper familiar": from_paper("familiar_error"),
+            "paper novel": from_paper("novel_error"),
+            "familiar gap (caps − CNN)": viewpoint["familiar_gap"].map(percent),
+            "n familiar / novel": [
+                f"{a} / {b}" for a, b in zip(viewpoint["n_familiar"], viewpoint["n_novel"], strict=True)
+            ],
+        }
+    )
+
+
+def sweep_table(summary: pd.DataFrame, targeted: bool) -> pd.DataFrame:
+    """FGSM/BIM white-box sweeps: one row per ε (standardised units), one column per attack and model."""
+    if summary.empty:
+        return summary
+    rows = summary[
+        summary["attack"].isin(PAPER_ATTACKS)
+        & (summary["targeted"] == targeted)
+        & (summary["source"] == "")
+        & (summary["role"] == "sweep")
+    ]
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows.assign(eps=rows["eps_std"].round(3), column=rows["attack"].str.upper() + " " + rows["model"])
+    wide = rows.pivot_table(index="eps", columns="column", values="value", aggfunc="mean")
+    return wide.reset_index().rename(columns={"eps": "ε (std units)"})
+
+
+def stronger_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Every other attack (PGD, APGD, transfer, vote, worst case): a row per attack/model, ε as columns."""
+    if summary.empty:
+        return summary
+    paper = summary["attack"].isin(PAPER_ATTACKS) & (summary["source"] == "") & (summary["role"] == "sweep")
+    rows = summary[~paper & (summary["attack"] != "clean")]
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows.assign(
+        eps=rows["eps_std"].round(3).map(lambda e: f"ε={e:g}"),
+        mode=rows["targeted"].map({True: "targeted", False: "untargeted"}),
+    )
+    # role "check": the extra cells of the integrity checks (PGD at ε_pixel 0.5, PGD with 4× the budget).
+    index = ["attack", "source", "model", "mode", "role", "metric"]
+    wide = rows.pivot_table(index=index, columns="eps", values="value", aggfunc="mean")
+    ordered = sorted(wide.columns, key=lambda c: float(c[2:]))
+    return wide[ordered].reset_index()
+
+
+def checks_table(checks: pd.DataFrame) -> pd.DataFrame:
+    if checks.empty:
+        return checks
+    passed = csv_bool(checks["passed"])
+    out = checks.assign(result=passed.map({True: "pass", False: "FAIL"}))
+    return out[["model", "check", "result", "detail"]].drop_duplicates().reset_index(drop=True)

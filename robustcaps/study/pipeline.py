@@ -1,0 +1,236 @@
+"""`robustcaps reproduce`: data → training (full, azimuth, elevation) → clean error → attacks → report.
+
+Every stage is a resumable `Step` (robustcaps.study.steps): rerunning skips what is finished with the same
+config, so an interrupted `make demo` continues where it stopped. Checkpoints and per-example attack
+results go to the runs directory (default `runs/reproduce-<preset>/`, git-ignored); the small CSVs the
+report reads go to the results directory (default `results/`).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+
+from robustcaps.data.norb import dataset_identity
+from robustcaps.data.norb_verify import verify
+from robustcaps.data.standin.render import default_data_path
+from robustcaps.errors import RobustcapsError
+from robustcaps.io import atomic_write_json, atomic_write_text
+from robustcaps.provenance import environment_metadata
+from robustcaps.report.readme import write_report
+from robustcaps.report.tables import (
+    CLEAN_CSV,
+    MODELS_DIR,
+    PROVENANCE_JSON,
+    TRAINING_CSV,
+    VIEWPOINT_DIR,
+    family_of,
+    with_protocol,
+)
+from robustcaps.study.attacks import ATTACK_FILES, attack_victim
+from robustcaps.study.presets import Preset
+from robustcaps.study.steps import Pipeline, Step
+from robustcaps.study.viewpoint import (
+    TABLE_VERSION,
+    VIEWPOINT_SPLITS,
+    evaluate_run,
+    resolve_data_root,
+    run_dir,
+    run_viewpoint,
+    train_config,
+    train_or_resume,
+)
+from robustcaps.training import resolve_device as trainer_device
+from robustcaps.training.checkpoints import export_run
+from robustcaps.training.distributed import World
+
+CHECKPOINT_FILES = ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv")
+
+
+def prepare_data(data: str | None, preset: Preset, results: Path, echo: Callable[[str], None]) -> Path:
+    """The dataset root: --data as given, else the preset's rendered stand-in (rendered once, cached)."""
+    root = resolve_data_root(data, preset.data_size)
+    report = verify(root)
+    lines = report.lines()
+    if getattr(report, "mismatch", ()):
+        raise RobustcapsError(
+            f"--data {root}: files differ from its manifest.json ({', '.join(report.mismatch)})"
+        )
+    atomic_write_text(
+        results / "data_verify.txt", f"$ robustcaps data verify {root}\n" + "\n".join(lines) + "\n"
+    )
+    echo("\n".join(lines))
+    return root
+
+
+def contact_sheet(root: Path, out: Path) -> Path:
+    from robustcaps.data.contact_sheet import write_contact_sheet
+
+    return Path(write_contact_sheet(root, out))
+
+
+def clean_error_rows(preset: Preset, runs_dir: Path, results: Path, device: str) -> pd.DataFrame:
+    """Clean error of every trained run on its own split's parts; the 13-crop test (if set) on the full
+    split's test part only, where HSF18 report it (it costs 13 forward passes per image). The azimuth and
+    elevation runs were already evaluated on familiar and novel data by their viewpoint step: those
+    errors are read from its CSV rather than computed a second time."""
+    rows = []
+    for model in (preset.cnn, preset.capsnet):
+        directory = run_dir(runs_dir, preset, model, "full")
+        for multi_crop in (False, True) if preset.multi_crop else (False,):
+            trained = evaluate_run(directory, "best", ("test",), device, multi_crop=multi_crop)
+            rows.append({"model": model, "family": family_of(model), "split": "full", "part": "test",
+                         "crops": 13 if multi_crop else 1, "error": trained.errors["test"],
+                         "n": trained.sizes["test"], "checkpoint": "best"})  # fmt: skip
+    for split in VIEWPOINT_SPLITS:
+        table = with_protocol(pd.read_csv(results / VIEWPOINT_DIR / f"{split}.csv"))
+        for row in table[table["protocol"] == "paper"].itertuples():  # a model's own stopping rule only
+            rows += [{"model": row.model, "family": row.family, "split": split, "part": part, "crops": 1,
+                      "error": getattr(row, f"{part}_error"), "n": getattr(row, f"n_{part}"),
+                      "checkpoint": row.checkpoint} for part in ("familiar", "novel")]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def training_rows(runs_dir: Path, preset: Preset) -> pd.DataFrame:
+    """Every run's metrics.csv, stacked, with the run's model and split (for the training-curve figure)."""
+    frames = []
+    for split in ("full", *VIEWPOINT_SPLITS):
+        for model in (preset.cnn, preset.capsnet):
+            metrics = pd.read_csv(run_dir(runs_dir, preset, model, split) / "metrics.csv")
+            frames.append(
+                metrics.assign(run=f"{model}-{split}", model=model, family=family_of(model), split=split)
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    return atomic_write_text(path, frame.to_csv(index=False))
+
+
+def training_steps(
+    preset: Preset, root: Path, results: Path, runs_dir: Path, device: str, echo
+) -> list[Step]:
+    """Both models on the full split, then the matched-familiar-error protocol on each viewpoint split."""
+    identity, steps = dataset_identity(root), []
+    for model in (preset.cnn, preset.capsnet):
+        config, directory = (
+            train_config(preset, model, "full", root, device),
+            run_dir(runs_dir, preset, model, "full"),
+        )
+        outputs = tuple(directory / f for f in CHECKPOINT_FILES)
+        steps.append(Step(f"train-{model}-full", {"train": config.to_dict(), "data": identity}, outputs,
+                          partial(train_or_resume, config, directory)))  # fmt: skip
+    # the preset's own stand-in needs no --data (its cache path differs between machines)
+    data = "" if Path(root) == default_data_path(preset.data_size) else f" --data {root}"
+    for split in VIEWPOINT_SPLITS:
+        outputs = (results / VIEWPOINT_DIR / f"{split}.csv", results / VIEWPOINT_DIR / f"{split}.md")
+        note = f"Regenerate: robustcaps viewpoint --split {split} --preset {preset.name}{data}"
+        run = partial(
+            run_viewpoint, split, preset, root, runs_dir, results / VIEWPOINT_DIR, device, note, echo
+        )
+        # The capsules' target comes from the CNN run, so the two configs (without it) define the step.
+        configs = {
+            m: train_config(preset, m, split, root, device).to_dict() for m in (preset.cnn, preset.capsnet)
+        }
+        config = {"train": configs, "data": identity, "table": TABLE_VERSION}
+        steps.append(Step(f"viewpoint-{split}", config, outputs, run))
+    return steps
+
+
+def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, device: str, echo) -> list[Step]:
+    """The pipeline after data preparation, in order; each step's config is what makes its outputs."""
+    steps = training_steps(preset, root, results, runs_dir, device, echo)
+    trained = tuple(step.name for step in steps)
+    models = (preset.cnn, preset.capsnet)
+    steps.append(
+        Step(
+            "clean-error",
+            {"multi_crop": preset.multi_crop},
+            (results / CLEAN_CSV,),
+            lambda: _write_csv(clean_error_rows(preset, runs_dir, results, device), results / CLEAN_CSV),
+            trained,
+        )
+    )
+    steps.append(
+        Step(
+            "training-curves",
+            {},
+            (results / TRAINING_CSV,),
+            lambda: _write_csv(training_rows(runs_dir, preset), results / TRAINING_CSV),
+            trained,
+        )
+    )
+    exported = {run_dir(runs_dir, preset, m, "full"): results / MODELS_DIR / f"{m}-full" for m in models}
+    steps.append(
+        Step(
+            "export-models",
+            {},
+            tuple(out / "checkpoints" / "best.pt" for out in exported.values()),
+            lambda: [export_run(run, out) for run, out in exported.items()],
+            trained[:2],
+        )
+    )
+    attack_settings = (
+        "eps",
+        "attack_n",
+        "attack_steps",
+        "restarts",
+        "untargeted_attacks",
+        "vote_attacks",
+        "seed",
+    )
+    config = {k: getattr(preset, k) for k in attack_settings}
+    for model, source in (
+        (preset.cnn, None),
+        (preset.capsnet, run_dir(runs_dir, preset, preset.cnn, "full")),
+    ):
+        outputs = tuple(results / "attacks" / f"{model}{suffix}" / f for suffix in ("", "-targeted")
+                        for f in ATTACK_FILES)  # fmt: skip
+        victim = run_dir(runs_dir, preset, model, "full")
+        run = partial(attack_victim, victim, model, family_of(model), source, preset, device,
+                      runs_dir / "attacks", results / "attacks")  # fmt: skip
+        steps.append(Step(f"attack-{model}", config, outputs, run, trained[:2]))
+    return steps
+
+
+def device_type(device: str) -> str:
+    """The device for `auto`, `cuda` or `cpu` (an error for cuda without a GPU), spelt as TrainConfig
+    accepts it: the device type, not "cuda:0" (each process picks its GPU from its local rank)."""
+    return trainer_device(device, World()).type
+
+
+def reproduce(
+    preset: Preset, data: str | None = None, results_dir: str | Path = "results",
+    runs_dir: str | Path | None = None, device: str = "auto", echo: Callable[[str], None] = print,
+) -> Path:  # fmt: skip
+    """Run (or resume) the whole pipeline for a preset; returns the results/README.md it writes."""
+    start = time.perf_counter()
+    results = Path(results_dir)
+    runs = Path(runs_dir) if runs_dir else Path("runs") / f"reproduce-{preset.name}"
+    device = device_type(device)
+    pipeline = Pipeline(runs / "steps", echo)
+    root = prepare_data(data, preset, results, echo)
+    sheet = results / "dataset" / "contact_sheet.png"
+    pipeline.run(
+        Step("contact-sheet", {"data": dataset_identity(root)}, (sheet,), partial(contact_sheet, root, sheet))
+    )
+    for step in build_steps(preset, root, results, runs, device, echo):
+        pipeline.run(step)
+    provenance = {
+        "preset": preset.name, "demo": preset.demo, "preset_settings": asdict(preset),
+        "command": "robustcaps " + shlex.join(sys.argv[1:]) if "reproduce" in sys.argv else
+                   f"robustcaps reproduce --preset {preset.name}",
+        **environment_metadata(device), "dataset_identity": dataset_identity(root), "data_root": str(root),
+        "steps": pipeline.log.records, "wall_seconds": round(time.perf_counter() - start, 1),
+    }  # fmt: skip
+    atomic_write_json(results / PROVENANCE_JSON, provenance)
+    readme = write_report(results)
+    echo(f"wrote {readme} ({provenance['wall_seconds']:.0f} s)")
+    return readme

@@ -1,0 +1,246 @@
+"""Novel viewpoints at matched familiar error: the protocol of HSF18 Table 2.
+
+1. Train the CNN on the training viewpoints of the split (azimuth: 300°–40°; elevation: 30°–40°); its
+   val-selected (`best`) checkpoint gives the familiar error E_cnn on test images at those viewpoints.
+2. Train the capsule network with `target_familiar_error = E_cnn`: the trainer stops when its error on
+   familiar viewpoints reaches E_cnn (checked on familiar data only, at the end of each epoch). We evaluate
+   its `last` checkpoint: the one whose familiar error was checked against the target.
+3. Compare errors on novel viewpoints. Nothing is ever chosen on novel data; the achieved familiar gap
+   (capsules − CNN) is reported because epoch granularity and the step budget make the match inexact.
+
+    familiar_gap = E_familiar(capsnet) − E_familiar(cnn)
+
+4. When the capsules' budget ran out above E_cnn, the pair above compares models of unequal familiar error,
+   which says little about viewpoint generalisation. So the match is also made the other way (rows with
+   protocol "reverse"): the CNN, stopped at its first epoch whose familiar error was at or below the
+   capsules' (a weights-only snapshot kept in training, `TrainConfig.familiar_snapshots`), against the same
+   capsule network. This is the paper's stopping rule with the roles swapped, still chosen on familiar data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from robustcaps.data.standin.render import default_data_root
+from robustcaps.errors import RobustcapsError
+from robustcaps.io import atomic_write_text
+from robustcaps.paper_results import TABLE2
+from robustcaps.report.tables import markdown_table, percent, table2
+from robustcaps.study.presets import Preset
+from robustcaps.training import fit, resolve_device
+from robustcaps.training.checkpoints import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    checkpoint_path,
+    load_run,
+    snapshot_name,
+)
+from robustcaps.training.config import TrainConfig, load_split
+from robustcaps.training.distributed import World
+from robustcaps.training.evaluation import evaluate
+
+if TYPE_CHECKING:
+    import torch
+
+VIEWPOINT_SPLITS = ("azimuth", "elevation")
+# What the viewpoint CSV holds; raised when it gains columns (2: the reverse match and the novel images only
+# one model got wrong), so that a resumed `reproduce` rewrites it instead of skipping the finished step
+TABLE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained run and its errors; `which` is the checkpoint the errors come from."""
+
+    run_dir: Path
+    model: str
+    which: str
+    errors: dict[str, float]  # part -> error
+    sizes: dict[str, int]  # part -> n
+    wrong: dict[str, torch.Tensor] = field(default_factory=dict)  # part -> (n,) bool, the part's order
+
+
+def resolve_data_root(data: str | None, size: str) -> Path:
+    """--data as given (it must exist), else the rendered stand-in of `size` (rendered once, cached)."""
+    if data is None:
+        return Path(default_data_root(size))
+    if not Path(data).is_dir():
+        raise RobustcapsError(f"--data {data}: no such directory; render one with `robustcaps data render`")
+    return Path(data)
+
+
+TRAINING_FIELDS = (
+    "capsnet", "cnn", "cnn_steps", "capsnet_steps", "capsnet_overrides", "cnn_overrides", "batch_size",
+    "max_per_part", "margin_step_scale", "lr_decay_steps", "stereo", "amp", "seed", "capsnet_compile",
+    "capsnet_routing",
+)  # fmt: skip
+
+
+# Training settings added after run folders existed: they join the folder's digest only when changed.
+NAMED_IF_CHANGED = ("eval_every", "capsnet_compile_mode", "capsnet_recompute")
+
+
+def keeps_snapshots(preset: Preset, model: str, split: str) -> bool:
+    """The viewpoint CNN keeps familiar snapshots, for the reverse match (step 4 above)."""
+    return model == preset.cnn and split in VIEWPOINT_SPLITS
+
+
+def run_dir(runs_dir: Path, preset: Preset, model: str, split: str) -> Path:
+    """`<model>-<split>-<digest of the preset's training settings>`: a changed preset trains into a new
+    directory instead of colliding with (or silently resuming) a run made with other settings."""
+    settings = {k: getattr(preset, k) for k in TRAINING_FIELDS}
+    if keeps_snapshots(preset, model, split):  # a run made before snapshots existed is not resumed with them
+        settings["familiar_snapshots"] = True
+    # named only when not the default, so that existing run folders keep their names
+    defaults = {f.name: f.default for f in fields(Preset)}
+    for name in NAMED_IF_CHANGED:
+        if getattr(preset, name) != defaults[name]:
+            settings[name] = getattr(preset, name)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path(runs_dir) / f"{model}-{split}-{digest}"
+
+
+def train_config(preset: Preset, model: str, split: str, data_root: Path, device: str, **extra):
+    """The TrainConfig of one run of a preset (the trainer's dataclass, so config.json rebuilds it)."""
+    capsules = model == preset.capsnet
+    steps = preset.capsnet_steps if capsules else preset.cnn_steps
+    changes = (
+        {"compile": preset.capsnet_compile, "compile_mode": preset.capsnet_compile_mode,
+         "routing": preset.capsnet_routing, "recompute": preset.capsnet_recompute}
+        if capsules else {}
+    )  # fmt: skip
+    if keeps_snapshots(preset, model, split):
+        changes["familiar_snapshots"] = True
+    return TrainConfig(
+        model=model, model_overrides=preset.overrides(model), data=str(data_root), data_size=preset.data_size,
+        split=split, stereo=preset.stereo, amp=preset.amp,
+        max_per_part=preset.max_per_part, steps=steps, batch_size=preset.batch_size,
+        lr_decay_steps=preset.lr_decay_steps, margin_step_scale=preset.margin_step_scale, seed=preset.seed,
+        eval_every=preset.eval_every, device=device, **({**changes, **extra}),
+    )  # fmt: skip
+
+
+def train_or_resume(config, run_dir: Path) -> Path:
+    """fit(), resuming a run that was interrupted with the same config instead of starting it over."""
+    resume = checkpoint_path(run_dir, "last").exists() and (run_dir / CONFIG_FILE).exists()
+    if resume and TrainConfig.from_json(run_dir / CONFIG_FILE) != config:
+        raise RobustcapsError(f"{run_dir}: holds a run with another config; delete it or use another --runs")
+    return fit(config, run_dir, resume=resume)
+
+
+def evaluate_run(run_dir: Path, which: str, parts: tuple[str, ...], device: str, multi_crop: bool = False):
+    """Errors of a trained run on parts of its own split ("test", "familiar", "novel", "val")."""
+    dev = resolve_device(device, World())
+    loaded = load_run(run_dir, which=which, device=dev)
+    data = load_split(loaded.config)
+    results = {
+        part: evaluate(loaded.model, getattr(data, part), dev, multi_crop=multi_crop) for part in parts
+    }
+    errors = {part: r["error"] for part, r in results.items()}
+    sizes = {part: r["n"] for part, r in results.items()}
+    wrong = {part: r["wrong"] for part, r in results.items()}
+    return Trained(Path(run_dir), loaded.config.model, which, errors, sizes, wrong)
+
+
+def reverse_match(cnn_dir: Path, target: float, device: str) -> Trained | None:
+    """The CNN run's first familiar snapshot at or below `target` (the capsules' familiar error), evaluated;
+    None when no epoch of the CNN got that low."""
+    metrics = pd.read_csv(cnn_dir / METRICS_FILE)
+    reached = metrics[metrics["familiar_error"] <= target]
+    if reached.empty:
+        return None
+    path = checkpoint_path(cnn_dir, snapshot_name(int(reached["step"].iloc[0])))
+    if not path.is_file():
+        raise RobustcapsError(f"{path}: missing; the CNN run was trained without familiar snapshots")
+    return evaluate_run(cnn_dir, path.stem, ("familiar", "novel"), device)
+
+
+def matched_pair(
+    preset: Preset, split: str, data_root: Path, runs_dir: Path, device: str,
+    echo: Callable[[str], None] = print,
+) -> tuple[Trained, Trained, Trained | None]:  # fmt: skip
+    """Train the CNN, then the capsule network stopped at the CNN's familiar error; evaluate both. Third:
+    the CNN stopped at the capsules' familiar error, when the capsules stayed above the CNN's."""
+    if split not in VIEWPOINT_SPLITS:
+        raise RobustcapsError(f"--split {split}: choose one of {', '.join(VIEWPOINT_SPLITS)}")
+    parts = ("familiar", "novel")
+    cnn_dir = run_dir(runs_dir, preset, preset.cnn, split)
+    train_or_resume(train_config(preset, preset.cnn, split, data_root, device), cnn_dir)
+    cnn = evaluate_run(cnn_dir, "best", parts, device)
+    target = cnn.errors["familiar"]
+    echo(f"{split}: CNN familiar error {percent(target)}; training {preset.capsnet} to match it")
+    caps_dir = run_dir(runs_dir, preset, preset.capsnet, split)
+    train_or_resume(
+        train_config(preset, preset.capsnet, split, data_root, device, target_familiar_error=target), caps_dir
+    )
+    caps = evaluate_run(caps_dir, "last", parts, device)
+    if caps.errors["familiar"] <= target:
+        return cnn, caps, None
+    echo(f"{split}: capsules stayed at {percent(caps.errors['familiar'])}; stopping the CNN there too")
+    return cnn, caps, reverse_match(cnn_dir, caps.errors["familiar"], device)
+
+
+def table2_rows(split: str, cnn: Trained, caps: Trained, cnn_stopped: Trained | None = None) -> pd.DataFrame:
+    """One row per model: familiar and novel error, the paper's, the achieved familiar gap; protocol
+    "paper" for the capsules stopped at the CNN's familiar error, "reverse" for the CNN stopped at theirs
+    (no paper numbers: the paper has no such row)."""
+    rows = []
+    cnn_target = cnn.errors["familiar"]
+    pairs = [("paper", "cnn", cnn, cnn_target), ("paper", "capsnet", caps, cnn_target)]
+    if cnn_stopped is not None:
+        pairs.append(("reverse", "cnn", cnn_stopped, caps.errors["familiar"]))
+    for protocol, family, trained, target in pairs:
+        paper = TABLE2[(split, family)] if protocol == "paper" else {}
+        reference = cnn if protocol == "paper" else cnn_stopped
+        rows.append({
+            **_discordant(caps, trained if family == "cnn" else None),
+            "split": split, "protocol": protocol, "model": trained.model, "family": family,
+            "checkpoint": trained.which, "familiar_error": trained.errors["familiar"],
+            "novel_error": trained.errors["novel"],
+            "paper_familiar_error": paper.get("familiar_error", math.nan),
+            "paper_novel_error": paper.get("novel_error", math.nan),
+            "familiar_gap": caps.errors["familiar"] - reference.errors["familiar"],
+            "target_familiar_error": target,
+            "n_familiar": trained.sizes["familiar"], "n_novel": trained.sizes["novel"],
+            "run_dir": str(trained.run_dir),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _discordant(caps: Trained, cnn: Trained | None) -> dict[str, float]:
+    """On the novel images (the same ones, in the same order, for both models: one split, one subsample):
+    how many only the capsules got wrong and how many only this CNN did, for a paired comparison. NaN on
+    the capsules' own row, or when either evaluation kept no per-example results."""
+    counts = {"novel_only_capsules_wrong": math.nan, "novel_only_cnn_wrong": math.nan}
+    a, b = caps.wrong.get("novel"), cnn.wrong.get("novel") if cnn is not None else None
+    if a is None or b is None or len(a) != len(b):
+        return counts
+    return {"novel_only_capsules_wrong": int((a & ~b).sum()), "novel_only_cnn_wrong": int((~a & b).sum())}
+
+
+def write_table2(rows: pd.DataFrame, out_dir: Path, note: str) -> tuple[Path, Path]:
+    """`<split>.csv` and `<split>.md` under out_dir (the Markdown with the paper's numbers beside ours)."""
+    split = rows["split"].iloc[0]
+    csv = atomic_write_text(out_dir / f"{split}.csv", rows.to_csv(index=False))
+    shown = table2(rows).drop(columns="split")
+    title = f"## Novel viewpoints, {split} split (HSF18 Table 2 analogue)"
+    text = f"{title}\n\n{markdown_table(shown)}\n_{note}_\n"
+    return csv, atomic_write_text(out_dir / f"{split}.md", text)
+
+
+def run_viewpoint(
+    split: str, preset: Preset, data_root: Path, runs_dir: Path, out_dir: Path, device: str = "auto",
+    note: str = "", echo: Callable[[str], None] = print,
+) -> pd.DataFrame:  # fmt: skip
+    """The whole protocol for one split; writes `<out_dir>/<split>.{csv,md}` and returns the rows."""
+    rows = table2_rows(split, *matched_pair(preset, split, Path(data_root), Path(runs_dir), device, echo))
+    write_table2(rows, Path(out_dir), note)
+    return rows

@@ -1,0 +1,220 @@
+"""`robustcaps reproduce`: resumable steps, presets, and the whole pipeline end to end, tiny."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from robustcaps.cli import cli
+from robustcaps.errors import RobustcapsError
+from robustcaps.study.presets import PRESETS, get_preset, tiny
+from robustcaps.study.steps import Pipeline, Step
+from robustcaps.training.checkpoints import load_run
+
+
+def _counting_step(tmp_path, name, config, counter, depends=()):
+    out = tmp_path / f"{name}.txt"
+
+    def run():
+        counter[name] = counter.get(name, 0) + 1
+        out.write_text(json.dumps(config))
+
+    return Step(name, config, (out,), run, depends)
+
+
+def test_finished_steps_are_skipped_and_changed_ones_rerun(tmp_path):
+    counter, log = {}, []
+
+    def run_all(a_config):
+        pipeline = Pipeline(tmp_path / "state", log.append)
+        pipeline.run(_counting_step(tmp_path, "a", a_config, counter))
+        pipeline.run(_counting_step(tmp_path, "b", {"y": 1}, counter, depends=("a",)))
+        pipeline.run(_counting_step(tmp_path, "c", {"z": 1}, counter))
+
+    run_all({"x": 1})
+    run_all({"x": 1})
+    assert counter == {"a": 1, "b": 1, "c": 1}
+    (tmp_path / "c.txt").unlink()  # a lost output is made again
+    run_all({"x": 1})
+    assert counter == {"a": 1, "b": 1, "c": 2}
+    run_all({"x": 2})  # a changed setting reruns the step and every step that depends on it
+    assert counter == {"a": 2, "b": 2, "c": 2}
+
+
+def test_a_crashed_step_is_not_marked_finished(tmp_path):
+    def crash():
+        (tmp_path / "half.txt").write_text("half")
+        raise RuntimeError("killed")
+
+    pipeline = Pipeline(tmp_path / "state", lambda _: None)
+    with pytest.raises(RuntimeError):
+        pipeline.run(Step("s", {}, (tmp_path / "half.txt",), crash))
+    counter = {}
+    step = _counting_step(tmp_path, "s", {}, counter)
+    Pipeline(tmp_path / "state", lambda _: None).run(Step("s", {}, (tmp_path / "half.txt",), step.run))
+    assert counter == {"s": 1}
+
+
+def test_presets():
+    quick = get_preset("quick")
+    assert quick.demo and (quick.capsnet, quick.cnn) == ("capsnet-small", "cnn-small")
+    paper = get_preset("paper")
+    assert not paper.demo and (paper.capsnet, paper.cnn, paper.batch_size) == ("capsnet", "cnn", 64)
+    assert paper.margin_step_scale == 50_000 and max(paper.eps) == 0.5
+    assert (paper.capsnet_compile, paper.capsnet_routing, paper.eval_every) == (True, "fused", 10)
+    # the paper preset's attacks craft on the compiled fused copy; the others on the model as loaded
+    from robustcaps.study.attacks import attack_configs
+
+    assert {c.crafting for c in attack_configs(paper, "capsnet", "cuda").values()} == {"compiled"}
+    assert {get_preset(name).attack_crafting for name in ("quick", "gpu", "tiny")} == {"plain"}
+    assert get_preset("gpu").capsnet == "capsnet" and set(PRESETS) >= {"quick", "gpu", "paper"}
+    for name in ("quick", "gpu", "paper"):  # β_a calibration: agreement rewarded from the start
+        preset = get_preset(name)
+        # short runs route with 2 iterations (presets.CAPSNET_SHORT_RUN); the paper preset keeps HSF18's 3
+        iterations = {"iterations": 2} if name != "paper" else {}
+        assert preset.overrides(preset.capsnet) == {"calibrate": "beta_a", **iterations}
+        assert not preset.overrides(preset.cnn)
+    with pytest.raises(RobustcapsError, match="--preset"):
+        get_preset("huge")
+
+
+def test_the_gpu_preset_compiles_only_the_capsule_network_with_fused_routing(tmp_path):
+    from robustcaps.study.viewpoint import run_dir, train_config
+
+    gpu = get_preset("gpu")
+    caps, cnn = (train_config(gpu, m, "full", tmp_path, "cuda") for m in (gpu.capsnet, gpu.cnn))
+    assert (caps.compile, caps.routing) == (True, "fused") and (cnn.compile, cnn.routing) == (False, "plain")
+    quick = get_preset("quick")
+    assert train_config(quick, quick.capsnet, "full", tmp_path, "cpu").routing == "plain"
+    # a changed training setting trains into another run directory rather than into the old one
+    slower = gpu.replace(capsnet_routing="plain")
+    assert run_dir(tmp_path, gpu, "capsnet", "full") != run_dir(tmp_path, slower, "capsnet", "full")
+    sparser = gpu.replace(eval_every=10)
+    assert run_dir(tmp_path, gpu, "cnn", "azimuth") != run_dir(tmp_path, sparser, "cnn", "azimuth")
+    graphs = gpu.replace(capsnet_compile_mode="reduce-overhead")
+    assert train_config(graphs, "capsnet", "full", tmp_path, "cuda").compile_mode == "reduce-overhead"
+    assert train_config(graphs, "cnn", "full", tmp_path, "cuda").compile_mode == "default"
+    assert run_dir(tmp_path, gpu, "capsnet", "full") != run_dir(tmp_path, graphs, "capsnet", "full")
+    kept = gpu.replace(capsnet_routing="triton", capsnet_recompute="none")
+    assert train_config(kept, "capsnet", "full", tmp_path, "cuda").recompute == "none"
+    assert train_config(kept, "cnn", "full", tmp_path, "cuda").recompute == "all"
+    assert run_dir(tmp_path, kept, "capsnet", "full") != run_dir(
+        tmp_path, kept.replace(capsnet_recompute="all"), "capsnet", "full"
+    )
+    paper = get_preset("paper")
+    assert {
+        train_config(paper, m, "azimuth", tmp_path, "cuda").eval_every for m in (paper.capsnet, paper.cnn)
+    } == {10}
+
+
+def test_cli_bad_data_is_one_line(tmp_path):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "reproduce",
+            "--preset",
+            "tiny",
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "results"),
+            "--runs",
+            str(tmp_path / "runs"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --data") and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "results" / "README.md").exists()
+
+
+@pytest.fixture
+def data_root(request, tmp_path_factory):
+    """The shared tiny rendered set (tests/conftest.py), or a tiny render of our own if it is absent."""
+    try:
+        return request.getfixturevalue("rendered_root")
+    except pytest.FixtureLookupError:
+        from robustcaps.data.standin.render import render_dataset
+
+        return render_dataset(tmp_path_factory.mktemp("tiny"), size="tiny", progress=False)
+
+
+@pytest.mark.slow
+def test_tiny_reproduce_end_to_end_then_resume(data_root, tmp_path):
+    from robustcaps.study.pipeline import reproduce
+
+    results, runs, log = tmp_path / "results", tmp_path / "runs", []
+    preset = tiny().replace(cnn_steps=2, capsnet_steps=2, attack_n=5, max_per_part=20)
+    readme = reproduce(preset, data=str(data_root), results_dir=results, runs_dir=runs, device="cpu",
+                       echo=log.append)  # fmt: skip
+    text = readme.read_text()
+    assert "demo" in text and "rendered stand-in" in text
+    for name in ("fig3_fgsm_bim", "all_attacks", "familiar_vs_novel", "training_curves"):
+        assert (results / "figures" / f"{name}.png").exists() and (
+            results / "figures" / f"{name}.pdf"
+        ).exists()
+    table2 = pd.concat(pd.read_csv(results / "viewpoint" / f"{s}.csv") for s in ("azimuth", "elevation"))
+    assert set(table2["family"]) == {"capsnet", "cnn"} and table2["novel_error"].between(0, 1).all()
+    cnn_rows = table2[table2["family"] == "cnn"]  # paired counts against the capsules on the same images
+    disagree = cnn_rows["novel_only_capsules_wrong"] + cnn_rows["novel_only_cnn_wrong"]
+    assert (disagree <= cnn_rows["n_novel"]).all()  # NaN (counts missing) fails
+    for split in ("azimuth", "elevation"):  # the capsules' target is the CNN's measured familiar error
+        (caps_dir,) = runs.glob(f"capsnet-small-{split}-*")
+        caps = json.loads((caps_dir / "config.json").read_text())
+        cnn_row = table2[(table2["split"] == split) & (table2["family"] == "cnn")].iloc[0]
+        assert caps["target_familiar_error"] == pytest.approx(cnn_row["familiar_error"])
+    summary = pd.concat(pd.read_csv(p) for p in results.glob("attacks/*/summary.csv"))
+    assert {"fgsm", "bim", "bim-vote", "worst"} <= set(summary["attack"])
+    assert (summary["source"] == "cnn-small").any()  # transfer from the CNN to the capsules
+    assert summary["targeted"].any() and (results / "attacks" / "capsnet-small" / "checks.csv").exists()
+    assert (results / "attacks" / "cnn-small" / "per_example.csv").exists()  # for paired comparisons
+    provenance = json.loads((results / "provenance.json").read_text())
+    assert provenance["demo"] and provenance["dataset_identity"]["kind"] == "rendered"
+    # the exported full-split capsnet is the trained one, and its README line says how to attack it
+    (trained,) = runs.glob("capsnet-small-full-*")
+    exported = load_run(results / "models" / "capsnet-small-full", data=data_root)
+    for name, weight in load_run(trained).model.state_dict().items():
+        assert torch.equal(exported.model.state_dict()[name], weight), name
+    assert f"robustcaps attack {results / 'models' / 'capsnet-small-full'} --out SWEEP" in text
+    ran = [line for line in log if line.startswith("[run ]")]
+    assert len(ran) >= 9
+
+    log.clear()
+    reproduce(preset, data=str(data_root), results_dir=results, runs_dir=runs, device="cpu", echo=log.append)
+    assert not [line for line in log if line.startswith("[run ]")]
+    assert sum(line.startswith("[skip]") for line in log) == len(ran)
+
+
+def test_regenerate_notes_name_data_only_when_it_is_not_the_presets_own_stand_in(
+    rendered_root, tmp_path, monkeypatch
+):
+    import shutil
+
+    from robustcaps.data.standin.render import default_data_path
+    from robustcaps.study.pipeline import training_steps
+
+    monkeypatch.setenv("ROBUSTCAPS_CACHE", str(tmp_path / "cache"))
+    cached = shutil.copytree(rendered_root, default_data_path("tiny"))
+    for root, data in ((cached, ""), (rendered_root, f" --data {rendered_root}")):
+        steps = {s.name: s for s in training_steps(tiny(), root, tmp_path, tmp_path / "runs", "cpu", print)}
+        note = steps["viewpoint-azimuth"].run.args[6]
+        assert note == f"Regenerate: robustcaps viewpoint --split azimuth --preset tiny{data}"
+
+
+def test_the_resolved_device_is_a_spelling_train_config_accepts(monkeypatch):
+    # On a GPU machine the trainer resolves "auto"/"cuda" to cuda:<local rank>; the pipeline passes the
+    # device on to TrainConfig, which accepts the type only (a GPU run once failed on "cuda:0").
+    import torch
+
+    import robustcaps.study.pipeline
+    from robustcaps.study.pipeline import device_type
+    from robustcaps.training import TrainConfig
+
+    monkeypatch.setattr(
+        robustcaps.study.pipeline, "trainer_device", lambda name, world: torch.device("cuda", 0)
+    )
+    device = device_type("auto")
+    assert device == "cuda" and TrainConfig(model="capsnet", device=device).device == "cuda"
