@@ -19,15 +19,15 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from robustcaps.io import atomic_write_text, read_json  # noqa: E402
 from robustcaps.report.tables import markdown_table  # noqa: E402
 from robustcaps.training import checkpoints  # noqa: E402
-from robustcaps.training.checkpoints import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def settings(run_dir: Path) -> dict:
-    config = checkpoints.read_json(run_dir / checkpoints.CONFIG_FILE, "run config")
+    config = read_json(run_dir / checkpoints.CONFIG_FILE, "run config")
     flat = {k: v for k, v in config.items() if k != "model_overrides"}
     return flat | {f"model.{k}": v for k, v in config["model_overrides"].items()}
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     changes = differing({r.name: settings(r) for r in run_dirs})
     curves, summary = [], []
     for run_dir in run_dirs:
-        metadata = checkpoints.read_json(run_dir / checkpoints.METADATA_FILE, "run metadata")
+        metadata = read_json(run_dir / checkpoints.METADATA_FILE, "run metadata")
         metrics = pd.read_csv(run_dir / checkpoints.METRICS_FILE).dropna(subset=["val_error"])
         curves.append(
             metrics.assign(

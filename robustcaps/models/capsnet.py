@@ -291,8 +291,8 @@ class CapsNet(nn.Module):
 
     def use_routing(self, routing: str) -> None:
         """Compute routing the `routing` way from now on (one of ROUTINGS): the same function of the same
-        weights (tests/models/test_routing_fused.py, test_routing_triton.py), so a model trained with one path is
-        evaluated with another.
+        weights (tests/models/test_routing_fused.py, test_routing_triton.py), so a model trained with one
+        path is evaluated with another.
         The trainer trains with fused under torch.compile and evaluates with plain, which is faster than
         fused in eager mode; `config.routing` keeps what the model was built with."""
         if routing not in ROUTINGS:

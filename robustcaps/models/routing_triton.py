@@ -12,8 +12,8 @@ touch every vote entry are torch custom operators over `routing_kernels`, with t
 
 and every gV goes to the poses and W through `vote_gradients` without being stored either. Under
 torch.compile the operators are opaque and the torch part around them compiles (no graph break). On the
-float64 oracle these match the plain path to rounding (tests/models/test_routing_triton.py); that on a GPU they
-are faster is the GPU benchmark's to show (benchmarks/README.md).
+float64 oracle these match the plain path to rounding (tests/models/test_routing_triton.py); that on a GPU
+they are faster is the GPU benchmark's to show (benchmarks/README.md).
 """
 
 from __future__ import annotations

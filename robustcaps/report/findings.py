@@ -108,6 +108,12 @@ def deviation_sentences(provenance: dict) -> list[str]:
                 f"the preset: at this training budget they learned much faster that way); their results "
                 f"describe that variant."
             )
+    schedule = provenance.get("preset_settings", {}).get("lr_schedule", "exponential")
+    if schedule != "exponential":
+        sentences.append(
+            f"Both families here anneal the learning rate on a {schedule} schedule over each run, not the "
+            "paper's exponential decay (set by the preset: it trained better at this budget)."
+        )
     return sentences
 
 

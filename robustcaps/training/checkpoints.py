@@ -26,9 +26,7 @@ from robustcaps.io import (
     atomic_write_text,
     read_json,
 )
-
-# device_description, git_commit: re-exported for existing callers (benchmarks/time_to_accuracy.py)
-from robustcaps.provenance import device_description, environment_metadata, git_commit  # noqa: F401
+from robustcaps.provenance import environment_metadata
 from robustcaps.training.config import TrainConfig, build_model
 
 # ---- run directories: config, metadata, metrics, checkpoints ------------------------------------------

@@ -466,3 +466,21 @@ def test_a_clean_accuracy_gap_on_the_attacked_examples_is_said_before_the_attack
     sentence = "the clean accuracy (ε=0) was 0.82 for the capsules and 0.94 for the CNN"
     assert sentence in paragraph and "from that gap of -0.12" in paragraph
     assert paragraph.index(sentence) < paragraph.index("Untargeted FGSM at ε=0.1")
+
+
+def test_each_departure_from_the_paper_is_said_only_when_the_preset_makes_it():
+    from robustcaps.report.findings import deviation_sentences
+
+    assert deviation_sentences({"preset_settings": {"capsnet_overrides": [["iterations", 3]]}}) == []
+    assert deviation_sentences({}) == []  # provenance written before the settings existed
+    departed = deviation_sentences(
+        {
+            "preset_settings": {
+                "capsnet_overrides": [["iterations", 2], ["estep_temperature", 0.25]],
+                "lr_schedule": "cosine",
+            }
+        }
+    )
+    assert len(departed) == 3
+    assert "2 EM routing iterations" in departed[0] and "0.25 as the E-step temperature" in departed[1]
+    assert "cosine schedule" in departed[2]

@@ -76,7 +76,9 @@ def test_presets():
         preset = get_preset(name)
         # short runs route with 2 iterations (presets.CAPSNET_SHORT_RUN); the paper preset keeps HSF18's 3
         iterations = {"iterations": 2} if name != "paper" else {}
-        assert preset.overrides(preset.capsnet) == {"calibrate": "beta_a", **iterations}
+        # the CPU demo also takes the CPU study's softer E-step (presets.CAPSNET_CPU_RECIPE)
+        temperature = {"estep_temperature": 0.25} if name == "quick" else {}
+        assert preset.overrides(preset.capsnet) == {"calibrate": "beta_a", **iterations, **temperature}
         assert not preset.overrides(preset.cnn)
     with pytest.raises(RobustcapsError, match="--preset"):
         get_preset("huge")
@@ -89,7 +91,13 @@ def test_the_gpu_preset_compiles_only_the_capsule_network_with_fused_routing(tmp
     caps, cnn = (train_config(gpu, m, "full", tmp_path, "cuda") for m in (gpu.capsnet, gpu.cnn))
     assert (caps.compile, caps.routing) == (True, "fused") and (cnn.compile, cnn.routing) == (False, "plain")
     quick = get_preset("quick")
-    assert train_config(quick, quick.capsnet, "full", tmp_path, "cpu").routing == "plain"
+    caps, cnn = (train_config(quick, m, "full", tmp_path, "cpu") for m in (quick.capsnet, quick.cnn))
+    assert (caps.compile, caps.routing, caps.recompute) == (True, "fused", "none")
+    assert (cnn.compile, cnn.routing) == (False, "plain")
+    assert caps.lr_schedule == cnn.lr_schedule == "cosine"  # one training protocol for both families
+    assert run_dir(tmp_path, quick, "cnn", "full") != run_dir(
+        tmp_path, quick.replace(lr_schedule="exponential"), "cnn", "full"
+    )
     # a changed training setting trains into another run directory rather than into the old one
     slower = gpu.replace(capsnet_routing="plain")
     assert run_dir(tmp_path, gpu, "capsnet", "full") != run_dir(tmp_path, slower, "capsnet", "full")

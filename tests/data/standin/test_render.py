@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from robustcaps.cli import cli
-from robustcaps.data.standin import scene
 from robustcaps.data.norb import FILE_NAMES, MANIFEST, load_arrays, read_matrix
 from robustcaps.data.norb_verify import verify
+from robustcaps.data.standin import scene
 from robustcaps.data.standin.mesh import ellipsoid, merge, tube
 from robustcaps.data.standin.render import INSTANCES, make_config, render_dataset, render_elevation, row_order
 from robustcaps.data.standin.scene import coverage
