@@ -12,17 +12,19 @@
 #      one-process torchrun (NCCL) training smoke test (--compile, --amp bf16).
 # What comes back is packed into $OUT (the device tool's return folder; at most 8 files of 16 MiB).
 #
+# Needs: this repository as the working directory, with torchattacks as a wheel in .whl/ (the GPU image
+# has torch, torchvision, pandas, seaborn, click and pytest, not torchattacks: `pip download --no-deps
+# torchattacks==3.5.1 -d .whl` here, and carry .whl); OUT set to a folder that comes back.
+#
 #   ROBUSTCAPS_GIT_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_session.sh        # on the GPU machine
 #   PRESET=tiny DEVICE=cpu BENCH_CAPSNET=capsnet-small OUT=/tmp/out bash benchmarks/gpu_session.sh  # CPU dry run
 #   REPRODUCE=0 BUDGET=570 bash benchmarks/gpu_session.sh   # the benchmarks only, for 570 s
-# Measured on an H200 at 052939a: the machine started in about 30 s, the reproduce took 305 s (wheel
-# install and rendering included) and the benchmarks filled the rest of the 600 s call; a warm machine
-# takes a second call within 30 s of the first's end. results/gpu/ is that run's: while no change touches
-# what it computes, a session needs only the benchmarks (REPRODUCE=0).
+# A cut-off reproduce resumes from /tmp on the same warm machine when the command is run again. How long
+# each part took on the H200 and the H100: benchmarks/NOTES.md.
 set -u
 start=$(date +%s)
 : "${OUT:?set OUT to the folder that comes back}" "${PRESET:=gpu}" "${DEVICE:=cuda}" "${BUDGET:=570}"
-# 550 s for the reproduce: the gpu preset's steps add up to ≈ 500-560 s (presets.gpu); cut off, the pipeline
+# 550 s for the reproduce: the gpu preset was planned at ≈ 500-560 s (benchmarks/NOTES.md); cut off, the pipeline
 # resumes from /tmp on the same warm machine when this command is run again
 : "${REPRODUCE_LIMIT:=550}" "${BENCH:=1}" "${REPRODUCE:=1}"
 mkdir -p "$OUT"

@@ -168,7 +168,7 @@ def train(ctx: click.Context, **options) -> None:
         click.echo(
             "warning: --amp bf16 with a capsule network: EM routing turns the bfloat16 rounding of the poses "
             "into gradients 57-75 % (relative L2) from float64, against 1e-4 in float32 (capsnet-small, "
-            "benchmarks/README.md); use --amp none",
+            "benchmarks/NOTES.md); use --amp none",
             err=True,
         )
     training.fit(config, options["out"], resume=options["resume"])

@@ -39,7 +39,7 @@ def full_float32_convolutions(enabled: bool = True) -> Iterator[None]:
     vote variances that set every capsule's cost. On the H200 the float32 gradients of capsnet were 10-15 %
     (relative L2) from float64, against 3e-5 on the CPU; emulating TF32 (operands rounded to 10 mantissa
     bits) in the convolutions of a trained capsnet-small on the CPU gives 16 %, full float32 3e-4
-    (benchmarks/README.md). The convolutions are a small part of a capsule network's work. Written here
+    (benchmarks/NOTES.md). The convolutions are a small part of a capsule network's work. Written here
     because torch.backends.cudnn.flags() sets every cuDNN flag at once, not this one alone. Read when a
     convolution is traced or run, so torch.compile must compile inside the block.
     """
