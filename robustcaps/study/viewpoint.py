@@ -98,7 +98,7 @@ def run_dir(runs_dir: Path, preset: Preset, model: str, split: str) -> Path:
     directory instead of colliding with (or silently resuming) a run made with other settings."""
     settings = {k: getattr(preset, k) for k in TRAINING_FIELDS}
     # the validation set chooses checkpoints: a run validated on random pairs is another run
-    settings["val"] = TrainConfig.val
+    settings["val"] = preset.val
     if keeps_snapshots(preset, model, split):  # a run made before snapshots existed is not resumed with them
         settings["familiar_snapshots"] = True
     # named only when not the default, so that existing run folders keep their names
@@ -125,7 +125,7 @@ def train_config(preset: Preset, model: str, split: str, data_root: Path, device
         model=model, model_overrides=preset.overrides(model), data=str(data_root), data_size=preset.data_size,
         split=split, stereo=preset.stereo, amp=preset.amp,
         max_per_part=preset.max_per_part, steps=steps, batch_size=preset.batch_size,
-        lr_decay_steps=preset.lr_decay_steps, lr_schedule=preset.lr_schedule,
+        lr_decay_steps=preset.lr_decay_steps, lr_schedule=preset.lr_schedule, val=preset.val,
         margin_step_scale=preset.margin_step_scale, seed=preset.seed,
         eval_every=preset.eval_every, device=device, **({**changes, **extra}),
     )  # fmt: skip

@@ -95,6 +95,8 @@ def test_the_gpu_preset_compiles_only_the_capsule_network_with_fused_routing(tmp
     assert (caps.compile, caps.routing, caps.recompute) == (True, "fused", "none")
     assert (cnn.compile, cnn.routing) == (False, "plain")
     assert caps.lr_schedule == cnn.lr_schedule == "cosine"  # one training protocol for both families
+    assert caps.val == cnn.val == "pairs"  # the demo trains on all five instances per category
+    assert train_config(get_preset("gpu"), "cnn", "full", tmp_path, "cpu").val == "instances"
     assert run_dir(tmp_path, quick, "cnn", "full") != run_dir(
         tmp_path, quick.replace(lr_schedule="exponential"), "cnn", "full"
     )
