@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import click
@@ -21,136 +22,162 @@ from robustcaps.training.config import (
     SPLITS,
     STEREO,
     VALIDATIONS,
-    WARMUP_STEPS,
     TrainConfig,
     load_split,
 )
 
-# CLI option → TrainConfig field, for the options `--resume` may not change (config.RESUMABLE_CHANGES).
-_FIELDS = {
-    "model": "model", "model_option": "model_overrides", "data": "data", "data_size": "data_size",
-    "split": "split", "stereo": "stereo", "val": "val", "val_fraction": "val_fraction",
-    "max_per_part": "max_per_part", "epochs": "epochs", "steps": "steps", "batch_size": "batch_size",
-    "lr": "lr",
-    "lr_decay_steps": "lr_decay_steps", "lr_schedule": "lr_schedule", "lr_min_factor": "lr_min_factor",
-    "warmup_steps": "warmup_steps", "margin_step_scale": "margin_step_scale", "loss": "loss",
-    "calibrate_images": "calibrate_images",
-    "seed": "seed", "device": "device", "compile": "compile",
-    "compile_mode": "compile_mode", "routing": "routing", "recompute": "recompute", "amp": "amp",
-    "target_familiar_error": "target_familiar_error", "familiar_snapshots": "familiar_snapshots",
-    "checkpoint_every": "checkpoint_every", "eval_every": "eval_every", "patience": "patience",
-}  # fmt: skip
+DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+# Shown by `train --help`; every other TrainConfig field is set with --set KEY=VALUE (its option still
+# works, unlisted). Defaults are TrainConfig's, never restated here.
+SHOWN = set("model model_option data split epochs steps batch_size lr seed device compile routing".split())
+SHOWN |= {"out", "resume", "set"}
 
 
-def _model_overrides(values: tuple[str, ...]) -> dict:
-    overrides = {}
-    for item in values:
-        key, sep, value = item.partition("=")
+def _value(key: str, text: str) -> object:
+    """A JSON value (numbers, true/false, null, objects), else the bare word as a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _pairs(option: str, items: tuple[str, ...], keys: set[str] | None = None) -> dict:
+    values = {}
+    for item in items:
+        key, sep, text = item.partition("=")
         if not sep or not key:
-            raise RobustcapsError(
-                f"--model-option {item!r}: write KEY=VALUE, e.g. --model-option iterations=2"
-            )
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value  # a bare word is a string
-    return overrides
+            raise RobustcapsError(f"{option} {item!r}: write KEY=VALUE, e.g. {option} iterations=2")
+        if keys is not None and key not in keys:
+            raise RobustcapsError(f"{option} {key}: not a training setting; one of {', '.join(sorted(keys))}")
+        values[key] = _value(key, text)
+    return values
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
 def _config(ctx: click.Context, options: dict) -> TrainConfig:
     """From the options given; with --resume, from the run's config.json with only the options given."""
-    values = {_FIELDS[k]: v for k, v in options.items() if k in _FIELDS}
-    values["model_overrides"] = _model_overrides(options["model_option"])
+    settings = _pairs("--set", options["set_"], set(DEFAULTS) - {"model_overrides"})
+    values = {k: v for k, v in options.items() if k in DEFAULTS} | settings
+    values["model_overrides"] = _pairs("--model-option", options["model_option"])
     if not options["resume"] or not (Path(options["out"]) / checkpoints.CONFIG_FILE).exists():
         return TrainConfig(**values)  # nothing stored yet: fit starts the run afresh
     stored = TrainConfig.from_json(Path(options["out"]) / checkpoints.CONFIG_FILE).to_dict()
-    for option, name in _FIELDS.items():
-        if ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE:
-            stored[name] = values[name]
-    if (
-        ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE
-        and options["steps"] is None
-    ):
-        stored["steps"] = None  # --epochs given alone replaces a stored --steps
-    return TrainConfig(**stored)
+    given = {k for k in values if _given(ctx, k)} | set(settings)
+    if _given(ctx, "model_option"):
+        given.add("model_overrides")
+    if _given(ctx, "epochs") and "steps" not in given:
+        values["steps"], given = None, given | {"steps"}  # --epochs given alone replaces a stored --steps
+    return TrainConfig(**(stored | {k: values[k] for k in given}))
 
 
-@click.command()
-@click.option(
-    "--model", default="capsnet-small", show_default=True, help="Registered model (robustcaps models)."
+def _option(*decls: str, **kwargs):
+    """A train option named after its TrainConfig field: the default is the field's, the help as given."""
+    name = decls[0].lstrip("-").replace("-", "_")
+    if name in DEFAULTS and not kwargs.get("is_flag"):
+        kwargs.setdefault("default", DEFAULTS[name])
+        kwargs.setdefault("show_default", DEFAULTS[name] is not None)
+    return click.option(*decls, hidden=name not in SHOWN, **kwargs)
+
+
+def _rare_settings() -> str:
+    rare = [f"{k}={json.dumps(v)}" for k, v in DEFAULTS.items() if k not in SHOWN and k != "model_overrides"]
+    return "Other settings, with their defaults (--set KEY=VALUE): " + ", ".join(rare) + "."
+
+
+@click.command(epilog=_rare_settings())
+@_option("--model", help="Registered model (robustcaps models).")
+@_option("--model-option", multiple=True, metavar="KEY=VALUE", help="Model config override (JSON value).")
+@_option("--data", type=click.Path(file_okay=False), help="smallNORB-format directory [rendered stand-in].")
+@_option("--data-size", help="Stand-in size when --data is not given.")
+@_option("--split", type=click.Choice(SPLITS))
+@_option(
+    "--stereo",
+    type=click.Choice(STEREO),
+    help="Stereo pair as 2 channels (official code) or each camera as its own sample.",
 )
-@click.option(
-    "--model-option", multiple=True, metavar="KEY=VALUE", help="Model config override (JSON value)."
+@_option(
+    "--val",
+    type=click.Choice(VALIDATIONS),
+    help="Validation data, held out from training: one whole instance per category (measures "
+    "generalisation to unseen objects, like the test set) or random pairs (val_fraction; their "
+    "instances and viewpoints stay in training, so it reads lower than test error).",
 )
-@click.option(
-    "--data", type=click.Path(file_okay=False), help="smallNORB-format directory [rendered stand-in]."
+@_option("--val-fraction", type=float, help="Pairs held out with --val pairs.")
+@_option("--max-per-part", type=int, help="Keep at most this many images per part (quick runs).")
+@_option("--epochs", type=int)
+@_option("--steps", type=int, help="Train this many steps (replaces --epochs).")
+@_option("--batch-size", type=int, help="Global batch (all processes).")
+@_option("--lr", type=float)
+@_option(
+    "--lr-schedule",
+    type=click.Choice(LR_SCHEDULES),
+    help="exponential: lr ×0.96 per lr_decay_steps (HSF18); cosine: down to lr × lr_min_factor over the run.",
 )
-@click.option(
-    "--data-size", default="small", show_default=True, help="Stand-in size when --data is not given."
+@_option("--lr-decay-steps", type=float, help="lr ×0.96 per this.")
+@_option("--lr-min-factor", type=float, help="With the cosine schedule: the final lr as a fraction of lr.")
+@_option("--warmup-steps", type=int, help="Linear lr warm-up, not in the paper (0: none).")
+@_option(
+    "--margin-step-scale",
+    type=float,
+    help="Spread-loss margin schedule: m = 0.2 + 0.79·σ(min(10, step/scale − 4)).",
 )
-@click.option("--split", type=click.Choice(SPLITS), default="full", show_default=True)
-@click.option("--stereo", type=click.Choice(STEREO), default="channels", show_default=True,
-              help="Stereo pair as 2 channels (official code) or each camera as its own sample.")  # fmt: skip
-@click.option("--val", type=click.Choice(VALIDATIONS), default="instances", show_default=True,
-              help="Validation data, held out from training: one whole instance per category (measures "
-              "generalisation to unseen objects, like the test set) or random pairs (--val-fraction; their "
-              "instances and viewpoints stay in training, so it reads lower than test error).")  # fmt: skip
-@click.option("--val-fraction", type=float, default=0.1, show_default=True,
-              help="Pairs held out with --val pairs.")  # fmt: skip
-@click.option("--max-per-part", type=int, help="Keep at most this many images per part (quick runs).")
-@click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--steps", type=int, help="Train this many steps (replaces --epochs).")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch (all processes).")
-@click.option("--lr", type=float, default=3e-3, show_default=True)
-@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="exponential",
-              show_default=True, help="exponential: lr ×0.96 per --lr-decay-steps (HSF18); cosine: down to "
-              "lr × --lr-min-factor over the run.")  # fmt: skip
-@click.option("--lr-decay-steps", type=float, default=20_000.0, show_default=True, help="lr ×0.96 per this.")
-@click.option("--lr-min-factor", type=float, default=0.05, show_default=True,
-              help="With --lr-schedule cosine: the final lr as a fraction of --lr.")  # fmt: skip
-@click.option("--warmup-steps", type=int, default=WARMUP_STEPS, show_default=True,
-              help="Linear lr warm-up, not in the paper (0: none); see training/config.py.")  # fmt: skip
-@click.option("--margin-step-scale", type=float, default=losses.MARGIN_STEP_SCALE, show_default=True,
-              help="Spread-loss margin schedule: m = 0.2 + 0.79·σ(min(10, step/scale − 4)).")  # fmt: skip
-@click.option("--loss", type=click.Choice(losses.LOSSES), default="auto", show_default=True,
-              help="auto: spread loss for capsules, cross-entropy for CNNs.")  # fmt: skip
-@click.option("--calibrate-images", type=int, default=0, show_default=True,
-              help="Capsules: start half the capsules active as measured on this many training images "
-              "(0: on the noise the model is built with).")  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--compile", is_flag=True, help="torch.compile the model.")
-@click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default="default",
-              show_default=True, help="With --compile: reduce-overhead replays each training step as "
-              "CUDA graphs (GPU only; elsewhere the default mode).")  # fmt: skip
-@click.option("--routing", type=click.Choice(ROUTINGS), default="plain", show_default=True,
-              help="How capsule EM routing is computed in training: fused is the fast path under "
-              "--compile, triton the GPU kernels (same function; evaluation uses plain, or triton "
-              "when training does).")  # fmt: skip
-@click.option("--recompute", type=click.Choice(RECOMPUTE), default="all", show_default=True,
-              help="With --routing fused or triton: which routed layers recompute their routing "
-              "in backward instead of keeping what it saves (all: least memory; same results).")  # fmt: skip
-@click.option("--amp", type=click.Choice(AMP), default="none", show_default=True)
-@click.option(
-    "--target-familiar-error", type=float, help="Stop when familiar-viewpoint error ≤ this (HSF18 T2)."
+@_option(
+    "--loss", type=click.Choice(losses.LOSSES), help="auto: spread loss for capsules, cross-entropy for CNNs."
 )
-@click.option(
+@_option(
+    "--calibrate-images",
+    type=int,
+    help="Capsules: start half the capsules active as measured on this many training images "
+    "(0: on the noise the model is built with).",
+)
+@_option("--seed", type=int)
+@_option("--device", type=click.Choice(DEVICES))
+@_option("--compile", is_flag=True, help="torch.compile the model.")
+@_option(
+    "--compile-mode",
+    type=click.Choice(COMPILE_MODES),
+    help="With --compile: reduce-overhead replays each training step as CUDA graphs (GPU only).",
+)
+@_option(
+    "--routing",
+    type=click.Choice(ROUTINGS),
+    help="How capsule EM routing is computed in training: fused is the fast path under --compile, "
+    "triton the GPU kernels (same function; evaluation uses plain, or triton when training does).",
+)
+@_option(
+    "--recompute",
+    type=click.Choice(RECOMPUTE),
+    help="With fused or triton routing: which routed layers recompute their routing in backward "
+    "instead of keeping what it saves (all: least memory; same results).",
+)
+@_option("--amp", type=click.Choice(AMP))
+@_option("--target-familiar-error", type=float, help="Stop when familiar-viewpoint error ≤ this (HSF18 T2).")
+@_option(
     "--familiar-snapshots",
     is_flag=True,
     help="Keep the weights at each new lowest familiar-viewpoint error (checkpoints/familiar-step*.pt).",
 )
-@click.option("--checkpoint-every", type=int, default=0, show_default=True, help="Steps; 0: each epoch.")
-@click.option(
+@_option("--checkpoint-every", type=int, help="Steps; 0: each epoch.")
+@_option(
     "--eval-every",
     type=int,
-    default=1,
-    show_default=True,
     help="Epochs between validations (and familiar-error evaluations); the last epoch always validates.",
 )
-@click.option("--patience", type=int, default=0, show_default=True,
-              help="Stop after this many validations without a new best val error (0: never).")  # fmt: skip
-@click.option("--out", type=click.Path(file_okay=False), help="Run directory [runs/MODEL-SPLIT-sSEED].")
-@click.option("--resume", is_flag=True, help="Continue --out from checkpoints/last.pt (its config.json).")
+@_option(
+    "--patience", type=int, help="Stop after this many validations without a new best val error (0: never)."
+)
+@_option(
+    "--set",
+    "set",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other training setting (JSON value), e.g. --set lr_schedule=cosine --set patience=5.",
+)
+@_option("--out", type=click.Path(file_okay=False), help="Run directory [runs/MODEL-SPLIT-sSEED].")
+@_option("--resume", is_flag=True, help="Continue --out from checkpoints/last.pt (its config.json).")
 @click.pass_context
 def train(ctx: click.Context, **options) -> None:
     """Train a model; writes config.json, metadata.json, metrics.csv and checkpoints/{last,best}.pt.
@@ -194,8 +221,13 @@ def _eval_rows(
 
 @click.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--part", "parts", type=click.Choice(("familiar", "novel", "test", "val")), multiple=True,
-              help="Parts to evaluate (repeatable) [all non-empty].")  # fmt: skip
+@click.option(
+    "--part",
+    "parts",
+    type=click.Choice(("familiar", "novel", "test", "val")),
+    multiple=True,
+    help="Parts to evaluate (repeatable) [all non-empty].",
+)
 @click.option("--multi-crop", is_flag=True, help="Average 13 crops (centre + 12 diagonal offsets).")
 @click.option(
     "--which",

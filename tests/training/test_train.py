@@ -416,3 +416,48 @@ def test_compile_mode_reaches_torch_compile_and_each_cuda_graph_step_is_marked(
         dataclasses.replace(config, compile=False, compile_mode="reduce-overhead")
     result = CliRunner().invoke(cli, ["train", "--compile-mode", "max", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--compile-mode" in result.output
+
+
+def test_train_options_default_to_trainconfig_and_set_reaches_the_rest(rendered_root, tmp_path):
+    from robustcaps.cli.train import DEFAULTS
+    from robustcaps.cli.train import train as train_command
+
+    for param in train_command.params:
+        if param.name in DEFAULTS:
+            assert param.default == DEFAULTS[param.name], f"--{param.name} restates another default"
+    shown = CliRunner().invoke(cli, ["train", "--help"]).output
+    assert (
+        "--set KEY=VALUE" in shown and "--lr-schedule" not in shown and 'lr_schedule="exponential"' in shown
+    )
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--data",
+        str(rendered_root),
+        "--model",
+        "cnn-small",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(
+        cli, [*args, "--steps", "2", "--out", str(run), "--set", "lr_schedule=cosine", "--set", "patience=3"]
+    )
+    assert result.exit_code == 0, result.output
+    config = TrainConfig.from_json(run / checkpoints.CONFIG_FILE)
+    assert (config.lr_schedule, config.patience, config.steps) == ("cosine", 3, 2)
+    # resumed: what is given changes, the rest comes from config.json
+    result = CliRunner().invoke(
+        cli, ["train", "--out", str(run), "--resume", "--steps", "3", "--set", "patience=5"]
+    )
+    assert result.exit_code == 0, result.output
+    config = TrainConfig.from_json(run / checkpoints.CONFIG_FILE)
+    assert (config.lr_schedule, config.patience, config.steps, config.batch_size) == ("cosine", 5, 3, 8)
+    for bad, message in [
+        ("learning_rate=1", "--set learning_rate: not a training setting"),
+        ("lr", "KEY=VALUE"),
+    ]:
+        result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "bad"), "--set", bad])
+        assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "bad").exists()
