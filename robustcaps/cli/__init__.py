@@ -45,11 +45,12 @@ for _module, _attr in COMMANDS:
     cli.add_command(getattr(import_module(f"robustcaps.cli.{_module}"), _attr))
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
+    """The `robustcaps` command, with `args` instead of sys.argv when given."""
     # Every command trains or attacks capsule networks, whose large routing tensors otherwise pay fresh
     # page faults each step on CPU (see keep_freed_cpu_memory).
     keep_freed_cpu_memory()
-    cli(prog_name="robustcaps")
+    cli(args, prog_name="robustcaps")
 
 
 if __name__ == "__main__":

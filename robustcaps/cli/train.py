@@ -59,7 +59,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 def _config(ctx: click.Context, options: dict) -> TrainConfig:
     """From the options given; with --resume, from the run's config.json with only the options given."""
-    settings = _pairs("--set", options["set_"], set(DEFAULTS) - {"model_overrides"})
+    settings = _pairs("--set", options["set"], set(DEFAULTS) - {"model_overrides"})
     values = {k: v for k, v in options.items() if k in DEFAULTS} | settings
     values["model_overrides"] = _pairs("--model-option", options["model_option"])
     if not options["resume"] or not (Path(options["out"]) / checkpoints.CONFIG_FILE).exists():

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from robustcaps.errors import RobustcapsError
 from robustcaps.models.common import Standardize
 from robustcaps.models.routing import (
     Routed,
@@ -29,7 +30,6 @@ from robustcaps.models.routing import (
     mass_scale,
 )
 from robustcaps.models.routing_fused import fused_em_routing
-from robustcaps.models.routing_triton import triton_em_routing
 
 INPUT_SIZE = 32
 POSE = 16  # a 4×4 pose matrix, flattened
@@ -216,6 +216,18 @@ def cast_votes(poses: Tensor, weight: Tensor) -> Tensor:
     return votes.permute(1, 2, 3, 0, 4).reshape(n, positions, parents, slots, POSE)
 
 
+def triton_routing():
+    """routing_triton.triton_em_routing, imported on first use: triton is optional (it has no wheels for
+    macOS or Windows, nor beside CPU-only torch), so nothing else may need it."""
+    try:
+        from robustcaps.models.routing_triton import triton_em_routing
+    except ImportError as error:
+        raise RobustcapsError(
+            f"routing 'triton' needs the triton package ({error}); use routing 'plain' or 'fused'"
+        ) from None
+    return triton_em_routing
+
+
 def _route_vote_free(routing: str, recompute: bool, *args, **kwargs) -> Routed:
     """fused_em_routing (or triton_em_routing: same arguments), checkpointed when gradients
     are needed: the forward keeps only the layer's inputs and backward recomputes the routing. Fused,
@@ -224,7 +236,7 @@ def _route_vote_free(routing: str, recompute: bool, *args, **kwargs) -> Routed:
     at the same speed within the noise (0.19–0.20 vs 0.16–0.23 s per step at batch 32). In eager mode it
     replaces a dozen saved vote-sized temporaries with a recompute. Triton: it trades the responsibility-sized
     tensors that torch keeps (several per iteration) for a second forward."""
-    route = {"fused": fused_em_routing, "triton": triton_em_routing}[routing]
+    route = fused_em_routing if routing == "fused" else triton_routing()
     if recompute and torch.is_grad_enabled():
         return Routed(*checkpoint(route, *args, use_reentrant=False, **kwargs))
     return route(*args, **kwargs)
@@ -297,6 +309,8 @@ class CapsNet(nn.Module):
         fused in eager mode; `config.routing` keeps what the model was built with."""
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        if routing == "triton":
+            triton_routing()  # a missing triton package is said now, not at the first forward
         for layer in (self.conv_caps1, self.conv_caps2, self.class_caps):
             layer.routing = routing
 

@@ -25,7 +25,6 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_torch_save, atomic_write_text
 from robustcaps.models import CapsNet, routing_as
 from robustcaps.models.common import compile_model, full_float32_convolutions
-from robustcaps.models.routing_triton import require_triton
 from robustcaps.training import checkpoints, distributed, losses
 from robustcaps.training.config import (
     RESUMABLE_CHANGES,
@@ -112,6 +111,8 @@ class Session:
                 raise RobustcapsError(f"--routing {config.routing}: {config.model} has no EM routing")
             model.use_routing(config.routing)
         if getattr(model, "routing", None) == "triton":  # --routing or --model-option routing="triton"
+            from robustcaps.models.routing_triton import require_triton  # use_routing checked triton
+
             try:
                 require_triton(torch.device(device))
             except RuntimeError as error:
