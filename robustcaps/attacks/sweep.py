@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustcaps.attacks.adapters import (
+    AUTOATTACK_STEPS,
     NUM_CLASSES,
     AttackConfig,
     attack_loss,
@@ -185,7 +186,7 @@ def sweep_cells(config: AttackConfig, victim: Victim, sigma_mean: float) -> list
 def cell_budget(attack: str, config: AttackConfig) -> tuple[int, int]:
     """(steps, restarts) as recorded: FGSM is one step; FGSM, BIM and CW have no random start."""
     kind = base_attack(attack)
-    steps = {"fgsm": 1, "square": config.queries}.get(kind, config.steps)
+    steps = {"fgsm": 1, "square": config.queries, "autoattack": AUTOATTACK_STEPS}.get(kind, config.steps)
     restarts = config.restarts if kind in ("pgd", "apgd-ce", "apgd-dlr", "square") else 1
     return steps, restarts
 

@@ -29,8 +29,8 @@ from robustcaps.training.config import (
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
 # Shown by `train --help`; every other TrainConfig field is set with --set KEY=VALUE (its option still
 # works, unlisted). Defaults are TrainConfig's, never restated here.
-SHOWN = set("model model_option data split epochs steps batch_size lr seed device compile routing".split())
-SHOWN |= {"out", "resume", "set"}
+SHOWN = set("model model_option data split val epochs steps batch_size lr seed device".split())
+SHOWN |= {"compile", "routing", "out", "resume", "set"}
 
 
 def _value(key: str, text: str) -> object:
@@ -76,9 +76,9 @@ def _config(ctx: click.Context, options: dict) -> TrainConfig:
 def _option(*decls: str, **kwargs):
     """A train option named after its TrainConfig field: the default is the field's, the help as given."""
     name = decls[0].lstrip("-").replace("-", "_")
-    if name in DEFAULTS and not kwargs.get("is_flag"):
+    if name in DEFAULTS:
         kwargs.setdefault("default", DEFAULTS[name])
-        kwargs.setdefault("show_default", DEFAULTS[name] is not None)
+        kwargs.setdefault("show_default", DEFAULTS[name] is not None and not kwargs.get("is_flag"))
     return click.option(*decls, hidden=name not in SHOWN, **kwargs)
 
 

@@ -72,7 +72,7 @@ class Preset:
     restarts: int = 1
     attack_batch_size: int = 100
     # Untargeted white-box attacks on both models; the capsule network also gets the vote attacks.
-    untargeted_attacks: tuple[str, ...] = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-dlr")
+    untargeted_attacks: tuple[str, ...] = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-dlr", "autoattack")
     vote_attacks: tuple[str, ...] = ("bim-vote", "pgd-vote")
     multi_crop: bool = True
     # what the attacks differentiate (AttackConfig.crafting): "compiled" crafts on a torch.compile copy with

@@ -180,7 +180,7 @@ def test_capsnet_dispatches_every_routed_layer_to_the_triton_path(monkeypatch):
         calls.append(args[0].shape)
         return fused_em_routing(*args, **kwargs)
 
-    monkeypatch.setattr(capsnet, "triton_em_routing", standing_in)
+    monkeypatch.setattr(capsnet, "triton_routing", lambda: standing_in)
     torch.manual_seed(0)
     plain = create_model("capsnet-small", **TINY).double()
     triton_path = create_model("capsnet-small", routing="triton", **TINY).double()

@@ -80,6 +80,8 @@ def test_presets():
         temperature = {"estep_temperature": 0.25} if name == "quick" else {}
         assert preset.overrides(preset.capsnet) == {"calibrate": "beta_a", **iterations, **temperature}
         assert not preset.overrides(preset.cnn)
+    # RobustBench's headline number in the presets that report robustness
+    assert all("autoattack" in get_preset(name).untargeted_attacks for name in ("gpu", "paper"))
     with pytest.raises(RobustcapsError, match="--preset"):
         get_preset("huge")
 
