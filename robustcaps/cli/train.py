@@ -19,6 +19,7 @@ from robustcaps.training.config import (
     AMP,
     DEVICES,
     LR_SCHEDULES,
+    SPEEDS,
     SPLITS,
     STEREO,
     VALIDATIONS,
@@ -30,7 +31,9 @@ DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not M
 # Shown by `train --help`; every other TrainConfig field is set with --set KEY=VALUE (its option still
 # works, unlisted). Defaults are TrainConfig's, never restated here.
 SHOWN = set("model model_option data split val epochs steps batch_size lr seed device".split())
-SHOWN |= {"compile", "routing", "out", "resume", "set"}
+SHOWN |= {"speed", "out", "resume", "set"}
+# what --speed stands for; giving any of them by hand makes the run's speed "custom"
+SPEED_FIELDS = ("compile", "compile_mode", "routing", "recompute")
 
 
 def _value(key: str, text: str) -> object:
@@ -62,10 +65,19 @@ def _config(ctx: click.Context, options: dict) -> TrainConfig:
     settings = _pairs("--set", options["set"], set(DEFAULTS) - {"model_overrides"})
     values = {k: v for k, v in options.items() if k in DEFAULTS} | settings
     values["model_overrides"] = _pairs("--model-option", options["model_option"])
+    given = {k for k in values if _given(ctx, k)} | set(settings)
+    by_hand = sorted(given & set(SPEED_FIELDS))
+    if by_hand:  # the four settings given one by one: the run's speed is what they say
+        if "speed" in given and values["speed"] != "custom":
+            raise RobustcapsError(
+                f"--speed {values['speed']} sets {', '.join(SPEED_FIELDS)} itself; "
+                f"drop {', '.join(by_hand)} or use --speed custom"
+            )
+        values["speed"] = "custom"
+        given.add("speed")
     if not options["resume"] or not (Path(options["out"]) / checkpoints.CONFIG_FILE).exists():
         return TrainConfig(**values)  # nothing stored yet: fit starts the run afresh
     stored = TrainConfig.from_json(Path(options["out"]) / checkpoints.CONFIG_FILE).to_dict()
-    given = {k for k in values if _given(ctx, k)} | set(settings)
     if _given(ctx, "model_option"):
         given.add("model_overrides")
     if _given(ctx, "epochs") and "steps" not in given:
@@ -135,6 +147,15 @@ def _rare_settings() -> str:
 )
 @_option("--seed", type=int)
 @_option("--device", type=click.Choice(DEVICES))
+@_option(
+    "--speed",
+    type=click.Choice(SPEEDS),
+    default="auto",
+    show_default=True,
+    help="How the same function is computed: auto picks the fastest path here (Triton kernels under CUDA "
+    "graphs on a GPU, compiled fused routing on a CPU for runs long enough to pay for compiling); "
+    "reference is plain eager; the choice is recorded in config.json.",
+)
 @_option("--compile", is_flag=True, help="torch.compile the model.")
 @_option(
     "--compile-mode",

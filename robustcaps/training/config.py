@@ -15,6 +15,7 @@ choice is ever made on novel viewpoints.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,8 +28,8 @@ from robustcaps.data.dataset import SPLITS, STEREO, VALIDATIONS
 from robustcaps.data.standin.render import default_data_root
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import read_json
-from robustcaps.models import create_model, list_models
-from robustcaps.models.capsnet import RECOMPUTE, ROUTINGS
+from robustcaps.models import REGISTRY, create_model, list_models
+from robustcaps.models.capsnet import RECOMPUTE, ROUTINGS, CapsNet
 from robustcaps.models.common import COMPILE_MODES
 from robustcaps.training import losses
 
@@ -40,8 +41,20 @@ AMP = ("none", "bf16")
 # `routing`, `recompute` and `compile` change how the same function is computed (rounding only), not what
 # is trained.
 RESUMABLE_CHANGES = frozenset(
-    "epochs steps patience device compile compile_mode routing recompute eval_batch_size data".split()
+    "epochs steps patience device speed compile compile_mode routing recompute eval_batch_size data".split()
 )
+# How a run computes the same function (benchmarks/README.md has the speeds): the four settings each speed
+# stands for. "auto" picks one on the device at hand when the run starts (resolve_speed); "custom" leaves
+# the four settings as given one by one.
+SPEED_SETTINGS = {
+    "reference": dict(compile=False, compile_mode="default", routing="plain", recompute="all"),
+    "compiled": dict(compile=True, compile_mode="default", routing="fused", recompute="none"),
+    "triton": dict(compile=True, compile_mode="reduce-overhead", routing="triton", recompute="none"),
+}
+SPEEDS = ("auto", *SPEED_SETTINGS, "custom")
+# Compiling capsnet-small takes about 45 s on 2 CPU cores and then trains about 2× faster than the plain
+# path: below this many training images the compile does not pay for itself.
+AUTO_COMPILE_IMAGES = 5_000
 WARMUP_STEPS = 100
 # A config.json written before a setting existed trained without it: loading one must rebuild that run
 # (no warm-up; validation on random pairs).
@@ -80,6 +93,8 @@ class TrainConfig:
     calibrate_images: int = 0
     seed: int = 0
     device: str = "auto"
+    # one of SPEEDS: which of the fast paths below the run takes ("custom": the four settings as given)
+    speed: str = "custom"
     compile: bool = False
     compile_mode: str = "default"  # with `compile`: one of COMPILE_MODES
     # how a capsule network's EM routing is computed while training: "fused" (models/routing_fused.py) is
@@ -115,6 +130,7 @@ class TrainConfig:
             "--lr-min-factor": (self.lr_min_factor, 0 <= self.lr_min_factor <= 1, "a factor in [0, 1]"),
             "--calibrate-images": (self.calibrate_images, self.calibrate_images >= 0, "0 or more images"),
             "--device": (self.device, self.device in DEVICES, f"one of {DEVICES}"),
+            "--speed": (self.speed, self.speed in SPEEDS, f"one of {SPEEDS}"),
             "--amp": (self.amp, self.amp in AMP, f"one of {AMP}"),
             "--compile-mode": (
                 self.compile_mode,
@@ -168,6 +184,27 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_json(path, "run config"), source=str(path))
+
+
+def resolve_speed(config: TrainConfig, device_type: str, train_images: int) -> TrainConfig:
+    """The config with its speed turned into the four settings it stands for; "auto" becomes the fastest
+    path on this device: Triton kernels under CUDA graphs on a GPU with triton installed, the compiled
+    fused path on a CPU when the run is long enough to pay for compiling, else the plain path (and for a
+    CNN, which has no routing, always plain eager)."""
+    speed = config.speed
+    if speed == "custom":
+        return config
+    if speed == "auto":
+        steps = config.steps or config.epochs * max(1, train_images // config.batch_size)
+        if not issubclass(REGISTRY[config.model][0], CapsNet):
+            speed = "reference"
+        elif device_type == "cuda" and importlib.util.find_spec("triton") is not None:
+            speed = "triton"
+        elif device_type == "cuda" or steps * config.batch_size >= AUTO_COMPILE_IMAGES:
+            speed = "compiled"
+        else:
+            speed = "reference"
+    return dataclasses.replace(config, speed=speed, **SPEED_SETTINGS[speed])
 
 
 def build_model(config: TrainConfig) -> torch.nn.Module:

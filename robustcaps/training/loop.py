@@ -33,6 +33,7 @@ from robustcaps.training.config import (
     config_json,
     load_split,
     lr_factor,
+    resolve_speed,
 )
 from robustcaps.training.evaluation import evaluate
 
@@ -94,6 +95,7 @@ class Session:
         resume = _check_run_dir(config, run_dir, resume, world)
         distributed.barrier(world)  # every rank has looked at run_dir before rank 0 writes into it
         data = load_split(config)
+        config = resolve_speed(config, torch.device(device).type, len(data.train))
         checkpoints.seed_everything(
             config.seed + world.rank
         )  # after the data: a first-time render may draw numbers

@@ -423,7 +423,7 @@ def test_train_options_default_to_trainconfig_and_set_reaches_the_rest(rendered_
     from robustcaps.cli.train import train as train_command
 
     for param in train_command.params:
-        if param.name in DEFAULTS:
+        if param.name in DEFAULTS and param.name != "speed":  # the CLI picks a speed; the API takes one
             assert param.default == DEFAULTS[param.name], f"--{param.name} restates another default"
     shown = CliRunner().invoke(cli, ["train", "--help"]).output
     assert (
@@ -461,3 +461,50 @@ def test_train_options_default_to_trainconfig_and_set_reaches_the_rest(rendered_
         result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "bad"), "--set", bad])
         assert result.exit_code == 1 and message in result.output, result.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_speed_auto_picks_the_fastest_path_for_the_device_and_the_run(monkeypatch):
+    from robustcaps.training.config import AUTO_COMPILE_IMAGES, resolve_speed
+
+    caps = TrainConfig(model="capsnet-small", speed="auto", batch_size=32)
+    short, long = dataclasses.replace(caps, steps=10), dataclasses.replace(caps, steps=AUTO_COMPILE_IMAGES)
+    assert resolve_speed(short, "cpu", 4320).speed == "reference"  # compiling would not pay for itself
+    fast = resolve_speed(long, "cpu", 4320)
+    assert (fast.speed, fast.compile, fast.routing, fast.recompute) == ("compiled", True, "fused", "none")
+    assert resolve_speed(dataclasses.replace(caps, epochs=20), "cpu", 4320).speed == "compiled"  # 2,700 steps
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name == "triton" else None)
+    gpu = resolve_speed(short, "cuda", 4320)
+    assert (gpu.speed, gpu.routing, gpu.compile_mode) == ("triton", "triton", "reduce-overhead")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    assert resolve_speed(short, "cuda", 4320).speed == "compiled"  # a GPU without triton
+    assert resolve_speed(TrainConfig(model="cnn", speed="auto"), "cuda", 4320).speed == "reference"
+    custom = TrainConfig(model="capsnet-small", compile=True, routing="fused")
+    assert resolve_speed(custom, "cpu", 4320) == custom  # the settings as given
+
+
+def test_train_records_its_speed_and_settings_by_hand_make_it_custom(rendered_root, tmp_path):
+    args = [
+        "train",
+        "--data",
+        str(rendered_root),
+        "--model",
+        "cnn-small",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+    ]
+    args += ["--device", "cpu"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "auto")])
+    assert result.exit_code == 0, result.output
+    config = TrainConfig.from_json(tmp_path / "auto" / checkpoints.CONFIG_FILE)
+    assert (config.speed, config.compile) == ("reference", False)  # a CNN: plain eager
+    clash = CliRunner().invoke(cli, [*args, "--speed", "compiled", "--set", "recompute=all", "--out", "x"])
+    assert clash.exit_code == 1 and "--speed compiled sets" in clash.output and "recompute" in clash.output
+    from robustcaps.cli.train import _config
+    from robustcaps.cli.train import train as train_command
+
+    ctx = train_command.make_context(
+        "train", ["--routing", "fused", "--compile", "--out", str(tmp_path / "c")]
+    )
+    assert _config(ctx, ctx.params).speed == "custom"
