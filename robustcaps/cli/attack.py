@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import torch
 
@@ -14,10 +16,15 @@ from robustcaps.attacks.adapters import (
     AttackConfig,
     supports_targeted,
 )
+from robustcaps.cli import options as shared
 from robustcaps.cli.options import device_option, run_data_option
 from robustcaps.errors import RobustcapsError
 
 MODES = {"untargeted": (False,), "targeted": (True,), "both": (False, True)}
+# Without RUN_DIR (options.BUNDLED): the defaults below where the user gave none (the full-size capsnet on
+# a CPU needs a small batch), and an
+# output folder in the current directory.
+BUNDLED_DEFAULTS = {"n": 100, "batch_size": 25, "checks": False, "out_dir": "robustcaps-attack"}
 
 
 def parse_eps(values: tuple[str, ...]) -> tuple[float, ...]:
@@ -49,7 +56,7 @@ def attack_device(device: str) -> str:
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False), required=False)
 @click.option(
     "--attack",
     "attacks",
@@ -122,8 +129,8 @@ def attack_device(device: str) -> str:
     type=int,
     default=100,
     show_default=True,
-    help="Examples crafted at once. Lower it when memory is short: on a CPU an iterative attack on the "
-    "full-size capsnet peaked at 7.3 GB with 25 (measured), and 100 ran out of 24 GB.",
+    help="Examples crafted at once; lower it when memory is short (the full-size capsnet on a CPU needs "
+    "a few GB per 10 examples).",
 )
 @device_option
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -139,20 +146,30 @@ def attack_device(device: str) -> str:
     default="plain",
     show_default=True,
     help="What the attacks differentiate: the model as loaded, or a copy under torch.compile with fused "
-    "capsule routing (same function; ~1.7x on 2 CPU cores after a compile of about 1.5 min: for long "
-    "sweeps). Judged by the model either way.",
+    "capsule routing (the same function, faster once compiled: for long sweeps). Judged by the model "
+    "either way.",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @run_data_option
-def attack(run_dir: str, attacks: tuple[str, ...], eps: tuple[str, ...], mode: str, out_dir: str | None,
-           source: str | None, which: str, source_which: str, device: str, progress: bool,
-           data: str | None, **options) -> None:  # fmt: skip
+@click.pass_context
+def attack(ctx: click.Context, run_dir: str | None, attacks: tuple[str, ...], eps: tuple[str, ...], mode: str,
+           out_dir: str | None, source: str | None, which: str, source_which: str, device: str,
+           progress: bool, data: str | None, **options) -> None:  # fmt: skip
     """White-box (and transfer, vote, Square) attacks on RUN_DIR's model across ε, via torchattacks.
 
     Writes per_example.csv, summary.csv and checks.csv; an interrupted sweep resumes where it stopped.
+    Without RUN_DIR: the capsule network and the CNN committed in results/gpu/models, side by side (100
+    examples, no checks, unless given), into ./robustcaps-attack.
     """
     from robustcaps.attacks.run import attack_run_dir
 
+    bundled = run_dir is None
+    if bundled:
+        if source is not None:
+            raise RobustcapsError("--source: give RUN_DIR too (without it both bundled models are attacked)")
+        defaults = {k: v for k, v in BUNDLED_DEFAULTS.items() if not _given(ctx, k)}
+        out_dir = defaults.pop("out_dir", out_dir)
+        options |= defaults
     config = AttackConfig(attacks=tuple(dict.fromkeys(attacks)), eps=parse_eps(eps), targeted=MODES[mode],
                           device=attack_device(device), **options)  # fmt: skip
     if True in config.targeted:
@@ -161,6 +178,9 @@ def attack(run_dir: str, attacks: tuple[str, ...], eps: tuple[str, ...], mode: s
                 click.echo(
                     f"Note: --attack {name} has no targeted mode in torchattacks; untargeted only.", err=True
                 )
+    if bundled:
+        _compare_bundled(config, Path(out_dir), which, progress, data)
+        return
     results = attack_run_dir(run_dir, config, out_dir, source, which=which, progress=progress, data=data,
                              source_which=source_which)  # fmt: skip
     table = results.summary[results.summary["role"] == "sweep"]
@@ -169,5 +189,41 @@ def attack(run_dir: str, attacks: tuple[str, ...], eps: tuple[str, ...], mode: s
     )
     click.echo(table.round(3).rename(columns=lambda e: f"{e:.3g}").to_string())
     click.echo(f"Wrote per_example.csv, summary.csv, checks.csv to {results.out_dir}")
+    _warn_failed(results)
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+def _warn_failed(results) -> None:
     for failure in results.failed_checks:
         click.echo(f"Warning: integrity check failed: {failure}", err=True)
+
+
+def _compare_bundled(
+    config: AttackConfig, out_dir: Path, which: str, progress: bool, data: str | None
+) -> None:
+    """Attack the committed capsule network and CNN on the same examples and print them side by side."""
+    from robustcaps.attacks.run import attack_run_dir
+    from robustcaps.report.compare import side_by_side
+
+    runs = shared.bundled_runs()
+    results = []
+    for run in runs:
+        click.echo(f"attacking {run.name} ({which}.pt) on {config.n} test examples", err=True)
+        results.append(
+            attack_run_dir(run, config, out_dir / run.name, which=which, progress=progress, data=data)
+        )
+        _warn_failed(results[-1])
+    table = side_by_side(results[0].per_example, results[1].per_example, ("capsules", "CNN"))
+    click.echo(
+        "Untargeted accuracy on the same examples (95 % intervals; difference: capsules − CNN, paired):"
+    )
+    click.echo(table.to_string(index=False))
+    names = ",".join(shared.BUNDLED_RUNS)
+    click.echo(f"Wrote per_example.csv, summary.csv, checks.csv to {out_dir}/{{{names}}}")
+    click.echo(
+        "The full sweep: robustcaps attack RUN_DIR --eps 0:0.5:0.05 --attack fgsm --attack bim --attack pgd "
+        "--attack autoattack --n 500 --checks (RUN_DIR: results/gpu/models/capsnet-full or cnn-full)"
+    )

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from robustcaps.study.presets import PRESETS
+
+# `attack` and `eval` without RUN_DIR: the trained full-size models committed with the repository.
+BUNDLED = Path(__file__).resolve().parents[2] / "results" / "gpu" / "models"
+BUNDLED_RUNS = ("capsnet-full", "cnn-full")
+
+
+def bundled_runs() -> list[Path]:
+    from robustcaps.errors import RobustcapsError
+
+    runs = [BUNDLED / name for name in BUNDLED_RUNS]
+    missing = [str(run) for run in runs if not run.is_dir()]
+    if missing:
+        raise RobustcapsError(
+            f"no bundled models at {', '.join(missing)} (they come with the repository's "
+            "results/gpu/models); give RUN_DIR"
+        )
+    return runs
+
 
 device_option = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from robustcaps.cli import options as shared
 from robustcaps.cli.options import run_data_option
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_text
@@ -241,13 +242,13 @@ def _eval_rows(
 
 
 @click.command("eval")
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path(file_okay=False), required=False)
 @click.option(
     "--part",
     "parts",
     type=click.Choice(("familiar", "novel", "test", "val")),
     multiple=True,
-    help="Parts to evaluate (repeatable) [all non-empty].",
+    help="Parts to evaluate (repeatable) [all non-empty; without RUN_DIR: test].",
 )
 @click.option("--multi-crop", is_flag=True, help="Average 13 crops (centre + 12 diagonal offsets).")
 @click.option(
@@ -259,18 +260,34 @@ def _eval_rows(
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @run_data_option
 def eval_(
-    run_dir: str, parts: tuple[str, ...], multi_crop: bool, which: str, device: str, data: str | None
+    run_dir: str | None, parts: tuple[str, ...], multi_crop: bool, which: str, device: str, data: str | None
 ) -> None:
-    """Error per part and per class of a trained run; prints it and writes RUN_DIR/eval.csv."""
-    import pandas as pd
+    """Error per part and per class of a trained run; prints it and writes RUN_DIR/eval.csv.
 
+    Without RUN_DIR: the capsule network and the CNN committed in results/gpu/models, on their test part,
+    into ./robustcaps-eval/.
+    """
     from robustcaps.training.distributed import World
 
     device = str(training.resolve_device(device, World()))
+    if run_dir is not None:
+        _evaluate_into(
+            Path(run_dir), Path(run_dir) / checkpoints.EVAL_FILE, parts, multi_crop, which, device, data
+        )
+        return
+    for run in shared.bundled_runs():
+        out = Path("robustcaps-eval") / run.name / checkpoints.EVAL_FILE
+        _evaluate_into(run, out, parts or ("test",), multi_crop, which, device, data)
+
+
+def _evaluate_into(
+    run_dir: Path, path: Path, parts: tuple[str, ...], multi_crop: bool, which: str, device: str, data
+) -> None:
+    import pandas as pd
+
     loaded = checkpoints.load_run(run_dir, which, device, data=data)
     rows = _eval_rows(loaded, parts or ("familiar", "novel", "test", "val"), multi_crop, device)
     table = pd.DataFrame(rows)
-    path = Path(run_dir) / checkpoints.EVAL_FILE
     if path.exists():  # keep rows of other checkpoints/crop counts; replace the ones evaluated now
         old = pd.read_csv(path, keep_default_na=False, dtype={"class": str})
         keys = ["which", "part", "crops"]

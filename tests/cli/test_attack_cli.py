@@ -92,3 +92,56 @@ def test_attack_records_the_checkpoints_of_victim_and_source(run_dir, tmp_path):
 def test_eps_grids_parse_inclusively():
     assert parse_eps(("0:0.5:0.05",)) == tuple(round(0.05 * i, 10) for i in range(11))
     assert parse_eps(("0.1,0.3", "0.2", "0.1")) == (0.1, 0.2, 0.3)
+
+
+@pytest.fixture(scope="module")
+def bundled(run_dir, rendered_root, tmp_path_factory):
+    """Stand-ins for results/gpu/models: a tiny capsule network trained here, and the module's CNN."""
+    from robustcaps.training import TrainConfig, fit
+
+    bundled = tmp_path_factory.mktemp("bundled")
+    caps = TrainConfig(model="capsnet-small", data=str(rendered_root), steps=4, batch_size=8, device="cpu",
+                       model_overrides={"conv1_channels": 8, "primary_types": 4})  # fmt: skip
+    fit(caps, bundled / "capsnet-full")
+    (bundled / "cnn-full").symlink_to(run_dir, target_is_directory=True)
+    return bundled
+
+
+def test_attack_without_run_dir_compares_the_bundled_models_side_by_side(
+    run_dir, bundled, tmp_path, monkeypatch
+):
+    from robustcaps.cli import options as shared
+
+    monkeypatch.setattr(shared, "BUNDLED", bundled)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("--eps", "0.1", "--attack", "fgsm", "--n", "20")
+    assert result.exit_code == 0, result.output
+    assert "capsules" in result.output and "CNN" in result.output and "The full sweep" in result.output
+    out = tmp_path / "robustcaps-attack"
+    summaries = {name: pd.read_csv(out / name / "summary.csv") for name in shared.BUNDLED_RUNS}
+    for frame in summaries.values():  # the bundled defaults: no checks
+        assert set(frame["role"]) == {"sweep"} and (frame["n"] == 20).all()
+    clean_row = next(line for line in result.output.splitlines() if line.strip().startswith("clean"))
+    for frame in summaries.values():  # each model's clean accuracy, as its own summary has it
+        clean = frame.loc[frame["attack"] == "clean", "value"].iloc[0]
+        assert f"{clean:.2f} (" in clean_row
+    assert "--source: give RUN_DIR" in invoke("--source", str(run_dir)).output
+
+
+def test_eval_without_run_dir_evaluates_the_bundled_models_into_the_current_folder(
+    bundled, tmp_path, monkeypatch
+):
+    from robustcaps.cli import options as shared
+
+    monkeypatch.setattr(shared, "BUNDLED", bundled)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["eval", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for name in shared.BUNDLED_RUNS:
+        table = pd.read_csv(tmp_path / "robustcaps-eval" / name / "eval.csv")
+        assert set(table["part"]) == {"test"} and not (bundled / name / "eval.csv").exists()
+    monkeypatch.setattr(shared, "BUNDLED", tmp_path / "nowhere")
+    missing = CliRunner().invoke(cli, ["eval", "--device", "cpu"])
+    assert (
+        missing.exit_code == 1 and "no bundled models" in missing.output and "give RUN_DIR" in missing.output
+    )

@@ -1,0 +1,40 @@
+"""Two models attacked on the same examples, side by side: each one's accuracy with its 95 % interval, and
+the paired difference (the terminal table of `robustcaps attack` without RUN_DIR)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from robustcaps.uncertainty import paired_difference, wilson
+
+
+def _robust(per_example: pd.DataFrame) -> pd.Series:
+    """Whether each example withstood each untargeted white-box cell, keyed (attack, ε_std, example)."""
+    rows = per_example[
+        (per_example["role"] == "sweep")
+        & ~per_example["targeted"].astype(bool)
+        & (per_example["source"].fillna("self") == "self")
+    ]
+    right = (rows["prediction"] == rows["label"]).to_numpy()
+    index = pd.MultiIndex.from_arrays([rows["attack"], rows["eps_std"].round(6), rows["example"]])
+    return pd.Series(right, index=index)
+
+
+def side_by_side(first: pd.DataFrame, second: pd.DataFrame, names: tuple[str, str]) -> pd.DataFrame:
+    """Per attack and ε (standardised units): accuracy of each model on the examples both met, its Wilson
+    interval, and first − second with Newcombe's interval for paired data."""
+    both = pd.concat({"first": _robust(first), "second": _robust(second)}, axis=1, join="inner")
+    rows = []
+    for (attack, eps), group in both.groupby(level=[0, 1], sort=True):
+        a, b, n = group["first"].astype(bool), group["second"].astype(bool), len(group)
+        rate_a, rate_b = float(a.mean()), float(b.mean())
+        low, high = paired_difference(rate_a, rate_b, int((a & ~b).sum()), int((~a & b).sum()), n)
+        row = {"attack": attack, "eps_std": eps, "n": n}
+        for name, rate in zip(names, (rate_a, rate_b), strict=True):
+            lo, hi = wilson(rate, n)
+            row[name] = f"{rate:.2f} ({lo:.2f}–{hi:.2f})"
+        row["difference"] = f"{rate_a - rate_b:+.2f} ({low:+.2f} to {high:+.2f})"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    rank = table["attack"].map({"clean": 0, "worst": 2}).fillna(1)  # clean first, the worst case last
+    return table.assign(rank=rank).sort_values(["eps_std", "rank", "attack"]).drop(columns="rank")
