@@ -92,6 +92,7 @@ class AttackConfig:
     n: int = 500
     part: str = "test"
     batch_size: int = 100
+    fit_batch: bool = False  # lower batch_size to what fits in memory (attacks.memory), recorded as used
     seed: int = 0
     device: str = "cpu"
     checks: bool = True

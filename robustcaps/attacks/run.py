@@ -9,7 +9,7 @@ and `cells/` (the resumable per-cell results).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +17,7 @@ import torch
 
 from robustcaps.attacks.adapters import AttackConfig, attack_loss
 from robustcaps.attacks.checks import CHECK_COLUMNS, check_cells, run_checks
+from robustcaps.attacks.memory import fitting_batch
 from robustcaps.attacks.sweep import (
     EXAMPLE_COLUMNS,
     SELF,
@@ -133,6 +134,9 @@ def _attack_model(
     if victim.source is not None:
         victim.source.eval()
     victim = victim.crafting(config.crafting)
+    if config.fit_batch:
+        fits = fitting_batch(victim.model, eval_set.images, config.batch_size, config.device)
+        config = replace(config, batch_size=fits, fit_batch=False)
     atomic_write_json(out_dir / "attack_config.json", {
         **asdict(config), "victim": victim.name, "run_dir": victim.run_dir,
         "checkpoint": victim.checkpoint, "checkpoint_step": victim.checkpoint_step,

@@ -21,10 +21,9 @@ from robustcaps.cli.options import device_option, run_data_option
 from robustcaps.errors import RobustcapsError
 
 MODES = {"untargeted": (False,), "targeted": (True,), "both": (False, True)}
-# Without RUN_DIR (options.BUNDLED): the defaults below where the user gave none (the full-size capsnet on
-# a CPU needs a small batch), and an
-# output folder in the current directory.
-BUNDLED_DEFAULTS = {"n": 100, "batch_size": 25, "checks": False, "out_dir": "robustcaps-attack"}
+# Without RUN_DIR (options.BUNDLED): the defaults below where the user gave none, and an output folder in
+# the current directory.
+BUNDLED_DEFAULTS = {"n": 100, "checks": False, "out_dir": "robustcaps-attack"}
 
 
 def parse_eps(values: tuple[str, ...]) -> tuple[float, ...]:
@@ -127,10 +126,9 @@ def attack_device(device: str) -> str:
 @click.option(
     "--batch-size",
     type=int,
-    default=100,
-    show_default=True,
-    help="Examples crafted at once; lower it when memory is short (the full-size capsnet on a CPU needs "
-    "a few GB per 10 examples).",
+    help="Examples crafted at once [at most 100, fewer where memory is short: sized from a measured step "
+    "on a CPU, halved on a GPU that runs out]. Given, it is used as it is (a GPU still halves it if "
+    "it runs out).",
 )
 @device_option
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -170,6 +168,8 @@ def attack(ctx: click.Context, run_dir: str | None, attacks: tuple[str, ...], ep
         defaults = {k: v for k, v in BUNDLED_DEFAULTS.items() if not _given(ctx, k)}
         out_dir = defaults.pop("out_dir", out_dir)
         options |= defaults
+    if options["batch_size"] is None:  # not chosen by the user: the largest that fits, up to the default
+        options |= {"batch_size": AttackConfig.batch_size, "fit_batch": True}
     config = AttackConfig(attacks=tuple(dict.fromkeys(attacks)), eps=parse_eps(eps), targeted=MODES[mode],
                           device=attack_device(device), **options)  # fmt: skip
     if True in config.targeted:

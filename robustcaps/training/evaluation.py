@@ -28,6 +28,19 @@ def predict_views(model: torch.nn.Module, images: torch.Tensor, multi_crop: bool
     return mean.argmax(dim=1)
 
 
+def _predict_fitting(model: torch.nn.Module, images: torch.Tensor, multi_crop: bool) -> torch.Tensor:
+    """predict_views, and where the device runs out of memory, the two halves of the batch in turn."""
+    try:
+        return predict_views(model, images, multi_crop)
+    except torch.OutOfMemoryError:
+        if len(images) == 1:
+            raise
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    half = len(images) // 2
+    return torch.cat([_predict_fitting(model, part, multi_crop) for part in (images[:half], images[half:])])
+
+
 def evaluate(
     model: torch.nn.Module,
     tensorset: Any,
@@ -47,7 +60,7 @@ def evaluate(
     predictions = []
     for start in range(0, len(tensorset), batch_size):
         images = tensorset.images[start : start + batch_size].to(device, non_blocking=True)
-        predictions.append(predict_views(model, images, multi_crop).cpu())
+        predictions.append(_predict_fitting(model, images, multi_crop).cpu())
     model.train(was_training)
     labels = tensorset.labels.cpu()
     wrong = torch.cat(predictions).ne(labels) if predictions else torch.zeros(0, dtype=torch.bool)

@@ -75,11 +75,6 @@ def eval_set(n: int = 100) -> EvalSet:
     return EvalSet(images, labels, torch.arange(n), identity='{"kind": "toy"}')
 
 
-@pytest.fixture(scope="module")
-def toy() -> ToyNet:
-    return train(ToyNet(seed=0))
-
-
 def accuracy(summary: pd.DataFrame, attack: str, targeted: bool = False) -> pd.Series:
     rows = summary[
         (summary["attack"] == attack) & (summary["targeted"] == targeted) & (summary["role"] == "sweep")

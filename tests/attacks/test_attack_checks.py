@@ -19,7 +19,7 @@ from robustcaps.attacks.checks import (
 )
 from robustcaps.attacks.run import attack_model
 from robustcaps.attacks.sweep import Victim
-from tests.attacks.test_attack import ToyNet, eval_set, train
+from tests.attacks.test_attack import eval_set
 
 
 class QuantisedInput(nn.Module):
@@ -45,11 +45,6 @@ class MaskedRoutingToy(QuantisedInput):
         if output == "vote_logits":
             return self.inner(x)
         return super().forward(x, output)
-
-
-@pytest.fixture(scope="module")
-def toy() -> ToyNet:
-    return train(ToyNet(seed=0))
 
 
 def rows(summary: pd.DataFrame, attack: str, source: str = "self") -> pd.Series:

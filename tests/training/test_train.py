@@ -23,7 +23,7 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.io import read_json
 from robustcaps.models import routing_kernels
 from robustcaps.training import checkpoints, fit, losses
-from robustcaps.training.config import TrainConfig, config_json, load_split, lr_factor
+from robustcaps.training.config import TrainConfig, build_model, config_json, load_split, lr_factor
 from robustcaps.training.evaluation import evaluate
 from robustcaps.training.losses import spread_margin
 
@@ -508,3 +508,24 @@ def test_train_records_its_speed_and_settings_by_hand_make_it_custom(rendered_ro
         "train", ["--routing", "fused", "--compile", "--out", str(tmp_path / "c")]
     )
     assert _config(ctx, ctx.params).speed == "custom"
+
+
+def test_evaluation_halves_a_batch_that_runs_out_of_memory(rendered_root, monkeypatch):
+    from robustcaps.training import evaluation
+
+    data = load_split(TrainConfig(model="cnn-small", data=str(rendered_root), max_per_part=40))
+    model = build_model(TrainConfig(model="cnn-small"))
+    whole = evaluation.evaluate(model, data.test, batch_size=64)
+    real, sizes = evaluation.predict_views, []
+
+    def short_of_memory(model, images, multi_crop=False):
+        sizes.append(len(images))
+        if len(images) > 8:
+            raise torch.OutOfMemoryError("out of memory (test)")
+        return real(model, images, multi_crop)
+
+    monkeypatch.setattr(evaluation, "predict_views", short_of_memory)
+    halved = evaluation.evaluate(model, data.test, batch_size=64)
+    assert (
+        max(sizes) > 8 and halved["error"] == whole["error"] and torch.equal(halved["wrong"], whole["wrong"])
+    )
