@@ -365,15 +365,23 @@ def robustness_verdict(
     return " ".join(parts)
 
 
-def findings_paragraph(results: dict, dataset_kind: str) -> str:
-    provenance = results["provenance"]
-    sentences = [demo_sentence(provenance, dataset_kind), *deviation_sentences(provenance)]
-    sentences += weak_model_sentences(results["clean"])
-    if not results["viewpoint"].empty:
-        sentences += viewpoint_sentences(results["viewpoint"])
-    if not results["summary"].empty:
-        sentences += clean_start_sentences(results["summary"])
-        sentences += attack_sentences(results["summary"], results.get("outcomes"))
-    if not results["summary"].empty or not results["checks"].empty:
-        sentences.append(robustness_verdict(results["summary"], results["checks"], results.get("outcomes")))
-    return " ".join(sentences)
+def findings_sections(results: dict, dataset_kind: str) -> str:
+    """The same findings as Markdown a reader can scan: the verdict first, then what the numbers are, then
+    one bullet per comparison under Viewpoints, Attacks and Checks."""
+    provenance, summary, checks = results["provenance"], results["summary"], results["checks"]
+    outcomes = results.get("outcomes")
+    blocks = []
+    if not summary.empty or not checks.empty:
+        blocks.append(f"**Verdict.** {robustness_verdict(summary, checks, outcomes)}")
+    setting = [demo_sentence(provenance, dataset_kind), *deviation_sentences(provenance)]
+    blocks.append(" ".join(setting + weak_model_sentences(results["clean"])))
+    sections = {
+        "Viewpoints": viewpoint_sentences(results["viewpoint"]) if not results["viewpoint"].empty else [],
+        "Attacks": [*clean_start_sentences(summary), *attack_sentences(summary, outcomes)]
+        if not summary.empty
+        else [],
+    }
+    for title, sentences in sections.items():
+        if sentences:
+            blocks.append(f"### {title}\n\n" + "\n".join(f"- {sentence}" for sentence in sentences))
+    return "\n\n".join(blocks)

@@ -14,7 +14,7 @@ import pandas as pd
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_text
 from robustcaps.report import plots
-from robustcaps.report.findings import findings_paragraph
+from robustcaps.report.findings import findings_sections, robustness_verdict
 from robustcaps.report.tables import (
     MODELS_DIR,
     PROVENANCE_JSON,
@@ -96,8 +96,8 @@ def notes_text(provenance: dict) -> str:
 
 def other_runs_text(root: Path) -> str:
     """Runs kept in subfolders of this results folder (results/gpu/, made by `reproduce --preset gpu` on a
-    lent GPU), each with its findings paragraph recomputed from its own CSVs, so that the top README says
-    in plain words what the larger runs show and not only what the CPU demo does."""
+    lent GPU): a link and the verdict, recomputed from its own CSVs, so that the top README says what the
+    larger runs show without repeating their README."""
     sections = []
     for sub in sorted(path.parent for path in root.glob(f"*/{PROVENANCE_JSON}")):
         results = load_results(sub)
@@ -106,9 +106,16 @@ def other_runs_text(root: Path) -> str:
         made_by = caption(lines, "its README, tables and figures")
         sections.append(
             f"### Preset `{preset}` on {lines['device']}: [{sub.name}/README.md]({sub.name}/README.md)\n\n"
-            f"{findings_paragraph(results, lines['kind'])}\n\n_{made_by}_\n"
+            f"{_verdict(results)}\n\n_{made_by}_\n"
         )
     return "## Other runs in this folder\n\n" + "\n".join(sections) if sections else ""
+
+
+def _verdict(results: dict) -> str:
+    summary, checks = results["summary"], results["checks"]
+    if summary.empty and checks.empty:
+        return "No attacks in this run; its README has the viewpoint and clean-error findings."
+    return f"**Verdict.** {robustness_verdict(summary, checks, results.get('outcomes'))}"
 
 
 def models_text(root: Path) -> str:
@@ -240,7 +247,7 @@ def write_report(results_dir: str | Path) -> Path:
             "Do matrix capsules with EM routing (HSF18) beat CNNs on novel viewpoints "
             "and under white-box attack?\n",
             "## What the numbers show\n",
-            findings_paragraph(results, lines["kind"]) + "\n",
+            findings_sections(results, lines["kind"]) + "\n",
             f"_{caption(lines)}_\n",
             timing_text(results["provenance"]),
             notes_text(results["provenance"]),

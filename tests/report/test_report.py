@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from robustcaps.cli import cli
 from robustcaps.errors import RobustcapsError
-from robustcaps.report.findings import findings_paragraph
+from robustcaps.report.findings import findings_sections
 from robustcaps.report.readme import write_report
 from robustcaps.report.tables import load_results
 
@@ -223,11 +223,10 @@ def test_a_run_kept_in_a_subfolder_is_summarised_in_the_top_readme(results_dir, 
     text = write_report(results_dir).read_text()
     section = text.split("## Other runs in this folder\n\n")[1].split("\n## ")[0]
     assert section.startswith("### Preset `gpu` on NVIDIA H200: [gpu/README.md](gpu/README.md)")
-    # the subfolder's own paragraph, from its own numbers, not the demo's
-    assert findings_paragraph(load_results(gpu), "rendered") in section
-    assert findings_paragraph(load_results(gpu), "rendered") != findings_paragraph(
-        load_results(results_dir), "rendered"
-    )
+    # the subfolder's own verdict, from its own numbers, not the demo's; its README is linked, not repeated
+    verdict = findings_sections(load_results(gpu), "rendered").split("\n\n")[0]
+    assert verdict.startswith("**Verdict.**") and verdict in section and "### Attacks" not in section
+    assert verdict != findings_sections(load_results(results_dir), "rendered").split("\n\n")[0]
     assert "`robustcaps report --results " + str(gpu) + "`" in section and "Commit: fe11." in section
     assert not (gpu / "README.md").exists()  # the subfolder's own report is left to its own command
     gpu_text = write_report(gpu).read_text()
@@ -238,19 +237,19 @@ def test_a_full_size_run_on_rendered_data_is_not_called_a_demo(results_dir):
     provenance = json.loads((results_dir / "provenance.json").read_text())
     provenance.update(preset="gpu", demo=False, device="cuda", preset_settings={"capsnet_steps": 600})
     (results_dir / "provenance.json").write_text(json.dumps(provenance))
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     assert "demo" not in paragraph and "preset `gpu` on the rendered stand-in" in paragraph
     assert "at most 600 capsule steps" in paragraph and "not a replication" in paragraph
     assert "iterations" not in paragraph  # the paper's capsule network: nothing to declare
     overrides = [["calibrate", "beta_a"], ["iterations", 2]]  # as asdict(preset) reaches the JSON
     provenance["preset_settings"] |= {"capsnet_overrides": overrides}
     (results_dir / "provenance.json").write_text(json.dumps(provenance))
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     assert "use 2 EM routing iterations, not the paper's 3" in paragraph
     assert "temperature" not in paragraph
     provenance["preset_settings"]["capsnet_overrides"] = [["iterations", 3], ["estep_temperature", 0.25]]
     (results_dir / "provenance.json").write_text(json.dumps(provenance))
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     assert "use 0.25 as the E-step temperature T (R ∝ a p^T), not the paper's 1.0" in paragraph
     assert "iterations" not in paragraph
 
@@ -268,7 +267,7 @@ def test_a_reverse_match_is_tabled_plotted_and_worded_apart_from_the_papers_rows
     row = next(line for line in table if "step 150" in line)
     assert "CNN stopped at the capsules' (step 150)" in row and "25.1%" in row and "20.0%" not in row
     assert sum("capsules stopped at the CNN's" in line for line in table) == 2
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     assert "better than the CNN by 6.9 points" in paragraph  # the paper's pair is still the headline
     assert (
         "Stopping the CNN instead at its first checkpoint whose familiar error reached the capsules' "
@@ -279,7 +278,7 @@ def test_a_reverse_match_is_tabled_plotted_and_worded_apart_from_the_papers_rows
     frame, discordant = pd.read_csv(path), ["novel_only_capsules_wrong", "novel_only_cnn_wrong"]
     frame.loc[frame["protocol"] == "reverse", discordant] = [20, 78]
     frame.to_csv(path, index=False)
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     assert (
         "15.4% is better than the CNN by 9.7 points (95% interval 6.5 to 12.9, on the same 600 images, 20 of "
         "which only the capsules and 78 only the CNN got wrong)." in paragraph
@@ -288,7 +287,7 @@ def test_a_reverse_match_is_tabled_plotted_and_worded_apart_from_the_papers_rows
     for split_csv in results_dir.glob("viewpoint/*.csv"):
         frame = pd.read_csv(split_csv).drop(columns=discordant)
         frame.assign(n_novel=60).to_csv(split_csv, index=False)
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     assert "15.4% is not distinguishable from the CNN's on 60 / 60 images (difference -9.7" in paragraph
     assert "figures/familiar_vs_novel.png" in text
 
@@ -329,7 +328,7 @@ def test_attack_comparisons_are_paired_when_both_models_met_the_same_examples(re
     capsules = [True] * 81 + [False] * 19  # 81 of 100 withstood
     per_example("capsnet-small", capsules)
     per_example("cnn-small", capsules[:50] + [False] * 44 + [True] * 6)  # 56: the capsules' 31 more, 6 fewer
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     assert (
         "Untargeted FGSM at ε=0.1: accuracy 0.81 for the capsules vs 0.56 for the CNN, difference +0.26 (95% "
         "interval +0.14 to +0.36, paired on the same 100 examples, 31 of which only the capsules and 6 only "
@@ -362,7 +361,7 @@ def test_targeted_comparisons_pair_each_examples_success_over_its_four_targets(r
             "prediction": np.where(hit.ravel(), target, 1),
         }).to_csv(results_dir / "attacks" / model / "per_example.csv", index=False)  # fmt: skip
     low, high = paired_mean_difference(hits["capsnet-small"].mean(1), hits["cnn-small"].mean(1))
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     assert (
         f"(95% interval {low:+.2f} to {high:+.2f}, paired on the same 100 examples, t interval over "
         "examples; paper at ε=0.25: 0.19 vs 0.59)" in paragraph
@@ -418,7 +417,7 @@ def test_notes_and_device_calls_recorded_in_provenance_reach_the_readme(results_
 
 
 def test_findings_follow_the_numbers(results_dir):
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     assert "demo" in paragraph and "rendered stand-in" in paragraph
     assert "better than the CNN by 6.9 points" in paragraph  # 22.33% - 15.44% novel error
     assert "gradients_nonzero" in paragraph  # the capsule model's failed check is named
@@ -427,7 +426,7 @@ def test_findings_follow_the_numbers(results_dir):
     clean = pd.read_csv(results_dir / "clean" / "clean_error.csv")
     clean.loc[clean["model"] == "capsnet-small", "error"] = 0.7661
     clean.to_csv(results_dir / "clean" / "clean_error.csv", index=False)
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     assert (
         "Caution: capsnet-small has 76.6% clean test error" in paragraph and "cnn-small has" not in paragraph
     )
@@ -435,12 +434,12 @@ def test_findings_follow_the_numbers(results_dir):
     for checks in results_dir.glob("attacks/*/checks.csv"):
         frame = pd.read_csv(checks).assign(passed=True)
         frame.to_csv(checks, index=False)
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     assert "survives" in paragraph and "does not survive" not in paragraph
     # The same accuracies on 10 attacked examples per cell: the advantage is within what chance gives.
     for summary in results_dir.glob("attacks/*/summary.csv"):
         pd.read_csv(summary).assign(n=10).to_csv(summary, index=False)
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     assert "no clear robustness advantage under FGSM/BIM to begin with (+25.6 points" in paragraph
 
 
@@ -462,7 +461,7 @@ def test_a_clean_accuracy_gap_on_the_attacked_examples_is_said_before_the_attack
     frame = pd.read_csv(summary)
     frame.loc[frame["attack"] == "clean", "value"] = 0.82
     frame.to_csv(summary, index=False)
-    paragraph = findings_paragraph(load_results(results_dir), "rendered")
+    paragraph = findings_sections(load_results(results_dir), "rendered")
     sentence = "the clean accuracy (ε=0) was 0.82 for the capsules and 0.94 for the CNN"
     assert sentence in paragraph and "from that gap of -0.12" in paragraph
     assert paragraph.index(sentence) < paragraph.index("Untargeted FGSM at ε=0.1")
@@ -484,3 +483,13 @@ def test_each_departure_from_the_paper_is_said_only_when_the_preset_makes_it():
     assert len(departed) == 3
     assert "2 EM routing iterations" in departed[0] and "0.25 as the E-step temperature" in departed[1]
     assert "cosine schedule" in departed[2]
+
+
+def test_the_readme_leads_with_the_verdict_then_a_bullet_per_comparison(results_dir):
+    text = write_report(results_dir).read_text()
+    shown = text.split("## What the numbers show\n\n")[1].split("\n_Numbers:")[0]
+    assert shown.startswith("**Verdict.** ")
+    viewpoints = shown.split("### Viewpoints\n\n")[1].split("\n\n")[0].splitlines()
+    attacks = shown.split("### Attacks\n\n")[1].split("\n\n")[0].splitlines()
+    assert viewpoints and all(line.startswith("- ") for line in viewpoints + attacks)
+    assert any("FGSM" in line for line in attacks) and any("azimuth" in line for line in viewpoints)
