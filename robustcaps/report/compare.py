@@ -38,3 +38,38 @@ def side_by_side(first: pd.DataFrame, second: pd.DataFrame, names: tuple[str, st
     table = pd.DataFrame(rows)
     rank = table["attack"].map({"clean": 0, "worst": 2}).fillna(1)  # clean first, the worst case last
     return table.assign(rank=rank).sort_values(["eps_std", "rank", "attack"]).drop(columns="rank")
+
+
+def leaderboard(results: dict, eps: float = 0.1) -> pd.DataFrame:
+    """One row per model: clean test error (full split, centre crop), novel-viewpoint error per split at
+    the matched familiar error (the CNN stopped at the capsules' familiar error where that match was
+    made), and the per-example worst-case accuracy over every untargeted white-box attack at the ε closest
+    to `eps` (standardised units; AutoAttack among them where it ran). Empty cells: not measured."""
+    from robustcaps.report.tables import percent, percent_interval, with_protocol
+
+    clean, viewpoint, summary = results["clean"], with_protocol(results["viewpoint"]), results["summary"]
+    if clean.empty:
+        return pd.DataFrame()
+    full = clean[(clean["split"] == "full") & (clean["part"] == "test") & (clean["crops"] == 1)]
+    rows = []
+    for row in full.itertuples():
+        entry = {"model": row.model, "clean error": percent_interval(row.error, row.n)}
+        for split, frame in viewpoint.groupby("split") if not viewpoint.empty else ():
+            mine = frame[frame["model"] == row.model]
+            reverse = mine[mine["protocol"] == "reverse"]
+            chosen = reverse if len(reverse) else mine[mine["protocol"] == "paper"]
+            note = " (stopped at the capsules' familiar error)" if len(reverse) else ""
+            entry[f"novel {split} error"] = (
+                percent(chosen["novel_error"].iloc[0]) + note if len(chosen) else ""
+            )
+        worst = summary.iloc[0:0]
+        if len(summary):
+            mask = (summary["model"] == row.model) & (summary["attack"] == "worst")
+            worst = summary[mask & ~summary["targeted"].astype(bool)]
+        if len(worst):
+            closest = worst.iloc[(worst["eps_std"] - eps).abs().argsort()[:1]].iloc[0]
+            entry[f"worst-case accuracy at ε {closest['eps_std']:.2g}"] = (
+                f"{closest['value']:.2f} (n {int(closest['n'])})"
+            )
+        rows.append(entry)
+    return pd.DataFrame(rows).fillna("")

@@ -14,6 +14,7 @@ import pandas as pd
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_text
 from robustcaps.report import plots
+from robustcaps.report.compare import leaderboard
 from robustcaps.report.findings import findings_sections, robustness_verdict
 from robustcaps.report.tables import (
     MODELS_DIR,
@@ -109,6 +110,13 @@ def other_runs_text(root: Path) -> str:
             f"{_verdict(results)}\n\n_{made_by}_\n"
         )
     return "## Other runs in this folder\n\n" + "\n".join(sections) if sections else ""
+
+
+def _leaderboard_text(results: dict) -> list[str]:
+    board = leaderboard(results)
+    if board.empty:
+        return []
+    return ["### Leaderboard\n", markdown_table(board) + "\n"]
 
 
 def _verdict(results: dict) -> str:
@@ -248,6 +256,7 @@ def write_report(results_dir: str | Path) -> Path:
             "and under white-box attack?\n",
             "## What the numbers show\n",
             findings_sections(results, lines["kind"]) + "\n",
+            *_leaderboard_text(results),
             f"_{caption(lines)}_\n",
             timing_text(results["provenance"]),
             notes_text(results["provenance"]),

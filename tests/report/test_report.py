@@ -493,3 +493,6 @@ def test_the_readme_leads_with_the_verdict_then_a_bullet_per_comparison(results_
     attacks = shown.split("### Attacks\n\n")[1].split("\n\n")[0].splitlines()
     assert viewpoints and all(line.startswith("- ") for line in viewpoints + attacks)
     assert any("FGSM" in line for line in attacks) and any("azimuth" in line for line in viewpoints)
+    board = text.split("### Leaderboard\n\n")[1].split("\n\n")[0].splitlines()
+    assert board[0].startswith("| model | clean error | novel azimuth error")
+    assert {line.split(" | ")[0] for line in board[2:]} == {"| capsnet-small", "| cnn-small"}
