@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 PROBE = 4  # examples in the measuring step
-SAFETY = 0.5  # of the available memory: room for the rest of the sweep and for the estimate's error
+# Of the available memory: the probe sees one forward and input gradient, and an attack step holds about
+# twice that (torchattacks' own copies; benchmarks/NOTES.md).
+SAFETY = 0.3
 
 
 def available_bytes() -> int | None:

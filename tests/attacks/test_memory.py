@@ -39,7 +39,7 @@ def test_a_cpu_batch_is_sized_from_a_measured_step_and_the_available_memory(toy,
     images, _ = toy_data(20, seed=3)
     per_example = memory.bytes_per_example(toy, images)
     assert per_example is not None and per_example > 0  # Linux: the peak resets through /proc
-    monkeypatch.setattr(memory, "available_bytes", lambda: int(7 * per_example / memory.SAFETY))
+    monkeypatch.setattr(memory, "available_bytes", lambda: int(7.5 * per_example / memory.SAFETY))
     monkeypatch.setattr(memory, "bytes_per_example", lambda model, images: per_example)
     assert memory.fitting_batch(toy, images, 100, "cpu") == 7
     assert memory.fitting_batch(toy, images, 5, "cpu") == 5  # never above what was asked
