@@ -2,8 +2,8 @@
 
 On a CPU the batch is sized before the sweep from the memory one crafting step takes per example,
 measured on a few examples, and the memory the system has available. On a GPU a batch that runs out of
-memory is split in halves and crafted again (sweep.craft_fitting). Written by hand: neither torch nor
-torchattacks sizes batches.
+memory is split in halves and crafted again (models.common.in_halves_on_oom). Written by hand: neither
+torch nor torchattacks sizes batches.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def fitting_batch(model: nn.Module, images: torch.Tensor, requested: int, device
     """The batch to craft with: `requested`, or on a CPU as many examples as fit in SAFETY of the
     available memory, if fewer."""
     if torch.device(device).type != "cpu":
-        return requested  # a GPU backs off when it runs out instead (sweep.craft_fitting)
+        return requested  # a GPU backs off when it runs out instead (models.common.in_halves_on_oom)
     per_example, available = bytes_per_example(model, images), available_bytes()
     if per_example is None or available is None:
         return requested

@@ -39,6 +39,7 @@ from robustcaps.attacks.adapters import (
 from robustcaps.data.norb import content_identity
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_text
+from robustcaps.models.common import in_halves_on_oom
 
 CELLS_DIR = "cells"
 SELF = "self"  # the `source` of a white-box cell
@@ -191,24 +192,6 @@ def cell_budget(attack: str, config: AttackConfig) -> tuple[int, int]:
     return steps, restarts
 
 
-def craft_fitting(attack, model, images, labels, eps, settings, targets) -> Tensor:
-    """`craft`, and where the device runs out of memory, the two halves of the batch one after the other."""
-    try:
-        return craft(attack, model, images, labels, eps, settings, targets)
-    except torch.OutOfMemoryError:
-        if len(images) == 1:
-            raise
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    half = len(images) // 2
-    parts = [
-        craft_fitting(attack, model, images[part], labels[part], eps, settings,
-                      targets[part] if targets is not None else None)
-        for part in (slice(0, half), slice(half, None))
-    ]  # fmt: skip
-    return torch.cat(parts)
-
-
 def run_cell(cell: Cell, config: AttackConfig, victim: Victim, eval_set: EvalSet, bar: tqdm) -> pd.DataFrame:
     """Per-example predictions of the victim on adversarial images of one cell (one row per target)."""
     device = torch.device(config.device)
@@ -224,9 +207,12 @@ def run_cell(cell: Cell, config: AttackConfig, victim: Victim, eval_set: EvalSet
     for index, images, labels in eval_set.batches(config.batch_size, device):
         for offset in offsets:
             targets = (labels + offset) % NUM_CLASSES if cell.targeted else None
-            adversarial = craft_fitting(
-                cell.attack, crafting_on, images, labels, cell.eps_pixel, settings, targets
-            )
+
+            # a batch that runs out of device memory is crafted in halves
+            adversarial = in_halves_on_oom(
+                lambda x, y, aimed: craft(cell.attack, crafting_on, x, y, cell.eps_pixel, settings, aimed),
+                images, labels, targets,
+            )  # fmt: skip
             frame = pd.DataFrame({
                 "example": index.numpy(),
                 "label": labels.cpu().numpy(),

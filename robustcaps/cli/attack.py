@@ -168,7 +168,7 @@ def attack(ctx: click.Context, run_dir: str | None, attacks: tuple[str, ...], ep
     if bundled:
         if source is not None:
             raise RobustcapsError("--source: give RUN_DIR too (without it both bundled models are attacked)")
-        defaults = {k: v for k, v in BUNDLED_DEFAULTS.items() if not _given(ctx, k)}
+        defaults = {k: v for k, v in BUNDLED_DEFAULTS.items() if not shared.given_on_command_line(ctx, k)}
         out_dir, attacks = defaults.pop("out_dir", out_dir), defaults.pop("attacks", attacks)
         options |= defaults
     if options["batch_size"] is None:  # not chosen by the user: the largest that fits, up to the default
@@ -193,10 +193,6 @@ def attack(ctx: click.Context, run_dir: str | None, attacks: tuple[str, ...], ep
     click.echo(table.round(3).rename(columns=lambda e: f"{e:.3g}").to_string())
     click.echo(f"Wrote per_example.csv, summary.csv, checks.csv to {results.out_dir}")
     _warn_failed(results)
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
 def _warn_failed(results) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from robustcaps.errors import RobustcapsError
 from robustcaps.study.presets import PRESETS
 
 # `attack` and `eval` without RUN_DIR: the trained full-size models committed with the repository.
@@ -13,9 +14,12 @@ BUNDLED = Path(__file__).resolve().parents[2] / "results" / "gpu" / "models"
 BUNDLED_RUNS = ("capsnet-full", "cnn-full")
 
 
-def bundled_runs() -> list[Path]:
-    from robustcaps.errors import RobustcapsError
+def given_on_command_line(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave option `name` (as opposed to its default)."""
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
+
+def bundled_runs() -> list[Path]:
     runs = [BUNDLED / name for name in BUNDLED_RUNS]
     missing = [str(run) for run in runs if not run.is_dir()]
     if missing:

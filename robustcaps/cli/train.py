@@ -28,6 +28,7 @@ from robustcaps.training.config import (
     load_split,
 )
 
+# every TrainConfig field with a plain default: all but model_overrides (--model-option sets it)
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
 # Shown by `train --help`; every other TrainConfig field is set with --set KEY=VALUE (its option still
 # works, unlisted). Defaults are TrainConfig's, never restated here.
@@ -37,7 +38,7 @@ SHOWN |= {"speed", "out", "resume", "set"}
 SPEED_FIELDS = ("compile", "compile_mode", "routing", "recompute")
 
 
-def _value(key: str, text: str) -> object:
+def _value(text: str) -> object:
     """A JSON value (numbers, true/false, null, objects), else the bare word as a string."""
     try:
         return json.loads(text)
@@ -53,20 +54,16 @@ def _pairs(option: str, items: tuple[str, ...], keys: set[str] | None = None) ->
             raise RobustcapsError(f"{option} {item!r}: write KEY=VALUE, e.g. {option} iterations=2")
         if keys is not None and key not in keys:
             raise RobustcapsError(f"{option} {key}: not a training setting; one of {', '.join(sorted(keys))}")
-        values[key] = _value(key, text)
+        values[key] = _value(text)
     return values
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
 def _config(ctx: click.Context, options: dict) -> TrainConfig:
     """From the options given; with --resume, from the run's config.json with only the options given."""
-    settings = _pairs("--set", options["set"], set(DEFAULTS) - {"model_overrides"})
+    settings = _pairs("--set", options["set"], set(DEFAULTS))
     values = {k: v for k, v in options.items() if k in DEFAULTS} | settings
     values["model_overrides"] = _pairs("--model-option", options["model_option"])
-    given = {k for k in values if _given(ctx, k)} | set(settings)
+    given = {k for k in values if shared.given_on_command_line(ctx, k)} | set(settings)
     by_hand = sorted(given & set(SPEED_FIELDS))
     if by_hand:  # the four settings given one by one: the run's speed is what they say
         if "speed" in given and values["speed"] != "custom":
@@ -79,9 +76,9 @@ def _config(ctx: click.Context, options: dict) -> TrainConfig:
     if not options["resume"] or not (Path(options["out"]) / checkpoints.CONFIG_FILE).exists():
         return TrainConfig(**values)  # nothing stored yet: fit starts the run afresh
     stored = TrainConfig.from_json(Path(options["out"]) / checkpoints.CONFIG_FILE).to_dict()
-    if _given(ctx, "model_option"):
+    if shared.given_on_command_line(ctx, "model_option"):
         given.add("model_overrides")
-    if _given(ctx, "epochs") and "steps" not in given:
+    if shared.given_on_command_line(ctx, "epochs") and "steps" not in given:
         values["steps"], given = None, given | {"steps"}  # --epochs given alone replaces a stored --steps
     return TrainConfig(**(stored | {k: values[k] for k in given}))
 
@@ -96,7 +93,7 @@ def _option(*decls: str, **kwargs):
 
 
 def _rare_settings() -> str:
-    rare = [f"{k}={json.dumps(v)}" for k, v in DEFAULTS.items() if k not in SHOWN and k != "model_overrides"]
+    rare = [f"{k}={json.dumps(v)}" for k, v in DEFAULTS.items() if k not in SHOWN]
     return "Other settings, with their defaults (--set KEY=VALUE): " + ", ".join(rare) + "."
 
 

@@ -6,7 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -82,3 +82,20 @@ def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
     return torch.compile(model, mode=mode)
+
+
+def in_halves_on_oom(run: Callable[..., Tensor], *batch: Tensor | None) -> Tensor:
+    """run(*batch); where the device runs out of memory, run on the two halves of every tensor of the batch
+    in turn (and so on down to one example), concatenated: the same results in smaller pieces. A None in
+    the batch passes through as None."""
+    try:
+        return run(*batch)
+    except torch.OutOfMemoryError:
+        if len(batch[0]) == 1:
+            raise
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    middle = len(batch[0]) // 2
+    first = [t[:middle] if t is not None else None for t in batch]
+    second = [t[middle:] if t is not None else None for t in batch]
+    return torch.cat([in_halves_on_oom(run, *first), in_halves_on_oom(run, *second)])

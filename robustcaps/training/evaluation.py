@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from robustcaps.data.norb import CLASSES
+from robustcaps.models.common import in_halves_on_oom
 
 
 @torch.no_grad()
@@ -26,19 +27,6 @@ def predict_views(model: torch.nn.Module, images: torch.Tensor, multi_crop: bool
     crops = transforms.multi_crop_batch(images)  # (13, N, C, 32, 32)
     mean = sum(model(crop, output="activations").float() for crop in crops) / len(crops)
     return mean.argmax(dim=1)
-
-
-def _predict_fitting(model: torch.nn.Module, images: torch.Tensor, multi_crop: bool) -> torch.Tensor:
-    """predict_views, and where the device runs out of memory, the two halves of the batch in turn."""
-    try:
-        return predict_views(model, images, multi_crop)
-    except torch.OutOfMemoryError:
-        if len(images) == 1:
-            raise
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    half = len(images) // 2
-    return torch.cat([_predict_fitting(model, part, multi_crop) for part in (images[:half], images[half:])])
 
 
 def evaluate(
@@ -60,7 +48,9 @@ def evaluate(
     predictions = []
     for start in range(0, len(tensorset), batch_size):
         images = tensorset.images[start : start + batch_size].to(device, non_blocking=True)
-        predictions.append(_predict_fitting(model, images, multi_crop).cpu())
+        # a batch that runs out of device memory is predicted in halves
+        predicted = in_halves_on_oom(lambda x: predict_views(model, x, multi_crop), images)
+        predictions.append(predicted.cpu())
     model.train(was_training)
     labels = tensorset.labels.cpu()
     wrong = torch.cat(predictions).ne(labels) if predictions else torch.zeros(0, dtype=torch.bool)

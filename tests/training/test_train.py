@@ -418,6 +418,11 @@ def test_compile_mode_reaches_torch_compile_and_each_cuda_graph_step_is_marked(
     assert result.exit_code == 2 and "--compile-mode" in result.output
 
 
+def _tiny_cnn_train(root) -> list[str]:
+    """`robustcaps train` of cnn-small on the rendered fixture, on the CPU, at batch 8."""
+    return ["train", "--data", str(root), "--model", "cnn-small", "--batch-size", "8", "--device", "cpu"]
+
+
 def test_train_options_default_to_trainconfig_and_set_reaches_the_rest(rendered_root, tmp_path):
     from robustcaps.cli.train import DEFAULTS
     from robustcaps.cli.train import train as train_command
@@ -430,17 +435,7 @@ def test_train_options_default_to_trainconfig_and_set_reaches_the_rest(rendered_
         "--set KEY=VALUE" in shown and "--lr-schedule" not in shown and 'lr_schedule="exponential"' in shown
     )
     run = tmp_path / "run"
-    args = [
-        "train",
-        "--data",
-        str(rendered_root),
-        "--model",
-        "cnn-small",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-    ]
+    args = _tiny_cnn_train(rendered_root)
     result = CliRunner().invoke(
         cli, [*args, "--steps", "2", "--out", str(run), "--set", "lr_schedule=cosine", "--set", "patience=3"]
     )
@@ -483,18 +478,7 @@ def test_speed_auto_picks_the_fastest_path_for_the_device_and_the_run(monkeypatc
 
 
 def test_train_records_its_speed_and_settings_by_hand_make_it_custom(rendered_root, tmp_path):
-    args = [
-        "train",
-        "--data",
-        str(rendered_root),
-        "--model",
-        "cnn-small",
-        "--steps",
-        "2",
-        "--batch-size",
-        "8",
-    ]
-    args += ["--device", "cpu"]
+    args = [*_tiny_cnn_train(rendered_root), "--steps", "2"]
     result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "auto")])
     assert result.exit_code == 0, result.output
     config = TrainConfig.from_json(tmp_path / "auto" / checkpoints.CONFIG_FILE)
