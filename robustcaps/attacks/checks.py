@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from robustcaps.attacks.adapters import NUM_CLASSES, AttackConfig, eps_pixel_and_std, predict_crops
 from robustcaps.attacks.sweep import SELF, Cell, EvalSet, Victim, cell_budget
+from robustcaps.models import has_vote_head
 
 CHANCE = 1 / NUM_CLASSES
 LARGE_EPS_PIXEL = 0.5
@@ -64,10 +65,9 @@ def check_cells(config: AttackConfig, victim: Victim, summary: pd.DataFrame, sig
     targeted = _targeted_cells(config, sigma_mean)
     if False not in config.targeted:
         return targeted
-    capsnet = getattr(victim.model, "family", "") == "capsnet"
     cells = [
         _pgd_cell(attack, LARGE_EPS_PIXEL, sigma_mean, config.steps, config.restarts)
-        for attack in (("pgd", "pgd-vote") if capsnet else ("pgd",))
+        for attack in (("pgd", "pgd-vote") if has_vote_head(victim.model) else ("pgd",))
     ]
     eps_pixel = strength_check_eps(summary)
     if eps_pixel is not None:
@@ -267,8 +267,8 @@ def check_vote_surrogate(victim: Victim, eval_set: EvalSet, config: AttackConfig
 
 
 def check_gradients(victim: Victim, eval_set: EvalSet, config: AttackConfig) -> tuple[bool, str]:
-    """∇_x CE(head(x), y) for every head an attack differentiates (logits; capsnets also vote_logits)."""
-    heads = ("logits", "vote_logits") if getattr(victim.model, "family", "") == "capsnet" else ("logits",)
+    """∇_x CE(head(x), y) for every head an attack differentiates (logits; vote_logits where it exists)."""
+    heads = ("logits", "vote_logits") if has_vote_head(victim.model) else ("logits",)
     passed, details = True, []
     for head in heads:
         finite, zero = input_gradient_stats(victim.model, eval_set, config, head)

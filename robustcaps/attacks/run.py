@@ -122,7 +122,9 @@ def attack_model(
     victim: Victim, eval_set: EvalSet, config: AttackConfig, out_dir: str | Path, progress: bool = True
 ) -> AttackResults:
     """Run (or resume) the sweep and the check cells, then write the three CSVs atomically."""
-    capsules = any(getattr(m, "family", "") == "capsnet" for m in (victim.model, victim.source))
+    capsules = any(
+        getattr(m, "family", "cnn") != "cnn" for m in (victim.model, victim.source) if m is not None
+    )
     with full_float32_convolutions(capsules):  # input gradients through routing, as in training
         return _attack_model(victim, eval_set, config, Path(out_dir), progress)
 

@@ -39,6 +39,7 @@ from robustcaps.attacks.adapters import (
 from robustcaps.data.norb import content_identity
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_text
+from robustcaps.models import has_vote_head
 from robustcaps.models.common import in_halves_on_oom
 
 CELLS_DIR = "cells"
@@ -163,9 +164,10 @@ def sweep_cells(config: AttackConfig, victim: Victim, sigma_mean: float) -> list
     """The cells the user asked for: attacks × ε × modes, white-box and (with a source) transfer."""
     family = getattr(victim.model, "family", "")
     for attack in config.attacks:
-        if is_vote_attack(attack) and family != "capsnet":
+        if is_vote_attack(attack) and not has_vote_head(victim.model):
             raise RobustcapsError(
-                f"--attack {attack}: the vote attack needs a capsule network, and {victim.name} is a {family}"
+                f"--attack {attack}: the vote attack needs a capsule network with a routing-bypass head "
+                f"(EM or dynamic routing), and {victim.name} is a {family}"
             )
     sources = [SELF] + ([victim.source_name] if victim.source is not None else [])
     cells = []

@@ -20,12 +20,14 @@ def models(in_channels: int) -> None:
 
     FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (convolutions and matrix products,
     routing's included; element-wise operations are not counted), as executed: capsnet casts its votes
-    as (I4 x W) products, four times the multiply-adds of the 4x4 matrix products.
+    as (I4 x W) products, four times the multiply-adds of the 4x4 matrix products. Each row names the
+    paper whose smallNORB configuration the model follows.
     """
     rows = [model_info(name, in_channels) for name in list_models()]
-    header = f"{'name':<14} {'parameters':>11} {'MFLOPs/image':>13}  configuration"
+    header = f"{'name':<22} {'parameters':>11} {'MFLOPs/image':>13}  configuration; paper"
     click.echo(header)
     click.echo("-" * len(header))
     for row in rows:
         mflops = row["flops_per_image"] / 1e6
-        click.echo(f"{row['name']:<14} {row['parameters']:>11,} {mflops:>13.1f}  {row['configuration']}")
+        described = f"{row['configuration']}; {row['paper']}"
+        click.echo(f"{row['name']:<22} {row['parameters']:>11,} {mflops:>13.1f}  {described}")

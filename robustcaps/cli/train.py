@@ -135,7 +135,9 @@ def _rare_settings() -> str:
     help="Spread-loss margin schedule: m = 0.2 + 0.79·σ(min(10, step/scale − 4)).",
 )
 @_option(
-    "--loss", type=click.Choice(losses.LOSSES), help="auto: spread loss for capsules, cross-entropy for CNNs."
+    "--loss",
+    type=click.Choice(losses.LOSSES),
+    help="auto: each family's paper (EM: spread; dynamic routing: margin; self-routing, CNN: cross-entropy).",
 )
 @_option(
     "--calibrate-images",

@@ -18,19 +18,27 @@ from torch.utils.flop_counter import FlopCounterMode
 from robustcaps.errors import RobustcapsError
 from robustcaps.models.capsnet import CALIBRATIONS, ESTEPS, INITS, ROUTINGS, CapsNet, CapsNetConfig
 from robustcaps.models.cnn import CNN, CNNConfig
+from robustcaps.models.dynamic import DynamicCapsNet, DynamicCapsNetConfig
+from robustcaps.models.selfrouting import SelfRoutingCapsNet, SelfRoutingCapsNetConfig
 
 __all__ = [
     "CNN",
     "CNNConfig",
     "CapsNet",
     "CapsNetConfig",
+    "DynamicCapsNet",
+    "DynamicCapsNetConfig",
+    "SelfRoutingCapsNet",
+    "SelfRoutingCapsNetConfig",
     "create_model",
+    "has_vote_head",
     "list_models",
     "model_info",
     "routing_as",
 ]
 
-# name → (model class, preset configuration); the presets are the paper's (HSF18 §5) sizes.
+# name → (model class, preset configuration); the presets are each paper's smallNORB sizes (EM: HSF18 §5;
+# dynamic routing: Sabour 2017 §7; self-routing: Hahn 2019's released SmallNet), "-small" a CPU-sized one.
 REGISTRY: dict[str, tuple[type[nn.Module], Any]] = {
     "capsnet": (CapsNet, CapsNetConfig()),  # A=B=C=D=32: 316,394 parameters ("310K")
     "capsnet-small": (
@@ -39,6 +47,17 @@ REGISTRY: dict[str, tuple[type[nn.Module], Any]] = {
     ),  # 67,154 ("68K")
     "cnn": (CNN, CNNConfig()),  # 4,252,549 ("4.2M")
     "cnn-small": (CNN, CNNConfig(conv1_channels=8, conv2_channels=16, hidden=64)),  # 69,349: ~capsnet-small
+    "dynamic-capsnet": (DynamicCapsNet, DynamicCapsNetConfig()),  # 6,640,384
+    "dynamic-capsnet-small": (DynamicCapsNet, DynamicCapsNetConfig(conv1_channels=64, primary_types=8)),
+    "sr-capsnet": (SelfRoutingCapsNet, SelfRoutingCapsNetConfig()),  # 2,432,864
+    "sr-capsnet-small": (SelfRoutingCapsNet, SelfRoutingCapsNetConfig(conv1_channels=64, capsule_types=8)),
+}
+# the paper each family follows, for `robustcaps models` and the reports
+PAPERS = {
+    "capsnet": "Hinton, Sabour, Frosst, ICLR 2018 (EM routing)",
+    "cnn": "HSF18 §5 baseline CNN",
+    "dynamic": "Sabour, Frosst, Hinton, NeurIPS 2017 (dynamic routing)",
+    "self-routing": "Hahn, Pyeon, Kim, NeurIPS 2019 (self-routing)",
 }
 
 
@@ -55,6 +74,12 @@ def routing_as(model: nn.Module, routing: str):
         yield model
     finally:
         model.use_routing(before)
+
+
+def has_vote_head(model: nn.Module) -> bool:
+    """Whether the model has a routing-bypass head, `output="vote_logits"` (EM and dynamic routing; the
+    self-routing module docstring says why it has none)."""
+    return bool(getattr(model, "vote_head", False))
 
 
 def list_models() -> list[str]:
@@ -109,6 +134,8 @@ def _check(name: str, config: Any) -> None:
             raise RobustcapsError(
                 f"model {name!r}: data_mass must be positive or None, got {config.data_mass}"
             )
+    if isinstance(config, DynamicCapsNetConfig) and config.iterations < 1:
+        raise RobustcapsError(f"model {name!r}: iterations must be at least 1, got {config.iterations}")
     if config.n_classes < 2:
         raise RobustcapsError(f"model {name!r}: n_classes must be at least 2, got {config.n_classes}")
 
@@ -124,6 +151,17 @@ def describe(config: Any) -> str:
             f"A={config.conv1_channels} B={config.primary_types} C={config.convcaps1_types} "
             f"D={config.convcaps2_types}, {config.iterations} iters, E-step {config.estep}{temperature}, "
             f"data mass {mass}{departures}"
+        )
+    if isinstance(config, DynamicCapsNetConfig):
+        decoder = ", decoder" if config.decoder else ", no decoder"
+        return (
+            f"conv {config.conv1_channels} 9x9, {config.primary_types} primary types {config.primary_dim}D, "
+            f"class caps {config.class_dim}D, {config.iterations} iters{decoder}"
+        )
+    if isinstance(config, SelfRoutingCapsNetConfig):
+        return (
+            f"conv {config.conv1_channels} 7x7, {config.capsule_types} types {config.pose_dim}D per layer, "
+            "one SR ConvCaps + SR ClassCaps"
         )
     widths = f"conv {config.conv1_channels}-{config.conv2_channels}, FC {config.hidden}"
     return f"{widths}, dropout {config.dropout:g}"
@@ -144,6 +182,7 @@ def model_info(name: str, in_channels: int = 1) -> dict[str, Any]:
     return {
         "name": name,
         "family": model.family,
+        "paper": PAPERS[model.family],
         "in_channels": in_channels,
         "parameters": sum(p.numel() for p in model.parameters()),
         "configuration": describe(model.config),

@@ -263,6 +263,7 @@ class CapsNet(nn.Module):
     """The matrix capsule network of HSF18 Fig. 1; see the module docstring for the layer sizes."""
 
     family = "capsnet"
+    vote_head = True  # output="vote_logits": routing bypassed, for the vote attack
 
     def __init__(self, config: CapsNetConfig, name: str = "capsnet") -> None:
         super().__init__()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from robustcaps.report.tables import percent, percent_interval, with_protocol
+from robustcaps.report.tables import percent, percent_interval, shown_rows
 from robustcaps.uncertainty import paired_difference, wilson
 
 
@@ -46,7 +46,7 @@ def leaderboard(results: dict, eps: float = 0.1) -> pd.DataFrame:
     the matched familiar error (the CNN stopped at the capsules' familiar error where that match was
     made), and the per-example worst-case accuracy over every untargeted white-box attack at the ε closest
     to `eps` (standardised units; AutoAttack among them where it ran). Empty cells: not measured."""
-    clean, viewpoint, summary = results["clean"], with_protocol(results["viewpoint"]), results["summary"]
+    clean, viewpoint, summary = results["clean"], shown_rows(results["viewpoint"]), results["summary"]
     if clean.empty:
         return pd.DataFrame()
     full = clean[(clean["split"] == "full") & (clean["part"] == "test") & (clean["crops"] == 1)]

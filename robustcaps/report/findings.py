@@ -19,7 +19,8 @@ import math
 import pandas as pd
 
 from robustcaps.paper_results import CLEAN_ERROR, FIG3, TABLE2
-from robustcaps.report.tables import PAPER_ATTACKS, csv_bool, family_of, step_of, with_protocol
+from robustcaps.report.families import families_sentence
+from robustcaps.report.tables import PAPER_ATTACKS, csv_bool, em_pair, family_of, step_of, with_protocol
 from robustcaps.uncertainty import difference, paired_difference, paired_mean_difference
 
 MATCH_TOLERANCE = 0.01
@@ -132,7 +133,7 @@ def weak_model_sentences(clean: pd.DataFrame) -> list[str]:
 
 def viewpoint_sentences(viewpoint: pd.DataFrame) -> list[str]:
     out = []
-    viewpoint = with_protocol(viewpoint)
+    viewpoint = em_pair(with_protocol(viewpoint))
     for split, rows in viewpoint.groupby("split"):
         paper = rows[rows["protocol"] == "paper"]
         by_family = {family_of(m): r for m, r in zip(paper["model"], paper.itertuples(), strict=True)}
@@ -371,8 +372,12 @@ def findings_sections(results: dict, dataset_kind: str) -> str:
     provenance, summary, checks = results["provenance"], results["summary"], results["checks"]
     outcomes = results.get("outcomes")
     blocks = []
-    if not summary.empty or not checks.empty:
-        blocks.append(f"**Verdict.** {robustness_verdict(summary, checks, outcomes)}")
+    families = families_sentence(results)
+    if not summary.empty or not checks.empty or families:
+        verdict = (
+            robustness_verdict(summary, checks, outcomes) if not summary.empty or not checks.empty else ""
+        )
+        blocks.append(f"**Verdict.** {' '.join(filter(None, (verdict, families)))}")
     setting = [demo_sentence(provenance, dataset_kind), *deviation_sentences(provenance)]
     blocks.append(" ".join(setting + weak_model_sentences(results["clean"])))
     sections = {

@@ -15,6 +15,7 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_text
 from robustcaps.report import plots
 from robustcaps.report.compare import leaderboard
+from robustcaps.report.families import families_sentence, family_rows
 from robustcaps.report.findings import findings_sections, robustness_verdict
 from robustcaps.report.tables import (
     MODELS_DIR,
@@ -123,7 +124,8 @@ def _verdict(results: dict) -> str:
     summary, checks = results["summary"], results["checks"]
     if summary.empty and checks.empty:
         return "No attacks in this run; its README has the viewpoint and clean-error findings."
-    return f"**Verdict.** {robustness_verdict(summary, checks, results.get('outcomes'))}"
+    families = families_sentence(results)
+    return f"**Verdict.** {robustness_verdict(summary, checks, results.get('outcomes'))} {families}".rstrip()
 
 
 def models_text(root: Path) -> str:
@@ -177,6 +179,14 @@ def _tables(results: dict, root: Path, lines: dict) -> list[str]:
             "step budget ran out above the CNN's familiar error, the match is also made the other way: "
             "the CNN at its first epoch whose familiar error was at or below the capsules'. "
             "Paper numbers are on real smallNORB.",
+        ),
+        (
+            "families",
+            family_rows(results)[0],
+            "Every capsule family against the CNN",
+            "Capsules − CNN in percentage points with the 95% interval: clean test error (centre crop), "
+            "novel-viewpoint error at matched familiar error (paired on the same images) and the per-example "
+            "worst-case accuracy over the untargeted white-box attacks (paired on the same examples).",
         ),
         (
             "untargeted",

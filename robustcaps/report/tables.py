@@ -31,10 +31,17 @@ PROVENANCE_JSON = Path("provenance.json")
 PAPER_ATTACKS = ("fgsm", "bim")
 
 
+# (part of a model or run name, family), first match wins: the registry's names start with their family
+FAMILY_NAMES = (("dynamic", "dynamic"), ("sr-caps", "self-routing"), ("caps", "capsnet"), ("cnn", "cnn"))
+CAPSULE_FAMILIES = ("capsnet", "dynamic", "self-routing")
+# viewpoint CSV: of the novel images, how many only the capsules / only the CNN of a matched pair got wrong
+COUNT_COLUMNS = ("novel_only_capsules_wrong", "novel_only_cnn_wrong")
+
+
 def family_of(model: str) -> str:
-    """capsnet or cnn, from a model or run name (the registry's names start with the family)."""
+    """capsnet (EM), dynamic, self-routing or cnn, from a model or run name."""
     name = str(model).lower()
-    return "capsnet" if "caps" in name else "cnn" if "cnn" in name else name
+    return next((family for part, family in FAMILY_NAMES if part in name), name)
 
 
 def csv_bool(column: pd.Series) -> pd.Series:
@@ -103,6 +110,31 @@ def with_protocol(viewpoint: pd.DataFrame) -> pd.DataFrame:
     if viewpoint.empty or "protocol" in viewpoint:
         return viewpoint
     return viewpoint.assign(protocol="paper")
+
+
+def em_pair(viewpoint: pd.DataFrame) -> pd.DataFrame:
+    """The viewpoint rows of the paper's comparison (EM capsules and the CNN): without the other capsule
+    families' rows, nor the CNN stopped at one of their familiar errors."""
+    if viewpoint.empty:
+        return viewpoint
+    matched_to = (
+        viewpoint["matched_to"] if "matched_to" in viewpoint else pd.Series("", index=viewpoint.index)
+    )
+    matched_to = matched_to.fillna("").astype(str)
+    family = viewpoint["model"].map(family_of)
+    keep = family.isin(("capsnet", "cnn")) & (
+        (matched_to == "") | matched_to.map(family_of).isin(("capsnet", "cnn"))
+    )
+    return viewpoint[keep]
+
+
+def shown_rows(viewpoint: pd.DataFrame) -> pd.DataFrame:
+    """Every model's own viewpoint rows, and the reverse match of the paper's pair only (the CNN stopped at
+    another family's familiar error stays in the viewpoint tables)."""
+    if viewpoint.empty:
+        return viewpoint
+    viewpoint = with_protocol(viewpoint)
+    return viewpoint[(viewpoint["protocol"] == "paper") | viewpoint.index.isin(em_pair(viewpoint).index)]
 
 
 def step_of(checkpoint: str) -> str:
@@ -179,7 +211,7 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
 
     def from_paper(column: str) -> list[str]:
         return [
-            percent(TABLE2[(s, family_of(m))][column]) if is_paper else ""
+            percent(TABLE2[(s, family_of(m))][column]) if is_paper and (s, family_of(m)) in TABLE2 else ""
             for s, m, is_paper in zip(viewpoint["split"], viewpoint["model"], paper, strict=True)
         ]
 
@@ -190,8 +222,13 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
             "match": [
                 "capsules stopped at the CNN's"
                 if is_paper
-                else f"CNN stopped at the capsules' ({step_of(which)})"
-                for is_paper, which in zip(paper, viewpoint.get("checkpoint", paper), strict=True)
+                else f"CNN stopped at {against or 'the capsules'}' ({step_of(which)})"
+                for is_paper, which, against in zip(
+                    paper,
+                    viewpoint.get("checkpoint", paper),
+                    viewpoint["matched_to"].fillna("") if "matched_to" in viewpoint else [""] * len(paper),
+                    strict=True,
+                )
             ],
             **{
                 f"{part} error (95% interval)": [

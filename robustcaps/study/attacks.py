@@ -23,6 +23,7 @@ from robustcaps.attacks.run import attack_model, identity_string
 from robustcaps.attacks.sweep import EvalSet, Victim, balanced_examples
 from robustcaps.data import transforms
 from robustcaps.io import atomic_write_bytes
+from robustcaps.models import has_vote_head
 from robustcaps.study.presets import Preset
 from robustcaps.training.checkpoints import load_run
 from robustcaps.training.config import load_split
@@ -30,12 +31,13 @@ from robustcaps.training.config import load_split
 TARGETED = ("fgsm", "bim")
 
 
-def attack_configs(preset: Preset, family: str, device: str) -> dict[str, object]:
-    """{suffix: AttackConfig} for one victim: "" (untargeted + checks) and "-targeted"."""
+def attack_configs(preset: Preset, vote_head: bool, device: str) -> dict[str, object]:
+    """{suffix: AttackConfig} for one victim: "" (untargeted + checks, the vote attacks where the model has
+    a routing-bypass head) and "-targeted"."""
     common = dict(eps=preset.eps, units="std", n=preset.attack_n, steps=preset.attack_steps,
                   restarts=preset.restarts, seed=preset.seed, device=device, part="test",
                   batch_size=preset.attack_batch_size, crafting=preset.attack_crafting)  # fmt: skip
-    attacks = preset.untargeted_attacks + (preset.vote_attacks if family == "capsnet" else ())
+    attacks = preset.untargeted_attacks + (preset.vote_attacks if vote_head else ())
     return {
         "": AttackConfig(attacks=attacks, targeted=(False,), checks=True, **common),
         "-targeted": AttackConfig(attacks=TARGETED, targeted=(True,), checks=True, **common),
@@ -55,7 +57,7 @@ ATTACK_FILES = ("summary.csv", "checks.csv", "per_example.csv")
 
 
 def attack_victim(
-    run_dir: Path, name: str, family: str, source_dir: Path | None, preset: Preset, device: str,
+    run_dir: Path, name: str, source_dir: Path | None, preset: Preset, device: str,
     runs_out: Path, results_out: Path, progress: bool = True,
 ) -> list[Path]:  # fmt: skip
     """Run both sweeps on one trained model; returns the CSVs copied into results (per-example results too:
@@ -63,7 +65,7 @@ def attack_victim(
     loaded = load_run(run_dir, which="best", device=device)
     source = load_run(source_dir, which="best", device=device) if source_dir is not None else None
     copied = []
-    for suffix, config in attack_configs(preset, family, device).items():
+    for suffix, config in attack_configs(preset, has_vote_head(loaded.model), device).items():
         crafted_on = source if suffix == "" else None  # transfer cells in the untargeted sweep only
         victim = Victim.of_runs(loaded, name, crafted_on, source.config.model if crafted_on else "")
         out = runs_out / f"{name}{suffix}"

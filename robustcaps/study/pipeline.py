@@ -82,7 +82,7 @@ def clean_error_rows(preset: Preset, runs_dir: Path, results: Path, device: str)
     elevation runs were already evaluated on familiar and novel data by their viewpoint step: those
     errors are read from its CSV rather than computed a second time."""
     rows = []
-    for model in (preset.cnn, preset.capsnet):
+    for model in preset.models:
         directory = run_dir(runs_dir, preset, model, "full")
         for multi_crop in (False, True) if preset.multi_crop else (False,):
             trained = evaluate_run(directory, "best", ("test",), device, multi_crop=multi_crop)
@@ -102,7 +102,7 @@ def training_rows(runs_dir: Path, preset: Preset) -> pd.DataFrame:
     """Every run's metrics.csv, stacked, with the run's model and split (for the training-curve figure)."""
     frames = []
     for split in ("full", *VIEWPOINT_SPLITS):
-        for model in (preset.cnn, preset.capsnet):
+        for model in preset.models:
             metrics = pd.read_csv(run_dir(runs_dir, preset, model, split) / "metrics.csv")
             frames.append(
                 metrics.assign(run=f"{model}-{split}", model=model, family=family_of(model), split=split)
@@ -119,7 +119,7 @@ def training_steps(
 ) -> list[Step]:
     """Both models on the full split, then the matched-familiar-error protocol on each viewpoint split."""
     identity, steps = dataset_identity(root), []
-    for model in (preset.cnn, preset.capsnet):
+    for model in preset.models:
         config, directory = (
             train_config(preset, model, "full", root, device),
             run_dir(runs_dir, preset, model, "full"),
@@ -136,9 +136,7 @@ def training_steps(
             run_viewpoint, split, preset, root, runs_dir, results / VIEWPOINT_DIR, device, note, echo
         )
         # The capsules' target comes from the CNN run, so the two configs (without it) define the step.
-        configs = {
-            m: train_config(preset, m, split, root, device).to_dict() for m in (preset.cnn, preset.capsnet)
-        }
+        configs = {m: train_config(preset, m, split, root, device).to_dict() for m in preset.models}
         config = {"train": configs, "data": identity, "table": TABLE_VERSION}
         steps.append(Step(f"viewpoint-{split}", config, outputs, run))
     return steps
@@ -148,7 +146,8 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
     """The pipeline after data preparation, in order; each step's config is what makes its outputs."""
     steps = training_steps(preset, root, results, runs_dir, device, echo)
     trained = tuple(step.name for step in steps)
-    models = (preset.cnn, preset.capsnet)
+    models = preset.models
+    full_runs = trained[: len(models)]
     steps.append(
         Step(
             "clean-error",
@@ -174,7 +173,7 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
             {},
             tuple(out / "checkpoints" / "best.pt" for out in exported.values()),
             lambda: [export_run(run, out) for run, out in exported.items()],
-            trained[:2],
+            full_runs,
         )
     )
     attack_settings = (
@@ -187,16 +186,14 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
         "seed",
     )
     config = {k: getattr(preset, k) for k in attack_settings}
-    for model, source in (
-        (preset.cnn, None),
-        (preset.capsnet, run_dir(runs_dir, preset, preset.cnn, "full")),
-    ):
+    cnn_run = run_dir(runs_dir, preset, preset.cnn, "full")
+    for model, source in [(preset.cnn, None)] + [(m, cnn_run) for m in preset.capsule_models]:
         outputs = tuple(results / "attacks" / f"{model}{suffix}" / f for suffix in ("", "-targeted")
                         for f in ATTACK_FILES)  # fmt: skip
         victim = run_dir(runs_dir, preset, model, "full")
-        run = partial(attack_victim, victim, model, family_of(model), source, preset, device,
+        run = partial(attack_victim, victim, model, source, preset, device,
                       runs_dir / "attacks", results / "attacks")  # fmt: skip
-        steps.append(Step(f"attack-{model}", config, outputs, run, trained[:2]))
+        steps.append(Step(f"attack-{model}", config, outputs, run, full_runs))
     return steps
 
 

@@ -11,6 +11,10 @@ A preset is a frozen dataclass (timm-style: one plain function per preset, looke
   GPU, rendering included (results/gpu/).
 - `quick`: what `make demo` runs: small models, small rendered set, few attack examples, ≤ 15 minutes
   on 2 CPU cores. Its numbers are a demo, and say so wherever they appear.
+- `families`: `quick` with the dynamic-routing and self-routing networks (their `-small` sizes) added to
+  the same protocol; about twice the CPU time of `quick`.
+- `gpu-families`: `gpu` with the paper-size dynamic-routing and self-routing networks; not yet run on a GPU,
+  so its duration is unmeasured (`gpu` itself keeps its 10-minute budget).
 - `tiny`: the tests' end-to-end configuration (seconds, not meaningful numbers).
 
 Timings behind these sizes: benchmarks/NOTES.md ("Preset sizing").
@@ -71,7 +75,11 @@ class Preset:
     attack_steps: int = 10  # BIM / PGD iterations (HSF18 does not give BIM's)
     restarts: int = 1
     attack_batch_size: int = 100
-    # Untargeted white-box attacks on both models; the capsule network also gets the vote attacks.
+    # Other capsule families (dynamic routing, self-routing) under the same protocol as `capsnet`: trained
+    # for capsnet_steps with their own paper's loss, matched to the CNN's familiar error, attacked the same.
+    more_capsules: tuple[str, ...] = ()
+    # Untargeted white-box attacks on every model; capsules with a routing-bypass head also get the vote
+    # attacks.
     untargeted_attacks: tuple[str, ...] = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-dlr", "autoattack")
     vote_attacks: tuple[str, ...] = ("bim-vote", "pgd-vote")
     multi_crop: bool = True
@@ -84,8 +92,20 @@ class Preset:
     def replace(self, **changes) -> Preset:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def capsule_models(self) -> tuple[str, ...]:
+        return (self.capsnet, *self.more_capsules)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model the preset trains and attacks: the CNN first (the capsules' targets come from it)."""
+        return (self.cnn, *self.capsule_models)
+
     def overrides(self, model: str) -> dict[str, object]:
-        return dict(self.capsnet_overrides if model == self.capsnet else self.cnn_overrides)
+        """The (field, value) changes to a model's registered config; none for the other capsule families."""
+        if model == self.capsnet:
+            return dict(self.capsnet_overrides)
+        return dict(self.cnn_overrides) if model == self.cnn else {}
 
 
 def paper() -> Preset:
@@ -124,6 +144,14 @@ def quick() -> Preset:
     )  # fmt: skip
 
 
+def families() -> Preset:
+    return quick().replace(name="families", more_capsules=("dynamic-capsnet-small", "sr-capsnet-small"))
+
+
+def gpu_families() -> Preset:
+    return gpu().replace(name="gpu-families", more_capsules=("dynamic-capsnet", "sr-capsnet"))
+
+
 def tiny() -> Preset:
     return Preset(
         name="tiny", demo=True, data_size="tiny", capsnet="capsnet-small", cnn="cnn-small", cnn_steps=4,
@@ -136,7 +164,8 @@ def tiny() -> Preset:
     )  # fmt: skip
 
 
-PRESETS = {"quick": quick, "gpu": gpu, "paper": paper, "tiny": tiny}
+PRESETS = {"quick": quick, "families": families, "gpu": gpu, "gpu-families": gpu_families, "paper": paper,
+           "tiny": tiny}  # fmt: skip
 
 
 def get_preset(name: str) -> Preset:

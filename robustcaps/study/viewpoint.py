@@ -33,7 +33,7 @@ from robustcaps.data.standin.render import default_data_root
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_text
 from robustcaps.paper_results import TABLE2
-from robustcaps.report.tables import markdown_table, percent, table2
+from robustcaps.report.tables import COUNT_COLUMNS, family_of, markdown_table, percent, table2
 from robustcaps.study.presets import Preset
 from robustcaps.training import fit, resolve_device
 from robustcaps.training.checkpoints import (
@@ -112,8 +112,8 @@ def run_dir(runs_dir: Path, preset: Preset, model: str, split: str) -> Path:
 
 def train_config(preset: Preset, model: str, split: str, data_root: Path, device: str, **extra):
     """The TrainConfig of one run of a preset (the trainer's dataclass, so config.json rebuilds it)."""
-    capsules = model == preset.capsnet
-    steps = preset.capsnet_steps if capsules else preset.cnn_steps
+    capsules = model == preset.capsnet  # the EM network's compiled routing paths
+    steps = preset.capsnet_steps if model in preset.capsule_models else preset.cnn_steps
     changes = (
         {"compile": preset.capsnet_compile, "compile_mode": preset.capsnet_compile_mode,
          "routing": preset.capsnet_routing, "recompute": preset.capsnet_recompute}
@@ -166,12 +166,12 @@ def reverse_match(cnn_dir: Path, target: float, device: str) -> Trained | None:
     return evaluate_run(cnn_dir, path.stem, ("familiar", "novel"), device)
 
 
-def matched_pair(
+def matched_runs(
     preset: Preset, split: str, data_root: Path, runs_dir: Path, device: str,
     echo: Callable[[str], None] = print,
-) -> tuple[Trained, Trained, Trained | None]:  # fmt: skip
-    """Train the CNN, then the capsule network stopped at the CNN's familiar error; evaluate both. Third:
-    the CNN stopped at the capsules' familiar error, when the capsules stayed above the CNN's."""
+) -> tuple[Trained, list[tuple[Trained, Trained | None]]]:  # fmt: skip
+    """Train the CNN, then each capsule network stopped at the CNN's familiar error; evaluate them all. Per
+    capsule network also the CNN stopped at its familiar error, when it stayed above the CNN's (else None)."""
     if split not in VIEWPOINT_SPLITS:
         raise RobustcapsError(f"--split {split}: choose one of {', '.join(VIEWPOINT_SPLITS)}")
     parts = ("familiar", "novel")
@@ -179,33 +179,39 @@ def matched_pair(
     train_or_resume(train_config(preset, preset.cnn, split, data_root, device), cnn_dir)
     cnn = evaluate_run(cnn_dir, "best", parts, device)
     target = cnn.errors["familiar"]
-    echo(f"{split}: CNN familiar error {percent(target)}; training {preset.capsnet} to match it")
-    caps_dir = run_dir(runs_dir, preset, preset.capsnet, split)
-    train_or_resume(
-        train_config(preset, preset.capsnet, split, data_root, device, target_familiar_error=target), caps_dir
-    )
-    caps = evaluate_run(caps_dir, "last", parts, device)
-    if caps.errors["familiar"] <= target:
-        return cnn, caps, None
-    echo(f"{split}: capsules stayed at {percent(caps.errors['familiar'])}; stopping the CNN there too")
-    return cnn, caps, reverse_match(cnn_dir, caps.errors["familiar"], device)
+    matches = []
+    for model in preset.capsule_models:
+        echo(f"{split}: CNN familiar error {percent(target)}; training {model} to match it")
+        caps_dir = run_dir(runs_dir, preset, model, split)
+        config = train_config(preset, model, split, data_root, device, target_familiar_error=target)
+        train_or_resume(config, caps_dir)
+        caps = evaluate_run(caps_dir, "last", parts, device)
+        stopped = None
+        if caps.errors["familiar"] > target:
+            echo(f"{split}: {model} stayed at {percent(caps.errors['familiar'])}; stopping the CNN there too")
+            stopped = reverse_match(cnn_dir, caps.errors["familiar"], device)
+        matches.append((caps, stopped))
+    return cnn, matches
 
 
 def table2_rows(split: str, cnn: Trained, caps: Trained, cnn_stopped: Trained | None = None) -> pd.DataFrame:
     """One row per model: familiar and novel error, the paper's, the achieved familiar gap; protocol
     "paper" for the capsules stopped at the CNN's familiar error, "reverse" for the CNN stopped at theirs
-    (no paper numbers: the paper has no such row)."""
+    (no paper numbers: the paper has no such row); `matched_to` names the model each row was matched
+    against. The CNN rows count the novel images only one of the two got wrong."""
     rows = []
     cnn_target = cnn.errors["familiar"]
-    pairs = [("paper", "cnn", cnn, cnn_target), ("paper", "capsnet", caps, cnn_target)]
+    pairs = [("paper", cnn, cnn_target, ""), ("paper", caps, cnn_target, cnn.model)]
     if cnn_stopped is not None:
-        pairs.append(("reverse", "cnn", cnn_stopped, caps.errors["familiar"]))
-    for protocol, family, trained, target in pairs:
-        paper = TABLE2[(split, family)] if protocol == "paper" else {}
+        pairs.append(("reverse", cnn_stopped, caps.errors["familiar"], caps.model))
+    for protocol, trained, target, matched_to in pairs:
+        family = family_of(trained.model)
+        paper = TABLE2.get((split, family), {}) if protocol == "paper" else {}
         reference = cnn if protocol == "paper" else cnn_stopped
         rows.append({
-            **_discordant(caps, trained if family == "cnn" else None),
+            **_discordant(caps, trained if trained is not caps else None),
             "split": split, "protocol": protocol, "model": trained.model, "family": family,
+            "matched_to": matched_to,
             "checkpoint": trained.which, "familiar_error": trained.errors["familiar"],
             "novel_error": trained.errors["novel"],
             "paper_familiar_error": paper.get("familiar_error", math.nan),
@@ -218,11 +224,26 @@ def table2_rows(split: str, cnn: Trained, caps: Trained, cnn_stopped: Trained | 
     return pd.DataFrame(rows)
 
 
+def split_rows(split: str, cnn: Trained, matches: list[tuple[Trained, Trained | None]]) -> pd.DataFrame:
+    """The rows of every capsule network matched to one CNN: the first (the EM network) as table2_rows
+    writes them; for the others no second copy of the CNN's row: the novel images only one of the pair got
+    wrong move onto the capsule network's own row."""
+    frames = [table2_rows(split, cnn, *matches[0])]
+    for caps, stopped in matches[1:]:
+        rows = table2_rows(split, cnn, caps, stopped)
+        cnn_row = (rows["protocol"] == "paper") & (rows["model"] == cnn.model)
+        rows.loc[rows["model"] == caps.model, list(COUNT_COLUMNS)] = rows.loc[
+            cnn_row, list(COUNT_COLUMNS)
+        ].to_numpy()
+        frames.append(rows[~cnn_row])
+    return pd.concat(frames, ignore_index=True)
+
+
 def _discordant(caps: Trained, cnn: Trained | None) -> dict[str, float]:
     """On the novel images (the same ones, in the same order, for both models: one split, one subsample):
     how many only the capsules got wrong and how many only this CNN did, for a paired comparison. NaN on
     the capsules' own row, or when either evaluation kept no per-example results."""
-    counts = {"novel_only_capsules_wrong": math.nan, "novel_only_cnn_wrong": math.nan}
+    counts = dict.fromkeys(COUNT_COLUMNS, math.nan)
     a, b = caps.wrong.get("novel"), cnn.wrong.get("novel") if cnn is not None else None
     if a is None or b is None or len(a) != len(b):
         return counts
@@ -244,6 +265,6 @@ def run_viewpoint(
     note: str = "", echo: Callable[[str], None] = print,
 ) -> pd.DataFrame:  # fmt: skip
     """The whole protocol for one split; writes `<out_dir>/<split>.{csv,md}` and returns the rows."""
-    rows = table2_rows(split, *matched_pair(preset, split, Path(data_root), Path(runs_dir), device, echo))
+    rows = split_rows(split, *matched_runs(preset, split, Path(data_root), Path(runs_dir), device, echo))
     write_table2(rows, Path(out_dir), note)
     return rows

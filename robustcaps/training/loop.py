@@ -126,6 +126,8 @@ class Session:
                     f"({config.model} routes plainly here)"
                 )
             model.use_recompute(config.recompute)
+        if losses.resolve_loss(config.loss, model.family) == "margin" and model.family != "dynamic":
+            raise RobustcapsError(f"--loss margin: needs capsule lengths; {config.model} is a {model.family}")
         if config.calibrate_images and isinstance(model, CapsNet):
             model.calibrate_half_active(probe=_calibration_probe(data.train, config))
         net = compile_model(model, config.compile_mode) if config.compile else model

@@ -40,6 +40,7 @@ class MaskedRoutingToy(QuantisedInput):
     """A stand-in capsnet: the routed `logits` are gradient-masked, the `vote_logits` path is smooth."""
 
     family = "capsnet"
+    vote_head = True
 
     def forward(self, x: torch.Tensor, output: str = "logits") -> torch.Tensor:
         if output == "vote_logits":
@@ -95,6 +96,7 @@ class ReversedVotesToy(nn.Module):
     the GPU): attacking it pushes the routed output towards the right class."""
 
     family = "capsnet"
+    vote_head = True
 
     def __init__(self, inner: nn.Module):
         super().__init__()

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from robustcaps.errors import RobustcapsError
-from robustcaps.models import create_model, describe, list_models
+from robustcaps.models import create_model, describe, list_models, model_info
 from robustcaps.models.capsnet import CapsNet, receptive_field_centres
 from robustcaps.models.common import Standardize, keep_freed_cpu_memory
+from robustcaps.report.tables import family_of
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,13 @@ def parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def test_registry_lists_the_four_models():
-    assert list_models() == ["capsnet", "capsnet-small", "cnn", "cnn-small"]
+def test_registry_lists_every_family_each_with_its_paper():
+    assert list_models() == ["capsnet", "capsnet-small", "cnn", "cnn-small", "dynamic-capsnet",
+                             "dynamic-capsnet-small", "sr-capsnet", "sr-capsnet-small"]  # fmt: skip
+    families = {name: model_info(name)["family"] for name in list_models()}
+    assert set(families.values()) == {"capsnet", "cnn", "dynamic", "self-routing"}
+    assert all(family_of(name) == family for name, family in families.items())  # the reports' reading
+    assert "Sabour" in model_info("dynamic-capsnet")["paper"] and "Hahn" in model_info("sr-capsnet")["paper"]
 
 
 def test_paper_parameter_counts():

@@ -69,7 +69,7 @@ def test_presets():
     # the paper preset's attacks craft on the compiled fused copy; the others on the model as loaded
     from robustcaps.study.attacks import attack_configs
 
-    assert {c.crafting for c in attack_configs(paper, "capsnet", "cuda").values()} == {"compiled"}
+    assert {c.crafting for c in attack_configs(paper, True, "cuda").values()} == {"compiled"}
     assert {get_preset(name).attack_crafting for name in ("quick", "gpu", "tiny")} == {"plain"}
     assert get_preset("gpu").capsnet == "capsnet" and set(PRESETS) >= {"quick", "gpu", "paper"}
     for name in ("quick", "gpu", "paper"):  # β_a calibration: agreement rewarded from the start
@@ -230,3 +230,36 @@ def test_the_resolved_device_is_a_spelling_train_config_accepts(monkeypatch):
     )
     device = device_type("auto")
     assert device == "cuda" and TrainConfig(model="capsnet", device=device).device == "cuda"
+
+
+def test_every_capsule_family_goes_through_the_same_protocol(data_root, tmp_path):
+    from robustcaps.study.pipeline import reproduce
+
+    results = tmp_path / "results"
+    more = ("dynamic-capsnet-small", "sr-capsnet-small")
+    preset = tiny().replace(cnn_steps=2, capsnet_steps=2, attack_n=5, max_per_part=20, more_capsules=more)
+    readme = reproduce(preset, data=str(data_root), results_dir=results, runs_dir=tmp_path / "runs",
+                       device="cpu", echo=lambda _: None)  # fmt: skip
+    clean = pd.read_csv(results / "clean" / "clean_error.csv")
+    assert set(clean["family"]) == {"capsnet", "cnn", "dynamic", "self-routing"}
+    for split in ("azimuth", "elevation"):
+        table = pd.read_csv(results / "viewpoint" / f"{split}.csv")
+        paper = table[table["protocol"] == "paper"].set_index("model")
+        assert set(paper.index) == {"cnn-small", "capsnet-small", *more}
+        cnn_familiar = paper.loc["cnn-small", "familiar_error"]
+        for model in more:  # stopped at the same CNN's familiar error, paired with it on the novel images
+            assert paper.loc[model, "target_familiar_error"] == pytest.approx(cnn_familiar)
+            assert paper.loc[model, "matched_to"] == "cnn-small"
+            assert not paper.loc[model, ["novel_only_capsules_wrong", "novel_only_cnn_wrong"]].isna().any()
+        assert (paper["family"] == "cnn").sum() == 1  # one CNN row, not one per capsule family
+    attacked = {p.parent.name: pd.read_csv(p) for p in results.glob("attacks/*/summary.csv")}
+    assert {"dynamic-capsnet-small", "sr-capsnet-small", "dynamic-capsnet-small-targeted"} <= set(attacked)
+    assert "bim-vote" in set(attacked["dynamic-capsnet-small"]["attack"])  # uniform coupling: a vote head
+    assert "bim-vote" not in set(attacked["sr-capsnet-small"]["attack"])  # self-routing has none
+    assert (attacked["sr-capsnet-small"]["source"] == "cnn-small").any()  # transfer from the same CNN
+    families = pd.read_csv(results / "tables" / "families.csv")
+    assert list(families["model"]) == ["capsnet-small", "dynamic-capsnet-small", "sr-capsnet-small"]
+    assert families["novel azimuth error vs CNN"].str.contains("to").all()
+    text = readme.read_text()
+    assert "Every capsule family against the CNN" in text and "beat the CNN" in text
+    assert (results / "models" / "sr-capsnet-small-full" / "checkpoints" / "best.pt").exists()

@@ -1,4 +1,4 @@
-"""Spread loss on hand-worked examples, its gradient, and the margin schedule."""
+"""Spread and margin losses on hand-worked examples, their gradients, and the margin schedule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from robustcaps.training.losses import resolve_loss, spread_loss, spread_margin
+from robustcaps.models import create_model
+from robustcaps.training.losses import margin_loss, resolve_loss, spread_loss, spread_margin, training_loss
 
 
 def test_spread_loss_hand_worked():
@@ -51,3 +52,22 @@ def test_auto_loss_follows_the_paper():
     assert resolve_loss("auto", "capsnet") == "spread"
     assert resolve_loss("auto", "cnn") == "cross_entropy"
     assert resolve_loss("spread", "cnn") == "spread"
+    assert resolve_loss("auto", "dynamic") == "margin"
+    assert resolve_loss("auto", "self-routing") == "cross_entropy"
+
+
+def test_margin_loss_hand_worked():
+    # target 0 at length 0.5: (0.9 − 0.5)² = 0.16; absent 0.3 and 0.05: 0.5 · (0.3 − 0.1)² = 0.02, and 0
+    lengths = torch.tensor([[0.5, 0.3, 0.05]])
+    torch.testing.assert_close(margin_loss(lengths, torch.tensor([0])), torch.tensor(0.18))
+    assert margin_loss(torch.tensor([[0.95, 0.1, 0.0]]), torch.tensor([0])) == 0
+
+
+def test_margin_loss_with_the_decoder_adds_the_weighted_reconstruction_error():
+    torch.manual_seed(0)
+    model = create_model("dynamic-capsnet-small", decoder=True).eval()
+    x, labels = torch.rand(3, 1, 32, 32), torch.tensor([0, 2, 4])
+    total, lengths = training_loss(model, x, labels, "margin", margin=0.0)
+    _, reconstruction = model(x, output="training", labels=labels)
+    error = (reconstruction - x).pow(2).flatten(1).sum(1).mean()
+    torch.testing.assert_close(total, margin_loss(lengths, labels) + 0.0005 * error)
