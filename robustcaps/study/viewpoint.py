@@ -85,7 +85,13 @@ TRAINING_FIELDS = (
 
 
 # Training settings added after run folders existed: they join the folder's digest only when changed.
-NAMED_IF_CHANGED = ("eval_every", "capsnet_compile_mode", "capsnet_recompute", "lr_schedule")
+NAMED_IF_CHANGED = (
+    "eval_every",
+    "capsnet_compile_mode",
+    "capsnet_recompute",
+    "lr_schedule",
+    "more_capsules_compile",
+)
 
 
 def keeps_snapshots(preset: Preset, model: str, split: str) -> bool:
@@ -117,7 +123,7 @@ def train_config(preset: Preset, model: str, split: str, data_root: Path, device
     changes = (
         {"compile": preset.capsnet_compile, "compile_mode": preset.capsnet_compile_mode,
          "routing": preset.capsnet_routing, "recompute": preset.capsnet_recompute}
-        if capsules else {}
+        if capsules else {"compile": preset.more_capsules_compile} if model in preset.more_capsules else {}
     )  # fmt: skip
     if keeps_snapshots(preset, model, split):
         changes["familiar_snapshots"] = True

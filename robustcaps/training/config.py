@@ -29,7 +29,7 @@ from robustcaps.data.standin.render import default_data_root
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import read_json
 from robustcaps.models import REGISTRY, create_model, list_models
-from robustcaps.models.capsnet import RECOMPUTE, ROUTINGS, CapsNet
+from robustcaps.models.capsnet import RECOMPUTE, ROUTINGS
 from robustcaps.models.common import COMPILE_MODES
 from robustcaps.training import losses
 
@@ -189,18 +189,24 @@ class TrainConfig:
 def resolve_speed(config: TrainConfig, device_type: str, train_images: int) -> TrainConfig:
     """The config with its speed turned into the four settings it stands for; "auto" becomes the fastest
     path on this device: Triton kernels under CUDA graphs on a GPU with triton installed, the compiled
-    fused path on a CPU when the run is long enough to pay for compiling, else the plain path (and for a
-    CNN, which has no routing, always plain eager)."""
+    fused path on a CPU when the run is long enough to pay for compiling, else the plain path. A CNN,
+    which has no routing, always trains plain eager; the dynamic-routing and self-routing networks have
+    one routing path, so "compiled" (and "triton") compiles them as they are."""
     speed = config.speed
     if speed == "custom":
         return config
+    family = REGISTRY[config.model][0].family
+    long_run = (config.steps or config.epochs * max(1, train_images // config.batch_size)) * config.batch_size
+    if family != "capsnet":
+        if speed == "auto":
+            speed = "compiled" if family != "cnn" and long_run >= AUTO_COMPILE_IMAGES else "reference"
+        speed = "compiled" if speed == "triton" else speed
+        settings = {**SPEED_SETTINGS["reference"], "compile": speed == "compiled"}
+        return dataclasses.replace(config, speed=speed, **settings)
     if speed == "auto":
-        steps = config.steps or config.epochs * max(1, train_images // config.batch_size)
-        if not issubclass(REGISTRY[config.model][0], CapsNet):
-            speed = "reference"
-        elif device_type == "cuda" and importlib.util.find_spec("triton") is not None:
+        if device_type == "cuda" and importlib.util.find_spec("triton") is not None:
             speed = "triton"
-        elif device_type == "cuda" or steps * config.batch_size >= AUTO_COMPILE_IMAGES:
+        elif device_type == "cuda" or long_run >= AUTO_COMPILE_IMAGES:
             speed = "compiled"
         else:
             speed = "reference"

@@ -475,6 +475,15 @@ def test_speed_auto_picks_the_fastest_path_for_the_device_and_the_run(monkeypatc
     assert resolve_speed(TrainConfig(model="cnn", speed="auto"), "cuda", 4320).speed == "reference"
     custom = TrainConfig(model="capsnet-small", compile=True, routing="fused")
     assert resolve_speed(custom, "cpu", 4320) == custom  # the settings as given
+    # the other capsule families have one routing path: compiled as they are, on long runs only
+    for model in ("dynamic-capsnet-small", "sr-capsnet-small"):
+        other = TrainConfig(model=model, speed="auto", batch_size=32, steps=AUTO_COMPILE_IMAGES)
+        fast = resolve_speed(other, "cpu", 4320)
+        assert (fast.speed, fast.compile, fast.routing, fast.recompute) == ("compiled", True, "plain", "all")
+        assert resolve_speed(dataclasses.replace(other, steps=10), "cpu", 4320).compile is False
+        assert resolve_speed(dataclasses.replace(other, speed="triton"), "cuda", 4320).routing == "plain"
+    cnn = resolve_speed(TrainConfig(model="cnn-small", speed="compiled"), "cpu", 4320)
+    assert (cnn.compile, cnn.routing) == (True, "plain")  # no EM routing to fuse
 
 
 def test_train_records_its_speed_and_settings_by_hand_make_it_custom(rendered_root, tmp_path):
