@@ -331,9 +331,12 @@ def robustness_verdict(
     summary: pd.DataFrame, checks: pd.DataFrame, outcomes: pd.DataFrame | None = None
 ) -> str:
     caps_failed, cnn_failed = failed_checks(checks, "capsnet"), failed_checks(checks, "cnn")
+    # with other capsule families in the run, the sentences below are about the EM one (families.py: the rest)
+    others = not checks.empty and (checks["model"].map(family_of).isin(("dynamic", "self-routing"))).any()
+    em = "EM capsule" if others else "capsule"
     parts = ["No integrity checks were run, so robustness claims are unverified." if checks.empty else
-             f"Integrity checks failed on the capsule model: {', '.join(caps_failed)}." if caps_failed else
-             "Every integrity check passed on the capsule model."]  # fmt: skip
+             f"Integrity checks failed on the {em} model: {', '.join(caps_failed)}." if caps_failed else
+             f"Every integrity check passed on the {em} model."]  # fmt: skip
     if cnn_failed:
         parts.append(f"On the CNN these failed: {', '.join(cnn_failed)}.")
     apparent = apparent_advantage(summary, outcomes=outcomes) if not summary.empty else None

@@ -186,7 +186,11 @@ def _tables(results: dict, root: Path, lines: dict) -> list[str]:
             "Every capsule family against the CNN",
             "Capsules − CNN in percentage points with the 95% interval: clean test error (centre crop), "
             "novel-viewpoint error at matched familiar error (paired on the same images) and the per-example "
-            "worst-case accuracy over the untargeted white-box attacks (paired on the same examples).",
+            "worst-case accuracy over the untargeted white-box attacks (paired on the same examples). "
+            "The vote attack, which bypasses routing, runs where a family has such a head: EM (one M-step "
+            "on uniform assignments) and dynamic routing (uniform coupling); self-routing has none, since "
+            "its coefficients come from one softmax in a single pass, and uniform ones would give every "
+            "class the same activation.",
         ),
         (
             "untargeted",
