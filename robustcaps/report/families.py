@@ -14,7 +14,7 @@ import math
 import pandas as pd
 
 from robustcaps.models import PAPERS
-from robustcaps.report.tables import CAPSULE_FAMILIES, COUNT_COLUMNS, family_of, shown_rows
+from robustcaps.report.tables import CAPSULE_FAMILIES, COUNT_COLUMNS, family_of, with_protocol
 from robustcaps.uncertainty import difference, paired_difference
 
 EPS = 0.1
@@ -29,13 +29,22 @@ def _clean(results: dict) -> dict[str, tuple[float, int]]:
 
 
 def _novel(viewpoint: pd.DataFrame, model: str, cnn: str) -> tuple[float, float, float] | None:
-    """(capsules − CNN novel error, low, high) on one split's rows, paired when the counts exist."""
+    """(capsules − CNN novel error, low, high) on one split's rows, paired when the counts exist. Against
+    the CNN stopped at the capsules' familiar error when they stayed above the CNN's (the reverse match,
+    study.viewpoint), else against the CNN the capsules were stopped at."""
     paper = viewpoint[viewpoint["protocol"] == "paper"].set_index("model")
     if model not in paper.index or cnn not in paper.index:
         return None
     caps, base = paper.loc[model], paper.loc[cnn]
-    # the EM network's counts sit on the CNN's row (study.viewpoint.table2_rows), the others' on their own
-    holder = caps if family_of(model) != "capsnet" else base
+    matched_to = viewpoint.get("matched_to", pd.Series("", index=viewpoint.index)).fillna("")
+    reverse = viewpoint[(viewpoint["protocol"] == "reverse") & (matched_to == model)]
+    if reverse.empty and family_of(model) == "capsnet" and "matched_to" not in viewpoint:
+        reverse = viewpoint[viewpoint["protocol"] == "reverse"]  # written before other families existed
+    if not reverse.empty:
+        base = reverse.iloc[0]
+    # the counts sit on the CNN's row (study.viewpoint.table2_rows), except for the other families' match
+    # to the CNN's own stopping point, where they moved onto the capsules' row (study.viewpoint.split_rows)
+    holder = caps if family_of(model) != "capsnet" and reverse.empty else base
     counts = pd.Series([holder.get(column, math.nan) for column in COUNT_COLUMNS], dtype=float)
     gap = caps["novel_error"] - base["novel_error"]
     if counts.isna().any():
@@ -93,7 +102,7 @@ def _points(gap: float, low: float, high: float) -> str:
 
 def family_rows(results: dict) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """The table (one row per capsule model) and, per model, the measures on which it beat the CNN."""
-    clean, viewpoint = _clean(results), shown_rows(results["viewpoint"])
+    clean, viewpoint = _clean(results), with_protocol(results["viewpoint"])
     cnns = [m for m in clean if family_of(m) == "cnn"]
     capsules = [m for m in clean if family_of(m) in CAPSULE_FAMILIES]
     if len(cnns) != 1 or not capsules:

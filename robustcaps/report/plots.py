@@ -54,6 +54,7 @@ def plot_fig3(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
     rows = summary[summary["attack"].isin(PAPER_ATTACKS) & white_box]
     paper = fig3_frame()
     fig, axes = plt.subplots(2, 2, figsize=(9, 7), sharex=True, sharey=True, squeeze=False)
+    legend = {}  # label -> handle over every panel: one legend beside them, however many models
     for i, targeted in enumerate((False, True)):
         for j, attack in enumerate(PAPER_ATTACKS):
             ax = axes[i, j]
@@ -88,7 +89,11 @@ def plot_fig3(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
                 ylabel=metric,
                 ylim=(-0.02, 1.02),
             )
-            ax.legend(fontsize=7)
+            legend |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+    fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False)  # fmt: skip
     fig.suptitle("White-box attacks (cf. HSF18 Fig. 3)")
     return save_figure(fig, stem, footer)
 

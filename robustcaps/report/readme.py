@@ -185,7 +185,8 @@ def _tables(results: dict, root: Path, lines: dict) -> list[str]:
             family_rows(results)[0],
             "Every capsule family against the CNN",
             "Capsules − CNN in percentage points with the 95% interval: clean test error (centre crop), "
-            "novel-viewpoint error at matched familiar error (paired on the same images) and the per-example "
+            "novel-viewpoint error at matched familiar error (paired on the same images; against the CNN "
+            "stopped at the capsules' familiar error where they stayed above the CNN's) and the per-example "
             "worst-case accuracy over the untargeted white-box attacks (paired on the same examples). "
             "The vote attack, which bypasses routing, runs where a family has such a head: EM (one M-step "
             "on uniform assignments) and dynamic routing (uniform coupling); self-routing has none, since "

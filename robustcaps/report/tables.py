@@ -137,6 +137,10 @@ def shown_rows(viewpoint: pd.DataFrame) -> pd.DataFrame:
     return viewpoint[(viewpoint["protocol"] == "paper") | viewpoint.index.isin(em_pair(viewpoint).index)]
 
 
+def possessive(name: str) -> str:
+    return f"{name}'" if name.endswith("s") else f"{name}'s"
+
+
 def step_of(checkpoint: str) -> str:
     """ "step N" from a snapshot's name (runs.snapshot_name), else the name itself."""
     digits = re.search(r"\d+$", str(checkpoint))
@@ -222,7 +226,7 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
             "match": [
                 "capsules stopped at the CNN's"
                 if is_paper
-                else f"CNN stopped at {against or 'the capsules'}' ({step_of(which)})"
+                else f"CNN stopped at {possessive(against or 'the capsules')} ({step_of(which)})"
                 for is_paper, which, against in zip(
                     paper,
                     viewpoint.get("checkpoint", paper),

@@ -75,3 +75,15 @@ def test_the_em_networks_novel_error_is_paired_from_the_cnns_row():
     em = table.set_index("model").loc["capsnet-small", "novel azimuth error vs CNN"]
     low, high = (float(x) for x in em.split("(")[1].rstrip(")").split(" to "))
     assert em.startswith("+0.0") and math.isclose(low, -high, abs_tol=0.11) and high < 5
+
+
+def test_a_family_that_stayed_above_the_cnns_familiar_error_is_compared_with_the_cnn_stopped_there():
+    results = _results(dynamic_novel_only_wrong=20, dynamic_robust=90)
+    reverse = {"split": "azimuth", "protocol": "reverse", "model": "cnn-small", "family": "cnn",
+               "matched_to": "dynamic-capsnet-small", "familiar_error": 0.2, "novel_error": 0.5,
+               "n_familiar": 1000, "n_novel": 1000, "novel_only_capsules_wrong": 10,
+               "novel_only_cnn_wrong": 290}  # fmt: skip
+    results["viewpoint"] = pd.concat([results["viewpoint"], pd.DataFrame([reverse])], ignore_index=True)
+    table, _ = family_rows(results)
+    dynamic = table.set_index("model").loc["dynamic-capsnet-small", "novel azimuth error vs CNN"]
+    assert dynamic.startswith("-28.0")  # 0.22 against the stopped CNN's 0.50, not the final CNN's 0.30
