@@ -80,6 +80,20 @@ def test_presets():
         temperature = {"estep_temperature": 0.25} if name == "quick" else {}
         assert preset.overrides(preset.capsnet) == {"calibrate": "beta_a", **iterations, **temperature}
         assert not preset.overrides(preset.cnn)
+    # the other capsule families join the CPU demo and the GPU preset as presets of their own, so that
+    # `quick` and `gpu` keep their budgets; only on the GPU are they compiled
+    families, gpu_families = get_preset("families"), get_preset("gpu-families")
+    assert families == quick.replace(name="families", more_capsules=families.more_capsules)
+    assert families.models == ("cnn-small", "capsnet-small", "dynamic-capsnet-small", "sr-capsnet-small")
+    assert (
+        gpu_families.more_capsules == ("dynamic-capsnet", "sr-capsnet") and gpu_families.more_capsules_compile
+    )
+    assert not get_preset("gpu").more_capsules and not families.overrides("sr-capsnet-small")
+    from robustcaps.study.viewpoint import train_config
+
+    sr = train_config(gpu_families, "sr-capsnet", "full", "data", "cuda")
+    assert (sr.compile, sr.routing, sr.steps) == (True, "plain", gpu_families.capsnet_steps)
+    assert train_config(families, "dynamic-capsnet-small", "full", "data", "cpu").compile is False
     # RobustBench's headline number in the presets that report robustness
     assert all("autoattack" in get_preset(name).untargeted_attacks for name in ("gpu", "paper"))
     with pytest.raises(RobustcapsError, match="--preset"):
