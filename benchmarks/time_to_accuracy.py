@@ -1,14 +1,16 @@
 """How long until a capsule network is this good? Images and wall-clock seconds until validation error first
-reaches each target, for a capsule network and the CNN trained on the same data, and a plot of both curves.
+reaches each target, for each capsule family and the CNN trained on the same data, and a plot of the curves.
 
-    python benchmarks/time_to_accuracy.py                        # trains both families on this device
+    python benchmarks/time_to_accuracy.py                        # trains every family on this device
     python benchmarks/time_to_accuracy.py --run capsnet=RUN_DIR --run cnn=RUN_DIR   # reads finished runs
+    python benchmarks/time_to_accuracy.py --families capsnet,cnn  # the EM capsules and the CNN only
 
-On a CPU it trains capsnet-small (compiled, fused routing, no recompute) and cnn-small on the small rendered
-stand-in; on a GPU the full-size capsnet (Triton routing under CUDA graphs) and cnn on the full one. Both
-validate on held-out training instances after every epoch; seconds are the run's own (training,
-compilation and validation; not data loading). Writes benchmarks/results/time_to_accuracy-<device>.csv and
-.png; every row names the device, commit, torch version and the run's config.
+On a CPU it trains capsnet-small (compiled, fused routing, no recompute), dynamic-capsnet-small and
+sr-capsnet-small (compiled) and cnn-small on the small rendered stand-in; on a GPU the full sizes (capsnet
+with Triton routing under CUDA graphs) on the full one. All validate on held-out training instances after
+every epoch; seconds are the run's own (training, compilation and validation; not data loading). Writes
+benchmarks/results/time_to_accuracy-<device>.csv and .png; every row names the device, commit, torch
+version and the run's config.
 """
 
 from __future__ import annotations
@@ -32,24 +34,27 @@ from robustcaps.training import TrainConfig, checkpoints, fit  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 TARGETS = (0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05)
 # The recipe of docs/LEARNING.md's convergence study, per device kind: what a user would run.
-# Both families anneal the same way and stop at a validation plateau; 5 validations, since the val error of
+# Every family anneals the same way and stops at a validation plateau; 5 validations, since the val error of
 # 1,080 images moves by a few points from one epoch to the next.
 SCHEDULE = dict(lr_schedule="cosine", lr_min_factor=0.05, patience=5)
 CAPSULE_OPTIONS = {"calibrate": "beta_a", "iterations": 2, "estep_temperature": 0.25}
+SMALL = dict(data_size="small", batch_size=32, epochs=16, **SCHEDULE)
+FULL = dict(data_size="full", batch_size=64, epochs=30, **SCHEDULE)
 RECIPES = {
     "cpu": {
-        "capsnet": dict(
-            model="capsnet-small", model_overrides=CAPSULE_OPTIONS, data_size="small", batch_size=32,
-            epochs=16, compile=True, routing="fused", recompute="none", **SCHEDULE,
-        ),
-        "cnn": dict(model="cnn-small", data_size="small", batch_size=32, epochs=16, **SCHEDULE),
+        "capsnet": dict(model="capsnet-small", model_overrides=CAPSULE_OPTIONS, compile=True, routing="fused",
+                        recompute="none", **SMALL),
+        "cnn": dict(model="cnn-small", **SMALL),
+        # the other families have one routing path: compiled as they are (what --speed auto picks here)
+        "dynamic": dict(model="dynamic-capsnet-small", compile=True, **SMALL),
+        "self-routing": dict(model="sr-capsnet-small", compile=True, **SMALL),
     },
     "cuda": {
-        "capsnet": dict(
-            model="capsnet", model_overrides=CAPSULE_OPTIONS, data_size="full", batch_size=64, epochs=30,
-            compile=True, compile_mode="reduce-overhead", routing="triton", recompute="none", **SCHEDULE,
-        ),
-        "cnn": dict(model="cnn", data_size="full", batch_size=64, epochs=30, **SCHEDULE),
+        "capsnet": dict(model="capsnet", model_overrides=CAPSULE_OPTIONS, compile=True,
+                        compile_mode="reduce-overhead", routing="triton", recompute="none", **FULL),
+        "cnn": dict(model="cnn", **FULL),
+        "dynamic": dict(model="dynamic-capsnet", compile=True, **FULL),
+        "self-routing": dict(model="sr-capsnet", compile=True, **FULL),
     },
 }  # fmt: skip
 
@@ -143,7 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--runs", type=Path, default=Path("runs/time-to-accuracy"), help="where to train")
     parser.add_argument("--run", action="append", default=[], metavar="FAMILY=DIR",
-                        help="use this finished run for capsnet or cnn instead of training one")  # fmt: skip
+                        help="use this finished run for a family instead of training one")  # fmt: skip
+    parser.add_argument(
+        "--families", help="comma-separated families to run [all: capsnet, cnn, dynamic, self-routing]"
+    )
     parser.add_argument("--test", action="store_true", help="also the test error of each run's best.pt")
     parser.add_argument(
         "--out", type=Path, help="CSV path [benchmarks/results/time_to_accuracy-<device>.csv]"
@@ -154,8 +162,14 @@ def main(argv: list[str] | None = None) -> None:
     if len(given) != len(args.run) or not set(given) <= set(RECIPES[device]):
         families = ", ".join(RECIPES[device])
         parser.error(f"--run {' '.join(args.run)}: give FAMILY=DIR with FAMILY one of {families}")
+    families = args.families.split(",") if args.families else list(RECIPES[device])
+    if not set(families) <= set(RECIPES[device]) or not set(given) <= set(families):
+        parser.error(
+            f"--families {args.families}: choose from {', '.join(RECIPES[device])} (and every --run's)"
+        )
     rows, curves = [], []
-    for family, recipe in RECIPES[device].items():
+    for family in families:
+        recipe = RECIPES[device][family]
         run_dir = Path(given[family]) if family in given else args.runs / f"{family}-{device}"
         if family not in given:
             fit(TrainConfig(**recipe, device=device), run_dir, resume=True)
