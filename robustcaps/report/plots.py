@@ -19,7 +19,7 @@ import seaborn as sns  # noqa: E402
 
 from robustcaps.io import atomic_write_bytes  # noqa: E402
 from robustcaps.paper_results import fig3_frame, table2_frame  # noqa: E402
-from robustcaps.report.tables import PAPER_ATTACKS, family_of, shown_rows  # noqa: E402
+from robustcaps.report.tables import PAPER_ATTACKS, family_of, with_protocol  # noqa: E402
 
 FAMILY_COLOURS = {
     "capsnet": "tab:blue",
@@ -124,8 +124,9 @@ def plot_all_attacks(summary: pd.DataFrame, stem: Path, footer: str) -> list[Pat
 
 
 def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
-    """Novel against familiar error per split and model, ours and the paper's Table 2."""
-    viewpoint = shown_rows(viewpoint)
+    """Novel against familiar error per split and model, ours and the paper's Table 2; every reverse match
+    too (the CNN stopped at a capsule network's familiar error: its X sits beside that network's point)."""
+    viewpoint = with_protocol(viewpoint)
     stopped, paper = "ours, CNN stopped at capsules' familiar", "paper (smallNORB)"
     markers = {"ours": "o", stopped: "X", paper: "s"}  # fixed: seaborn would pick them per panel
     source = viewpoint["protocol"].map({"paper": "ours", "reverse": stopped})
