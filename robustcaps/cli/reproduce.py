@@ -10,6 +10,7 @@ from robustcaps.cli.options import data_option, device_option, preset_option, ru
 @click.command()
 @preset_option(
     "quick: CPU demo (≲15 min, 2 cores); gpu: full-size models, ≤8 min on one H100 (4.7 on an H200); "
+    "families, gpu-families: quick, gpu with the dynamic-routing and self-routing networks added; "
     "paper: HSF18 settings; tiny: seconds, for tests."
 )
 @data_option
