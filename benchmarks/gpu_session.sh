@@ -19,6 +19,7 @@
 #   ROBUSTCAPS_GIT_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_session.sh        # on the GPU machine
 #   PRESET=tiny DEVICE=cpu BENCH_CAPSNET=capsnet-small OUT=/tmp/out bash benchmarks/gpu_session.sh  # CPU dry run
 #   REPRODUCE=0 BUDGET=570 bash benchmarks/gpu_session.sh   # the benchmarks only, for 570 s
+#   PRESET=gpu-families ...      # every capsule family (dynamic routing, self-routing) beside capsnet and the CNN
 # A cut-off reproduce resumes from /tmp on the same warm machine when the command is run again. How long
 # each part took on the H200 and the H100: benchmarks/NOTES.md.
 set -u
@@ -77,6 +78,9 @@ if [ $((deadline - $(date +%s))) -ge 200 ]; then
     cat /tmp/robustcaps-fast/metrics.csv 2>/dev/null
     echo "== [$(elapsed) s] train exit $code"
 fi
+# 1b. The dynamic-routing and self-routing networks at their full sizes: training and inference, eager and
+#     compiled (no GPU rows of theirs yet; benchmarks/README.md, "Capsule families").
+bench "dynamic-capsnet:-:64:compile:train,sr-capsnet:-:64:compile:train,dynamic-capsnet:-:64:eager:train,sr-capsnet:-:64:eager:train,dynamic-capsnet:-:256:compile:infer,sr-capsnet:-:256:compile:infer" --tf32 off
 # 2. The Triton rows not yet measured: at inference (batch 256), in eager mode, and with the per-layer
 #    recompute (less memory) under CUDA graphs; then the plain path on the H100.
 bench "$C:triton:256:cudagraphs:infer,$C:triton:256:compile:infer" --tf32 off
