@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from robustcaps.errors import RobustcapsError
-from robustcaps.models.common import Standardize
+from robustcaps.models.common import INPUT_SIZE, Standardize, check_images
 from robustcaps.models.routing import (
     Routed,
     conv_children,
@@ -31,7 +31,6 @@ from robustcaps.models.routing import (
 )
 from robustcaps.models.routing_fused import fused_em_routing
 
-INPUT_SIZE = 32
 POSE = 16  # a 4×4 pose matrix, flattened
 OUTPUTS = ("logits", "activations", "vote_logits")
 ESTEPS = ("cross", "position")
@@ -332,10 +331,7 @@ class CapsNet(nn.Module):
 
     def routed(self, x: Tensor, output: str = "logits") -> list[Routed]:
         """Every routed layer's parents: [ConvCaps1, ConvCaps2, ClassCaps], positions flattened."""
-        if x.dim() != 4 or x.shape[1:] != (self.config.in_channels, INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(
-                f"{self.name} takes (N, {self.config.in_channels}, 32, 32) images, got {tuple(x.shape)}"
-            )
+        check_images(x, self.config.in_channels, self.name)
         capsules = self.primary_caps(self.features(x))
         first = self.conv_caps1(capsules)
         second = self.conv_caps2(_as_capsules(first, self.conv_caps1.out_size))

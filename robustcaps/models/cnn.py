@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robustcaps.models.common import Standardize
+from robustcaps.models.common import INPUT_SIZE, Standardize, check_images
 
-INPUT_SIZE = 32
 OUTPUTS = ("logits", "activations")
 
 
@@ -57,9 +56,6 @@ class CNN(nn.Module):
         """Class scores (N, n_classes): pre-softmax `logits` (what attacks see) or softmax `activations`."""
         if output not in OUTPUTS:
             raise ValueError(f"{self.name} supports output in {OUTPUTS}, got {output!r}")
-        if x.dim() != 4 or x.shape[1:] != (self.config.in_channels, INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(
-                f"{self.name} takes (N, {self.config.in_channels}, 32, 32) images, got {tuple(x.shape)}"
-            )
+        check_images(x, self.config.in_channels, self.name)
         logits = self.layers(x)
         return torch.softmax(logits, dim=-1) if output == "activations" else logits

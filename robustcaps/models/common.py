@@ -11,6 +11,14 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+INPUT_SIZE = 32  # every model takes 32×32 crops (HSF18 §5)
+
+
+def check_images(x: Tensor, in_channels: int, name: str) -> None:
+    """A ValueError naming the model unless x is a batch of (N, in_channels, 32, 32) images."""
+    if x.dim() != 4 or x.shape[1:] != (in_channels, INPUT_SIZE, INPUT_SIZE):
+        raise ValueError(f"{name} takes (N, {in_channels}, 32, 32) images, got {tuple(x.shape)}")
+
 
 class Standardize(nn.Module):
     """Per-image standardisation, the first layer of every model (HSF18 §5: "zero mean, unit variance").

@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustcaps.models.common import Standardize
+from robustcaps.models.common import INPUT_SIZE, Standardize, check_images
 
-INPUT_SIZE = 32
 OUTPUTS = ("logits", "activations", "vote_logits")
 # Keeps ‖s‖ differentiable at s = 0 (a flat image, or a child whose votes cancel).
 NORM_EPSILON = 1e-12
@@ -159,10 +158,7 @@ class DynamicCapsNet(nn.Module):
         )
 
     def routed(self, x: Tensor, output: str = "logits") -> DynamicRouted:
-        if x.dim() != 4 or x.shape[1:] != (self.config.in_channels, INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(
-                f"{self.name} takes (N, {self.config.in_channels}, 32, 32) images, got {tuple(x.shape)}"
-            )
+        check_images(x, self.config.in_channels, self.name)
         features = F.relu(self.conv1(self.standardize(x)))
         return self.class_caps(self.primary_caps(features), output)
 

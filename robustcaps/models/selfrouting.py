@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustcaps.models.common import Standardize
+from robustcaps.models.common import Standardize, check_images
 
-INPUT_SIZE = 32
 OUTPUTS = ("logits", "activations")
 # Keeps the weighted means finite when every child in a window is inactive (all a_i = 0).
 MASS_EPSILON = 1e-8
@@ -146,10 +145,7 @@ class SelfRoutingCapsNet(nn.Module):
         )
 
     def class_activations(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1:] != (self.config.in_channels, INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(
-                f"{self.name} takes (N, {self.config.in_channels}, 32, 32) images, got {tuple(x.shape)}"
-            )
+        check_images(x, self.config.in_channels, self.name)
         features = F.relu(self.conv1_norm(self.conv1(self.standardize(x))))
         activations = torch.sigmoid(self.primary_activations_norm(self.primary_activations(features)))
         poses = self.primary_poses_norm(self.primary_poses(features))
