@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from robustcaps.report.tables import percent, percent_interval, shown_rows
+from robustcaps.report.tables import full_test_rows, percent, percent_interval, shown_rows
 from robustcaps.uncertainty import paired_difference, wilson
 
 
@@ -49,7 +49,7 @@ def leaderboard(results: dict, eps: float = 0.1) -> pd.DataFrame:
     clean, viewpoint, summary = results["clean"], shown_rows(results["viewpoint"]), results["summary"]
     if clean.empty:
         return pd.DataFrame()
-    full = clean[(clean["split"] == "full") & (clean["part"] == "test") & (clean["crops"] == 1)]
+    full = full_test_rows(clean)
     rows = []
     for row in full.itertuples():
         entry = {"model": row.model, "clean error": percent_interval(row.error, row.n)}

@@ -14,7 +14,15 @@ import math
 import pandas as pd
 
 from robustcaps.models import PAPERS
-from robustcaps.report.tables import CAPSULE_FAMILIES, COUNT_COLUMNS, family_of, with_protocol
+from robustcaps.report.tables import (
+    CAPSULE_FAMILIES,
+    COUNT_COLUMNS,
+    csv_bool,
+    family_of,
+    full_test_rows,
+    matched_to,
+    with_protocol,
+)
 from robustcaps.uncertainty import difference, paired_difference
 
 EPS = 0.1
@@ -24,8 +32,7 @@ def _clean(results: dict) -> dict[str, tuple[float, int]]:
     clean = results["clean"]
     if clean.empty:
         return {}
-    full = clean[(clean["split"] == "full") & (clean["part"] == "test") & (clean["crops"] == 1)]
-    return {row.model: (row.error, int(row.n)) for row in full.itertuples()}
+    return {row.model: (row.error, int(row.n)) for row in full_test_rows(clean).itertuples()}
 
 
 def _novel(viewpoint: pd.DataFrame, model: str, cnn: str) -> tuple[float, float, float] | None:
@@ -36,10 +43,10 @@ def _novel(viewpoint: pd.DataFrame, model: str, cnn: str) -> tuple[float, float,
     if model not in paper.index or cnn not in paper.index:
         return None
     caps, base = paper.loc[model], paper.loc[cnn]
-    matched_to = viewpoint.get("matched_to", pd.Series("", index=viewpoint.index)).fillna("")
-    reverse = viewpoint[(viewpoint["protocol"] == "reverse") & (matched_to == model)]
-    if reverse.empty and family_of(model) == "capsnet" and "matched_to" not in viewpoint:
-        reverse = viewpoint[viewpoint["protocol"] == "reverse"]  # written before other families existed
+    against = matched_to(viewpoint)
+    # a reverse row written before the column existed belongs to the EM network
+    mine = (against == model) | ((against == "") & (family_of(model) == "capsnet"))
+    reverse = viewpoint[(viewpoint["protocol"] == "reverse") & mine]
     if not reverse.empty:
         base = reverse.iloc[0]
     # the counts sit on the CNN's row (study.viewpoint.table2_rows), except for the other families' match
@@ -92,7 +99,7 @@ def _failed(checks: pd.DataFrame, model: str) -> str:
     rows = checks[checks["model"] == model]
     if rows.empty:
         return "not run"
-    failed = sorted(set(rows.loc[~rows["passed"].astype(str).str.lower().isin(("true", "1")), "check"]))
+    failed = sorted(set(rows.loc[~csv_bool(rows["passed"]), "check"]))
     return ", ".join(failed) or "none"
 
 

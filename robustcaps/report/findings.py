@@ -20,7 +20,15 @@ import pandas as pd
 
 from robustcaps.paper_results import CLEAN_ERROR, FIG3, TABLE2
 from robustcaps.report.families import families_sentence
-from robustcaps.report.tables import PAPER_ATTACKS, csv_bool, em_pair, family_of, step_of, with_protocol
+from robustcaps.report.tables import (
+    PAPER_ATTACKS,
+    csv_bool,
+    em_pair,
+    family_of,
+    full_test_rows,
+    step_of,
+    with_protocol,
+)
 from robustcaps.uncertainty import difference, paired_difference, paired_mean_difference
 
 MATCH_TOLERANCE = 0.01
@@ -122,7 +130,7 @@ def weak_model_sentences(clean: pd.DataFrame) -> list[str]:
     """A warning for each model whose clean error on the full split's test part is near chance."""
     if clean.empty:
         return []
-    rows = clean[(clean["split"] == "full") & (clean["part"] == "test") & (clean["crops"] == 1)]
+    rows = full_test_rows(clean)
     return [
         f"Caution: {row.model} has {_pct(row.error)} clean test error (chance: 80%), so it is too weak for "
         "the comparisons below to say much about its family; train longer (presets `gpu`, `paper`)."
@@ -369,18 +377,24 @@ def robustness_verdict(
     return " ".join(parts)
 
 
+def verdict(results: dict) -> str:
+    """The robustness verdict on the EM pair (when anything was attacked or checked), then which capsule
+    families beat the CNN (when the run has more than one); empty when there is neither."""
+    summary, checks = results["summary"], results["checks"]
+    attacked = not summary.empty or not checks.empty
+    robustness = robustness_verdict(summary, checks, results.get("outcomes")) if attacked else ""
+    return " ".join(filter(None, (robustness, families_sentence(results))))
+
+
 def findings_sections(results: dict, dataset_kind: str) -> str:
     """The same findings as Markdown a reader can scan: the verdict first, then what the numbers are, then
     one bullet per comparison under Viewpoints, Attacks and Checks."""
-    provenance, summary, checks = results["provenance"], results["summary"], results["checks"]
+    provenance, summary = results["provenance"], results["summary"]
     outcomes = results.get("outcomes")
     blocks = []
-    families = families_sentence(results)
-    if not summary.empty or not checks.empty or families:
-        verdict = (
-            robustness_verdict(summary, checks, outcomes) if not summary.empty or not checks.empty else ""
-        )
-        blocks.append(f"**Verdict.** {' '.join(filter(None, (verdict, families)))}")
+    said = verdict(results)
+    if said:
+        blocks.append(f"**Verdict.** {said}")
     setting = [demo_sentence(provenance, dataset_kind), *deviation_sentences(provenance)]
     blocks.append(" ".join(setting + weak_model_sentences(results["clean"])))
     sections = {

@@ -15,8 +15,8 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_text
 from robustcaps.report import plots
 from robustcaps.report.compare import leaderboard
-from robustcaps.report.families import families_sentence, family_rows
-from robustcaps.report.findings import findings_sections, robustness_verdict
+from robustcaps.report.families import family_rows
+from robustcaps.report.findings import findings_sections, verdict
 from robustcaps.report.tables import (
     MODELS_DIR,
     PROVENANCE_JSON,
@@ -124,8 +124,7 @@ def _verdict(results: dict) -> str:
     summary, checks = results["summary"], results["checks"]
     if summary.empty and checks.empty:
         return "No attacks in this run; its README has the viewpoint and clean-error findings."
-    families = families_sentence(results)
-    return f"**Verdict.** {robustness_verdict(summary, checks, results.get('outcomes'))} {families}".rstrip()
+    return f"**Verdict.** {verdict(results)}"
 
 
 def models_text(root: Path) -> str:

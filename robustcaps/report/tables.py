@@ -112,18 +112,28 @@ def with_protocol(viewpoint: pd.DataFrame) -> pd.DataFrame:
     return viewpoint.assign(protocol="paper")
 
 
+def full_test_rows(clean: pd.DataFrame) -> pd.DataFrame:
+    """The clean-error rows of the full split's test part, centre crop: each model's headline error."""
+    return clean[(clean["split"] == "full") & (clean["part"] == "test") & (clean["crops"] == 1)]
+
+
+def matched_to(viewpoint: pd.DataFrame) -> pd.Series:
+    """Each viewpoint row's `matched_to` (the model it was matched against); "" where the CSV predates the
+    column (then every row belongs to the EM pair)."""
+    if "matched_to" not in viewpoint:
+        return pd.Series("", index=viewpoint.index, dtype=str)
+    return viewpoint["matched_to"].fillna("").astype(str)
+
+
 def em_pair(viewpoint: pd.DataFrame) -> pd.DataFrame:
     """The viewpoint rows of the paper's comparison (EM capsules and the CNN): without the other capsule
     families' rows, nor the CNN stopped at one of their familiar errors."""
     if viewpoint.empty:
         return viewpoint
-    matched_to = (
-        viewpoint["matched_to"] if "matched_to" in viewpoint else pd.Series("", index=viewpoint.index)
-    )
-    matched_to = matched_to.fillna("").astype(str)
+    against = matched_to(viewpoint)
     family = viewpoint["model"].map(family_of)
     keep = family.isin(("capsnet", "cnn")) & (
-        (matched_to == "") | matched_to.map(family_of).isin(("capsnet", "cnn"))
+        (against == "") | against.map(family_of).isin(("capsnet", "cnn"))
     )
     return viewpoint[keep]
 
@@ -228,10 +238,7 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
                 if is_paper
                 else f"CNN stopped at {possessive(against or 'the capsules')} ({step_of(which)})"
                 for is_paper, which, against in zip(
-                    paper,
-                    viewpoint.get("checkpoint", paper),
-                    viewpoint["matched_to"].fillna("") if "matched_to" in viewpoint else [""] * len(paper),
-                    strict=True,
+                    paper, viewpoint.get("checkpoint", paper), matched_to(viewpoint), strict=True
                 )
             ],
             **{
