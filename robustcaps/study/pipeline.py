@@ -49,6 +49,7 @@ from robustcaps.study.viewpoint import (
 )
 from robustcaps.training import resolve_device as trainer_device
 from robustcaps.training.checkpoints import export_run
+from robustcaps.training.config import identity as train_identity
 from robustcaps.training.distributed import World
 
 CHECKPOINT_FILES = ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv")
@@ -156,7 +157,7 @@ def training_steps(
         steps.append(
             Step(
                 f"train-{model}-full",
-                {"train": config.to_dict(), "data": identity},
+                {"train": train_identity(config), "data": identity},
                 outputs,
                 partial(train_or_resume, config, directory),
             )
@@ -170,7 +171,7 @@ def training_steps(
             run_viewpoint, split, preset, root, runs_dir, results / VIEWPOINT_DIR, device, note, echo
         )
         # The capsules' target comes from the CNN run, so the two configs (without it) define the step.
-        configs = {m: train_config(preset, m, split, root, device).to_dict() for m in preset.models}
+        configs = {m: train_identity(train_config(preset, m, split, root, device)) for m in preset.models}
         config = {"train": configs, "data": identity, "table": TABLE_VERSION}
         steps.append(Step(f"viewpoint-{split}", config, outputs, run))
     return steps

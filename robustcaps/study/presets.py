@@ -30,15 +30,13 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.training.config import SPEED_SETTINGS, Speed, TrainConfig
 
 FIG3_EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)  # Fig. 3's range, standardised units
-# Start half the capsules active through β_a, not β_u (CapsNet.calibrate_half_active): the cost per unit of
-# mass stays negative, so agreement is rewarded from the start (docs/LEARNING.md).
+# The GPU presets keep HSF18's recipe (TrainConfig.recipe "paper") with two changes: half the capsules start
+# active through β_a, not β_u (CapsNet.calibrate_half_active), so that agreement is rewarded from the start;
+# and short runs route with 2 EM iterations, since at their budgets 3 barely learn (docs/LEARNING.md).
+# results/README.md says so up front (findings.deviation_sentences). The CPU presets take the "converged"
+# recipe, which adds the softer E-step.
 CAPSNET_INIT = {"calibrate": "beta_a"}
-# Short runs route with 2 EM iterations instead of HSF18's 3: at these budgets 3 barely learn
-# (docs/LEARNING.md); results/README.md says so up front (findings.deviation_sentences).
 CAPSNET_SHORT_RUN = {**CAPSNET_INIT, "iterations": 2}
-# The CPU study's recipe (docs/LEARNING.md, "Converging capsnet-small"): softer E-steps as well, also said up
-# front as a departure from the paper.
-CAPSNET_CPU_RECIPE = {**CAPSNET_SHORT_RUN, "estep_temperature": 0.25}
 
 
 def speed(name: Speed, **changes: object) -> dict[str, object]:
@@ -103,7 +101,7 @@ class Preset:
 def paper() -> Preset:
     # Runs validate every 10 epochs, since evaluating after each short viewpoint epoch would cost more than
     # the epoch's training (the matched-error stop can then land up to 10 epochs late).
-    common = TrainConfig(model="cnn", data_size="full", steps=300_000, eval_every=10)
+    common = TrainConfig(model="cnn", recipe="paper", data_size="full", steps=300_000, eval_every=10)
     return Preset(
         name="paper",
         demo=False,
@@ -119,7 +117,12 @@ def gpu() -> Preset:
     # One command of at most 10 minutes on a lent GPU (4.7 minutes on an H200 for results/gpu/); no 13-crop
     # test, which would cost about 1.5 minutes more (the paper preset has it).
     common = TrainConfig(
-        model="cnn", data_size="full", steps=1000, margin_step_scale=250.0, lr_decay_steps=250.0
+        model="cnn",
+        recipe="paper",
+        data_size="full",
+        steps=1000,
+        margin_step_scale=250.0,
+        lr_decay_steps=250.0,
     )
     return Preset(
         name="gpu",
@@ -160,7 +163,6 @@ def quick() -> Preset:
             common,
             model="capsnet-small",
             steps=300,
-            model_overrides=CAPSNET_CPU_RECIPE,
             **speed(Speed.COMPILED),
         ),
         attack=AttackConfig(eps=(0.0, 0.1, 0.25, 0.5), n=40, steps=3, batch_size=100),
@@ -186,6 +188,28 @@ def gpu_families() -> Preset:
         for m in ("dynamic-capsnet", "sr-capsnet")
     )
     return base.replace(name="gpu-families", more_capsules=more)
+
+
+# Capsule families compared with the CNNs in the converged preset (their CPU sizes)
+CONVERGED_CAPSULES = ("dynamic-capsnet-small", "sr-capsnet-small")
+
+
+def converged() -> Preset:
+    """Every model trained to its plateau on two CPU cores: validation on a held-out instance per category
+    after every epoch, stopped after `patience` epochs without a new best, the learning rate decayed
+    ×0.9 per epoch of the full split so that each run settles; the val-chosen checkpoint is the model."""
+    # 4,320 training images at batch 32: 135 steps per epoch of the full split
+    common = TrainConfig(model="cnn", data_size="small", epochs=40, batch_size=32, lr_decay=0.9,
+                         lr_decay_steps=135.0, val="instances", patience=4)  # fmt: skip
+    capsnet = dataclasses.replace(common, model="capsnet-small", **speed(Speed.COMPILED))
+    more = tuple(dataclasses.replace(common, model=m, **speed(Speed.REFERENCE, compile=True))
+                 for m in CONVERGED_CAPSULES)  # fmt: skip
+    return Preset(
+        name="converged", demo=False, cnn=common, capsnet=capsnet,
+        more_capsules=more,
+        attack=AttackConfig(eps=(0.0, 0.05, 0.1, 0.25, 0.5), n=300, steps=20, batch_size=100),
+        untargeted_attacks=("fgsm", "bim", "pgd", "apgd-ce", "autoattack"),
+    )  # fmt: skip
 
 
 def tiny() -> Preset:
@@ -218,6 +242,7 @@ def tiny() -> Preset:
 PRESETS = {
     "quick": quick,
     "families": families,
+    "converged": converged,
     "gpu": gpu,
     "gpu-families": gpu_families,
     "paper": paper,

@@ -102,7 +102,7 @@ def run_dir(runs_dir: Path, preset: Preset, model: str, split: str, **extra) -> 
 def train_or_resume(config, run_dir: Path) -> Path:
     """fit(), resuming a run that was interrupted with the same config instead of starting it over."""
     resume = checkpoint_path(run_dir, "last").exists() and (run_dir / CONFIG_FILE).exists()
-    if resume and TrainConfig.from_json(run_dir / CONFIG_FILE) != config:
+    if resume and run_digest(TrainConfig.from_json(run_dir / CONFIG_FILE)) != run_digest(config):
         raise RobustcapsError(f"{run_dir}: holds a run with another config; delete it or use another --runs")
     return fit(config, run_dir, resume=resume)
 

@@ -64,6 +64,21 @@ class Speed(StrEnum):
     CUSTOM = "custom"
 
 
+class Recipe(StrEnum):
+    """How a capsule network routes while it learns. "converged": 2 EM iterations, E-step temperature 0.25
+    and β_a calibration, the recipe that converged on the CPU (docs/LEARNING.md) and the one every CPU preset
+    uses; "paper": HSF18's own (3 iterations, T = 1, β_u calibration). Model options given by hand win."""
+
+    CONVERGED = "converged"
+    PAPER = "paper"
+
+
+# model settings per recipe and model family (families not named route as their own paper says)
+RECIPES = {
+    Recipe.CONVERGED: {"capsnet": {"calibrate": "beta_a", "iterations": 2, "estep_temperature": 0.25}},
+    Recipe.PAPER: {},
+}
+
 # The four settings each named speed stands for (benchmarks/README.md has the speeds).
 SPEED_SETTINGS = {
     Speed.REFERENCE: dict(compile=False, compile_mode="default", routing="plain", recompute="all"),
@@ -131,6 +146,11 @@ class TrainConfig:
 
     model: str = setting("capsnet-small", shown=True, help="Registered model (robustcaps models).")
     model_overrides: dict[str, Any] = setting(factory=dict, help="Model config changes (--model-option).")
+    recipe: Recipe = setting(
+        Recipe.CONVERGED, shown=True, kind=Recipe, legacy="paper",
+        help="Capsule routing while learning: converged (2 EM iterations, E-step T 0.25, β_a calibration; "
+        "what converged on the CPU) or paper (HSF18: 3 iterations, T 1). --model-option wins.",
+    )  # fmt: skip
     data: str | None = setting(
         None,
         shown=True,
@@ -276,7 +296,7 @@ class TrainConfig:
         if self.model not in REGISTRY:
             raise RobustcapsError(f"--model {self.model!r}: choose one of {', '.join(list_models())}")
         check_fields(self)
-        model_config(self.model, self.in_channels, **self.model_overrides)  # --model-option, checked now
+        model_config(self.model, self.in_channels, **self.model_settings)  # --model-option, checked now
         for spec in dataclasses.fields(self):
             check = spec.metadata.get("check")
             if check is not None and not check[0](getattr(self, spec.name)):
@@ -292,6 +312,11 @@ class TrainConfig:
     @property
     def family(self) -> str:
         return REGISTRY[self.model][0].family
+
+    @property
+    def model_settings(self) -> dict[str, Any]:
+        """The model's config changes: the recipe's for its family, then --model-option's."""
+        return RECIPES[self.recipe].get(self.family, {}) | self.model_overrides
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # enums as their plain strings
@@ -325,14 +350,16 @@ def legacy_defaults(config_class: type = TrainConfig) -> dict[str, Any]:
     return {f.name: f.metadata["legacy"] for f in dataclasses.fields(config_class) if "legacy" in f.metadata}
 
 
+def identity(config: TrainConfig) -> dict[str, Any]:
+    """What a run trains: every setting except those that only change how the same function is computed
+    or where the data lives (the data's own identity is checked against metadata.json on resume)."""
+    return {k: v for k, v in config.to_dict().items() if k not in fields_where("computation", type(config))}
+
+
 def run_digest(config: TrainConfig) -> str:
-    """8 hex digits naming what a run trains: every setting except those that only change how the same
-    function is computed or where the data lives. A changed setting gives another digest, so a run folder
-    named by it can never be resumed with other settings."""
-    identity = {
-        k: v for k, v in config.to_dict().items() if k not in fields_where("computation", type(config))
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    """8 hex digits of `identity`: a changed setting gives another digest, so a run folder named by it can
+    never be resumed with other settings."""
+    return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def resolve_speed(config: TrainConfig, device_type: str, train_images: int) -> TrainConfig:
@@ -364,7 +391,7 @@ def resolve_speed(config: TrainConfig, device_type: str, train_images: int) -> T
 
 def build_model(config: TrainConfig) -> torch.nn.Module:
     """The untrained model a config describes (the same call rebuilds it in `checkpoints.load_run`)."""
-    return create_model(config.model, in_channels=config.in_channels, **config.model_overrides)
+    return create_model(config.model, in_channels=config.in_channels, **config.model_settings)
 
 
 def load_split(config: TrainConfig):

@@ -77,10 +77,10 @@ def test_presets():
         preset = get_preset(name)
         # short runs route with 2 iterations (presets.CAPSNET_SHORT_RUN); the paper preset keeps HSF18's 3
         iterations = {"iterations": 2} if name != "paper" else {}
-        # the CPU demo also takes the CPU study's softer E-step (presets.CAPSNET_CPU_RECIPE)
+        # the CPU demo also takes the converged recipe's softer E-step
         temperature = {"estep_temperature": 0.25} if name == "quick" else {}
-        assert preset.capsnet.model_overrides == {"calibrate": "beta_a", **iterations, **temperature}
-        assert not preset.cnn.model_overrides
+        assert preset.capsnet.model_settings == {"calibrate": "beta_a", **iterations, **temperature}
+        assert not preset.cnn.model_settings
     # the other capsule families join the CPU demo and the GPU preset as presets of their own, so that
     # `quick` and `gpu` keep their budgets; only on the GPU are they compiled
     families, gpu_families = get_preset("families"), get_preset("gpu-families")
@@ -95,6 +95,11 @@ def test_presets():
     assert train_config(families, "dynamic-capsnet-small", "full", "data", "cpu").compile is False
     # RobustBench's headline number in the presets that report robustness
     assert all("autoattack" in get_preset(name).untargeted_attacks for name in ("gpu", "paper"))
+    # the converged preset: every family to its plateau on held-out instances, the converged recipe
+    converged = get_preset("converged")
+    assert {c.val for c in converged.runs} == {"instances"} and min(c.patience for c in converged.runs) > 0
+    assert converged.capsnet.model_settings["estep_temperature"] == 0.25 and not converged.demo
+    assert converged.attack.n >= 300 and "autoattack" in converged.untargeted_attacks
     with pytest.raises(RobustcapsError, match="--preset"):
         get_preset("huge")
 

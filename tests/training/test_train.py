@@ -566,3 +566,21 @@ def test_every_bad_choice_is_one_error_line_before_any_data_is_loaded(tmp_path, 
         assert result.exit_code in (1, 2) and len(errors) == 1, (bad, result.output)
         assert "Traceback" not in result.output and bad[1].split("=")[-1] in errors[0], (bad, errors)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_default_recipe_is_the_converged_one_and_the_papers_is_one_option_away():
+    from robustcaps.training.config import Recipe
+
+    default, paper = TrainConfig(), TrainConfig(recipe="paper")
+    assert default.recipe == Recipe.CONVERGED and build_model(default).config.estep_temperature == 0.25
+    assert build_model(default).config.iterations == 2 and build_model(paper).config.iterations == 3
+    assert build_model(paper).config.estep_temperature == 1.0
+    given = TrainConfig(model_overrides={"iterations": 3})  # a model option given by hand wins
+    assert build_model(given).config.iterations == 3
+    assert TrainConfig(model="cnn-small").model_settings == {}  # recipes are about routing
+    # a config.json from before recipes existed trained HSF18's
+    legacy = {k: v for k, v in default.to_dict().items() if k != "recipe"}
+    assert TrainConfig.from_dict(legacy).recipe == "paper"
+    assert '"recipe": "converged"' in config_json(default)
+    help_text = CliRunner().invoke(cli, ["train", "--help"]).output
+    assert "--recipe [converged|paper]" in help_text
