@@ -218,7 +218,7 @@ def remade_data_root(identity: dict, progress: bool = True) -> Path | None:
 
     Rendering is deterministic to the byte on every machine, so a committed or copied run whose data
     directory is not here (results/models/*, results/gpu/models/*) can be evaluated and attacked anyway;
-    the caller still compares the SHA-256s (`runs.check_same_dataset`).
+    the caller still compares the SHA-256s (`training.checkpoints.check_same_dataset`).
     """
     options, seed = identity.get("options"), identity.get("seed")
     if identity.get("kind") != "rendered" or identity.get("generator_version") != GENERATOR_VERSION:
