@@ -12,9 +12,10 @@ A preset is a frozen dataclass (timm-style: one plain function per preset, looke
 - `quick`: what `make demo` runs: small models, small rendered set, few attack examples, ≤ 15 minutes
   on 2 CPU cores. Its numbers are a demo, and say so wherever they appear.
 - `families`: `quick` with the dynamic-routing and self-routing networks (their `-small` sizes) added to
-  the same protocol; about twice the CPU time of `quick`.
-- `gpu-families`: `gpu` with the paper-size dynamic-routing and self-routing networks; not yet run on a GPU,
-  so its duration is unmeasured (`gpu` itself keeps its 10-minute budget).
+  the same protocol.
+- `converged`: the paper's CNN and every small capsule family, each trained to its plateau on the CPU
+  (results/converged/), attacked on 300 examples.
+- `gpu-families`: `gpu` with the paper-size dynamic-routing and self-routing networks.
 - `tiny`: the tests' end-to-end configuration (seconds, not meaningful numbers).
 
 Timings behind these sizes: benchmarks/NOTES.md ("Preset sizing").
@@ -182,7 +183,7 @@ def families() -> Preset:
 
 def gpu_families() -> Preset:
     base = gpu()
-    # torch.compile them (their one routing path): 1.3-1.7x faster training per step for the full sizes
+    # torch.compile them (their one routing path): faster per step at the full sizes (benchmarks/README.md)
     more = tuple(
         dataclasses.replace(base.capsnet, model=m, model_overrides={}, **speed(Speed.REFERENCE, compile=True))
         for m in ("dynamic-capsnet", "sr-capsnet")

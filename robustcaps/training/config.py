@@ -85,8 +85,7 @@ SPEED_SETTINGS = {
     Speed.COMPILED: dict(compile=True, compile_mode="default", routing="fused", recompute="none"),
     Speed.TRITON: dict(compile=True, compile_mode="reduce-overhead", routing="triton", recompute="none"),
 }
-# Compiling capsnet-small takes about 45 s on 2 CPU cores and then trains about 2× faster than the plain
-# path: below this many training images the compile does not pay for itself.
+# Below this many training images compiling costs more than it saves on a CPU (benchmarks/README.md).
 AUTO_COMPILE_IMAGES = 5_000
 WARMUP_STEPS = 100
 

@@ -193,7 +193,7 @@ def _manifest(config: RenderConfig, size: str, rows: dict[str, int], sha256: dic
 
 
 def default_workers() -> int:
-    """One process per core, at most 16 (2 on the CI machine; the full set takes ~10 s on 16 cores)."""
+    """One process per core, at most 16."""
     return min(16, os.cpu_count() or 1)
 
 
