@@ -262,8 +262,7 @@ def reproduce(
     pipeline.run(
         Step("contact-sheet", {"data": dataset_identity(root)}, (sheet,), partial(contact_sheet, root, sheet))
     )
-    for step in build_steps(preset, root, results, runs, device, echo):
-        pipeline.run(step)
+    pipeline.run_all(build_steps(preset, root, results, runs, device, echo))
     provenance = {
         "preset": preset.name,
         "demo": preset.demo,

@@ -27,6 +27,15 @@ def _counting_step(tmp_path, name, config, counter, depends=()):
     return Step(name, config, (out,), run, depends)
 
 
+def test_run_all_says_how_far_it_is_after_every_step(tmp_path):
+    counter, log = {}, []
+    steps = [_counting_step(tmp_path, name, {}, counter) for name in ("a", "b", "c")]
+    Pipeline(tmp_path / "state", log.append).run_all(steps)
+    progress = [line for line in log if line.startswith("[") and "/3]" in line]
+    assert [line.split("]")[0] for line in progress] == ["[1/3", "[2/3", "[3/3"]
+    assert "min left" in progress[0] and "min left" not in progress[-1] and counter == dict(a=1, b=1, c=1)
+
+
 def test_finished_steps_are_skipped_and_changed_ones_rerun(tmp_path):
     counter, log = {}, []
 
