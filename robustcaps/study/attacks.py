@@ -36,7 +36,8 @@ def attack_configs(preset: Preset, vote_head: bool, device: str) -> dict[str, ob
     a routing-bypass head) and "-targeted"."""
     common = dict(eps=preset.eps, units="std", n=preset.attack_n, steps=preset.attack_steps,
                   restarts=preset.restarts, seed=preset.seed, device=device, part="test",
-                  batch_size=preset.attack_batch_size, crafting=preset.attack_crafting)  # fmt: skip
+                  batch_size=preset.attack_batch_size, fit_batch=True,
+                  crafting=preset.attack_crafting)  # fmt: skip
     attacks = preset.untargeted_attacks + (preset.vote_attacks if vote_head else ())
     return {
         "": AttackConfig(attacks=attacks, targeted=(False,), checks=True, **common),
