@@ -20,7 +20,7 @@ from robustcaps.models.common import in_halves_on_oom
 
 # Of the memory budget, what an evaluation batch may take (the probe measures the whole forward); the rest
 # for the allocator's slack and what the measurement misses.
-SHARE = 0.6
+SHARE = 0.3
 ADVICE = "raise the memory limit or evaluate a smaller model"
 # bytes per example of a forward, per model and (multi_crop, image shape): measured once, not at every
 # validation of a training run (each measurement resets the process's peak RSS, VmHWM)
