@@ -1,63 +1,55 @@
 """Batches that fit: how many examples an attack may craft at once without running out of memory.
 
-On a CPU the batch is sized before the sweep from the memory one crafting step takes per example,
-measured on a few examples, and the memory the system has available. On a GPU a batch that runs out of
-memory is split in halves and crafted again (models.common.in_halves_on_oom). Written by hand: neither
-torch nor torchattacks sizes batches.
+On a CPU the batch is sized before the sweep from the memory budget (robustcaps.memory: MemAvailable or a
+cgroup limit, whichever is smaller) and the memory one crafting step and one judging forward take per
+example, measured on a few examples; where not even one example fits, the sweep stops before it starts.
+On a GPU a batch that runs out of memory is split in halves and crafted again
+(models.common.in_halves_on_oom). Written by hand: neither torch nor torchattacks sizes batches.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-PROBE = 4  # examples in the measuring step
-# Of the available memory: the probe sees one forward and input gradient, and an attack step holds about
-# twice that (torchattacks' own copies; benchmarks/NOTES.md).
+from robustcaps.memory import batch_within, bytes_per_example, memory_budget, release_freed_memory
+
+# One example needs at most STEP × the probe's measure: a BIM sweep on capsnet-full held 0.8× it per example
+# (benchmarks/NOTES.md), and the rest is room for attacks that keep more copies and for the allocator.
+STEP = 2.0
+# Of the budget, what a batch may take by the probe's measure: the rest for the process itself, the
+# allocator's slack and what the measurement misses (a batch's size hardly changes a CPU's throughput).
 SAFETY = 0.3
+ADVICE = (
+    "raise the memory limit, attack a smaller model, or give --batch-size 1 to craft one example at a time "
+    "regardless"
+)
 
 
-def available_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo (Linux), else None."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
-
-
-def bytes_per_example(model: nn.Module, images: torch.Tensor) -> float | None:
-    """Peak resident memory per example of one crafting step (forward and input gradient) on PROBE
-    examples; None where the peak cannot be measured (it is reset through /proc/self/clear_refs, Linux)."""
-    probe = images[:PROBE].detach().clone().requires_grad_(True)
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set size
-        before = _status_kb("VmRSS")
-        (gradient,) = torch.autograd.grad(model(probe).sum(), probe)
-        peak = _status_kb("VmHWM")
-    except OSError:
-        return None
-    del gradient
-    return max(peak - before, 1) * 1024 / len(probe)
-
-
-def fitting_batch(model: nn.Module, images: torch.Tensor, requested: int, device: str) -> int:
-    """The batch to craft with: `requested`, or on a CPU as many examples as fit in SAFETY of the
-    available memory, if fewer."""
+def fitting_batch(
+    model: nn.Module, images: torch.Tensor, requested: int, device: str, crafter: nn.Module | None = None
+) -> int:
+    """The batch to craft with: `requested`, or on a CPU as many examples as fit in SAFETY of the memory
+    budget, if fewer. RobustcapsError before any work where not even one example fits."""
     if torch.device(device).type != "cpu":
         return requested  # a GPU backs off when it runs out instead (models.common.in_halves_on_oom)
-    per_example, available = bytes_per_example(model, images), available_bytes()
-    if per_example is None or available is None:
-        return requested
-    return max(1, min(requested, int(SAFETY * available / per_example)))
+    release_freed_memory()
+    budget = memory_budget()
+    per_example = _per_example(model, crafter if crafter is not None else model, images)
+    return batch_within(budget, per_example, requested, SAFETY, STEP, ADVICE)
+
+
+def _per_example(model: nn.Module, crafter: nn.Module, images: torch.Tensor) -> float | None:
+    """The larger of a crafting step (forward and input gradient through `crafter`) and a judging forward
+    (no gradient, through `model`), per example."""
+
+    def craft(probe: torch.Tensor) -> torch.Tensor:
+        probe = probe.detach().clone().requires_grad_(True)
+        return torch.autograd.grad(crafter(probe).sum(), probe)[0]
+
+    @torch.no_grad()
+    def judge(probe: torch.Tensor) -> torch.Tensor:
+        return model(probe)
+
+    measured = [bytes_per_example(craft, images), bytes_per_example(judge, images)]
+    return None if None in measured else max(measured)

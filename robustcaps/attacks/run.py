@@ -137,7 +137,7 @@ def _attack_model(
         victim.source.eval()
     victim = victim.crafting(config.crafting)
     if config.fit_batch:
-        fits = fitting_batch(victim.model, eval_set.images, config.batch_size, config.device)
+        fits = fitting_batch(victim.model, eval_set.images, config.batch_size, config.device, victim.crafter)
         config = replace(config, batch_size=fits, fit_batch=False)
     atomic_write_json(out_dir / "attack_config.json", {
         **asdict(config), "victim": victim.name, "run_dir": victim.run_dir,

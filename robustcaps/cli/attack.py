@@ -129,9 +129,10 @@ def attack_device(device: str) -> str:
 @click.option(
     "--batch-size",
     type=int,
-    help="Examples crafted at once [at most 100, fewer where memory is short: sized from a measured step "
-    "on a CPU, halved on a GPU that runs out]. Given, it is used as it is (a GPU still halves it if "
-    "it runs out).",
+    help="Examples crafted at once [at most 100, fewer where memory is short: on a CPU sized from a "
+    "measured step and the memory budget (MemAvailable or the cgroup's limit, e.g. Docker's or SLURM's "
+    "--mem), stopping with an error if one example does not fit; halved on a GPU that runs out]. Given, "
+    "it is used as it is (a GPU still halves it if it runs out).",
 )
 @device_option
 @click.option("--seed", type=int, default=0, show_default=True)

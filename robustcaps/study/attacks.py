@@ -34,7 +34,9 @@ TARGETED = ("fgsm", "bim")
 def attack_configs(preset: Preset, vote_head: bool, device: str) -> dict[str, object]:
     """{suffix: AttackConfig} for one victim: "" (untargeted + checks, the vote attacks where the model has
     a routing-bypass head) and "-targeted"."""
-    common = dataclasses.replace(preset.attack, units="std", device=device, part="test", checks=True)
+    common = dataclasses.replace(
+        preset.attack, units="std", device=device, part="test", checks=True, fit_batch=True
+    )
     attacks = preset.untargeted_attacks + (preset.vote_attacks if vote_head else ())
     return {
         "": dataclasses.replace(common, attacks=attacks, targeted=(False,)),

@@ -9,12 +9,22 @@ averages the class predictions.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
 
 from robustcaps.data.norb import CLASSES
+from robustcaps.memory import PROBE, batch_within, bytes_per_example, memory_budget, release_freed_memory
 from robustcaps.models.common import in_halves_on_oom
+
+# Of the memory budget, what an evaluation batch may take (the probe measures the whole forward); the rest
+# for the allocator's slack and what the measurement misses.
+SHARE = 0.3
+ADVICE = "raise the memory limit or evaluate a smaller model"
+# bytes per example of a forward, per model and (multi_crop, image shape): measured once, not at every
+# validation of a training run (each measurement resets the process's peak RSS, VmHWM)
+_measured: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
@@ -45,6 +55,7 @@ def evaluate(
     device = torch.device(device)
     was_training = model.training
     model.eval()
+    batch_size = fitting_eval_batch(model, tensorset.images, batch_size, device, multi_crop)
     predictions = []
     for start in range(0, len(tensorset), batch_size):
         images = tensorset.images[start : start + batch_size].to(device, non_blocking=True)
@@ -62,3 +73,21 @@ def evaluate(
     n = len(labels)
     error = float(wrong.double().mean()) if n else math.nan
     return {"error": error, "n": n, "crops": 13 if multi_crop else 1, "per_class": per_class, "wrong": wrong}
+
+
+def fitting_eval_batch(
+    model: torch.nn.Module, images: torch.Tensor, requested: int, device: torch.device, multi_crop: bool
+) -> int:
+    """`requested`, or on a CPU as many examples as fit in SHARE of the memory budget (robustcaps.memory)
+    if fewer; RobustcapsError before any work where not even one example fits. A GPU halves a batch
+    that runs out instead (in_halves_on_oom)."""
+    if device.type != "cpu" or len(images) == 0:
+        return requested
+    release_freed_memory()
+    budget = memory_budget()
+    key = (multi_crop, tuple(images.shape[1:]))
+    per_model = _measured.setdefault(model, {})
+    if key not in per_model:
+        probe = images[:PROBE].to(device)
+        per_model[key] = bytes_per_example(lambda x: predict_views(model, x, multi_crop), probe)
+    return batch_within(budget, per_model[key], requested, SHARE, 1.0, ADVICE)

@@ -1,16 +1,21 @@
-"""Batches that fit: a CPU sizes the batch from a measured step, a GPU halves a batch that runs out."""
+"""Batches that fit: a CPU sizes the batch from a measured step and the memory budget (or stops before it
+starts), a GPU halves a batch that runs out."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pandas as pd
+import pytest
 import torch
 
 from robustcaps.attacks import memory, sweep
 from robustcaps.attacks.adapters import AttackConfig
 from robustcaps.attacks.run import attack_model
 from robustcaps.attacks.sweep import Victim
+from robustcaps.errors import RobustcapsError
+from robustcaps.memory import Budget
 from tests.attacks.test_attack import eval_set, toy_data
 
 
@@ -35,21 +40,37 @@ def test_a_batch_that_runs_out_of_memory_is_crafted_in_halves_with_the_same_resu
     pd.testing.assert_frame_equal(whole.per_example[columns], halved.per_example[columns])
 
 
-def test_a_cpu_batch_is_sized_from_a_measured_step_and_the_available_memory(toy, monkeypatch):
+def test_a_cpu_batch_is_sized_from_a_measured_step_and_the_memory_budget(toy, monkeypatch):
     images, _ = toy_data(20, seed=3)
-    per_example = memory.bytes_per_example(toy, images)
+    per_example = memory._per_example(toy, toy, images)
     assert per_example is not None and per_example > 0  # Linux: the peak resets through /proc
-    monkeypatch.setattr(memory, "available_bytes", lambda: int(7.5 * per_example / memory.SAFETY))
-    monkeypatch.setattr(memory, "bytes_per_example", lambda model, images: per_example)
+    budget = Budget(int(7.5 * per_example / memory.SAFETY), "cgroup v1 memory.limit_in_bytes of /x")
+    monkeypatch.setattr(memory, "memory_budget", lambda: budget)
+    monkeypatch.setattr(memory, "_per_example", lambda model, crafter, images: per_example)
     assert memory.fitting_batch(toy, images, 100, "cpu") == 7
     assert memory.fitting_batch(toy, images, 5, "cpu") == 5  # never above what was asked
     assert memory.fitting_batch(toy, images, 100, "cuda") == 100  # a GPU halves on running out instead
-    monkeypatch.setattr(memory, "available_bytes", lambda: None)  # not Linux: as asked
+    monkeypatch.setattr(memory, "memory_budget", lambda: None)  # not Linux: as asked
     assert memory.fitting_batch(toy, images, 100, "cpu") == 100
 
 
+def test_where_one_example_does_not_fit_the_sweep_stops_before_writing_anything(toy, tmp_path, monkeypatch):
+    where = "cgroup v1 memory.limit_in_bytes of /sys/fs/cgroup/memory/job: 1.00 GiB limit, 0.90 GiB in use"
+    monkeypatch.setattr(memory, "memory_budget", lambda: Budget(2**20, where))
+    monkeypatch.setattr(memory, "_per_example", lambda model, crafter, images: 2**20)
+    config = AttackConfig(attacks=("fgsm",), eps=(0.0, 0.1), units="pixel", checks=False, fit_batch=True)
+    with pytest.raises(RobustcapsError) as error:
+        attack_model(Victim(toy, "toy"), eval_set(12), config, tmp_path / "out", progress=False)
+    assert where in str(error.value) and "--batch-size 1" in str(error.value)
+    assert not (tmp_path / "out").exists()
+    given = replace(config, fit_batch=False, batch_size=4)  # --batch-size given: used as it is
+    attack_model(Victim(toy, "toy"), eval_set(12), given, tmp_path / "out", progress=False)
+
+
 def test_a_fitted_batch_is_recorded_as_used(toy, tmp_path, monkeypatch):
-    monkeypatch.setattr("robustcaps.attacks.run.fitting_batch", lambda model, images, requested, device: 6)
+    monkeypatch.setattr(
+        "robustcaps.attacks.run.fitting_batch", lambda model, images, requested, device, crafter: 6
+    )
     config = AttackConfig(attacks=("fgsm",), eps=(0.0,), units="pixel", checks=False, fit_batch=True)
     attack_model(Victim(toy, "toy"), eval_set(12), config, tmp_path, progress=False)
     recorded = json.loads((tmp_path / "attack_config.json").read_text())
