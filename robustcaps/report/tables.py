@@ -19,29 +19,34 @@ from pathlib import Path
 
 import pandas as pd
 
+from robustcaps.errors import RobustcapsError
+from robustcaps.models import REGISTRY
 from robustcaps.paper_results import CLEAN_ERROR, TABLE2
+from robustcaps.report import columns as col
+from robustcaps.report.columns import COUNT_COLUMNS  # noqa: F401 (study.viewpoint reads it here)
 from robustcaps.uncertainty import wilson
 
 CLEAN_CSV = Path("clean") / "clean_error.csv"
 VIEWPOINT_DIR = Path("viewpoint")
 TRAINING_CSV = Path("training") / "metrics.csv"
-MODELS_DIR = Path("models")  # the full-split models, weights only (runs.export_run)
+MODELS_DIR = Path("models")  # the full-split models, weights only (training.checkpoints.export_run)
 ATTACKS_DIR = Path("attacks")
 PROVENANCE_JSON = Path("provenance.json")
 PAPER_ATTACKS = ("fgsm", "bim")
 
-
-# (part of a model or run name, family), first match wins: the registry's names start with their family
-FAMILY_NAMES = (("dynamic", "dynamic"), ("sr-caps", "self-routing"), ("caps", "capsnet"), ("cnn", "cnn"))
-CAPSULE_FAMILIES = ("capsnet", "dynamic", "self-routing")
-# viewpoint CSV: of the novel images, how many only the capsules / only the CNN of a matched pair got wrong
-COUNT_COLUMNS = ("novel_only_capsules_wrong", "novel_only_cnn_wrong")
+CAPSULE_FAMILIES = tuple(dict.fromkeys(cls.family for cls, _ in REGISTRY.values() if cls.family != "cnn"))
 
 
 def family_of(model: str) -> str:
-    """capsnet (EM), dynamic, self-routing or cnn, from a model or run name."""
-    name = str(model).lower()
-    return next((family for part, family in FAMILY_NAMES if part in name), name)
+    """capsnet (EM), dynamic, self-routing or cnn: the registered model's family ("" for no model)."""
+    if model == "":
+        return ""
+    if model not in REGISTRY:
+        raise RobustcapsError(
+            f"model {model!r} in the results is not a registered model ({', '.join(REGISTRY)}); "
+            "report results with the robustcaps version that made them"
+        )
+    return REGISTRY[model][0].family
 
 
 def csv_bool(column: pd.Series) -> pd.Series:
@@ -152,7 +157,7 @@ def possessive(name: str) -> str:
 
 
 def step_of(checkpoint: str) -> str:
-    """ "step N" from a snapshot's name (runs.snapshot_name), else the name itself."""
+    """ "step N" from a snapshot's name (training.checkpoints.snapshot_name), else the name itself."""
     digits = re.search(r"\d+$", str(checkpoint))
     return f"step {int(digits.group())}" if digits else str(checkpoint)
 
