@@ -14,12 +14,12 @@ from robustcaps.uncertainty import paired_difference, wilson
 def _robust(per_example: pd.DataFrame) -> pd.Series:
     """Whether each example withstood each untargeted white-box cell, keyed (attack, ε_std, example)."""
     rows = per_example[
-        (per_example["role"] == "sweep")
-        & ~per_example["targeted"].astype(bool)
-        & (per_example["source"].fillna("self") == "self")
+        (per_example[col.ROLE] == "sweep")
+        & ~per_example[col.TARGETED].astype(bool)
+        & (per_example[col.SOURCE].fillna("self") == "self")
     ]
-    right = (rows["prediction"] == rows["label"]).to_numpy()
-    index = pd.MultiIndex.from_arrays([rows["attack"], rows["eps_std"].round(6), rows["example"]])
+    right = (rows[col.PREDICTION] == rows[col.LABEL]).to_numpy()
+    index = pd.MultiIndex.from_arrays([rows[col.ATTACK], rows[col.EPS_STD].round(6), rows[col.EXAMPLE]])
     return pd.Series(right, index=index)
 
 
@@ -39,7 +39,7 @@ def side_by_side(first: pd.DataFrame, second: pd.DataFrame, names: tuple[str, st
         row["difference"] = f"{rate_a - rate_b:+.2f} ({low:+.2f} to {high:+.2f})"
         rows.append(row)
     table = pd.DataFrame(rows)
-    rank = table["attack"].map({"clean": 0, "worst": 2}).fillna(1)  # clean first, the worst case last
+    rank = table[col.ATTACK].map({"clean": 0, "worst": 2}).fillna(1)  # clean first, the worst case last
     return table.assign(rank=rank).sort_values(["eps_std", "rank", "attack"]).drop(columns="rank")
 
 
@@ -76,6 +76,8 @@ def _worst_case_cells(results: dict, model: str, eps: float) -> dict[str, str]:
     failures = masking_failures(results["checks"], model)
     mark = f"; {not_established(failures)}" if failures else ""
     return {
-        f"worst-case accuracy at ε {worst.eps:.2g}": f"{worst.value:.2f} ({low:.2f}–{high:.2f}, n {worst.n}{mark})",
+        f"worst-case accuracy at ε {worst.eps:.2g}": (
+            f"{worst.value:.2f} ({low:.2f}–{high:.2f}, n {worst.n}{mark})"
+        ),
         "worst case over": worst.attacks,
     }

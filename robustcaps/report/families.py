@@ -62,10 +62,10 @@ def _novel(viewpoint: pd.DataFrame, model: str, cnn: str) -> Difference | None:
 def _failed(checks: pd.DataFrame, model: str) -> str:
     if checks.empty:
         return "not run"
-    rows = checks[checks["model"] == model]
+    rows = checks[checks[col.MODEL] == model]
     if rows.empty:
         return "not run"
-    failed = sorted(set(rows.loc[~csv_bool(rows["passed"]), "check"]))
+    failed = sorted(set(rows.loc[~csv_bool(rows[col.PASSED]), "check"]))
     return ", ".join(failed) or "none"
 
 

@@ -32,8 +32,12 @@ def _pct(x: float) -> str:
 def _compare_novel(caps, cnn) -> str:
     """Novel-viewpoint errors of the capsules and a CNN row (headline.novel_difference), in words."""
     d = novel_difference(caps._asdict(), cnn._asdict())
-    where = (f"on the same {d.paired} images, {d.only_first} of which only the capsules and {d.only_second} "
-             f"only the CNN got wrong" if d.paired else f"on {caps.n_novel} / {cnn.n_novel} images")  # fmt: skip
+    where = f"on {caps.n_novel} / {cnn.n_novel} images"
+    if d.paired:
+        where = (
+            f"on the same {d.paired} images, {d.only_first} of which only the capsules and {d.only_second} "
+            "only the CNN got wrong"
+        )
     return _words(d, lower_is_better=True, where=where)
 
 
@@ -118,8 +122,8 @@ def viewpoint_sentences(viewpoint: pd.DataFrame) -> list[str]:
     out = []
     viewpoint = em_pair(with_protocol(viewpoint))
     for split, rows in viewpoint.groupby("split"):
-        paper = rows[rows["protocol"] == "paper"]
-        by_family = {family_of(m): r for m, r in zip(paper["model"], paper.itertuples(), strict=True)}
+        paper = rows[rows[col.PROTOCOL] == "paper"]
+        by_family = {family_of(m): r for m, r in zip(paper[col.MODEL], paper.itertuples(), strict=True)}
         if not {"capsnet", "cnn"} <= by_family.keys():
             continue
         caps, cnn = by_family["capsnet"], by_family["cnn"]
@@ -127,7 +131,7 @@ def viewpoint_sentences(viewpoint: pd.DataFrame) -> list[str]:
         matched = (
             "matched" if abs(gap) <= MATCH_TOLERANCE else "not matched, so this comparison is confounded"
         )
-        paper_gap = TABLE2[(split, "cnn")]["novel_error"] - TABLE2[(split, "capsnet")]["novel_error"]
+        paper_gap = TABLE2[(split, "cnn")][col.NOVEL_ERROR] - TABLE2[(split, "capsnet")][col.NOVEL_ERROR]
         out.append(
             f"On the {split} split the familiar-viewpoint errors were {matched} "
             f"(capsules {_pct(caps.familiar_error)}, CNN {_pct(cnn.familiar_error)}, "
@@ -137,7 +141,7 @@ def viewpoint_sentences(viewpoint: pd.DataFrame) -> list[str]:
             f"{_compare_novel(caps, cnn)}; "
             f"the paper found the capsules better by {100 * paper_gap:.1f} points."
         )
-        out += [_reverse_sentence(caps, row) for row in rows[rows["protocol"] == "reverse"].itertuples()]
+        out += [_reverse_sentence(caps, row) for row in rows[rows[col.PROTOCOL] == "reverse"].itertuples()]
     return out
 
 

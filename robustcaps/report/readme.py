@@ -17,8 +17,8 @@ from robustcaps.paper_results import FIG3
 from robustcaps.report import plots
 from robustcaps.report.compare import leaderboard
 from robustcaps.report.families import family_rows
-from robustcaps.report.headline import EPS
 from robustcaps.report.findings import findings_sections, verdict
+from robustcaps.report.headline import EPS
 from robustcaps.report.robustness import TARGETED_EPS
 from robustcaps.report.tables import (
     MODELS_DIR,

@@ -153,8 +153,12 @@ def _untargeted_sentence(results: dict, pair: tuple[str, str], attack: str) -> s
     if caps is None or cnn is None or abs(caps.eps - cnn.eps) > 1e-9:
         return None
     d = accuracy_difference(caps, cnn)
-    on = (f"paired on the same {d.paired} examples, {d.only_first} of which only the capsules and "
-          f"{d.only_second} only the CNN withstood" if d.paired else f"on {caps.n} / {cnn.n} examples")  # fmt: skip
+    on = f"on {caps.n} / {cnn.n} examples"
+    if d.paired:
+        on = (
+            f"paired on the same {d.paired} examples, {d.only_first} of which only the capsules and "
+            f"{d.only_second} only the CNN withstood"
+        )
     return (
         f"Untargeted {attack.upper()} at ε={caps.eps:g}: accuracy {caps.value:.2f} for the capsules vs "
         f"{cnn.value:.2f} for the CNN, difference {d.gap:+.2f} (95% interval {d.low:+.2f} to {d.high:+.2f}, "
@@ -183,9 +187,9 @@ def _targeted_sentence(results: dict, attack: str) -> str | None:
         low, high = difference(value["capsnet"], n["capsnet"], value["cnn"], n["cnn"])
         on = f"on {n['capsnet']} / {n['cnn']} examples"
     return (
-        f"Targeted {attack.upper()} at ε={at:g}: targeted success rate {value['capsnet']:.2f} for the capsules "
-        f"vs {value['cnn']:.2f} for the CNN, difference {value['capsnet'] - value['cnn']:+.2f} (95% interval "
-        f"{low:+.2f} to {high:+.2f}, {on}; {_paper(attack, True, TARGETED_EPS)})."
+        f"Targeted {attack.upper()} at ε={at:g}: targeted success rate {value['capsnet']:.2f} for the "
+        f"capsules vs {value['cnn']:.2f} for the CNN, difference {value['capsnet'] - value['cnn']:+.2f} "
+        f"(95% interval {low:+.2f} to {high:+.2f}, {on}; {_paper(attack, True, TARGETED_EPS)})."
     )
 
 

@@ -65,14 +65,14 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame | dict]:
     root = Path(results_dir)
     summary = _read_csvs(list((root / ATTACKS_DIR).glob("*/summary.csv")))
     if not summary.empty:
-        summary["attack"] = summary["attack"].astype(str).str.lower()
-        summary["targeted"] = csv_bool(summary["targeted"])
-        source = summary["source"] if "source" in summary else pd.Series("", index=summary.index)
+        summary[col.ATTACK] = summary[col.ATTACK].astype(str).str.lower()
+        summary[col.TARGETED] = csv_bool(summary[col.TARGETED])
+        source = summary[col.SOURCE] if "source" in summary else pd.Series("", index=summary.index)
         # the attacks write "self" for a white-box attack; here an empty source means white-box.
-        summary["source"] = source.astype(object).where(source.notna(), "").astype(str).replace("self", "")
-        role = summary["role"] if "role" in summary else pd.Series("sweep", index=summary.index)
-        summary["role"] = role.fillna("sweep").astype(str)
-        summary["family"] = summary["model"].map(family_of)
+        summary[col.SOURCE] = source.astype(object).where(source.notna(), "").astype(str).replace("self", "")
+        role = summary[col.ROLE] if "role" in summary else pd.Series("sweep", index=summary.index)
+        summary[col.ROLE] = role.fillna("sweep").astype(str)
+        summary[col.FAMILY] = summary[col.MODEL].map(family_of)
     provenance_path = root / PROVENANCE_JSON
     return {
         "outcomes": white_box_outcomes(root),
@@ -94,19 +94,19 @@ def white_box_outcomes(root: Path) -> pd.DataFrame:
     for path in sorted((root / ATTACKS_DIR).glob("*/per_example.csv")):
         if not path.with_name("summary.csv").is_file():  # which model these rows are about is not known
             continue
-        model = pd.read_csv(path.with_name("summary.csv"), usecols=["model"], nrows=1)["model"].iloc[0]
+        model = pd.read_csv(path.with_name("summary.csv"), usecols=[col.MODEL], nrows=1)[col.MODEL].iloc[0]
         rows = pd.read_csv(path)
-        rows = rows[(rows["source"] == "self") & (rows["role"] == "sweep")]
-        targeted = csv_bool(rows["targeted"])
-        hit = rows["prediction"] == rows["target"].where(targeted, rows["label"])
+        rows = rows[(rows[col.SOURCE] == "self") & (rows[col.ROLE] == "sweep")]
+        targeted = csv_bool(rows[col.TARGETED])
+        hit = rows[col.PREDICTION] == rows[col.TARGET].where(targeted, rows[col.LABEL])
         frames.append(pd.DataFrame({
-            "model": model, "family": family_of(model), "attack": rows["attack"].str.lower(),
-            "targeted": targeted, "eps_std": rows["eps_std"], "example": rows["example"], "score": hit,
+            "model": model, "family": family_of(model), "attack": rows[col.ATTACK].str.lower(),
+            "targeted": targeted, "eps_std": rows[col.EPS_STD], "example": rows[col.EXAMPLE], "score": hit,
         }))  # fmt: skip
     if not frames:
         return pd.DataFrame()
     keys = ["model", "family", "attack", "targeted", "eps_std", "example"]
-    return pd.concat(frames, ignore_index=True).groupby(keys, as_index=False, sort=False)["score"].mean()
+    return pd.concat(frames, ignore_index=True).groupby(keys, as_index=False, sort=False)[col.SCORE].mean()
 
 
 def with_protocol(viewpoint: pd.DataFrame) -> pd.DataFrame:
@@ -119,7 +119,7 @@ def with_protocol(viewpoint: pd.DataFrame) -> pd.DataFrame:
 
 def full_test_rows(clean: pd.DataFrame) -> pd.DataFrame:
     """The clean-error rows of the full split's test part, centre crop: each model's headline error."""
-    return clean[(clean["split"] == "full") & (clean["part"] == "test") & (clean["crops"] == 1)]
+    return clean[(clean[col.SPLIT] == "full") & (clean[col.PART] == "test") & (clean[col.CROPS] == 1)]
 
 
 def matched_to(viewpoint: pd.DataFrame) -> pd.Series:
@@ -127,7 +127,7 @@ def matched_to(viewpoint: pd.DataFrame) -> pd.Series:
     column (then every row belongs to the EM pair)."""
     if "matched_to" not in viewpoint:
         return pd.Series("", index=viewpoint.index, dtype=str)
-    return viewpoint["matched_to"].fillna("").astype(str)
+    return viewpoint[col.MATCHED_TO].fillna("").astype(str)
 
 
 def em_pair(viewpoint: pd.DataFrame) -> pd.DataFrame:
@@ -136,7 +136,7 @@ def em_pair(viewpoint: pd.DataFrame) -> pd.DataFrame:
     if viewpoint.empty:
         return viewpoint
     against = matched_to(viewpoint)
-    family = viewpoint["model"].map(family_of)
+    family = viewpoint[col.MODEL].map(family_of)
     keep = family.isin(("capsnet", "cnn")) & (
         (against == "") | against.map(family_of).isin(("capsnet", "cnn"))
     )
@@ -149,7 +149,7 @@ def shown_rows(viewpoint: pd.DataFrame) -> pd.DataFrame:
     if viewpoint.empty:
         return viewpoint
     viewpoint = with_protocol(viewpoint)
-    return viewpoint[(viewpoint["protocol"] == "paper") | viewpoint.index.isin(em_pair(viewpoint).index)]
+    return viewpoint[(viewpoint[col.PROTOCOL] == "paper") | viewpoint.index.isin(em_pair(viewpoint).index)]
 
 
 def possessive(name: str) -> str:
@@ -194,9 +194,9 @@ def interval_note(summary: pd.DataFrame) -> str:
     """How wide a 95% interval on one attack cell's rate can be, for the examples per cell in `summary`."""
     if summary.empty or "n" not in summary:
         return ""
-    n = int(summary["n"].min())
+    n = int(summary[col.N].min())
     low, high = wilson(0.5, n)
-    fewest = f"{n} examples per cell" if n == summary["n"].max() else f"at least {n} examples per cell"
+    fewest = f"{n} examples per cell" if n == summary[col.N].max() else f"at least {n} examples per cell"
     return f" {fewest}: a 95% interval on a rate can be up to ±{(high - low) / 2:.2f} wide (Wilson, at 0.5)."
 
 
@@ -208,7 +208,7 @@ def clean_table(clean: pd.DataFrame) -> pd.DataFrame:
     wide.columns = [
         f"error ({c} crop{'s' if c != 1 else ''})" if isinstance(c, int | float) else c for c in wide.columns
     ]
-    n = clean.groupby(["model", "split", "part"])["n"].max().reset_index()
+    n = clean.groupby(["model", "split", "part"])[col.N].max().reset_index()
     wide = wide.merge(n, on=["model", "split", "part"])
     paper = {1: [], 13: []}
     for row in wide.itertuples(index=False):
@@ -216,7 +216,7 @@ def clean_table(clean: pd.DataFrame) -> pd.DataFrame:
             value = CLEAN_ERROR.get((family_of(row.model), crops)) if row.split == "full" else None
             paper[crops].append(percent(value) if value is not None and row.part == "test" else "")
     for column in [c for c in wide.columns if c.startswith("error")]:
-        wide[column] = [percent_interval(e, n) for e, n in zip(wide[column], wide["n"], strict=True)]
+        wide[column] = [percent_interval(e, n) for e, n in zip(wide[column], wide[col.N], strict=True)]
     wide["paper (1 crop)"], wide["paper (13 crops)"] = paper[1], paper[13]
     return wide
 
@@ -226,18 +226,18 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
     if viewpoint.empty:
         return viewpoint
     viewpoint = with_protocol(viewpoint).sort_values(["split", "protocol", "model"]).reset_index(drop=True)
-    paper = viewpoint["protocol"] == "paper"
+    paper = viewpoint[col.PROTOCOL] == "paper"
 
     def from_paper(column: str) -> list[str]:
         return [
             percent(TABLE2[(s, family_of(m))][column]) if is_paper and (s, family_of(m)) in TABLE2 else ""
-            for s, m, is_paper in zip(viewpoint["split"], viewpoint["model"], paper, strict=True)
+            for s, m, is_paper in zip(viewpoint[col.SPLIT], viewpoint[col.MODEL], paper, strict=True)
         ]
 
     return pd.DataFrame(
         {
-            "split": viewpoint["split"],
-            "model": viewpoint["model"],
+            "split": viewpoint[col.SPLIT],
+            "model": viewpoint[col.MODEL],
             "match": [
                 "capsules stopped at the CNN's"
                 if is_paper
@@ -255,9 +255,9 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
             },
             "paper familiar": from_paper("familiar_error"),
             "paper novel": from_paper("novel_error"),
-            "familiar gap (caps − CNN)": viewpoint["familiar_gap"].map(percent),
+            "familiar gap (caps − CNN)": viewpoint[col.FAMILIAR_GAP].map(percent),
             "n familiar / novel": [
-                f"{a} / {b}" for a, b in zip(viewpoint["n_familiar"], viewpoint["n_novel"], strict=True)
+                f"{a} / {b}" for a, b in zip(viewpoint[col.N_FAMILIAR], viewpoint[col.N_NOVEL], strict=True)
             ],
         }
     )
@@ -268,14 +268,16 @@ def sweep_table(summary: pd.DataFrame, targeted: bool) -> pd.DataFrame:
     if summary.empty:
         return summary
     rows = summary[
-        summary["attack"].isin(PAPER_ATTACKS)
-        & (summary["targeted"] == targeted)
-        & (summary["source"] == "")
-        & (summary["role"] == "sweep")
+        summary[col.ATTACK].isin(PAPER_ATTACKS)
+        & (summary[col.TARGETED] == targeted)
+        & (summary[col.SOURCE] == "")
+        & (summary[col.ROLE] == "sweep")
     ]
     if rows.empty:
         return pd.DataFrame()
-    rows = rows.assign(eps=rows["eps_std"].round(3), column=rows["attack"].str.upper() + " " + rows["model"])
+    rows = rows.assign(
+        eps=rows[col.EPS_STD].round(3), column=rows[col.ATTACK].str.upper() + " " + rows[col.MODEL]
+    )
     wide = rows.pivot_table(index="eps", columns="column", values="value", aggfunc="mean")
     return wide.reset_index().rename(columns={"eps": "ε (std units)"})
 
@@ -284,13 +286,15 @@ def stronger_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Every other attack (PGD, APGD, transfer, vote, worst case): a row per attack/model, ε as columns."""
     if summary.empty:
         return summary
-    paper = summary["attack"].isin(PAPER_ATTACKS) & (summary["source"] == "") & (summary["role"] == "sweep")
-    rows = summary[~paper & (summary["attack"] != "clean")]
+    paper = (
+        summary[col.ATTACK].isin(PAPER_ATTACKS) & (summary[col.SOURCE] == "") & (summary[col.ROLE] == "sweep")
+    )
+    rows = summary[~paper & (summary[col.ATTACK] != "clean")]
     if rows.empty:
         return pd.DataFrame()
     rows = rows.assign(
-        eps=rows["eps_std"].round(3).map(lambda e: f"ε={e:g}"),
-        mode=rows["targeted"].map({True: "targeted", False: "untargeted"}),
+        eps=rows[col.EPS_STD].round(3).map(lambda e: f"ε={e:g}"),
+        mode=rows[col.TARGETED].map({True: "targeted", False: "untargeted"}),
     )
     # role "check": the extra cells of the integrity checks (PGD at ε_pixel 0.5, PGD with 4× the budget).
     index = ["attack", "source", "model", "mode", "role", "metric"]
@@ -302,6 +306,6 @@ def stronger_table(summary: pd.DataFrame) -> pd.DataFrame:
 def checks_table(checks: pd.DataFrame) -> pd.DataFrame:
     if checks.empty:
         return checks
-    passed = csv_bool(checks["passed"])
+    passed = csv_bool(checks[col.PASSED])
     out = checks.assign(result=passed.map({True: "pass", False: "FAIL"}))
     return out[["model", "check", "result", "detail"]].drop_duplicates().reset_index(drop=True)

@@ -381,7 +381,8 @@ def test_robustness_verdict_pairs_each_familys_weakest_attack_on_the_same_exampl
         for (model, attack), k in withstood.items()
     ])  # fmt: skip
     outcomes = pd.DataFrame([
-        {"model": model, "attack": attack, "targeted": False, "eps_std": 0.1, "example": i, "score": float(i < k)}
+        {"model": model, "attack": attack, "targeted": False, "eps_std": 0.1, "example": i,
+         "score": float(i < k)}
         for (model, attack), k in withstood.items() for i in range(50)
     ])  # fmt: skip
     checks = pd.DataFrame(
