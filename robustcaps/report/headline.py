@@ -104,7 +104,8 @@ def accuracy(results: dict, model: str, attacks: tuple[str, ...] | None = None, 
         return None
     cell, per_example = _at(summary, at), _at(outcomes, at)
     if attacks is not None:
-        cell = cell[cell[col.ATTACK].isin(attacks)] if not cell.empty else cell
+        # named attacks are the white-box ones (the outcomes hold no others)
+        cell = cell[cell[col.ATTACK].isin(attacks) & (cell[col.SOURCE] == "")] if not cell.empty else cell
         per_example = (
             per_example[per_example[col.ATTACK].isin(attacks)] if not per_example.empty else per_example
         )
