@@ -113,32 +113,43 @@ def plot_fig3(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
                 ax.get_legend().remove()
     fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
                frameon=False)  # fmt: skip
-    fig.suptitle("White-box attacks (cf. HSF18 Fig. 3)")
+    fig.suptitle("White-box attacks (cf. HSF18 Fig. 3; 95% intervals as bands)")
     return save_figure(fig, stem, footer)
 
 
 def plot_all_attacks(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
-    """Untargeted accuracy against ε for every attack (including transfer and the vote attack) and model."""
-    chosen = (~summary[col.TARGETED]) & (summary[col.ROLE] == "sweep") & (summary[col.ATTACK] != "clean")
-    rows = summary[chosen & (summary[col.METRIC] == "accuracy")].copy()
+    """Untargeted accuracy against ε for every attack (including transfer and the vote attack) and model,
+    each point with its 95% Wilson interval as a band."""
+    chosen = (~summary[col.TARGETED]) & (summary[col.ROLE] == col.SWEEP) & (summary[col.ATTACK] != col.CLEAN)
+    rows = summary[chosen & (summary[col.METRIC] == col.ACCURACY)].copy()
     rows[col.ATTACK] = [
         a if not s else f"{a} (from {s})" for a, s in zip(rows[col.ATTACK], rows[col.SOURCE], strict=True)
     ]
+    rows = rows.groupby([col.MODEL, col.ATTACK, col.EPS_STD], as_index=False, sort=False).agg(
+        value=(col.VALUE, "mean"), n=(col.N, "min")
+    )
+    attacks = list(dict.fromkeys(rows[col.ATTACK]))
+    palette = dict(zip(attacks, sns.color_palette(n_colors=len(attacks)), strict=True))
     grid = sns.relplot(
         data=rows,
-        x="eps_std",
-        y="value",
-        hue="attack",
-        col="model",
+        x=col.EPS_STD,
+        y=col.VALUE,
+        hue=col.ATTACK,
+        col=col.MODEL,
         kind="line",
         marker="o",
+        palette=palette,
+        errorbar=None,
         height=3.6,
         aspect=1.1,
         facet_kws={"ylim": (-0.02, 1.02)},
     )
+    for model, ax in grid.axes_dict.items():
+        for attack, line in rows[rows[col.MODEL] == model].groupby(col.ATTACK):
+            _band(ax, line, palette[attack])
     grid.set_axis_labels("ε (standardised input units)", "accuracy")
     sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.9))  # beside the axes, not over them
-    grid.figure.suptitle("Untargeted accuracy under every attack", y=1.0)
+    grid.figure.suptitle("Untargeted accuracy under every attack (95% intervals as bands)", y=1.0)
     return save_figure(grid.figure, stem, footer)
 
 
