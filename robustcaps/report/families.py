@@ -65,7 +65,7 @@ def _failed(checks: pd.DataFrame, model: str) -> str:
     rows = checks[checks[col.MODEL] == model]
     if rows.empty:
         return "not run"
-    failed = sorted(set(rows.loc[~csv_bool(rows[col.PASSED]), "check"]))
+    failed = sorted(set(rows.loc[~csv_bool(rows[col.PASSED]), col.CHECK]))
     return ", ".join(failed) or "none"
 
 
@@ -90,7 +90,7 @@ def family_rows(results: dict) -> tuple[pd.DataFrame, dict[str, list[str]], dict
         row = {"family": family, "paper": PAPERS[family], "model": model,
                "clean error vs CNN, points (95% CI)": _points(gap)}  # fmt: skip
         won += ["clean error"] if gap.high < 0 else []
-        for split, frame in viewpoint.groupby("split") if not viewpoint.empty else ():
+        for split, frame in viewpoint.groupby(col.SPLIT) if not viewpoint.empty else ():
             novel = _novel(frame, model, cnn)
             row[f"novel {split} error vs CNN"] = _points(novel) if novel else ""
             won += [f"novel {split} error"] if novel and novel.high < 0 else []

@@ -121,7 +121,7 @@ def weak_model_sentences(clean: pd.DataFrame) -> list[str]:
 def viewpoint_sentences(viewpoint: pd.DataFrame) -> list[str]:
     out = []
     viewpoint = em_pair(with_protocol(viewpoint))
-    for split, rows in viewpoint.groupby("split"):
+    for split, rows in viewpoint.groupby(col.SPLIT):
         paper = rows[rows[col.PROTOCOL] == "paper"]
         by_family = {family_of(m): r for m, r in zip(paper[col.MODEL], paper.itertuples(), strict=True)}
         if not {"capsnet", "cnn"} <= by_family.keys():

@@ -82,15 +82,15 @@ def plot_fig3(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
                 _band(ax, line, _colour(model))
                 sns.lineplot(
                     data=line,
-                    x="eps_std",
-                    y="value",
+                    x=col.EPS_STD,
+                    y=col.VALUE,
                     ax=ax,
                     marker="o",
                     color=_colour(model),
                     label=f"{model} (ours)",
                 )
             points = paper[(paper[col.ATTACK] == attack) & (paper[col.TARGETED] == targeted)]
-            for family, group in points.groupby("family"):
+            for family, group in points.groupby(col.FAMILY):
                 ax.scatter(
                     group[col.EPS_STD],
                     group[col.VALUE],
@@ -170,9 +170,9 @@ def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> lis
         group = points[points[col.SPLIT] == split]
         sns.scatterplot(
             data=group,
-            x="familiar_error",
-            y="novel_error",
-            hue="family",
+            x=col.FAMILIAR_ERROR,
+            y=col.NOVEL_ERROR,
+            hue=col.FAMILY,
             style="source",
             markers={k: v for k, v in markers.items() if k in set(group[col.SOURCE])},
             palette=FAMILY_COLOURS,
@@ -197,7 +197,7 @@ def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> lis
                 capsize=2,
                 zorder=1,
             )
-        top = max(group[["familiar_error", "novel_error"]].max().max() * 1.15, 0.05)
+        top = max(group[[col.FAMILIAR_ERROR, col.NOVEL_ERROR]].max().max() * 1.15, 0.05)
         ax.plot([0, top], [0, top], color="0.7", linestyle="--", linewidth=1, label="novel = familiar")
         ax.set(
             title=f"{split} split",
@@ -217,15 +217,17 @@ def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> lis
 
 def plot_training(training: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
     """Training loss and errors against step, one line per run, one row per family."""
-    metrics = [m for m in ("train_loss", "train_error", "val_error", "familiar_error") if m in training]
-    training = training.assign(family=training[col.MODEL].map(family_of)) if "model" in training else training
-    ids = ["run", "step"] + ([col.FAMILY] if "family" in training else [])
-    long = training.melt(id_vars=ids, value_vars=metrics, var_name="metric").dropna(subset=[col.VALUE])
+    metrics = [m for m in col.TRAINING_METRICS if m in training]
+    training = (
+        training.assign(family=training[col.MODEL].map(family_of)) if col.MODEL in training else training
+    )
+    ids = [col.RUN, col.STEP] + ([col.FAMILY] if col.FAMILY in training else [])
+    long = training.melt(id_vars=ids, value_vars=metrics, var_name=col.METRIC).dropna(subset=[col.VALUE])
     # One row per family: the capsules' spread loss and the CNN's cross-entropy are not on one scale.
-    grid = sns.relplot(data=long, x="step", y="value", hue="run", col="metric",
-                       row="family" if "family" in long else None, kind="line", marker="o", markersize=4,
+    grid = sns.relplot(data=long, x=col.STEP, y=col.VALUE, hue=col.RUN, col=col.METRIC,
+                       row=col.FAMILY if col.FAMILY in long else None, kind="line", marker="o", markersize=4,
                        height=3.0, aspect=1.1, facet_kws={"sharey": False, "sharex": False})  # fmt: skip
-    grid.set_titles("{row_name}: {col_name}" if "family" in long else "{col_name}")
+    grid.set_titles("{row_name}: {col_name}" if col.FAMILY in long else "{col_name}")
     for ax in grid.axes.flat:  # an empty panel: e.g. familiar error, recorded only with a target to reach
         if not ax.lines:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)

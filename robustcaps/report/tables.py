@@ -67,10 +67,10 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame | dict]:
     if not summary.empty:
         summary[col.ATTACK] = summary[col.ATTACK].astype(str).str.lower()
         summary[col.TARGETED] = csv_bool(summary[col.TARGETED])
-        source = summary[col.SOURCE] if "source" in summary else pd.Series("", index=summary.index)
+        source = summary[col.SOURCE] if col.SOURCE in summary else pd.Series("", index=summary.index)
         # the attacks write "self" for a white-box attack; here an empty source means white-box.
         summary[col.SOURCE] = source.astype(object).where(source.notna(), "").astype(str).replace("self", "")
-        role = summary[col.ROLE] if "role" in summary else pd.Series("sweep", index=summary.index)
+        role = summary[col.ROLE] if col.ROLE in summary else pd.Series("sweep", index=summary.index)
         summary[col.ROLE] = role.fillna("sweep").astype(str)
         summary[col.FAMILY] = summary[col.MODEL].map(family_of)
     provenance_path = root / PROVENANCE_JSON
@@ -96,23 +96,24 @@ def white_box_outcomes(root: Path) -> pd.DataFrame:
             continue
         model = pd.read_csv(path.with_name("summary.csv"), usecols=[col.MODEL], nrows=1)[col.MODEL].iloc[0]
         rows = pd.read_csv(path)
-        rows = rows[(rows[col.SOURCE] == "self") & (rows[col.ROLE] == "sweep")]
+        rows = rows[(rows[col.SOURCE] == col.SELF) & (rows[col.ROLE] == col.SWEEP)]
         targeted = csv_bool(rows[col.TARGETED])
         hit = rows[col.PREDICTION] == rows[col.TARGET].where(targeted, rows[col.LABEL])
-        frames.append(pd.DataFrame({
-            "model": model, "family": family_of(model), "attack": rows[col.ATTACK].str.lower(),
-            "targeted": targeted, "eps_std": rows[col.EPS_STD], "example": rows[col.EXAMPLE], "score": hit,
-        }))  # fmt: skip
+        frame = rows[[col.EPS_STD, col.EXAMPLE]].assign(**{
+            col.MODEL: model, col.FAMILY: family_of(model), col.ATTACK: rows[col.ATTACK].str.lower(),
+            col.TARGETED: targeted, col.SCORE: hit,
+        })  # fmt: skip
+        frames.append(frame[list(col.OUTCOMES)])
     if not frames:
         return pd.DataFrame()
-    keys = ["model", "family", "attack", "targeted", "eps_std", "example"]
+    keys = [key for key in col.OUTCOMES if key != col.SCORE]
     return pd.concat(frames, ignore_index=True).groupby(keys, as_index=False, sort=False)[col.SCORE].mean()
 
 
 def with_protocol(viewpoint: pd.DataFrame) -> pd.DataFrame:
     """Viewpoint rows with their `protocol` ("paper" or "reverse", robustcaps.study.viewpoint); rows written
     before the reverse match existed are all "paper"."""
-    if viewpoint.empty or "protocol" in viewpoint:
+    if viewpoint.empty or col.PROTOCOL in viewpoint:
         return viewpoint
     return viewpoint.assign(protocol="paper")
 
@@ -125,7 +126,7 @@ def full_test_rows(clean: pd.DataFrame) -> pd.DataFrame:
 def matched_to(viewpoint: pd.DataFrame) -> pd.Series:
     """Each viewpoint row's `matched_to` (the model it was matched against); "" where the CSV predates the
     column (then every row belongs to the EM pair)."""
-    if "matched_to" not in viewpoint:
+    if col.MATCHED_TO not in viewpoint:
         return pd.Series("", index=viewpoint.index, dtype=str)
     return viewpoint[col.MATCHED_TO].fillna("").astype(str)
 
@@ -192,7 +193,7 @@ def percent_interval(value: float, n: int) -> str:
 
 def interval_note(summary: pd.DataFrame) -> str:
     """How wide a 95% interval on one attack cell's rate can be, for the examples per cell in `summary`."""
-    if summary.empty or "n" not in summary:
+    if summary.empty or col.N not in summary:
         return ""
     n = int(summary[col.N].min())
     low, high = wilson(0.5, n)
@@ -204,12 +205,14 @@ def clean_table(clean: pd.DataFrame) -> pd.DataFrame:
     """Clean error per model, split and part, one column per crop count (1 and 13), with the paper's."""
     if clean.empty:
         return clean
-    wide = clean.pivot_table(index=["model", "split", "part"], columns="crops", values="error").reset_index()
+    wide = clean.pivot_table(
+        index=[col.MODEL, col.SPLIT, col.PART], columns=col.CROPS, values=col.ERROR
+    ).reset_index()
     wide.columns = [
         f"error ({c} crop{'s' if c != 1 else ''})" if isinstance(c, int | float) else c for c in wide.columns
     ]
-    n = clean.groupby(["model", "split", "part"])[col.N].max().reset_index()
-    wide = wide.merge(n, on=["model", "split", "part"])
+    n = clean.groupby([col.MODEL, col.SPLIT, col.PART])[col.N].max().reset_index()
+    wide = wide.merge(n, on=[col.MODEL, col.SPLIT, col.PART])
     paper = {1: [], 13: []}
     for row in wide.itertuples(index=False):
         for crops in paper:
@@ -225,7 +228,9 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
     """The Table 2 analogue: familiar and novel error per split and model, next to the paper's."""
     if viewpoint.empty:
         return viewpoint
-    viewpoint = with_protocol(viewpoint).sort_values(["split", "protocol", "model"]).reset_index(drop=True)
+    viewpoint = (
+        with_protocol(viewpoint).sort_values([col.SPLIT, col.PROTOCOL, col.MODEL]).reset_index(drop=True)
+    )
     paper = viewpoint[col.PROTOCOL] == "paper"
 
     def from_paper(column: str) -> list[str]:
@@ -243,7 +248,7 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
                 if is_paper
                 else f"CNN stopped at {possessive(against or 'the capsules')} ({step_of(which)})"
                 for is_paper, which, against in zip(
-                    paper, viewpoint.get("checkpoint", paper), matched_to(viewpoint), strict=True
+                    paper, viewpoint.get(col.CHECKPOINT, paper), matched_to(viewpoint), strict=True
                 )
             ],
             **{
@@ -253,8 +258,8 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
                 ]
                 for part in ("familiar", "novel")
             },
-            "paper familiar": from_paper("familiar_error"),
-            "paper novel": from_paper("novel_error"),
+            "paper familiar": from_paper(col.FAMILIAR_ERROR),
+            "paper novel": from_paper(col.NOVEL_ERROR),
             "familiar gap (caps − CNN)": viewpoint[col.FAMILIAR_GAP].map(percent),
             "n familiar / novel": [
                 f"{a} / {b}" for a, b in zip(viewpoint[col.N_FAMILIAR], viewpoint[col.N_NOVEL], strict=True)
@@ -297,7 +302,7 @@ def stronger_table(summary: pd.DataFrame) -> pd.DataFrame:
         mode=rows[col.TARGETED].map({True: "targeted", False: "untargeted"}),
     )
     # role "check": the extra cells of the integrity checks (PGD at ε_pixel 0.5, PGD with 4× the budget).
-    index = ["attack", "source", "model", "mode", "role", "metric"]
+    index = [col.ATTACK, col.SOURCE, col.MODEL, "mode", col.ROLE, col.METRIC]
     wide = rows.pivot_table(index=index, columns="eps", values="value", aggfunc="mean")
     ordered = sorted(wide.columns, key=lambda c: float(c[2:]))
     return wide[ordered].reset_index()
@@ -308,4 +313,4 @@ def checks_table(checks: pd.DataFrame) -> pd.DataFrame:
         return checks
     passed = csv_bool(checks[col.PASSED])
     out = checks.assign(result=passed.map({True: "pass", False: "FAIL"}))
-    return out[["model", "check", "result", "detail"]].drop_duplicates().reset_index(drop=True)
+    return out[[col.MODEL, col.CHECK, "result", col.DETAIL]].drop_duplicates().reset_index(drop=True)
