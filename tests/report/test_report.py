@@ -8,6 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from matplotlib.collections import PathCollection
 
 from robustcaps.cli import cli
 from robustcaps.errors import RobustcapsError
@@ -304,7 +305,7 @@ def test_familiar_vs_novel_keeps_each_sources_marker_on_every_panel(results_dir,
     plots.plot_familiar_novel(pd.concat([azimuth, reverse, elevation]), results_dir / "f", "footer")
 
     def marker_at(ax, x, y):  # the marker path of the point drawn at (x, y)
-        (points,) = [c for c in ax.collections if len(c.get_offsets())]
+        (points,) = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
         at = [i for i, xy in enumerate(points.get_offsets()) if tuple(xy) == pytest.approx((x, y))]
         return points.get_paths()[at[0]].vertices.round(6).tolist()
 
@@ -315,6 +316,9 @@ def test_familiar_vs_novel_keeps_each_sources_marker_on_every_panel(results_dir,
     assert marker_at(panels["azimuth"], 0.05, 0.3) != paper["azimuth"]
     ours = marker_at(panels["elevation"], 0.0433, 0.1544)
     assert ours not in (paper["elevation"], marker_at(panels["azimuth"], 0.05, 0.3))
+    # our points carry 95% error bars (one bar per point and axis), the paper's carry none
+    bars = [c for c in panels["elevation"].collections if not isinstance(c, PathCollection)]
+    assert sum(len(c.get_segments()) for c in bars) == 2 * len(elevation)
 
 
 def test_attack_comparisons_are_paired_when_both_models_met_the_same_examples(results_dir):
