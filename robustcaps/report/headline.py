@@ -94,12 +94,15 @@ def _at(rows: pd.DataFrame, eps: float) -> pd.DataFrame:
     return rows[(rows[col.EPS_STD] - eps).abs() < 1e-9] if not rows.empty else rows
 
 
-def accuracy(results: dict, model: str, attacks: tuple[str, ...] | None = None, eps: float = EPS):
+def accuracy(
+    results: dict, model: str, attacks: tuple[str, ...] | None = None, eps: float = EPS
+) -> Accuracy | None:
     """`model`'s accuracy at the ε closest to `eps` under `attacks` (None: every attack, the worst case):
     per example from the outcomes where recorded, else the summary's `worst` row (or its lowest single
     attack, an upper bound on the worst case). None when nothing was measured near `eps`."""
     summary, outcomes = _untargeted(results["summary"], model), _untargeted(results.get("outcomes"), model)
-    at = nearest_eps(pd.concat([summary.get(col.EPS_STD), outcomes.get(col.EPS_STD)]).dropna(), eps)
+    measured = [frame[col.EPS_STD] for frame in (summary, outcomes) if not frame.empty]
+    at = nearest_eps(pd.concat(measured), eps) if measured else None
     if at is None:
         return None
     cell, per_example = _at(summary, at), _at(outcomes, at)
@@ -154,7 +157,9 @@ def accuracy_difference(first: Accuracy, second: Accuracy) -> Difference:
     return Difference(first.value - second.value, low, high)
 
 
-def worst_case_difference(results: dict, model: str, baseline: str, eps: float = EPS):
+def worst_case_difference(
+    results: dict, model: str, baseline: str, eps: float = EPS
+) -> tuple[Accuracy, Accuracy, Difference] | None:
     """(the two worst cases, model − baseline) at the same ε ≈ `eps`; None when either was not measured
     there or the two were measured at different ε."""
     mine, theirs = worst_case(results, model, eps), worst_case(results, baseline, eps)

@@ -432,6 +432,9 @@ def test_the_verdict_the_families_table_and_the_leaderboard_read_one_worst_case(
     caps, cnn, gap = worst_case_difference(results, "capsnet-small", "cnn-small")
     assert (caps.value, cnn.value, caps.n) == (31 / 40, 12 / 40, 40)
     assert worst_case(results, "capsnet-small").attacks == "fgsm, bim, pgd, vote"  # the summary's attacks
+    assert worst_case(results, "capsnet-small", eps=0.5).value != caps.value  # another ε, another number
+    assert worst_case(results, "capsnet-small", eps=1.0) is None  # no ε within EPS_TOLERANCE of 1.0
+    assert worst_case({"summary": pd.DataFrame(), "outcomes": pd.DataFrame()}, "cnn-small") is None
     board = leaderboard(results).set_index("model")["worst-case accuracy at ε 0.1"]
     assert board["capsnet-small"].startswith("0.78 (") and board["cnn-small"].startswith("0.30 (")
     table, _, _ = family_rows(results)
