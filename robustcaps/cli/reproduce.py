@@ -9,9 +9,9 @@ from robustcaps.cli.options import data_option, device_option, preset_option, ru
 
 @click.command()
 @preset_option(
-    "quick: CPU demo (≲15 min, 2 cores); gpu: full-size models, ≤8 min on one H100 (4.7 on an H200); "
-    "families, gpu-families: quick, gpu with the dynamic-routing and self-routing networks added; "
-    "paper: HSF18 settings; tiny: seconds, for tests."
+    "quick: the CPU demo (make demo); converged: every family trained to its plateau on a CPU "
+    "(results/converged); gpu: full-size models sized for one lent GPU; families, gpu-families: quick, gpu "
+    "with the dynamic-routing and self-routing networks added; paper: HSF18 settings; tiny: for tests."
 )
 @data_option
 @click.option(

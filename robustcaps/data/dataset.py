@@ -10,24 +10,36 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from enum import StrEnum
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from robustcaps import choices
 from robustcaps.data.norb import INFO_FIELDS, load_arrays
-from robustcaps.errors import RobustcapsError
 
-STEREO = ("channels", "samples")
+
+class Stereo(StrEnum):
+    CHANNELS = "channels"  # the pair as two channels of one sample (the official code)
+    SAMPLES = "samples"  # each camera its own one-channel sample (most ports)
+
+
 # How a run splits the data (implemented in splits.py, which imports torchvision): named here so that a
 # config can be checked without that import.
-SPLITS = ("full", "azimuth", "elevation")
-VALIDATIONS = ("instances", "pairs")
+class Split(StrEnum):
+    FULL = "full"
+    AZIMUTH = "azimuth"
+    ELEVATION = "elevation"
+
+
+class Validation(StrEnum):
+    INSTANCES = "instances"  # one whole training instance per category
+    PAIRS = "pairs"  # a random fraction of the training pairs
 
 
 def check_stereo(stereo: str) -> None:
-    if stereo not in STEREO:
-        raise RobustcapsError(f"--stereo {stereo!r}: expected one of {', '.join(STEREO)}")
+    choices.parse(Stereo, stereo, "--stereo")
 
 
 class SmallNORB(Dataset):

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from robustcaps.data.dataset import SPLITS, VALIDATIONS, check_stereo
+from robustcaps import choices
+from robustcaps.data.dataset import Split, Validation, check_stereo
 from robustcaps.data.norb import PARTS, dataset_identity, load_arrays, norb_paths
 from robustcaps.data.norb_format import cache_root
 from robustcaps.data.transforms import DOWNSAMPLED, downsample
@@ -128,10 +129,7 @@ def downsampled_parts(root: str | os.PathLike) -> dict[str, TensorSet]:
 
 
 def _check_options(split: str, stereo: str, val: str, val_fraction: float, max_per_part: int | None) -> None:
-    if split not in SPLITS:
-        raise RobustcapsError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
-    if val not in VALIDATIONS:
-        raise RobustcapsError(f"--val {val!r}: expected one of {', '.join(VALIDATIONS)}")
+    split, val = choices.parse(Split, split, "--split"), choices.parse(Validation, val, "--val")
     check_stereo(stereo)
     if not 0 <= val_fraction < 1:
         raise RobustcapsError(f"--val-fraction {val_fraction}: expected a fraction in [0, 1)")

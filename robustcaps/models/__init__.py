@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from robustcaps.errors import RobustcapsError
-from robustcaps.models.capsnet import CALIBRATIONS, ESTEPS, INITS, ROUTINGS, CapsNet, CapsNetConfig
+from robustcaps.models.capsnet import CapsNet, CapsNetConfig
 from robustcaps.models.cnn import CNN, CNNConfig
 from robustcaps.models.dynamic import DynamicCapsNet, DynamicCapsNetConfig
 from robustcaps.models.selfrouting import SelfRoutingCapsNet, SelfRoutingCapsNetConfig
@@ -33,6 +33,7 @@ __all__ = [
     "create_model",
     "has_vote_head",
     "list_models",
+    "model_config",
     "model_info",
     "routing_as",
 ]
@@ -86,54 +87,35 @@ def list_models() -> list[str]:
     return list(REGISTRY)
 
 
-def create_model(name: str, in_channels: int = 1, **overrides: Any) -> nn.Module:
-    """The preset `name` with `in_channels` input channels (1: one camera, 2: the stereo pair) and any
-    configuration fields overridden; raises RobustcapsError for an unknown name or setting."""
+def model_config(name: str, in_channels: int = 1, **overrides: Any) -> Any:
+    """The configuration of the preset `name` with `in_channels` input channels (1: one camera, 2: the
+    stereo pair) and any fields overridden; raises RobustcapsError for an unknown name or setting."""
     if name not in REGISTRY:
         raise RobustcapsError(f"unknown model {name!r} (--model): choose one of {', '.join(REGISTRY)}")
     if in_channels not in (1, 2):
         raise RobustcapsError(f"--in-channels must be 1 (one camera) or 2 (stereo pair), got {in_channels}")
-    model_class, preset = REGISTRY[name]
+    preset = REGISTRY[name][1]
     fields = {field.name for field in dataclasses.fields(preset)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise RobustcapsError(
             f"model {name!r} has no setting {', '.join(unknown)}; its settings: {', '.join(sorted(fields))}"
         )
-    config = dataclasses.replace(preset, in_channels=in_channels, **overrides)
+    try:
+        config = dataclasses.replace(preset, in_channels=in_channels, **overrides)
+    except RobustcapsError as error:
+        raise RobustcapsError(f"model {name!r}: {error}") from None
     _check(name, config)
-    return model_class(config, name=name)
+    return config
+
+
+def create_model(name: str, in_channels: int = 1, **overrides: Any) -> nn.Module:
+    """The preset `name` built with `model_config(name, in_channels, **overrides)`."""
+    return REGISTRY[name][0](model_config(name, in_channels, **overrides), name=name)
 
 
 def _check(name: str, config: Any) -> None:
-    if isinstance(config, CapsNetConfig):
-        if config.estep not in ESTEPS:
-            raise RobustcapsError(
-                f"model {name!r}: estep must be one of {', '.join(ESTEPS)}, got {config.estep!r}"
-            )
-        if config.routing not in ROUTINGS:
-            raise RobustcapsError(
-                f"model {name!r}: routing must be one of {', '.join(ROUTINGS)}, got {config.routing!r}"
-            )
-        if config.calibrate not in CALIBRATIONS:
-            allowed = ", ".join(CALIBRATIONS)
-            raise RobustcapsError(
-                f"model {name!r}: calibrate must be one of {allowed}, got {config.calibrate!r}"
-            )
-        if config.init not in INITS:
-            raise RobustcapsError(
-                f"model {name!r}: init must be one of {', '.join(INITS)}, got {config.init!r}"
-            )
-        if config.iterations < 1:
-            raise RobustcapsError(f"model {name!r}: iterations must be at least 1, got {config.iterations}")
-        if not config.estep_temperature > 0:
-            raise RobustcapsError(
-                f"model {name!r}: estep_temperature must be positive, got {config.estep_temperature}"
-            )
-        if config.data_mass is not None and config.data_mass <= 0:
-            raise RobustcapsError(
-                f"model {name!r}: data_mass must be positive or None, got {config.data_mass}"
-            )
+    """The settings no config checks itself (CapsNetConfig checks its own in __post_init__)."""
     if isinstance(config, DynamicCapsNetConfig) and config.iterations < 1:
         raise RobustcapsError(f"model {name!r}: iterations must be at least 1, got {config.iterations}")
     if config.n_classes < 2:

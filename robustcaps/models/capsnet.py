@@ -14,12 +14,14 @@ transformation matrix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from robustcaps.choices import check_fields, choice
 from robustcaps.errors import RobustcapsError
 from robustcaps.models.common import INPUT_SIZE, Standardize, check_images
 from robustcaps.models.routing import (
@@ -33,11 +35,37 @@ from robustcaps.models.routing_fused import fused_em_routing
 
 POSE = 16  # a 4×4 pose matrix, flattened
 OUTPUTS = ("logits", "activations", "vote_logits")
-ESTEPS = ("cross", "position")
-ROUTINGS = ("plain", "fused", "triton")
-RECOMPUTE = ("all", "first", "none")
-CALIBRATIONS = ("beta_u", "beta_a")
-INITS = ("default", "official")
+
+
+class EStep(StrEnum):
+    CROSS = "cross"  # a child's responsibilities over every parent it feeds, at every position
+    POSITION = "position"  # over the parent types at one position
+
+
+class Routing(StrEnum):
+    """How the same routing is computed (see CapsNetConfig.routing)."""
+
+    PLAIN = "plain"
+    FUSED = "fused"
+    TRITON = "triton"
+
+
+class Recompute(StrEnum):
+    """With fused or triton routing: which routed layers recompute their routing in backward."""
+
+    ALL = "all"
+    FIRST = "first"
+    NONE = "none"
+
+
+class Calibration(StrEnum):
+    BETA_U = "beta_u"
+    BETA_A = "beta_a"
+
+
+class Init(StrEnum):
+    DEFAULT = "default"
+    OFFICIAL = "official"
 
 
 @dataclass(frozen=True)
@@ -74,17 +102,29 @@ class CapsNetConfig:
     inverse_temperature: float = 0.01  # λ_final of the schedule
     class_inverse_temperature: float = 0.0025  # λ_final / 4 at ClassCaps, as the official code
     min_variance: float = 0.0005  # added to σ², as the official code: one child per parent has σ² = 0
-    estep: str = "cross"
+    estep: EStep = choice(EStep.CROSS, "estep")
     data_mass: float | None = 100.0
     coordinate_addition: bool = True
     weight_std: float = 0.5  # ConvCaps/ClassCaps W: ‖V‖ ≈ ‖M‖ for a 4×4 product (4 · 0.5² = 1)
-    calibrate: str = "beta_u"  # which bias starts half the capsules active (calibrate_half_active)
+    # which bias starts half the capsules active (calibrate_half_active)
+    calibrate: Calibration = choice(Calibration.BETA_U, "calibrate")
     estep_temperature: float = 1.0
-    routing: str = "plain"
+    routing: Routing = choice(Routing.PLAIN, "routing")
     # "official": the weight initialisation of the authors' release (CapsNet.official_init) instead of
     # PyTorch's defaults for the convolutions and `weight_std` for the capsule layers
-    init: str = "default"
+    init: Init = choice(Init.DEFAULT, "init")
     conv1_batchnorm: bool = False  # BatchNorm between Conv1 and its ReLU: not in HSF18, a labelled departure
+
+    def __post_init__(self) -> None:
+        check_fields(self, prefix="")
+        for setting, ok, allowed in (
+            ("iterations", self.iterations >= 1, "at least 1"),
+            ("estep_temperature", self.estep_temperature > 0, "positive"),
+            ("data_mass", self.data_mass is None or self.data_mass > 0, "positive or None"),
+            ("n_classes", self.n_classes >= 2, "at least 2"),
+        ):
+            if not ok:
+                raise RobustcapsError(f"{setting} must be {allowed}, got {getattr(self, setting)!r}")
 
 
 class PrimaryCaps(nn.Module):
@@ -266,10 +306,6 @@ class CapsNet(nn.Module):
 
     def __init__(self, config: CapsNetConfig, name: str = "capsnet") -> None:
         super().__init__()
-        assert config.estep in ESTEPS, f"estep must be one of {ESTEPS}"
-        assert config.routing in ROUTINGS, f"routing must be one of {ROUTINGS}"
-        assert config.calibrate in CALIBRATIONS, f"calibrate must be one of {CALIBRATIONS}"
-        assert config.init in INITS, f"init must be one of {INITS}"
         self.config, self.name = config, name
         self.standardize = Standardize()
         self.conv1 = nn.Conv2d(config.in_channels, config.conv1_channels, kernel_size=5, stride=2)
@@ -302,13 +338,12 @@ class CapsNet(nn.Module):
         self.class_caps.weight.normal_(0.0, 0.01)
 
     def use_routing(self, routing: str) -> None:
-        """Compute routing the `routing` way from now on (one of ROUTINGS): the same function of the same
+        """Compute routing the `routing` way from now on (a `Routing`): the same function of the same
         weights (tests/models/test_routing_fused.py, test_routing_triton.py), so a model trained with one
         path is evaluated with another.
         The trainer trains with fused under torch.compile and evaluates with plain, which is faster than
         fused in eager mode; `config.routing` keeps what the model was built with."""
-        if routing not in ROUTINGS:
-            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        routing = Routing(routing)
         if routing == "triton":
             triton_routing()  # a missing triton package is said now, not at the first forward
         for layer in (self.conv_caps1, self.conv_caps2, self.class_caps):
@@ -320,8 +355,7 @@ class CapsNet(nn.Module):
         of ConvCaps2) or "none" (fastest under torch.compile on the CPU, 1.2×, most memory; with triton
         routing under CUDA graphs the fastest measured on an H100, benchmarks/README.md). How, not what:
         the results are the same."""
-        if layers not in RECOMPUTE:
-            raise ValueError(f"recompute must be one of {RECOMPUTE}, got {layers!r}")
+        layers = Recompute(layers)
         for index, layer in enumerate((self.conv_caps1, self.conv_caps2, self.class_caps)):
             layer.recompute = layers == "all" or (layers == "first" and index == 0)
 

@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import sys
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 
 import torch
 from torch import Tensor, nn
@@ -82,14 +83,14 @@ def keep_freed_cpu_memory() -> bool:
 # How this project compiles a model (train --compile-mode): torch.compile's mode. "reduce-overhead" replays
 # the compiled step as CUDA graphs (on a GPU; elsewhere it is the default mode), which removes the launch
 # cost of the hundreds of small kernels in a capsnet step.
-COMPILE_MODES = ("default", "reduce-overhead")
+class CompileMode(StrEnum):
+    DEFAULT = "default"
+    REDUCE_OVERHEAD = "reduce-overhead"
 
 
 def compile_model(model: nn.Module, mode: str = "default") -> nn.Module:
-    """torch.compile(model, mode=mode), `mode` one of COMPILE_MODES."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
-    return torch.compile(model, mode=mode)
+    """torch.compile(model, mode=mode), `mode` a CompileMode."""
+    return torch.compile(model, mode=CompileMode(mode).value)
 
 
 def in_halves_on_oom(run: Callable[..., Tensor], *batch: Tensor | None) -> Tensor:

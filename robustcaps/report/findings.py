@@ -68,7 +68,7 @@ def demo_sentence(provenance: dict, dataset_kind: str) -> str:
             "not as a replication."
         )
     if dataset_kind == "rendered":
-        steps = provenance.get("preset_settings", {}).get("capsnet_steps", "?")
+        steps = capsnet_setting(provenance, "steps", "capsnet_steps") or "?"
         return (
             f"**These numbers come from preset `{preset}` on the rendered stand-in dataset, not the paper's "
             f"setting** (real smallNORB, models trained to convergence): the full-size models and the whole "
@@ -85,9 +85,27 @@ PAPER_CAPSNET = {
 }
 
 
+def capsnet_setting(provenance: dict, name: str, legacy_key: str) -> object:
+    """One training setting of the preset's EM capsule network: from its TrainConfig (preset_settings
+    ["capsnet"]), or from the flat key provenance.json held before presets held configs."""
+    settings = provenance.get("preset_settings", {})
+    capsnet = settings.get("capsnet")
+    return capsnet.get(name) if isinstance(capsnet, dict) else settings.get(legacy_key)
+
+
+def capsnet_model_settings(provenance: dict) -> dict:
+    """The capsule network's model settings that its recipe and model options change."""
+    capsnet = provenance.get("preset_settings", {}).get("capsnet")
+    if isinstance(capsnet, dict):
+        from robustcaps.training.config import TrainConfig  # imports torch: only for new provenance
+
+        return TrainConfig.from_dict(capsnet).model_settings
+    return dict(provenance.get("preset_settings", {}).get("capsnet_overrides", ()))
+
+
 def deviation_sentences(provenance: dict) -> list[str]:
-    """Where the preset's capsule network is not the paper's (its `capsnet_overrides`), said up front."""
-    overrides = dict(provenance.get("preset_settings", {}).get("capsnet_overrides", ()))
+    """Where the preset's capsule network is not the paper's (its recipe and model options), said up front."""
+    overrides = capsnet_model_settings(provenance)
     sentences = []
     for field, (paper, words) in PAPER_CAPSNET.items():
         if field in overrides and overrides[field] != paper:
@@ -96,7 +114,7 @@ def deviation_sentences(provenance: dict) -> list[str]:
                 f"the preset: at this training budget they learned much faster that way); their results "
                 f"describe that variant."
             )
-    schedule = provenance.get("preset_settings", {}).get("lr_schedule", "exponential")
+    schedule = capsnet_setting(provenance, "lr_schedule", "lr_schedule") or "exponential"
     if schedule != "exponential":
         sentences.append(
             f"Both families here anneal the learning rate on a {schedule} schedule over each run, not the "

@@ -16,9 +16,9 @@ checks.csv are copied into results/attacks/<name>/.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from robustcaps.attacks.adapters import AttackConfig
 from robustcaps.attacks.run import attack_model, identity_string
 from robustcaps.attacks.sweep import EvalSet, Victim, balanced_examples
 from robustcaps.data import transforms
@@ -36,13 +36,11 @@ TARGETED = ("fgsm", "bim")
 def attack_configs(preset: Preset, vote_head: bool, device: str) -> dict[str, object]:
     """{suffix: AttackConfig} for one victim: "" (untargeted + checks, the vote attacks where the model has
     a routing-bypass head) and "-targeted"."""
-    common = dict(eps=preset.eps, units="std", n=preset.attack_n, steps=preset.attack_steps,
-                  restarts=preset.restarts, seed=preset.seed, device=device, part="test",
-                  batch_size=preset.attack_batch_size, crafting=preset.attack_crafting)  # fmt: skip
+    common = dataclasses.replace(preset.attack, units="std", device=device, part="test", checks=True)
     attacks = preset.untargeted_attacks + (preset.vote_attacks if vote_head else ())
     return {
-        "": AttackConfig(attacks=attacks, targeted=(False,), checks=True, **common),
-        "-targeted": AttackConfig(attacks=TARGETED, targeted=(True,), checks=True, **common),
+        "": dataclasses.replace(common, attacks=attacks, targeted=(False,)),
+        "-targeted": dataclasses.replace(common, attacks=TARGETED, targeted=(True,)),
     }
 
 
@@ -59,9 +57,15 @@ ATTACK_FILES = ("summary.csv", "checks.csv", "per_example.csv")
 
 
 def attack_victim(
-    run_dir: Path, name: str, source_dir: Path | None, preset: Preset, device: str,
-    runs_out: Path, results_out: Path, progress: bool = True,
-) -> list[Path]:  # fmt: skip
+    run_dir: Path,
+    name: str,
+    source_dir: Path | None,
+    preset: Preset,
+    device: str,
+    runs_out: Path,
+    results_out: Path,
+    progress: bool = True,
+) -> list[Path]:
     """Run both sweeps on one trained model; returns the CSVs copied into results (per-example results too:
     the report pairs the two models' outcomes on the same examples)."""
     loaded = load_run(run_dir, which="best", device=device)

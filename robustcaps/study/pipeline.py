@@ -49,6 +49,7 @@ from robustcaps.study.viewpoint import (
 )
 from robustcaps.training import resolve_device as trainer_device
 from robustcaps.training.checkpoints import export_run
+from robustcaps.training.config import identity as train_identity
 from robustcaps.training.distributed import World
 
 CHECKPOINT_FILES = ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv")
@@ -86,24 +87,52 @@ def clean_error_rows(preset: Preset, runs_dir: Path, results: Path, device: str)
         directory = run_dir(runs_dir, preset, model, "full")
         for multi_crop in (False, True) if preset.multi_crop else (False,):
             trained = evaluate_run(directory, "best", ("test",), device, multi_crop=multi_crop)
-            rows.append({"model": model, "family": family_of(model), "split": "full", "part": "test",
-                         "crops": 13 if multi_crop else 1, "error": trained.errors["test"],
-                         "n": trained.sizes["test"], "checkpoint": "best"})  # fmt: skip
+            rows.append(
+                {
+                    "model": model,
+                    "family": family_of(model),
+                    "split": "full",
+                    "part": "test",
+                    "crops": 13 if multi_crop else 1,
+                    "error": trained.errors["test"],
+                    "n": trained.sizes["test"],
+                    "checkpoint": "best",
+                }
+            )
     for split in VIEWPOINT_SPLITS:
         table = with_protocol(pd.read_csv(results / VIEWPOINT_DIR / f"{split}.csv"))
         for row in table[table["protocol"] == "paper"].itertuples():  # a model's own stopping rule only
-            rows += [{"model": row.model, "family": row.family, "split": split, "part": part, "crops": 1,
-                      "error": getattr(row, f"{part}_error"), "n": getattr(row, f"n_{part}"),
-                      "checkpoint": row.checkpoint} for part in ("familiar", "novel")]  # fmt: skip
+            rows += [
+                {
+                    "model": row.model,
+                    "family": row.family,
+                    "split": split,
+                    "part": part,
+                    "crops": 1,
+                    "error": getattr(row, f"{part}_error"),
+                    "n": getattr(row, f"n_{part}"),
+                    "checkpoint": row.checkpoint,
+                }
+                for part in ("familiar", "novel")
+            ]
     return pd.DataFrame(rows)
 
 
-def training_rows(runs_dir: Path, preset: Preset) -> pd.DataFrame:
+def viewpoint_targets(results: Path, split: str) -> dict[str, float]:
+    """model → the familiar error its viewpoint run was stopped at (none for the CNN, which sets it)."""
+    table = with_protocol(pd.read_csv(results / VIEWPOINT_DIR / f"{split}.csv"))
+    rows = table[(table["protocol"] == "paper") & (table["matched_to"].fillna("") != "")]
+    return dict(zip(rows["model"], rows["target_familiar_error"].astype(float), strict=True))
+
+
+def training_rows(runs_dir: Path, preset: Preset, results: Path) -> pd.DataFrame:
     """Every run's metrics.csv, stacked, with the run's model and split (for the training-curve figure)."""
     frames = []
     for split in ("full", *VIEWPOINT_SPLITS):
+        targets = viewpoint_targets(results, split) if split in VIEWPOINT_SPLITS else {}
         for model in preset.models:
-            metrics = pd.read_csv(run_dir(runs_dir, preset, model, split) / "metrics.csv")
+            extra = {"target_familiar_error": targets[model]} if model in targets else {}
+            metrics = pd.read_csv(run_dir(runs_dir, preset, model, split, **extra) / "metrics.csv")
             frames.append(
                 metrics.assign(run=f"{model}-{split}", model=model, family=family_of(model), split=split)
             )
@@ -125,8 +154,14 @@ def training_steps(
             run_dir(runs_dir, preset, model, "full"),
         )
         outputs = tuple(directory / f for f in CHECKPOINT_FILES)
-        steps.append(Step(f"train-{model}-full", {"train": config.to_dict(), "data": identity}, outputs,
-                          partial(train_or_resume, config, directory)))  # fmt: skip
+        steps.append(
+            Step(
+                f"train-{model}-full",
+                {"train": train_identity(config), "data": identity},
+                outputs,
+                partial(train_or_resume, config, directory),
+            )
+        )
     # the preset's own stand-in needs no --data (its cache path differs between machines)
     data = "" if Path(root) == default_data_path(preset.data_size) else f" --data {root}"
     for split in VIEWPOINT_SPLITS:
@@ -136,7 +171,7 @@ def training_steps(
             run_viewpoint, split, preset, root, runs_dir, results / VIEWPOINT_DIR, device, note, echo
         )
         # The capsules' target comes from the CNN run, so the two configs (without it) define the step.
-        configs = {m: train_config(preset, m, split, root, device).to_dict() for m in preset.models}
+        configs = {m: train_identity(train_config(preset, m, split, root, device)) for m in preset.models}
         config = {"train": configs, "data": identity, "table": TABLE_VERSION}
         steps.append(Step(f"viewpoint-{split}", config, outputs, run))
     return steps
@@ -162,7 +197,7 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
             "training-curves",
             {},
             (results / TRAINING_CSV,),
-            lambda: _write_csv(training_rows(runs_dir, preset), results / TRAINING_CSV),
+            lambda: _write_csv(training_rows(runs_dir, preset, results), results / TRAINING_CSV),
             trained,
         )
     )
@@ -176,25 +211,30 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
             full_runs,
         )
     )
-    attack_settings = (
-        "eps",
-        "attack_n",
-        "attack_steps",
-        "restarts",
-        "untargeted_attacks",
-        "vote_attacks",
-        "seed",
-    )
-    config = {k: getattr(preset, k) for k in attack_settings}
-    cnn_run = run_dir(runs_dir, preset, preset.cnn, "full")
-    for model, source in [(preset.cnn, None)] + [(m, cnn_run) for m in preset.capsule_models]:
-        outputs = tuple(results / "attacks" / f"{model}{suffix}" / f for suffix in ("", "-targeted")
-                        for f in ATTACK_FILES)  # fmt: skip
+    config = {
+        "attack": asdict(preset.attack),
+        "untargeted": preset.untargeted_attacks,
+        "vote": preset.vote_attacks,
+    }
+    cnn_run = run_dir(runs_dir, preset, preset.cnn.model, "full")
+    for model, source in [(preset.cnn.model, None)] + [(m, cnn_run) for m in preset.capsule_models]:
+        outputs = tuple(
+            results / "attacks" / f"{model}{suffix}" / f for suffix in ("", "-targeted") for f in ATTACK_FILES
+        )
         victim = run_dir(runs_dir, preset, model, "full")
-        run = partial(attack_victim, victim, model, source, preset, device,
-                      runs_dir / "attacks", results / "attacks")  # fmt: skip
+        run = partial(
+            attack_victim, victim, model, source, preset, device, runs_dir / "attacks", results / "attacks"
+        )
         steps.append(Step(f"attack-{model}", config, outputs, run, full_runs))
     return steps
+
+
+def preset_settings(preset: Preset) -> dict:
+    """The preset as provenance.json records it: every run's TrainConfig (by role) and the attack settings."""
+    settings = asdict(preset)
+    settings["cnn"], settings["capsnet"] = preset.cnn.to_dict(), preset.capsnet.to_dict()
+    settings["more_capsules"] = [config.to_dict() for config in preset.more_capsules]
+    return settings
 
 
 def device_type(device: str) -> str:
@@ -204,9 +244,13 @@ def device_type(device: str) -> str:
 
 
 def reproduce(
-    preset: Preset, data: str | None = None, results_dir: str | Path = "results",
-    runs_dir: str | Path | None = None, device: str = "auto", echo: Callable[[str], None] = print,
-) -> Path:  # fmt: skip
+    preset: Preset,
+    data: str | None = None,
+    results_dir: str | Path = "results",
+    runs_dir: str | Path | None = None,
+    device: str = "auto",
+    echo: Callable[[str], None] = print,
+) -> Path:
     """Run (or resume) the whole pipeline for a preset; returns the results/README.md it writes."""
     start = time.perf_counter()
     results = Path(results_dir)
@@ -218,15 +262,20 @@ def reproduce(
     pipeline.run(
         Step("contact-sheet", {"data": dataset_identity(root)}, (sheet,), partial(contact_sheet, root, sheet))
     )
-    for step in build_steps(preset, root, results, runs, device, echo):
-        pipeline.run(step)
+    pipeline.run_all(build_steps(preset, root, results, runs, device, echo))
     provenance = {
-        "preset": preset.name, "demo": preset.demo, "preset_settings": asdict(preset),
-        "command": "robustcaps " + shlex.join(sys.argv[1:]) if "reproduce" in sys.argv else
-                   f"robustcaps reproduce --preset {preset.name}",
-        **environment_metadata(device), "dataset_identity": dataset_identity(root), "data_root": str(root),
-        "steps": pipeline.log.records, "wall_seconds": round(time.perf_counter() - start, 1),
-    }  # fmt: skip
+        "preset": preset.name,
+        "demo": preset.demo,
+        "preset_settings": preset_settings(preset),
+        "command": "robustcaps " + shlex.join(sys.argv[1:])
+        if "reproduce" in sys.argv
+        else f"robustcaps reproduce --preset {preset.name}",
+        **environment_metadata(device),
+        "dataset_identity": dataset_identity(root),
+        "data_root": str(root),
+        "steps": pipeline.log.records,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
     atomic_write_json(results / PROVENANCE_JSON, provenance)
     readme = write_report(results)
     echo(f"wrote {readme} ({provenance['wall_seconds']:.0f} s)")

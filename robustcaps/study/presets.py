@@ -12,9 +12,10 @@ A preset is a frozen dataclass (timm-style: one plain function per preset, looke
 - `quick`: what `make demo` runs: small models, small rendered set, few attack examples, ≤ 15 minutes
   on 2 CPU cores. Its numbers are a demo, and say so wherever they appear.
 - `families`: `quick` with the dynamic-routing and self-routing networks (their `-small` sizes) added to
-  the same protocol; about twice the CPU time of `quick`.
-- `gpu-families`: `gpu` with the paper-size dynamic-routing and self-routing networks; not yet run on a GPU,
-  so its duration is unmeasured (`gpu` itself keeps its 10-minute budget).
+  the same protocol.
+- `converged`: the paper's CNN and every small capsule family, each trained to its plateau on the CPU
+  (results/converged/), attacked on 300 examples.
+- `gpu-families`: `gpu` with the paper-size dynamic-routing and self-routing networks.
 - `tiny`: the tests' end-to-end configuration (seconds, not meaningful numbers).
 
 Timings behind these sizes: benchmarks/NOTES.md ("Preset sizing").
@@ -25,152 +26,229 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from robustcaps.attacks.adapters import AttackConfig
 from robustcaps.errors import RobustcapsError
+from robustcaps.training.config import SPEED_SETTINGS, Speed, TrainConfig
 
 FIG3_EPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)  # Fig. 3's range, standardised units
-# Start half the capsules active through β_a, not β_u (CapsNet.calibrate_half_active): the cost per unit of
-# mass stays negative, so agreement is rewarded from the start (docs/LEARNING.md).
-CAPSNET_INIT = (("calibrate", "beta_a"),)
-# Short runs route with 2 EM iterations instead of HSF18's 3: at these budgets 3 barely learn
-# (docs/LEARNING.md); results/README.md says so up front (findings.deviation_sentences).
-CAPSNET_SHORT_RUN = (*CAPSNET_INIT, ("iterations", 2))
-# The CPU study's recipe (docs/LEARNING.md, "Converging capsnet-small"): softer E-steps as well, also said up
-# front as a departure from the paper.
-CAPSNET_CPU_RECIPE = (*CAPSNET_SHORT_RUN, ("estep_temperature", 0.25))
+# The GPU presets keep HSF18's recipe (TrainConfig.recipe "paper") with two changes: half the capsules start
+# active through β_a, not β_u (CapsNet.calibrate_half_active), so that agreement is rewarded from the start;
+# and short runs route with 2 EM iterations, since at their budgets 3 barely learn (docs/LEARNING.md).
+# results/README.md says so up front (findings.deviation_sentences). The CPU presets take the "converged"
+# recipe, which adds the softer E-step.
+CAPSNET_INIT = {"calibrate": "beta_a"}
+CAPSNET_SHORT_RUN = {**CAPSNET_INIT, "iterations": 2}
+
+
+def speed(name: Speed, **changes: object) -> dict[str, object]:
+    """The four settings a named speed stands for (with `changes`), as a preset's runs record them."""
+    return {**SPEED_SETTINGS[name], **changes}
 
 
 @dataclass(frozen=True)
 class Preset:
+    """Each role is the TrainConfig its runs train with (split, data and device are set per run) and the
+    AttackConfig its sweeps start from (attacks, targeting and device are set per sweep)."""
+
     name: str
     demo: bool  # numbers labelled as a demo everywhere they appear
-    data_size: str  # rendered stand-in size when no --data is given
-    capsnet: str
-    cnn: str
-    cnn_steps: int  # training steps of each CNN run (full, azimuth, elevation)
-    capsnet_steps: (
-        int  # step budget of each capsule run (on azimuth/elevation it stops earlier at the target)
-    )
-    # (field, value) pairs overriding the registered model's config (tuples keep the preset frozen)
-    capsnet_overrides: tuple[tuple[str, object], ...] = ()
-    cnn_overrides: tuple[tuple[str, object], ...] = ()
-    batch_size: int = 64
-    max_per_part: int | None = None  # subsample each split part (seeded, class-stratified)
-    # The authors' margin schedule reaches 0.9 at step 6·scale (50k: 300k steps); short runs use
-    # scale ≈ steps / 6 so that the margin still goes 0.2 → 0.9 over the run.
-    margin_step_scale: float = 50_000.0
-    lr_decay_steps: float = 20_000.0
-    lr_schedule: str = "exponential"  # TrainConfig.lr_schedule of every run ("cosine" is not in the paper)
-    # TrainConfig.val: "instances" holds one of the five training instances per category out of training
-    val: str = "instances"
-    stereo: str = "channels"
-    amp: str = "none"  # "bf16" autocast in training (GPU presets)
-    # how the capsule network trains: torch.compile with the fused routing path (the same function,
-    # faster); evaluation uses plain, eager (attacks: attack_crafting)
-    capsnet_compile: bool = False
-    capsnet_compile_mode: str = "default"  # TrainConfig.compile_mode ("reduce-overhead": CUDA graphs)
-    capsnet_routing: str = "plain"
-    capsnet_recompute: str = "all"  # TrainConfig.recompute (fused and triton routing)
-    eps: tuple[float, ...] = FIG3_EPS
-    attack_n: int = 500  # examples per attack cell
-    attack_steps: int = 10  # BIM / PGD iterations (HSF18 does not give BIM's)
-    restarts: int = 1
-    attack_batch_size: int = 100
-    # Other capsule families (dynamic routing, self-routing) under the same protocol as `capsnet`: trained
-    # for capsnet_steps with their own paper's loss, matched to the CNN's familiar error, attacked the same.
-    more_capsules: tuple[str, ...] = ()
-    # torch.compile them (their one routing path): 1.3-1.7x faster training per step on the CPU for the full
-    # sizes, but on the CPU presets' short runs the compile costs more than it saves (benchmarks/README.md)
-    more_capsules_compile: bool = False
-    # Untargeted white-box attacks on every model; capsules with a routing-bypass head also get the vote
-    # attacks.
+    cnn: TrainConfig  # the CNN every capsule network is compared with (trained first: it sets the targets)
+    capsnet: TrainConfig  # the EM capsule network
+    # other capsule families (dynamic routing, self-routing) under the same protocol as `capsnet`
+    more_capsules: tuple[TrainConfig, ...] = ()
+    attack: AttackConfig = AttackConfig(eps=FIG3_EPS, n=500, steps=10, batch_size=100)
+    # untargeted white-box attacks on every model; capsules with a routing-bypass head also get the vote ones
     untargeted_attacks: tuple[str, ...] = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-dlr", "autoattack")
     vote_attacks: tuple[str, ...] = ("bim-vote", "pgd-vote")
     multi_crop: bool = True
-    # what the attacks differentiate (AttackConfig.crafting): "compiled" crafts on a torch.compile copy with
-    # fused routing, judged by the plain model
-    attack_crafting: str = "plain"
-    seed: int = 0
-    eval_every: int = 1  # epochs between validations / familiar-error evaluations (TrainConfig.eval_every)
 
     def replace(self, **changes) -> Preset:
         return dataclasses.replace(self, **changes)
 
+    def replace_runs(self, **changes) -> Preset:
+        """The same preset with `changes` made to every run's TrainConfig."""
+        return self.replace(
+            **{role: dataclasses.replace(config, **changes) for role, config in self.roles()},
+            more_capsules=tuple(dataclasses.replace(c, **changes) for c in self.more_capsules),
+        )
+
+    def roles(self) -> tuple[tuple[str, TrainConfig], ...]:
+        return (("cnn", self.cnn), ("capsnet", self.capsnet))
+
+    @property
+    def data_size(self) -> str:
+        return self.cnn.data_size
+
+    @property
+    def runs(self) -> tuple[TrainConfig, ...]:
+        """Every run's config: the CNN first (the capsules' targets come from it)."""
+        return (self.cnn, self.capsnet, *self.more_capsules)
+
     @property
     def capsule_models(self) -> tuple[str, ...]:
-        return (self.capsnet, *self.more_capsules)
+        return tuple(config.model for config in self.runs[1:])
 
     @property
     def models(self) -> tuple[str, ...]:
-        """Every model the preset trains and attacks: the CNN first (the capsules' targets come from it)."""
-        return (self.cnn, *self.capsule_models)
+        return tuple(config.model for config in self.runs)
 
-    def overrides(self, model: str) -> dict[str, object]:
-        """The (field, value) changes to a model's registered config; none for the other capsule families."""
-        if model == self.capsnet:
-            return dict(self.capsnet_overrides)
-        return dict(self.cnn_overrides) if model == self.cnn else {}
+    def config_for(self, model: str) -> TrainConfig:
+        for config in self.runs:
+            if config.model == model:
+                return config
+        raise RobustcapsError(f"preset {self.name!r} trains no {model!r}; it trains {', '.join(self.models)}")
 
 
 def paper() -> Preset:
+    # Runs validate every 10 epochs, since evaluating after each short viewpoint epoch would cost more than
+    # the epoch's training (the matched-error stop can then land up to 10 epochs late).
+    common = TrainConfig(model="cnn", recipe="paper", data_size="full", steps=300_000, eval_every=10)
     return Preset(
-        name="paper", demo=False, data_size="full", capsnet="capsnet", cnn="cnn", cnn_steps=300_000,
-        capsnet_steps=300_000, capsnet_overrides=CAPSNET_INIT, attack_n=5000, attack_steps=40, restarts=4,
-        capsnet_compile=True, capsnet_routing="fused", eval_every=10, attack_crafting="compiled",
-    )  # fmt: skip
+        name="paper",
+        demo=False,
+        cnn=common,
+        capsnet=dataclasses.replace(
+            common, model="capsnet", model_overrides=CAPSNET_INIT, **speed(Speed.COMPILED, recompute="all")
+        ),
+        attack=AttackConfig(eps=FIG3_EPS, n=5000, steps=40, restarts=4, batch_size=100, crafting="compiled"),
+    )
 
 
 def gpu() -> Preset:
     # One command of at most 10 minutes on a lent GPU (4.7 minutes on an H200 for results/gpu/); no 13-crop
     # test, which would cost about 1.5 minutes more (the paper preset has it).
+    common = TrainConfig(
+        model="cnn",
+        recipe="paper",
+        data_size="full",
+        steps=1000,
+        margin_step_scale=250.0,
+        lr_decay_steps=250.0,
+    )
     return Preset(
-        name="gpu", demo=False, data_size="full", capsnet="capsnet", cnn="cnn", cnn_steps=1000,
-        capsnet_steps=1500, capsnet_overrides=CAPSNET_SHORT_RUN, margin_step_scale=250.0,
-        lr_decay_steps=250.0, capsnet_compile=True,
-        capsnet_routing="fused", eps=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5), attack_n=100, attack_batch_size=100,
+        name="gpu",
+        demo=False,
+        cnn=common,
+        capsnet=dataclasses.replace(
+            common,
+            model="capsnet",
+            steps=1500,
+            model_overrides=CAPSNET_SHORT_RUN,
+            **speed(Speed.COMPILED, recompute="all"),
+        ),
+        attack=AttackConfig(eps=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5), n=100, steps=10, batch_size=100),
         multi_crop=False,
-    )  # fmt: skip
+    )
 
 
 def quick() -> Preset:
     # The CPU demo: sized to finish within 15 minutes on 2 cores, rendering included. The capsule runs use
     # the CPU study's recipe and fastest CPU path (compiled fused routing, no recompute, cosine lr).
-    return Preset(
-        name="quick", demo=True, data_size="small", capsnet="capsnet-small", cnn="cnn-small", cnn_steps=1000,
-        capsnet_steps=300, capsnet_overrides=CAPSNET_CPU_RECIPE, batch_size=32, max_per_part=1000,
-        margin_step_scale=50_000.0, lr_decay_steps=100.0, lr_schedule="cosine", capsnet_compile=True,
-        capsnet_routing="fused", capsnet_recompute="none",
-        # train on all five instances per category, as the paper does: holding one out as validation took
-        # cnn-small from 8.5 % to 17.0 % test error here (docs/LEARNING.md); the recipe was chosen on it
+    # Train on all five instances per category, as the paper does: holding one out as validation took
+    # cnn-small from 8.5 % to 17.0 % test error here (docs/LEARNING.md); the recipe was chosen on it.
+    common = TrainConfig(
+        model="cnn-small",
+        data_size="small",
+        max_per_part=1000,
+        steps=1000,
+        batch_size=32,
+        lr_decay_steps=100.0,
+        lr_schedule="cosine",
         val="pairs",
-        eps=(0.0, 0.1, 0.25, 0.5), attack_n=40, attack_steps=3, untargeted_attacks=("fgsm", "bim", "pgd"),
+    )
+    return Preset(
+        name="quick",
+        demo=True,
+        cnn=common,
+        capsnet=dataclasses.replace(
+            common,
+            model="capsnet-small",
+            steps=300,
+            **speed(Speed.COMPILED),
+        ),
+        attack=AttackConfig(eps=(0.0, 0.1, 0.25, 0.5), n=40, steps=3, batch_size=100),
+        untargeted_attacks=("fgsm", "bim", "pgd"),
         vote_attacks=("bim-vote",),
-    )  # fmt: skip
-
-
-def families() -> Preset:
-    return quick().replace(name="families", more_capsules=("dynamic-capsnet-small", "sr-capsnet-small"))
-
-
-def gpu_families() -> Preset:
-    return gpu().replace(
-        name="gpu-families", more_capsules=("dynamic-capsnet", "sr-capsnet"), more_capsules_compile=True
     )
 
 
-def tiny() -> Preset:
+def families() -> Preset:
+    base = quick()
+    more = tuple(
+        dataclasses.replace(base.capsnet, model=m, model_overrides={}, **speed(Speed.REFERENCE))
+        for m in ("dynamic-capsnet-small", "sr-capsnet-small")
+    )
+    return base.replace(name="families", more_capsules=more)
+
+
+def gpu_families() -> Preset:
+    base = gpu()
+    # torch.compile them (their one routing path): faster per step at the full sizes (benchmarks/README.md)
+    more = tuple(
+        dataclasses.replace(base.capsnet, model=m, model_overrides={}, **speed(Speed.REFERENCE, compile=True))
+        for m in ("dynamic-capsnet", "sr-capsnet")
+    )
+    return base.replace(name="gpu-families", more_capsules=more)
+
+
+# Capsule families compared with the CNNs in the converged preset (their CPU sizes)
+CONVERGED_CAPSULES = ("dynamic-capsnet-small", "sr-capsnet-small")
+
+
+def converged() -> Preset:
+    """Every model trained to its plateau on two CPU cores: validation on a held-out instance per category
+    after every epoch, stopped after `patience` epochs without a new best, the learning rate decayed
+    ×0.9 per epoch of the full split so that each run settles; the val-chosen checkpoint is the model."""
+    # 4,320 training images at batch 32: 135 steps per epoch of the full split
+    common = TrainConfig(model="cnn", data_size="small", epochs=40, batch_size=32, lr_decay=0.9,
+                         lr_decay_steps=135.0, val="instances", patience=4)  # fmt: skip
+    capsnet = dataclasses.replace(common, model="capsnet-small", **speed(Speed.COMPILED))
+    more = tuple(dataclasses.replace(common, model=m, **speed(Speed.REFERENCE, compile=True))
+                 for m in CONVERGED_CAPSULES)  # fmt: skip
     return Preset(
-        name="tiny", demo=True, data_size="tiny", capsnet="capsnet-small", cnn="cnn-small", cnn_steps=4,
-        capsnet_steps=4, batch_size=8, max_per_part=40, margin_step_scale=2.0, lr_decay_steps=2.0,
-        # A capsule network a tenth of capsnet-small's width: the tests check plumbing, not accuracy.
-        capsnet_overrides=(("conv1_channels", 8), ("primary_types", 4), ("convcaps1_types", 4),
-                           ("convcaps2_types", 4)),
-        eps=(0.0, 0.5), attack_n=10, attack_steps=2, untargeted_attacks=("fgsm", "bim", "pgd"),
-        vote_attacks=("bim-vote",), multi_crop=False,
+        name="converged", demo=False, cnn=common, capsnet=capsnet,
+        more_capsules=more,
+        attack=AttackConfig(eps=(0.0, 0.05, 0.1, 0.25, 0.5), n=300, steps=20, batch_size=100),
+        untargeted_attacks=("fgsm", "bim", "pgd", "apgd-ce", "autoattack"),
     )  # fmt: skip
 
 
-PRESETS = {"quick": quick, "families": families, "gpu": gpu, "gpu-families": gpu_families, "paper": paper,
-           "tiny": tiny}  # fmt: skip
+def tiny() -> Preset:
+    # A capsule network a tenth of capsnet-small's width: the tests check plumbing, not accuracy.
+    common = TrainConfig(
+        model="cnn-small",
+        data_size="tiny",
+        steps=4,
+        batch_size=8,
+        max_per_part=40,
+        margin_step_scale=2.0,
+        lr_decay_steps=2.0,
+    )
+    return Preset(
+        name="tiny",
+        demo=True,
+        cnn=common,
+        capsnet=dataclasses.replace(
+            common,
+            model="capsnet-small",
+            model_overrides=dict(conv1_channels=8, primary_types=4, convcaps1_types=4, convcaps2_types=4),
+        ),
+        attack=AttackConfig(eps=(0.0, 0.5), n=10, steps=2, batch_size=100),
+        untargeted_attacks=("fgsm", "bim", "pgd"),
+        vote_attacks=("bim-vote",),
+        multi_crop=False,
+    )
+
+
+PRESETS = {
+    "quick": quick,
+    "families": families,
+    "converged": converged,
+    "gpu": gpu,
+    "gpu-families": gpu_families,
+    "paper": paper,
+    "tiny": tiny,
+}
 
 
 def get_preset(name: str) -> Preset:

@@ -92,3 +92,17 @@ class Pipeline:
         self.echo(f"[done] {step.name} in {seconds:.0f} s")
         self.log.add(step.name, "ran", seconds)
         return result
+
+    def run_all(self, steps: list[Step]) -> None:
+        """Every step in order, with a progress line after each: how many are done, the time so far, and
+        an ETA at the mean pace of the steps that ran (a rough guide: steps differ in size)."""
+        start = time.perf_counter()
+        for index, step in enumerate(steps, 1):
+            self.run(step)
+            ran = [r["seconds"] for r in self.log.records if r["status"] == "ran"]
+            left = len(steps) - index
+            eta = (
+                f"; about {left * sum(ran) / len(ran) / 60:.0f} min left at this pace" if ran and left else ""
+            )
+            elapsed = (time.perf_counter() - start) / 60
+            self.echo(f"[{index}/{len(steps)}] {step.name}: {elapsed:.1f} min so far{eta}")

@@ -19,11 +19,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +42,7 @@ from robustcaps.training.checkpoints import (
     load_run,
     snapshot_name,
 )
-from robustcaps.training.config import TrainConfig, load_split
+from robustcaps.training.config import TrainConfig, load_split, run_digest
 from robustcaps.training.distributed import World
 from robustcaps.training.evaluation import evaluate
 
@@ -77,70 +76,33 @@ def resolve_data_root(data: str | None, size: str) -> Path:
     return Path(data)
 
 
-TRAINING_FIELDS = (
-    "capsnet", "cnn", "cnn_steps", "capsnet_steps", "capsnet_overrides", "cnn_overrides", "batch_size",
-    "max_per_part", "margin_step_scale", "lr_decay_steps", "stereo", "amp", "seed", "capsnet_compile",
-    "capsnet_routing",
-)  # fmt: skip
-
-
-# Training settings added after run folders existed: they join the folder's digest only when changed.
-NAMED_IF_CHANGED = (
-    "eval_every",
-    "capsnet_compile_mode",
-    "capsnet_recompute",
-    "lr_schedule",
-    "more_capsules_compile",
-)
-
-
 def keeps_snapshots(preset: Preset, model: str, split: str) -> bool:
     """The viewpoint CNN keeps familiar snapshots, for the reverse match (step 4 above)."""
-    return model == preset.cnn and split in VIEWPOINT_SPLITS
+    return model == preset.cnn.model and split in VIEWPOINT_SPLITS
 
 
-def run_dir(runs_dir: Path, preset: Preset, model: str, split: str) -> Path:
-    """`<model>-<split>-<digest of the preset's training settings>`: a changed preset trains into a new
-    directory instead of colliding with (or silently resuming) a run made with other settings."""
-    settings = {k: getattr(preset, k) for k in TRAINING_FIELDS}
-    # the validation set chooses checkpoints: a run validated on random pairs is another run
-    settings["val"] = preset.val
-    if keeps_snapshots(preset, model, split):  # a run made before snapshots existed is not resumed with them
-        settings["familiar_snapshots"] = True
-    # named only when not the default, so that existing run folders keep their names
-    defaults = {f.name: f.default for f in fields(Preset)}
-    for name in NAMED_IF_CHANGED:
-        if getattr(preset, name) != defaults[name]:
-            settings[name] = getattr(preset, name)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return Path(runs_dir) / f"{model}-{split}-{digest}"
+def train_config(
+    preset: Preset, model: str, split: str, data_root: Path | None, device: str = "auto", **extra
+) -> TrainConfig:
+    """The TrainConfig of one run of a preset: its role's config on `split`, with the data and device."""
+    changes = {"familiar_snapshots": True} if keeps_snapshots(preset, model, split) else {}
+    data = None if data_root is None else str(data_root)
+    return dataclasses.replace(
+        preset.config_for(model), split=split, data=data, device=device, **changes, **extra
+    )
 
 
-def train_config(preset: Preset, model: str, split: str, data_root: Path, device: str, **extra):
-    """The TrainConfig of one run of a preset (the trainer's dataclass, so config.json rebuilds it)."""
-    capsules = model == preset.capsnet  # the EM network's compiled routing paths
-    steps = preset.capsnet_steps if model in preset.capsule_models else preset.cnn_steps
-    changes = (
-        {"compile": preset.capsnet_compile, "compile_mode": preset.capsnet_compile_mode,
-         "routing": preset.capsnet_routing, "recompute": preset.capsnet_recompute}
-        if capsules else {"compile": preset.more_capsules_compile} if model in preset.more_capsules else {}
-    )  # fmt: skip
-    if keeps_snapshots(preset, model, split):
-        changes["familiar_snapshots"] = True
-    return TrainConfig(
-        model=model, model_overrides=preset.overrides(model), data=str(data_root), data_size=preset.data_size,
-        split=split, stereo=preset.stereo, amp=preset.amp,
-        max_per_part=preset.max_per_part, steps=steps, batch_size=preset.batch_size,
-        lr_decay_steps=preset.lr_decay_steps, lr_schedule=preset.lr_schedule, val=preset.val,
-        margin_step_scale=preset.margin_step_scale, seed=preset.seed,
-        eval_every=preset.eval_every, device=device, **({**changes, **extra}),
-    )  # fmt: skip
+def run_dir(runs_dir: Path, preset: Preset, model: str, split: str, **extra) -> Path:
+    """`<model>-<split>-<digest of the TrainConfig it trains>` (training.config.run_digest): a changed
+    setting trains into a new directory instead of colliding with (or silently resuming) another run."""
+    config = train_config(preset, model, split, None, **extra)
+    return Path(runs_dir) / f"{model}-{split}-{run_digest(config)}"
 
 
 def train_or_resume(config, run_dir: Path) -> Path:
     """fit(), resuming a run that was interrupted with the same config instead of starting it over."""
     resume = checkpoint_path(run_dir, "last").exists() and (run_dir / CONFIG_FILE).exists()
-    if resume and TrainConfig.from_json(run_dir / CONFIG_FILE) != config:
+    if resume and run_digest(TrainConfig.from_json(run_dir / CONFIG_FILE)) != run_digest(config):
         raise RobustcapsError(f"{run_dir}: holds a run with another config; delete it or use another --runs")
     return fit(config, run_dir, resume=resume)
 
@@ -173,22 +135,26 @@ def reverse_match(cnn_dir: Path, target: float, device: str) -> Trained | None:
 
 
 def matched_runs(
-    preset: Preset, split: str, data_root: Path, runs_dir: Path, device: str,
+    preset: Preset,
+    split: str,
+    data_root: Path,
+    runs_dir: Path,
+    device: str,
     echo: Callable[[str], None] = print,
-) -> tuple[Trained, list[tuple[Trained, Trained | None]]]:  # fmt: skip
+) -> tuple[Trained, list[tuple[Trained, Trained | None]]]:
     """Train the CNN, then each capsule network stopped at the CNN's familiar error; evaluate them all. Per
     capsule network also the CNN stopped at its familiar error, when it stayed above the CNN's (else None)."""
     if split not in VIEWPOINT_SPLITS:
         raise RobustcapsError(f"--split {split}: choose one of {', '.join(VIEWPOINT_SPLITS)}")
     parts = ("familiar", "novel")
-    cnn_dir = run_dir(runs_dir, preset, preset.cnn, split)
-    train_or_resume(train_config(preset, preset.cnn, split, data_root, device), cnn_dir)
+    cnn_dir = run_dir(runs_dir, preset, preset.cnn.model, split)
+    train_or_resume(train_config(preset, preset.cnn.model, split, data_root, device), cnn_dir)
     cnn = evaluate_run(cnn_dir, "best", parts, device)
     target = cnn.errors["familiar"]
     matches = []
     for model in preset.capsule_models:
         echo(f"{split}: CNN familiar error {percent(target)}; training {model} to match it")
-        caps_dir = run_dir(runs_dir, preset, model, split)
+        caps_dir = run_dir(runs_dir, preset, model, split, target_familiar_error=target)
         config = train_config(preset, model, split, data_root, device, target_familiar_error=target)
         train_or_resume(config, caps_dir)
         caps = evaluate_run(caps_dir, "last", parts, device)
@@ -214,19 +180,26 @@ def table2_rows(split: str, cnn: Trained, caps: Trained, cnn_stopped: Trained | 
         family = family_of(trained.model)
         paper = TABLE2.get((split, family), {}) if protocol == "paper" else {}
         reference = cnn if protocol == "paper" else cnn_stopped
-        rows.append({
-            **_discordant(caps, trained if trained is not caps else None),
-            "split": split, "protocol": protocol, "model": trained.model, "family": family,
-            "matched_to": matched_to,
-            "checkpoint": trained.which, "familiar_error": trained.errors["familiar"],
-            "novel_error": trained.errors["novel"],
-            "paper_familiar_error": paper.get("familiar_error", math.nan),
-            "paper_novel_error": paper.get("novel_error", math.nan),
-            "familiar_gap": caps.errors["familiar"] - reference.errors["familiar"],
-            "target_familiar_error": target,
-            "n_familiar": trained.sizes["familiar"], "n_novel": trained.sizes["novel"],
-            "run_dir": str(trained.run_dir),
-        })  # fmt: skip
+        rows.append(
+            {
+                **_discordant(caps, trained if trained is not caps else None),
+                "split": split,
+                "protocol": protocol,
+                "model": trained.model,
+                "family": family,
+                "matched_to": matched_to,
+                "checkpoint": trained.which,
+                "familiar_error": trained.errors["familiar"],
+                "novel_error": trained.errors["novel"],
+                "paper_familiar_error": paper.get("familiar_error", math.nan),
+                "paper_novel_error": paper.get("novel_error", math.nan),
+                "familiar_gap": caps.errors["familiar"] - reference.errors["familiar"],
+                "target_familiar_error": target,
+                "n_familiar": trained.sizes["familiar"],
+                "n_novel": trained.sizes["novel"],
+                "run_dir": str(trained.run_dir),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -267,9 +240,15 @@ def write_table2(rows: pd.DataFrame, out_dir: Path, note: str) -> tuple[Path, Pa
 
 
 def run_viewpoint(
-    split: str, preset: Preset, data_root: Path, runs_dir: Path, out_dir: Path, device: str = "auto",
-    note: str = "", echo: Callable[[str], None] = print,
-) -> pd.DataFrame:  # fmt: skip
+    split: str,
+    preset: Preset,
+    data_root: Path,
+    runs_dir: Path,
+    out_dir: Path,
+    device: str = "auto",
+    note: str = "",
+    echo: Callable[[str], None] = print,
+) -> pd.DataFrame:
     """The whole protocol for one split; writes `<out_dir>/<split>.{csv,md}` and returns the rows."""
     rows = split_rows(split, *matched_runs(preset, split, Path(data_root), Path(runs_dir), device, echo))
     write_table2(rows, Path(out_dir), note)

@@ -15,157 +15,310 @@ choice is ever made on novel viewpoints.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from robustcaps.data.dataset import SPLITS, STEREO, VALIDATIONS
+from robustcaps.choices import check_fields
+from robustcaps.data.dataset import Split, Stereo, Validation
 from robustcaps.data.standin.render import default_data_root
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import read_json
-from robustcaps.models import REGISTRY, create_model, list_models
-from robustcaps.models.capsnet import RECOMPUTE, ROUTINGS
-from robustcaps.models.common import COMPILE_MODES
-from robustcaps.training import losses
+from robustcaps.models import REGISTRY, create_model, list_models, model_config
+from robustcaps.models.capsnet import Recompute, Routing
+from robustcaps.models.common import CompileMode
+from robustcaps.training.losses import MARGIN_STEP_SCALE, Loss
 
-LR_SCHEDULES = ("exponential", "cosine")
-DEVICES = ("auto", "cpu", "cuda")
-AMP = ("none", "bf16")
-# Options a resumed run may change: how long to train, where, and where the data lives (metadata.json
-# checks that it is the same data); anything else would not be the same run.
-# `routing`, `recompute` and `compile` change how the same function is computed (rounding only), not what
-# is trained.
-RESUMABLE_CHANGES = frozenset(
-    "epochs steps patience device speed compile compile_mode routing recompute eval_batch_size data".split()
-)
-# How a run computes the same function (benchmarks/README.md has the speeds): the four settings each speed
-# stands for. "auto" picks one on the device at hand when the run starts (resolve_speed); "custom" leaves
-# the four settings as given one by one.
-SPEED_SETTINGS = {
-    "reference": dict(compile=False, compile_mode="default", routing="plain", recompute="all"),
-    "compiled": dict(compile=True, compile_mode="default", routing="fused", recompute="none"),
-    "triton": dict(compile=True, compile_mode="reduce-overhead", routing="triton", recompute="none"),
+
+class LrSchedule(StrEnum):
+    EXPONENTIAL = "exponential"  # lr·lr_decay^(step/lr_decay_steps), HSF18
+    COSINE = "cosine"  # from lr down to lr·lr_min_factor over the run's steps (not in the paper)
+
+
+class Device(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Amp(StrEnum):
+    NONE = "none"
+    BF16 = "bf16"
+
+
+class Speed(StrEnum):
+    """How a run computes the same function: "auto" picks one of the named paths on the device at hand
+    when the run starts (resolve_speed); "custom" leaves the four settings of SPEED_SETTINGS as given."""
+
+    AUTO = "auto"
+    REFERENCE = "reference"
+    COMPILED = "compiled"
+    TRITON = "triton"
+    CUSTOM = "custom"
+
+
+class Recipe(StrEnum):
+    """How a capsule network routes while it learns. "converged": 2 EM iterations, E-step temperature 0.25
+    and β_a calibration, the recipe that converged on the CPU (docs/LEARNING.md) and the one every CPU preset
+    uses; "paper": HSF18's own (3 iterations, T = 1, β_u calibration). Model options given by hand win."""
+
+    CONVERGED = "converged"
+    PAPER = "paper"
+
+
+# model settings per recipe and model family (families not named route as their own paper says)
+RECIPES = {
+    Recipe.CONVERGED: {"capsnet": {"calibrate": "beta_a", "iterations": 2, "estep_temperature": 0.25}},
+    Recipe.PAPER: {},
 }
-SPEEDS = ("auto", *SPEED_SETTINGS, "custom")
-# Compiling capsnet-small takes about 45 s on 2 CPU cores and then trains about 2× faster than the plain
-# path: below this many training images the compile does not pay for itself.
+
+# The four settings each named speed stands for (benchmarks/README.md has the speeds).
+SPEED_SETTINGS = {
+    Speed.REFERENCE: dict(compile=False, compile_mode="default", routing="plain", recompute="all"),
+    Speed.COMPILED: dict(compile=True, compile_mode="default", routing="fused", recompute="none"),
+    Speed.TRITON: dict(compile=True, compile_mode="reduce-overhead", routing="triton", recompute="none"),
+}
+# Below this many training images compiling costs more than it saves on a CPU (benchmarks/README.md).
 AUTO_COMPILE_IMAGES = 5_000
 WARMUP_STEPS = 100
-# A config.json written before a setting existed trained without it: loading one must rebuild that run
-# (no warm-up; validation on random pairs).
-LEGACY_DEFAULTS = {"warmup_steps": 0, "val": "pairs"}
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    help: str = "",
+    shown: bool = False,
+    resumable: bool = False,
+    computation: bool = False,
+    legacy: Any = MISSING,
+    check: tuple | None = None,
+    kind: type | None = None,
+    cli_default: Any = MISSING,
+    factory: Any = MISSING,
+) -> Any:
+    """A TrainConfig field and everything the rest of the code needs to know about it, in one place.
+
+    help/shown: its `train` option's help and whether `train --help` lists it (every field is an option,
+    and `--set KEY=VALUE` sets any); resumable: a resumed run may change it; computation: it changes how
+    the same function is computed (rounding only), so it is not part of the run's identity (run_digest);
+    legacy: its value for a config.json written before it existed; check: (predicate, what is allowed);
+    kind: a StrEnum of allowed values, or the option's type where the default is None; cli_default: the
+    option's default where it differs from the field's.
+    """
+    metadata = {
+        "help": help,
+        "shown": shown,
+        "resumable": resumable,
+        "computation": computation,
+        "check": check,
+        "cli_default": cli_default,
+    }
+    if legacy is not MISSING:
+        metadata["legacy"] = legacy
+    if isinstance(kind, type) and issubclass(kind, StrEnum):
+        metadata["choice"] = kind
+    elif kind is not None:
+        metadata["type"] = kind
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+POSITIVE = (lambda v: v > 0, "a positive number")
+NON_NEGATIVE = (lambda v: v >= 0, "0 or more")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run; config.json holds it and rebuilds the run alone."""
+    """Everything that defines a training run; config.json holds it and rebuilds the run alone.
 
-    model: str = "capsnet-small"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    data: str | None = None  # a smallNORB-format directory; None renders the stand-in (data_size)
-    data_size: str = "small"
-    split: str = "full"
-    stereo: str = "channels"
-    val: str = "instances"  # "instances": one whole training instance per category; "pairs": val_fraction
-    val_fraction: float = 0.1
-    max_per_part: int | None = None
-    epochs: int = 20
-    steps: int | None = None  # when given, replaces epochs
-    batch_size: int = 64
-    lr: float = 3e-3
-    lr_decay: float = 0.96
-    lr_decay_steps: float = 20_000.0
-    # "exponential": lr·lr_decay^(step/lr_decay_steps) (HSF18); "cosine": from lr down to lr·lr_min_factor
-    # over the run's steps (not in the paper)
-    lr_schedule: str = "exponential"
-    lr_min_factor: float = 0.05
-    warmup_steps: int = WARMUP_STEPS  # lr rises linearly to `lr` over these steps; 0: none (the paper)
-    weight_decay: float = 2e-7
-    margin_step_scale: float = losses.MARGIN_STEP_SCALE
-    loss: str = "auto"
-    # capsules: re-centre β (CapsNet.calibrate_half_active) on this many centre-cropped training images
-    # instead of the noise the model is built with; 0 keeps the noise calibration
-    calibrate_images: int = 0
-    seed: int = 0
-    device: str = "auto"
-    # one of SPEEDS: which of the fast paths below the run takes ("custom": the four settings as given)
-    speed: str = "custom"
-    compile: bool = False
-    compile_mode: str = "default"  # with `compile`: one of COMPILE_MODES
-    # how a capsule network's EM routing is computed while training: "fused" (models/routing_fused.py) is
-    # a fast path under --compile, "triton" (models/routing_triton.py) the GPU kernels, the
-    # fastest on an H100 (with recompute none and compile mode reduce-overhead); evaluation computes it
-    # the plain way (same function), or with the kernels when training does
-    routing: str = "plain"
-    # with fused or triton routing: which routed layers recompute their routing in backward
-    # (CapsNet.use_recompute); "none" with triton and CUDA graphs is the fastest measured
-    # (benchmarks/README.md)
-    recompute: str = "all"
-    amp: str = "none"
-    target_familiar_error: float | None = None
-    # keep the weights at each new lowest familiar-viewpoint error (checkpoints/familiar-step*.pt): the first
-    # step at which this run reached any familiar error is among them, so the run can later be stopped where
-    # another model's familiar error is (viewpoint.reverse_match)
-    familiar_snapshots: bool = False
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: at the end of each epoch only
-    # validate (and, with a target or snapshots, evaluate familiar error) at the end of every N-th epoch and
-    # of the last one: on a 300k-step viewpoint run, evaluating 8,100 familiar images after every epoch of
-    # 7,290 training images costs a capsule network as much time as the training itself
-    eval_every: int = 1
-    # stop once this many validations in a row have not lowered the best val error (a plateau); 0: never
-    patience: int = 0
-    eval_batch_size: int = 256
+    Adding a setting means adding a field here: the `train` option, `--set`, config.json, the run folder's
+    digest, the resume rules and the checks all read it from the field and its `setting` metadata.
+    """
+
+    model: str = setting("capsnet-small", shown=True, help="Registered model (robustcaps models).")
+    model_overrides: dict[str, Any] = setting(factory=dict, help="Model config changes (--model-option).")
+    recipe: Recipe = setting(
+        Recipe.CONVERGED, shown=True, kind=Recipe, legacy="paper",
+        help="Capsule routing while learning: converged (2 EM iterations, E-step T 0.25, β_a calibration; "
+        "what converged on the CPU) or paper (HSF18: 3 iterations, T 1). --model-option wins.",
+    )  # fmt: skip
+    data: str | None = setting(
+        None,
+        shown=True,
+        resumable=True,
+        computation=True,
+        kind=str,
+        help="smallNORB-format directory [rendered stand-in].",
+    )
+    data_size: str = setting("small", help="Stand-in size when --data is not given.")
+    split: Split = setting(Split.FULL, shown=True, kind=Split)
+    stereo: Stereo = setting(
+        Stereo.CHANNELS,
+        kind=Stereo,
+        help="Stereo pair as 2 channels (official code) or each camera as its own sample.",
+    )
+    val: Validation = setting(
+        Validation.INSTANCES,
+        shown=True,
+        kind=Validation,
+        legacy="pairs",
+        help="Validation data, held out from training: one whole instance per category (measures "
+        "generalisation to unseen objects, like the test set) or random pairs (val_fraction; their "
+        "instances and viewpoints stay in training, so it reads lower than test error).",
+    )
+    val_fraction: float = setting(
+        0.1, check=(lambda v: 0 < v < 1, "a fraction in (0, 1)"), help="Pairs held out with --val pairs."
+    )
+    max_per_part: int | None = setting(
+        None, kind=int, help="Keep at most this many images per part (quick runs)."
+    )
+    epochs: int = setting(20, shown=True, resumable=True, check=POSITIVE)
+    steps: int | None = setting(
+        None,
+        shown=True,
+        resumable=True,
+        kind=int,
+        check=(lambda v: v is None or v > 0, "a positive number"),
+        help="Train this many steps (replaces --epochs).",
+    )
+    batch_size: int = setting(64, shown=True, check=POSITIVE, help="Global batch (all processes).")
+    lr: float = setting(3e-3, shown=True, check=POSITIVE)
+    lr_decay: float = setting(0.96, help="lr ×lr_decay per lr_decay_steps (exponential schedule).")
+    lr_decay_steps: float = setting(20_000.0, help="lr ×lr_decay per this many steps.")
+    lr_schedule: LrSchedule = setting(
+        LrSchedule.EXPONENTIAL,
+        kind=LrSchedule,
+        help="exponential: lr ×lr_decay per lr_decay_steps (HSF18); cosine: down to lr × lr_min_factor "
+        "over the run.",
+    )
+    lr_min_factor: float = setting(
+        0.05,
+        check=(lambda v: 0 <= v <= 1, "a factor in [0, 1]"),
+        help="With the cosine schedule: the final lr as a fraction of lr.",
+    )
+    warmup_steps: int = setting(
+        WARMUP_STEPS, legacy=0, check=NON_NEGATIVE, help="Linear lr warm-up, not in the paper (0: none)."
+    )
+    weight_decay: float = setting(2e-7)
+    margin_step_scale: float = setting(
+        MARGIN_STEP_SCALE,
+        check=POSITIVE,
+        help="Spread-loss margin schedule: m = 0.2 + 0.79·σ(min(10, step/scale − 4)).",
+    )
+    loss: Loss = setting(
+        Loss.AUTO,
+        kind=Loss,
+        help="auto: each family's paper (EM: spread; dynamic routing: margin; self-routing, CNN: "
+        "cross-entropy).",
+    )
+    calibrate_images: int = setting(
+        0,
+        check=NON_NEGATIVE,
+        help="Capsules: start half the capsules active as measured on this many training images "
+        "(0: on the noise the model is built with).",
+    )
+    seed: int = setting(0, shown=True)
+    device: Device = setting(Device.AUTO, shown=True, resumable=True, computation=True, kind=Device)
+    speed: Speed = setting(
+        Speed.CUSTOM,
+        shown=True,
+        resumable=True,
+        computation=True,
+        kind=Speed,
+        cli_default="auto",
+        help="How the same function is computed: auto picks the fastest path here (Triton kernels under "
+        "CUDA graphs on a GPU, compiled fused routing on a CPU for runs long enough to pay for "
+        "compiling); reference is plain eager; the choice is recorded in config.json.",
+    )
+    compile: bool = setting(False, resumable=True, computation=True, help="torch.compile the model.")
+    compile_mode: CompileMode = setting(
+        CompileMode.DEFAULT,
+        resumable=True,
+        computation=True,
+        kind=CompileMode,
+        help="With --compile: reduce-overhead replays each training step as CUDA graphs (GPU only).",
+    )
+    routing: Routing = setting(
+        Routing.PLAIN,
+        resumable=True,
+        computation=True,
+        kind=Routing,
+        help="How capsule EM routing is computed in training: fused is the fast path under --compile, "
+        "triton the GPU kernels (same function; evaluation uses plain, or triton when training does).",
+    )
+    recompute: Recompute = setting(
+        Recompute.ALL,
+        resumable=True,
+        computation=True,
+        kind=Recompute,
+        help="With fused or triton routing: which routed layers recompute their routing in backward "
+        "instead of keeping what it saves (all: least memory; same results).",
+    )
+    amp: Amp = setting(Amp.NONE, kind=Amp)
+    target_familiar_error: float | None = setting(
+        None,
+        kind=float,
+        check=(lambda v: v is None or 0 <= v <= 1, "an error rate in [0, 1]"),
+        help="Stop when familiar-viewpoint error ≤ this (HSF18 T2).",
+    )
+    # the first step at which this run reached any familiar error is among the snapshots, so the run can
+    # later be stopped where another model's familiar error is (viewpoint.reverse_match)
+    familiar_snapshots: bool = setting(
+        False,
+        help="Keep the weights at each new lowest familiar-viewpoint error (checkpoints/familiar-step*.pt).",
+    )
+    checkpoint_every: int = setting(0, check=NON_NEGATIVE, help="Steps; 0: each epoch.")
+    # on a 300k-step viewpoint run, evaluating 8,100 familiar images after every epoch of 7,290 training
+    # images costs a capsule network as much time as the training itself
+    eval_every: int = setting(
+        1,
+        check=POSITIVE,
+        help="Epochs between validations (and familiar-error evaluations); the last epoch always validates.",
+    )
+    patience: int = setting(
+        0,
+        resumable=True,
+        check=NON_NEGATIVE,
+        help="Stop after this many validations without a new best val error (0: never).",
+    )
+    eval_batch_size: int = setting(256, resumable=True, computation=True, check=POSITIVE)
 
     def __post_init__(self) -> None:
-        checks = {  # option: (value, allowed?, what is allowed)
-            "--split": (self.split, self.split in SPLITS, f"one of {SPLITS}"),
-            "--stereo": (self.stereo, self.stereo in STEREO, f"one of {STEREO}"),
-            "--val": (self.val, self.val in VALIDATIONS, f"one of {VALIDATIONS}"),
-            "--lr-schedule": (self.lr_schedule, self.lr_schedule in LR_SCHEDULES, f"one of {LR_SCHEDULES}"),
-            "--lr-min-factor": (self.lr_min_factor, 0 <= self.lr_min_factor <= 1, "a factor in [0, 1]"),
-            "--calibrate-images": (self.calibrate_images, self.calibrate_images >= 0, "0 or more images"),
-            "--device": (self.device, self.device in DEVICES, f"one of {DEVICES}"),
-            "--speed": (self.speed, self.speed in SPEEDS, f"one of {SPEEDS}"),
-            "--amp": (self.amp, self.amp in AMP, f"one of {AMP}"),
-            "--compile-mode": (
-                self.compile_mode,
-                self.compile_mode in COMPILE_MODES and (self.compile or self.compile_mode == "default"),
-                f"one of {COMPILE_MODES}, and a mode other than default only with --compile",
-            ),
-            "--routing": (self.routing, self.routing in ROUTINGS, f"one of {ROUTINGS}"),
-            "--recompute": (self.recompute, self.recompute in RECOMPUTE, f"one of {RECOMPUTE}"),
-            "--loss": (self.loss, self.loss in losses.LOSSES, f"one of {losses.LOSSES}"),
-            "--batch-size": (self.batch_size, self.batch_size > 0, "a positive number"),
-            "--lr": (self.lr, self.lr > 0, "a positive number"),
-            "--warmup-steps": (self.warmup_steps, self.warmup_steps >= 0, "0 or more steps"),
-            "--val-fraction": (self.val_fraction, 0 < self.val_fraction < 1, "a fraction in (0, 1)"),
-            "--checkpoint-every": (self.checkpoint_every, self.checkpoint_every >= 0, "0 or more steps"),
-            "--eval-every": (self.eval_every, self.eval_every >= 1, "1 or more epochs"),
-            "--patience": (self.patience, self.patience >= 0, "0 or more validations"),
-            "--margin-step-scale": (self.margin_step_scale, self.margin_step_scale > 0, "a positive number"),
-            "--target-familiar-error": (
-                self.target_familiar_error,
-                self.target_familiar_error is None or 0 <= self.target_familiar_error <= 1,
-                "an error rate in [0, 1]",
-            ),
-        }
-        for option, (value, ok, allowed) in checks.items():
-            if not ok:
-                raise RobustcapsError(f"{option} {value!r}: expected {allowed}")
-        if self.epochs <= 0 or (self.steps is not None and self.steps <= 0):
-            raise RobustcapsError("--epochs/--steps must be positive")
+        if self.model not in REGISTRY:
+            raise RobustcapsError(f"--model {self.model!r}: choose one of {', '.join(list_models())}")
+        check_fields(self)
+        model_config(self.model, self.in_channels, **self.model_settings)  # --model-option, checked now
+        for spec in dataclasses.fields(self):
+            check = spec.metadata.get("check")
+            if check is not None and not check[0](getattr(self, spec.name)):
+                option = "--" + spec.name.replace("_", "-")
+                raise RobustcapsError(f"{option} {getattr(self, spec.name)!r}: expected {check[1]}")
+        if self.compile_mode != "default" and not self.compile:
+            raise RobustcapsError(f"--compile-mode {self.compile_mode.value!r}: only with --compile")
 
     @property
     def in_channels(self) -> int:
         return 2 if self.stereo == "channels" else 1
 
+    @property
+    def family(self) -> str:
+        return REGISTRY[self.model][0].family
+
+    @property
+    def model_settings(self) -> dict[str, Any]:
+        """The model's config changes: the recipe's for its family, then --model-option's."""
+        return RECIPES[self.recipe].get(self.family, {}) | self.model_overrides
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # enums as their plain strings
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -175,7 +328,7 @@ class TrainConfig:
                 f"{source}: unknown settings {sorted(unknown)}; was it written by robustcaps?"
             )
         try:
-            return cls(**(LEGACY_DEFAULTS | values))
+            return cls(**(legacy_defaults(cls) | values))
         except (TypeError, ValueError) as error:
             raise RobustcapsError(f"{source}: {error}") from None
         except RobustcapsError as error:
@@ -184,6 +337,28 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_json(path, "run config"), source=str(path))
+
+
+def fields_where(flag: str, config_class: type = TrainConfig) -> frozenset[str]:
+    """Names of the settings whose `setting` metadata sets `flag` (e.g. "resumable", "computation")."""
+    return frozenset(f.name for f in dataclasses.fields(config_class) if f.metadata.get(flag))
+
+
+def legacy_defaults(config_class: type = TrainConfig) -> dict[str, Any]:
+    """What a config.json written before a setting existed trained with (e.g. no warm-up)."""
+    return {f.name: f.metadata["legacy"] for f in dataclasses.fields(config_class) if "legacy" in f.metadata}
+
+
+def identity(config: TrainConfig) -> dict[str, Any]:
+    """What a run trains: every setting except those that only change how the same function is computed
+    or where the data lives (the data's own identity is checked against metadata.json on resume)."""
+    return {k: v for k, v in config.to_dict().items() if k not in fields_where("computation", type(config))}
+
+
+def run_digest(config: TrainConfig) -> str:
+    """8 hex digits of `identity`: a changed setting gives another digest, so a run folder named by it can
+    never be resumed with other settings."""
+    return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def resolve_speed(config: TrainConfig, device_type: str, train_images: int) -> TrainConfig:
@@ -195,13 +370,13 @@ def resolve_speed(config: TrainConfig, device_type: str, train_images: int) -> T
     speed = config.speed
     if speed == "custom":
         return config
-    family = REGISTRY[config.model][0].family
+    family = config.family
     long_run = (config.steps or config.epochs * max(1, train_images // config.batch_size)) * config.batch_size
     if family != "capsnet":
         if speed == "auto":
             speed = "compiled" if family != "cnn" and long_run >= AUTO_COMPILE_IMAGES else "reference"
         speed = "compiled" if speed == "triton" else speed
-        settings = {**SPEED_SETTINGS["reference"], "compile": speed == "compiled"}
+        settings = {**SPEED_SETTINGS[Speed.REFERENCE], "compile": speed == "compiled"}
         return dataclasses.replace(config, speed=speed, **settings)
     if speed == "auto":
         if device_type == "cuda" and importlib.util.find_spec("triton") is not None:
@@ -210,14 +385,12 @@ def resolve_speed(config: TrainConfig, device_type: str, train_images: int) -> T
             speed = "compiled"
         else:
             speed = "reference"
-    return dataclasses.replace(config, speed=speed, **SPEED_SETTINGS[speed])
+    return dataclasses.replace(config, speed=speed, **SPEED_SETTINGS[Speed(speed)])
 
 
 def build_model(config: TrainConfig) -> torch.nn.Module:
-    """The untrained model a config describes (the same call rebuilds it in `runs.load_run`)."""
-    if config.model not in list_models():
-        raise RobustcapsError(f"--model {config.model!r}: choose one of {', '.join(list_models())}")
-    return create_model(config.model, in_channels=config.in_channels, **config.model_overrides)
+    """The untrained model a config describes (the same call rebuilds it in `checkpoints.load_run`)."""
+    return create_model(config.model, in_channels=config.in_channels, **config.model_settings)
 
 
 def load_split(config: TrainConfig):

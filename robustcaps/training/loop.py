@@ -27,10 +27,10 @@ from robustcaps.models import CapsNet, routing_as
 from robustcaps.models.common import compile_model, full_float32_convolutions
 from robustcaps.training import checkpoints, distributed, losses
 from robustcaps.training.config import (
-    RESUMABLE_CHANGES,
     TrainConfig,
     build_model,
     config_json,
+    fields_where,
     load_split,
     lr_factor,
     resolve_speed,
@@ -223,10 +223,10 @@ def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, world: dist
 
 
 def check_resumable(config: TrainConfig, run_dir: Path) -> None:
-    """A resumed run must be the run that was started: only RESUMABLE_CHANGES may differ."""
+    """A resumed run must be the run that was started: only the resumable settings may differ."""
     stored = TrainConfig.from_json(run_dir / checkpoints.CONFIG_FILE)
     changed = [k for k, v in config.to_dict().items() if stored.to_dict()[k] != v]
-    changed = sorted(set(changed) - RESUMABLE_CHANGES)
+    changed = sorted(set(changed) - fields_where("resumable"))
     if changed:
         raise RobustcapsError(
             f"{run_dir / checkpoints.CONFIG_FILE}: --resume cannot change {', '.join(changed)}; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -24,6 +25,15 @@ def _counting_step(tmp_path, name, config, counter, depends=()):
         out.write_text(json.dumps(config))
 
     return Step(name, config, (out,), run, depends)
+
+
+def test_run_all_says_how_far_it_is_after_every_step(tmp_path):
+    counter, log = {}, []
+    steps = [_counting_step(tmp_path, name, {}, counter) for name in ("a", "b", "c")]
+    Pipeline(tmp_path / "state", log.append).run_all(steps)
+    progress = [line for line in log if line.startswith("[") and "/3]" in line]
+    assert [line.split("]")[0] for line in progress] == ["[1/3", "[2/3", "[3/3"]
+    assert "min left" in progress[0] and "min left" not in progress[-1] and counter == dict(a=1, b=1, c=1)
 
 
 def test_finished_steps_are_skipped_and_changed_ones_rerun(tmp_path):
@@ -61,80 +71,80 @@ def test_a_crashed_step_is_not_marked_finished(tmp_path):
 
 def test_presets():
     quick = get_preset("quick")
-    assert quick.demo and (quick.capsnet, quick.cnn) == ("capsnet-small", "cnn-small")
+    assert quick.demo and quick.models[:2] == ("cnn-small", "capsnet-small")
     paper = get_preset("paper")
-    assert not paper.demo and (paper.capsnet, paper.cnn, paper.batch_size) == ("capsnet", "cnn", 64)
-    assert paper.margin_step_scale == 50_000 and max(paper.eps) == 0.5
-    assert (paper.capsnet_compile, paper.capsnet_routing, paper.eval_every) == (True, "fused", 10)
+    assert not paper.demo and paper.models == ("cnn", "capsnet") and paper.capsnet.batch_size == 64
+    assert paper.capsnet.margin_step_scale == 50_000 and max(paper.attack.eps) == 0.5
+    assert (paper.capsnet.compile, paper.capsnet.routing, paper.capsnet.eval_every) == (True, "fused", 10)
     # the paper preset's attacks craft on the compiled fused copy; the others on the model as loaded
     from robustcaps.study.attacks import attack_configs
 
     assert {c.crafting for c in attack_configs(paper, True, "cuda").values()} == {"compiled"}
-    assert {get_preset(name).attack_crafting for name in ("quick", "gpu", "tiny")} == {"plain"}
-    assert get_preset("gpu").capsnet == "capsnet" and set(PRESETS) >= {"quick", "gpu", "paper"}
+    assert {get_preset(name).attack.crafting for name in ("quick", "gpu", "tiny")} == {"plain"}
+    assert get_preset("gpu").capsnet.model == "capsnet" and set(PRESETS) >= {"quick", "gpu", "paper"}
     for name in ("quick", "gpu", "paper"):  # β_a calibration: agreement rewarded from the start
         preset = get_preset(name)
         # short runs route with 2 iterations (presets.CAPSNET_SHORT_RUN); the paper preset keeps HSF18's 3
         iterations = {"iterations": 2} if name != "paper" else {}
-        # the CPU demo also takes the CPU study's softer E-step (presets.CAPSNET_CPU_RECIPE)
+        # the CPU demo also takes the converged recipe's softer E-step
         temperature = {"estep_temperature": 0.25} if name == "quick" else {}
-        assert preset.overrides(preset.capsnet) == {"calibrate": "beta_a", **iterations, **temperature}
-        assert not preset.overrides(preset.cnn)
+        assert preset.capsnet.model_settings == {"calibrate": "beta_a", **iterations, **temperature}
+        assert not preset.cnn.model_settings
     # the other capsule families join the CPU demo and the GPU preset as presets of their own, so that
     # `quick` and `gpu` keep their budgets; only on the GPU are they compiled
     families, gpu_families = get_preset("families"), get_preset("gpu-families")
     assert families == quick.replace(name="families", more_capsules=families.more_capsules)
     assert families.models == ("cnn-small", "capsnet-small", "dynamic-capsnet-small", "sr-capsnet-small")
-    assert (
-        gpu_families.more_capsules == ("dynamic-capsnet", "sr-capsnet") and gpu_families.more_capsules_compile
-    )
-    assert not get_preset("gpu").more_capsules and not families.overrides("sr-capsnet-small")
+    assert gpu_families.capsule_models[1:] == ("dynamic-capsnet", "sr-capsnet")
+    assert not get_preset("gpu").more_capsules and not families.config_for("sr-capsnet-small").model_overrides
     from robustcaps.study.viewpoint import train_config
 
     sr = train_config(gpu_families, "sr-capsnet", "full", "data", "cuda")
-    assert (sr.compile, sr.routing, sr.steps) == (True, "plain", gpu_families.capsnet_steps)
+    assert (sr.compile, sr.routing, sr.steps) == (True, "plain", gpu_families.capsnet.steps)
     assert train_config(families, "dynamic-capsnet-small", "full", "data", "cpu").compile is False
     # RobustBench's headline number in the presets that report robustness
     assert all("autoattack" in get_preset(name).untargeted_attacks for name in ("gpu", "paper"))
+    # the converged preset: every family to its plateau on held-out instances, the converged recipe
+    converged = get_preset("converged")
+    assert {c.val for c in converged.runs} == {"instances"} and min(c.patience for c in converged.runs) > 0
+    assert converged.capsnet.model_settings["estep_temperature"] == 0.25 and not converged.demo
+    assert converged.attack.n >= 300 and "autoattack" in converged.untargeted_attacks
     with pytest.raises(RobustcapsError, match="--preset"):
         get_preset("huge")
 
 
-def test_the_gpu_preset_compiles_only_the_capsule_network_with_fused_routing(tmp_path):
+def test_preset_runs_are_named_by_the_digest_of_the_trainconfig_they_train(tmp_path):
     from robustcaps.study.viewpoint import run_dir, train_config
 
     gpu = get_preset("gpu")
-    caps, cnn = (train_config(gpu, m, "full", tmp_path, "cuda") for m in (gpu.capsnet, gpu.cnn))
+    cnn, caps = (train_config(gpu, m, "full", tmp_path, "cuda") for m in gpu.models)
     assert (caps.compile, caps.routing) == (True, "fused") and (cnn.compile, cnn.routing) == (False, "plain")
     quick = get_preset("quick")
-    caps, cnn = (train_config(quick, m, "full", tmp_path, "cpu") for m in (quick.capsnet, quick.cnn))
+    cnn, caps = (train_config(quick, m, "full", tmp_path, "cpu") for m in quick.models)
     assert (caps.compile, caps.routing, caps.recompute) == (True, "fused", "none")
     assert (cnn.compile, cnn.routing) == (False, "plain")
     assert caps.lr_schedule == cnn.lr_schedule == "cosine"  # one training protocol for both families
     assert caps.val == cnn.val == "pairs"  # the demo trains on all five instances per category
-    assert train_config(get_preset("gpu"), "cnn", "full", tmp_path, "cpu").val == "instances"
-    assert run_dir(tmp_path, quick, "cnn", "full") != run_dir(
-        tmp_path, quick.replace(lr_schedule="exponential"), "cnn", "full"
+    assert train_config(gpu, "cnn", "full", tmp_path, "cpu").val == "instances"
+    # any setting that changes what is trained trains into another run directory, in any role ...
+    for changes in ({"lr_schedule": "exponential"}, {"eval_every": 10}, {"seed": 1}, {"steps": 3}):
+        changed = quick.replace_runs(**changes)
+        for model in quick.models:
+            assert run_dir(tmp_path, quick, model, "azimuth") != run_dir(tmp_path, changed, model, "azimuth")
+    deeper = quick.replace(capsnet=dataclasses.replace(quick.capsnet, model_overrides={"iterations": 3}))
+    assert run_dir(tmp_path, quick, "capsnet-small", "full") != run_dir(
+        tmp_path, deeper, "capsnet-small", "full"
     )
-    # a changed training setting trains into another run directory rather than into the old one
-    slower = gpu.replace(capsnet_routing="plain")
-    assert run_dir(tmp_path, gpu, "capsnet", "full") != run_dir(tmp_path, slower, "capsnet", "full")
-    sparser = gpu.replace(eval_every=10)
-    assert run_dir(tmp_path, gpu, "cnn", "azimuth") != run_dir(tmp_path, sparser, "cnn", "azimuth")
-    graphs = gpu.replace(capsnet_compile_mode="reduce-overhead")
-    assert train_config(graphs, "capsnet", "full", tmp_path, "cuda").compile_mode == "reduce-overhead"
-    assert train_config(graphs, "cnn", "full", tmp_path, "cuda").compile_mode == "default"
-    assert run_dir(tmp_path, gpu, "capsnet", "full") != run_dir(tmp_path, graphs, "capsnet", "full")
-    kept = gpu.replace(capsnet_routing="triton", capsnet_recompute="none")
-    assert train_config(kept, "capsnet", "full", tmp_path, "cuda").recompute == "none"
-    assert train_config(kept, "cnn", "full", tmp_path, "cuda").recompute == "all"
-    assert run_dir(tmp_path, kept, "capsnet", "full") != run_dir(
-        tmp_path, kept.replace(capsnet_recompute="all"), "capsnet", "full"
+    assert run_dir(tmp_path, quick, "cnn-small", "full") == run_dir(tmp_path, deeper, "cnn-small", "full")
+    # ... and the stopping target too; how the same function is computed (speed, device, data path) does not
+    targeted = run_dir(tmp_path, quick, "capsnet-small", "azimuth", target_familiar_error=0.1)
+    assert targeted != run_dir(tmp_path, quick, "capsnet-small", "azimuth")
+    plain = quick.replace(capsnet=dataclasses.replace(quick.capsnet, compile=False, routing="plain"))
+    assert run_dir(tmp_path, quick, "capsnet-small", "full") == run_dir(
+        tmp_path, plain, "capsnet-small", "full"
     )
     paper = get_preset("paper")
-    assert {
-        train_config(paper, m, "azimuth", tmp_path, "cuda").eval_every for m in (paper.capsnet, paper.cnn)
-    } == {10}
+    assert {train_config(paper, m, "azimuth", tmp_path, "cuda").eval_every for m in paper.models} == {10}
 
 
 def test_cli_bad_data_is_one_line(tmp_path):
@@ -173,7 +183,8 @@ def test_tiny_reproduce_end_to_end_then_resume(data_root, tmp_path):
     from robustcaps.study.pipeline import reproduce
 
     results, runs, log = tmp_path / "results", tmp_path / "runs", []
-    preset = tiny().replace(cnn_steps=2, capsnet_steps=2, attack_n=5, max_per_part=20)
+    preset = tiny().replace_runs(steps=2, max_per_part=20)
+    preset = preset.replace(attack=dataclasses.replace(preset.attack, n=5))
     readme = reproduce(preset, data=str(data_root), results_dir=results, runs_dir=runs, device="cpu",
                        echo=log.append)  # fmt: skip
     text = readme.read_text()
@@ -251,7 +262,9 @@ def test_every_capsule_family_goes_through_the_same_protocol(data_root, tmp_path
 
     results = tmp_path / "results"
     more = ("dynamic-capsnet-small", "sr-capsnet-small")
-    preset = tiny().replace(cnn_steps=2, capsnet_steps=2, attack_n=5, max_per_part=20, more_capsules=more)
+    base = tiny().replace_runs(steps=2, max_per_part=20)
+    runs = tuple(dataclasses.replace(base.capsnet, model=m, model_overrides={}) for m in more)
+    preset = base.replace(more_capsules=runs, attack=dataclasses.replace(base.attack, n=5))
     readme = reproduce(preset, data=str(data_root), results_dir=results, runs_dir=tmp_path / "runs",
                        device="cpu", echo=lambda _: None)  # fmt: skip
     clean = pd.read_csv(results / "clean" / "clean_error.csv")

@@ -60,11 +60,11 @@ def test_capsules_are_stopped_at_the_cnns_familiar_error(recorded, tmp_path):
     (cnn_config, cnn_dir), (caps_config, caps_dir) = recorded["train"]
     # The CNN first, with no target (keeping familiar snapshots); then the capsules with the CNN's familiar
     # error as their target.
-    assert cnn_config.model == preset.cnn and cnn_config.target_familiar_error is None
+    assert cnn_config.model == preset.cnn.model and cnn_config.target_familiar_error is None
     assert cnn_config.familiar_snapshots and not caps_config.familiar_snapshots
-    assert caps_config.model == preset.capsnet and caps_config.target_familiar_error == 0.125
+    assert caps_config.model == preset.capsnet.model and caps_config.target_familiar_error == 0.125
     assert cnn_config.split == caps_config.split == "azimuth"
-    assert dict(caps_config.model_overrides) == dict(preset.capsnet_overrides)
+    assert dict(caps_config.model_overrides) == dict(preset.capsnet.model_overrides)
     # The CNN's familiar error is read from its val-selected checkpoint; the capsules' from the checkpoint
     # where the target was checked. The capsules stayed above the CNN (14% > 12.5%), so the CNN is also
     # stopped at its first epoch at or below 14%: step 40 (13%), not the later, lower step 50. Each is

@@ -424,12 +424,12 @@ def _tiny_cnn_train(root) -> list[str]:
 
 
 def test_train_options_default_to_trainconfig_and_set_reaches_the_rest(rendered_root, tmp_path):
-    from robustcaps.cli.train import DEFAULTS
     from robustcaps.cli.train import train as train_command
 
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for param in train_command.params:
-        if param.name in DEFAULTS and param.name != "speed":  # the CLI picks a speed; the API takes one
-            assert param.default == DEFAULTS[param.name], f"--{param.name} restates another default"
+        if param.name in defaults and param.name != "speed":  # the CLI picks a speed; the API takes one
+            assert param.default == defaults[param.name], f"--{param.name} restates another default"
     shown = CliRunner().invoke(cli, ["train", "--help"]).output
     assert (
         "--set KEY=VALUE" in shown and "--lr-schedule" not in shown and 'lr_schedule="exponential"' in shown
@@ -522,3 +522,65 @@ def test_evaluation_halves_a_batch_that_runs_out_of_memory(rendered_root, monkey
     assert (
         max(sizes) > 8 and halved["error"] == whole["error"] and torch.equal(halved["wrong"], whole["wrong"])
     )
+
+
+def test_a_new_training_setting_is_one_field_that_reaches_the_cli_the_run_digest_and_config_json(
+    rendered_root, tmp_path, monkeypatch
+):
+    """Adding a setting is adding a field: the option, --set, the digest and config.json follow from it."""
+    from robustcaps.cli.train import train_command
+    from robustcaps.training.config import run_digest, setting
+
+    extended = dataclasses.make_dataclass(
+        "Extended",
+        [("new_knob", int, setting(3, shown=True, help="A setting the code has never seen."))],
+        bases=(TrainConfig,),
+        frozen=True,
+    )
+    command = train_command(extended)
+    assert "--new-knob" in CliRunner().invoke(command, ["--help"]).output
+    assert run_digest(extended(new_knob=4)) != run_digest(extended()) == run_digest(extended(device="cpu"))
+    fitted = []
+    monkeypatch.setattr("robustcaps.training.train.fit", lambda config, out, resume: fitted.append(config))
+    args = ["--data", str(rendered_root), "--model", "cnn-small", "--out", str(tmp_path / "run")]
+    for given in (["--new-knob", "7"], ["--set", "new_knob=7"]):
+        result = CliRunner().invoke(command, [*args, *given])
+        assert result.exit_code == 0, result.output
+    assert [c.new_knob for c in fitted] == [7, 7] and '"new_knob": 7' in config_json(fitted[0])
+
+
+def test_every_bad_choice_is_one_error_line_before_any_data_is_loaded(tmp_path, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded before the options were checked")
+
+    monkeypatch.setattr("robustcaps.training.config.load_split", no_data)
+    monkeypatch.setattr("robustcaps.training.loop.load_split", no_data)
+    base = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    for bad in (
+        ["--model", "nope"], ["--split", "sideways"], ["--val", "novel"], ["--speed", "warp"],
+        ["--set", "routing=gathered"], ["--set", "loss=hinge"], ["--set", "lr_schedule=linear"],
+        ["--model-option", "estep=wide"],
+    ):  # fmt: skip
+        result = CliRunner().invoke(cli, [*base, *bad])
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert result.exit_code in (1, 2) and len(errors) == 1, (bad, result.output)
+        assert "Traceback" not in result.output and bad[1].split("=")[-1] in errors[0], (bad, errors)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_default_recipe_is_the_converged_one_and_the_papers_is_one_option_away():
+    from robustcaps.training.config import Recipe
+
+    default, paper = TrainConfig(), TrainConfig(recipe="paper")
+    assert default.recipe == Recipe.CONVERGED and build_model(default).config.estep_temperature == 0.25
+    assert build_model(default).config.iterations == 2 and build_model(paper).config.iterations == 3
+    assert build_model(paper).config.estep_temperature == 1.0
+    given = TrainConfig(model_overrides={"iterations": 3})  # a model option given by hand wins
+    assert build_model(given).config.iterations == 3
+    assert TrainConfig(model="cnn-small").model_settings == {}  # recipes are about routing
+    # a config.json from before recipes existed trained HSF18's
+    legacy = {k: v for k, v in default.to_dict().items() if k != "recipe"}
+    assert TrainConfig.from_dict(legacy).recipe == "paper"
+    assert '"recipe": "converged"' in config_json(default)
+    help_text = CliRunner().invoke(cli, ["train", "--help"]).output
+    assert "--recipe [converged|paper]" in help_text

@@ -193,7 +193,7 @@ def _manifest(config: RenderConfig, size: str, rows: dict[str, int], sha256: dic
 
 
 def default_workers() -> int:
-    """One process per core, at most 16 (2 on the CI machine; the full set takes ~10 s on 16 cores)."""
+    """One process per core, at most 16."""
     return min(16, os.cpu_count() or 1)
 
 
@@ -218,7 +218,7 @@ def remade_data_root(identity: dict, progress: bool = True) -> Path | None:
 
     Rendering is deterministic to the byte on every machine, so a committed or copied run whose data
     directory is not here (results/models/*, results/gpu/models/*) can be evaluated and attacked anyway;
-    the caller still compares the SHA-256s (`runs.check_same_dataset`).
+    the caller still compares the SHA-256s (`training.checkpoints.check_same_dataset`).
     """
     options, seed = identity.get("options"), identity.get("seed")
     if identity.get("kind") != "rendered" or identity.get("generator_version") != GENERATOR_VERSION:

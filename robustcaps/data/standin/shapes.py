@@ -13,8 +13,7 @@ from robustcaps.data.standin.figures import animal, human
 from robustcaps.data.standin.mesh import Mesh, length
 from robustcaps.data.standin.vehicles import airplane, car, truck
 
-CATEGORIES = ("animal", "human", "airplane", "truck", "car")
-BUILDERS = (animal, human, airplane, truck, car)
+BUILDERS = (animal, human, airplane, truck, car)  # by smallNORB category: 0 animal … 4 car
 
 
 def build_object(category: int, instance: int) -> Mesh:
