@@ -28,6 +28,7 @@ from robustcaps.attacks.sweep import (
     sweep_cells,
 )
 from robustcaps.data import transforms
+from robustcaps.data.norb import content_identity
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_json, atomic_write_text
 from robustcaps.models.common import full_float32_convolutions
@@ -181,7 +182,7 @@ def load_eval_set(loaded, config: AttackConfig) -> EvalSet:
         )
     index = balanced_examples(part.labels, config.n, config.seed)
     images = transforms.test_batch(part.images[index]).float()
-    return EvalSet(images, part.labels[index], index, identity_string(data.identity))
+    return EvalSet(images, part.labels[index], index, identity_string(content_identity(data.identity)))
 
 
 def attack_run_dir(

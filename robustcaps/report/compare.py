@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from robustcaps.report import columns as col
+from robustcaps.report.headline import EPS, masking_failures, not_established, worst_case
 from robustcaps.report.tables import full_test_rows, percent, percent_interval, shown_rows
 from robustcaps.uncertainty import paired_difference, wilson
 
@@ -12,12 +14,12 @@ from robustcaps.uncertainty import paired_difference, wilson
 def _robust(per_example: pd.DataFrame) -> pd.Series:
     """Whether each example withstood each untargeted white-box cell, keyed (attack, ε_std, example)."""
     rows = per_example[
-        (per_example["role"] == "sweep")
-        & ~per_example["targeted"].astype(bool)
-        & (per_example["source"].fillna("self") == "self")
+        (per_example[col.ROLE] == "sweep")
+        & ~per_example[col.TARGETED].astype(bool)
+        & (per_example[col.SOURCE].fillna("self") == "self")
     ]
-    right = (rows["prediction"] == rows["label"]).to_numpy()
-    index = pd.MultiIndex.from_arrays([rows["attack"], rows["eps_std"].round(6), rows["example"]])
+    right = (rows[col.PREDICTION] == rows[col.LABEL]).to_numpy()
+    index = pd.MultiIndex.from_arrays([rows[col.ATTACK], rows[col.EPS_STD].round(6), rows[col.EXAMPLE]])
     return pd.Series(right, index=index)
 
 
@@ -37,38 +39,45 @@ def side_by_side(first: pd.DataFrame, second: pd.DataFrame, names: tuple[str, st
         row["difference"] = f"{rate_a - rate_b:+.2f} ({low:+.2f} to {high:+.2f})"
         rows.append(row)
     table = pd.DataFrame(rows)
-    rank = table["attack"].map({"clean": 0, "worst": 2}).fillna(1)  # clean first, the worst case last
+    rank = table[col.ATTACK].map({"clean": 0, "worst": 2}).fillna(1)  # clean first, the worst case last
     return table.assign(rank=rank).sort_values(["eps_std", "rank", "attack"]).drop(columns="rank")
 
 
-def leaderboard(results: dict, eps: float = 0.1) -> pd.DataFrame:
+def leaderboard(results: dict, eps: float = EPS) -> pd.DataFrame:
     """One row per model: clean test error (full split, centre crop), novel-viewpoint error per split at
     the matched familiar error (the CNN stopped at the capsules' familiar error where that match was
-    made), and the per-example worst-case accuracy over every untargeted white-box attack at the ε closest
-    to `eps` (standardised units; AutoAttack among them where it ran). Empty cells: not measured."""
-    clean, viewpoint, summary = results["clean"], shown_rows(results["viewpoint"]), results["summary"]
+    made), and the worst-case accuracy at ε ≈ `eps` (headline.worst_case) with its 95% interval and the
+    attacks it took, marked where a check that points to masked gradients failed. Empty cells: not
+    measured."""
+    clean, viewpoint = results["clean"], shown_rows(results["viewpoint"])
     if clean.empty:
         return pd.DataFrame()
-    full = full_test_rows(clean)
     rows = []
-    for row in full.itertuples():
+    for row in full_test_rows(clean).itertuples():
         entry = {"model": row.model, "clean error": percent_interval(row.error, row.n)}
-        for split, frame in viewpoint.groupby("split") if not viewpoint.empty else ():
-            mine = frame[frame["model"] == row.model]
-            reverse = mine[mine["protocol"] == "reverse"]
-            chosen = reverse if len(reverse) else mine[mine["protocol"] == "paper"]
+        for split, frame in viewpoint.groupby(col.SPLIT) if not viewpoint.empty else ():
+            mine = frame[frame[col.MODEL] == row.model]
+            reverse = mine[mine[col.PROTOCOL] == col.REVERSE]
+            chosen = reverse if len(reverse) else mine[mine[col.PROTOCOL] == col.PAPER]
             note = " (stopped at the capsules' familiar error)" if len(reverse) else ""
             entry[f"novel {split} error"] = (
-                percent(chosen["novel_error"].iloc[0]) + note if len(chosen) else ""
+                percent(chosen[col.NOVEL_ERROR].iloc[0]) + note if len(chosen) else ""
             )
-        worst = summary.iloc[0:0]
-        if len(summary):
-            mask = (summary["model"] == row.model) & (summary["attack"] == "worst")
-            worst = summary[mask & ~summary["targeted"].astype(bool)]
-        if len(worst):
-            closest = worst.iloc[(worst["eps_std"] - eps).abs().argsort()[:1]].iloc[0]
-            entry[f"worst-case accuracy at ε {closest['eps_std']:.2g}"] = (
-                f"{closest['value']:.2f} (n {int(closest['n'])})"
-            )
+        entry |= _worst_case_cells(results, row.model, eps)
         rows.append(entry)
     return pd.DataFrame(rows).fillna("")
+
+
+def _worst_case_cells(results: dict, model: str, eps: float) -> dict[str, str]:
+    worst = worst_case(results, model, eps)
+    if worst is None:
+        return {}
+    low, high = worst.interval()
+    failures = masking_failures(results["checks"], model)
+    mark = f"; {not_established(failures)}" if failures else ""
+    return {
+        f"worst-case accuracy at ε {worst.eps:.2g}": (
+            f"{worst.value:.2f} ({low:.2f}–{high:.2f}, n {worst.n}{mark})"
+        ),
+        "worst case over": worst.attacks,
+    }

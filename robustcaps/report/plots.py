@@ -19,7 +19,9 @@ import seaborn as sns  # noqa: E402
 
 from robustcaps.io import atomic_write_bytes  # noqa: E402
 from robustcaps.paper_results import fig3_frame, table2_frame  # noqa: E402
+from robustcaps.report import columns as col  # noqa: E402
 from robustcaps.report.tables import PAPER_ATTACKS, family_of, with_protocol  # noqa: E402
+from robustcaps.uncertainty import wilson  # noqa: E402
 
 FAMILY_COLOURS = {
     "capsnet": "tab:blue",
@@ -48,33 +50,50 @@ def _colour(model: str) -> str:
     return FAMILY_COLOURS.get(family_of(model), "0.4")
 
 
+def _wilson(values: pd.Series, n: pd.Series) -> tuple[list[float], list[float]]:
+    bounds = [wilson(v, int(k)) for v, k in zip(values, n, strict=True)]
+    return [b[0] for b in bounds], [b[1] for b in bounds]
+
+
+def _band(ax: plt.Axes, line: pd.DataFrame, colour: str) -> None:
+    """The 95% Wilson interval of each point on n examples as a band (for a targeted success rate averaged
+    over the targets, n examples is what is independent, so the band is approximate there)."""
+    line = line.sort_values(col.EPS_STD)
+    low, high = _wilson(line[col.VALUE], line[col.N])
+    ax.fill_between(line[col.EPS_STD], low, high, color=colour, alpha=0.15, linewidth=0)
+
+
 def plot_fig3(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
-    """Accuracy (untargeted) and success rate (targeted) against ε for FGSM and BIM, paper points overlaid."""
-    white_box = (summary["source"] == "") & (summary["role"] == "sweep")
-    rows = summary[summary["attack"].isin(PAPER_ATTACKS) & white_box]
+    """Accuracy (untargeted) and success rate (targeted) against ε for FGSM and BIM, each point with its 95%
+    interval as a band, paper points overlaid."""
+    white_box = (summary[col.SOURCE] == "") & (summary[col.ROLE] == "sweep")
+    rows = summary[summary[col.ATTACK].isin(PAPER_ATTACKS) & white_box]
     paper = fig3_frame()
     fig, axes = plt.subplots(2, 2, figsize=(9, 7), sharex=True, sharey=True, squeeze=False)
     legend = {}  # label -> handle over every panel: one legend beside them, however many models
     for i, targeted in enumerate((False, True)):
         for j, attack in enumerate(PAPER_ATTACKS):
             ax = axes[i, j]
-            ours = rows[(rows["attack"] == attack) & (rows["targeted"] == targeted)]
-            ours = ours.groupby(["model", "eps_std"], as_index=False)["value"].mean()
-            for model, line in ours.groupby("model"):
+            ours = rows[(rows[col.ATTACK] == attack) & (rows[col.TARGETED] == targeted)]
+            ours = ours.groupby([col.MODEL, col.EPS_STD], as_index=False).agg(
+                value=(col.VALUE, "mean"), n=(col.N, "min")
+            )
+            for model, line in ours.groupby(col.MODEL):
+                _band(ax, line, _colour(model))
                 sns.lineplot(
                     data=line,
-                    x="eps_std",
-                    y="value",
+                    x=col.EPS_STD,
+                    y=col.VALUE,
                     ax=ax,
                     marker="o",
                     color=_colour(model),
                     label=f"{model} (ours)",
                 )
-            points = paper[(paper["attack"] == attack) & (paper["targeted"] == targeted)]
-            for family, group in points.groupby("family"):
+            points = paper[(paper[col.ATTACK] == attack) & (paper[col.TARGETED] == targeted)]
+            for family, group in points.groupby(col.FAMILY):
                 ax.scatter(
-                    group["eps_std"],
-                    group["value"],
+                    group[col.EPS_STD],
+                    group[col.VALUE],
                     marker="*",
                     s=140,
                     edgecolor="black",
@@ -94,61 +113,91 @@ def plot_fig3(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
                 ax.get_legend().remove()
     fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
                frameon=False)  # fmt: skip
-    fig.suptitle("White-box attacks (cf. HSF18 Fig. 3)")
+    fig.suptitle("White-box attacks (cf. HSF18 Fig. 3; 95% intervals as bands)")
     return save_figure(fig, stem, footer)
 
 
 def plot_all_attacks(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
-    """Untargeted accuracy against ε for every attack (including transfer and the vote attack) and model."""
-    chosen = (~summary["targeted"]) & (summary["role"] == "sweep") & (summary["attack"] != "clean")
-    rows = summary[chosen & (summary["metric"] == "accuracy")].copy()
-    rows["attack"] = [
-        a if not s else f"{a} (from {s})" for a, s in zip(rows["attack"], rows["source"], strict=True)
+    """Untargeted accuracy against ε for every attack (including transfer and the vote attack) and model,
+    each point with its 95% Wilson interval as a band."""
+    chosen = (~summary[col.TARGETED]) & (summary[col.ROLE] == col.SWEEP) & (summary[col.ATTACK] != col.CLEAN)
+    rows = summary[chosen & (summary[col.METRIC] == col.ACCURACY)].copy()
+    rows[col.ATTACK] = [
+        a if not s else f"{a} (from {s})" for a, s in zip(rows[col.ATTACK], rows[col.SOURCE], strict=True)
     ]
+    rows = rows.groupby([col.MODEL, col.ATTACK, col.EPS_STD], as_index=False, sort=False).agg(
+        value=(col.VALUE, "mean"), n=(col.N, "min")
+    )
+    attacks = list(dict.fromkeys(rows[col.ATTACK]))
+    palette = dict(zip(attacks, sns.color_palette(n_colors=len(attacks)), strict=True))
     grid = sns.relplot(
         data=rows,
-        x="eps_std",
-        y="value",
-        hue="attack",
-        col="model",
+        x=col.EPS_STD,
+        y=col.VALUE,
+        hue=col.ATTACK,
+        col=col.MODEL,
         kind="line",
         marker="o",
+        palette=palette,
+        errorbar=None,
         height=3.6,
         aspect=1.1,
         facet_kws={"ylim": (-0.02, 1.02)},
     )
+    for model, ax in grid.axes_dict.items():
+        for attack, line in rows[rows[col.MODEL] == model].groupby(col.ATTACK):
+            _band(ax, line, palette[attack])
     grid.set_axis_labels("ε (standardised input units)", "accuracy")
     sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.9))  # beside the axes, not over them
-    grid.figure.suptitle("Untargeted accuracy under every attack", y=1.0)
+    grid.figure.suptitle("Untargeted accuracy under every attack (95% intervals as bands)", y=1.0)
     return save_figure(grid.figure, stem, footer)
 
 
 def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
-    """Novel against familiar error per split and model, ours and the paper's Table 2; every reverse match
-    too (the CNN stopped at a capsule network's familiar error: its X sits beside that network's point)."""
+    """Novel against familiar error per split and model, ours (with 95% Wilson error bars) and the paper's
+    Table 2; every reverse match too (the CNN stopped at a capsule network's familiar error: its X sits
+    beside that network's point)."""
     viewpoint = with_protocol(viewpoint)
     stopped, paper = "ours, CNN stopped at capsules' familiar", "paper (smallNORB)"
     markers = {"ours": "o", stopped: "X", paper: "s"}  # fixed: seaborn would pick them per panel
-    source = viewpoint["protocol"].map({"paper": "ours", "reverse": stopped})
-    ours = viewpoint.assign(family=viewpoint["model"].map(family_of), source=source)
+    source = viewpoint[col.PROTOCOL].map({"paper": "ours", "reverse": stopped})
+    ours = viewpoint.assign(family=viewpoint[col.MODEL].map(family_of), source=source)
     points = pd.concat([ours, table2_frame().assign(source=paper)], ignore_index=True)
-    splits = sorted(points["split"].unique())
+    splits = sorted(points[col.SPLIT].unique())
     fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits), 4.2), squeeze=False)
     legend = {}  # label -> handle, over every panel (a reverse match may exist on one split only)
     for ax, split in zip(axes[0], splits, strict=True):
-        group = points[points["split"] == split]
+        group = points[points[col.SPLIT] == split]
         sns.scatterplot(
             data=group,
-            x="familiar_error",
-            y="novel_error",
-            hue="family",
+            x=col.FAMILIAR_ERROR,
+            y=col.NOVEL_ERROR,
+            hue=col.FAMILY,
             style="source",
-            markers={k: v for k, v in markers.items() if k in set(group["source"])},
+            markers={k: v for k, v in markers.items() if k in set(group[col.SOURCE])},
             palette=FAMILY_COLOURS,
             s=110,
             ax=ax,
         )
-        top = max(group[["familiar_error", "novel_error"]].max().max() * 1.15, 0.05)
+        ours_here = group[group[col.SOURCE] != paper]
+        for family, rows in ours_here.groupby(
+            col.FAMILY
+        ):  # our points' 95% Wilson intervals (the paper's: none)
+            x_low, x_high = _wilson(rows[col.FAMILIAR_ERROR], rows[col.N_FAMILIAR])
+            y_low, y_high = _wilson(rows[col.NOVEL_ERROR], rows[col.N_NOVEL])
+            x, y = rows[col.FAMILIAR_ERROR].to_numpy(), rows[col.NOVEL_ERROR].to_numpy()
+            ax.errorbar(
+                x,
+                y,
+                xerr=[x - x_low, [h - v for h, v in zip(x_high, x, strict=True)]],
+                yerr=[y - y_low, [h - v for h, v in zip(y_high, y, strict=True)]],
+                fmt="none",
+                ecolor=FAMILY_COLOURS.get(family, "0.4"),
+                elinewidth=1,
+                capsize=2,
+                zorder=1,
+            )
+        top = max(group[[col.FAMILIAR_ERROR, col.NOVEL_ERROR]].max().max() * 1.15, 0.05)
         ax.plot([0, top], [0, top], color="0.7", linestyle="--", linewidth=1, label="novel = familiar")
         ax.set(
             title=f"{split} split",
@@ -168,15 +217,17 @@ def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> lis
 
 def plot_training(training: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
     """Training loss and errors against step, one line per run, one row per family."""
-    metrics = [m for m in ("train_loss", "train_error", "val_error", "familiar_error") if m in training]
-    training = training.assign(family=training["model"].map(family_of)) if "model" in training else training
-    ids = ["run", "step"] + (["family"] if "family" in training else [])
-    long = training.melt(id_vars=ids, value_vars=metrics, var_name="metric").dropna(subset=["value"])
+    metrics = [m for m in col.TRAINING_METRICS if m in training]
+    training = (
+        training.assign(family=training[col.MODEL].map(family_of)) if col.MODEL in training else training
+    )
+    ids = [col.RUN, col.STEP] + ([col.FAMILY] if col.FAMILY in training else [])
+    long = training.melt(id_vars=ids, value_vars=metrics, var_name=col.METRIC).dropna(subset=[col.VALUE])
     # One row per family: the capsules' spread loss and the CNN's cross-entropy are not on one scale.
-    grid = sns.relplot(data=long, x="step", y="value", hue="run", col="metric",
-                       row="family" if "family" in long else None, kind="line", marker="o", markersize=4,
+    grid = sns.relplot(data=long, x=col.STEP, y=col.VALUE, hue=col.RUN, col=col.METRIC,
+                       row=col.FAMILY if col.FAMILY in long else None, kind="line", marker="o", markersize=4,
                        height=3.0, aspect=1.1, facet_kws={"sharey": False, "sharex": False})  # fmt: skip
-    grid.set_titles("{row_name}: {col_name}" if "family" in long else "{col_name}")
+    grid.set_titles("{row_name}: {col_name}" if col.FAMILY in long else "{col_name}")
     for ax in grid.axes.flat:  # an empty panel: e.g. familiar error, recorded only with a target to reach
         if not ax.lines:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)

@@ -13,12 +13,16 @@ import pandas as pd
 
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_text
+from robustcaps.paper_results import FIG3
 from robustcaps.report import plots
 from robustcaps.report.compare import leaderboard
 from robustcaps.report.families import family_rows
 from robustcaps.report.findings import findings_sections, verdict
+from robustcaps.report.headline import EPS
+from robustcaps.report.robustness import TARGETED_EPS
 from robustcaps.report.tables import (
     MODELS_DIR,
+    PAPER_ATTACKS,
     PROVENANCE_JSON,
     checks_table,
     clean_table,
@@ -32,6 +36,21 @@ from robustcaps.report.tables import (
 
 TABLES_DIR = Path("tables")
 FIGURES_DIR = Path("figures")
+
+
+def paper_note(targeted: bool) -> str:
+    """HSF18 Fig. 3's FGSM/BIM numbers at its ε, from paper_results.FIG3."""
+    eps = TARGETED_EPS if targeted else EPS
+    caps, cnn = (
+        "/".join(f"{FIG3[(f, a, targeted, eps)]:.2f}" for a in PAPER_ATTACKS) for f in ("capsnet", "cnn")
+    )
+    return f"Paper, ε={eps:g}: CNN {cnn}, capsules {caps}."
+
+
+def shown_command(command: str) -> str:
+    """The command with each absolute path (a scratch folder of the machine it ran on) as a placeholder:
+    the results name nothing that exists only there."""
+    return " ".join("PATH" if word.startswith(("/", "~")) else word for word in command.split(" "))
 
 
 def dataset_text(identity: dict) -> str:
@@ -63,7 +82,7 @@ def provenance_lines(results: dict, results_dir: Path) -> dict[str, str]:
         "dataset": text,
         "device": str(prov.get("device_name") or prov.get("device") or "unknown"),
         "commit": str(prov.get("git_commit") or "unknown"),
-        "reproduce": prov.get("command") or "robustcaps reproduce",
+        "reproduce": shown_command(prov.get("command") or "robustcaps reproduce"),
         "report": f"robustcaps report --results {results_dir}",
     }
 
@@ -117,7 +136,12 @@ def _leaderboard_text(results: dict) -> list[str]:
     board = leaderboard(results)
     if board.empty:
         return []
-    return ["### Leaderboard\n", markdown_table(board) + "\n"]
+    note = (
+        "Worst-case accuracy: per example, the worst over every untargeted attack in the next column, "
+        "with its 95% Wilson interval; a failed check that points to masked gradients marks it not "
+        "established.\n"
+    )
+    return ["### Leaderboard\n", note, markdown_table(board) + "\n"]
 
 
 def _verdict(results: dict) -> str:
@@ -197,14 +221,16 @@ def _tables(results: dict, root: Path, lines: dict) -> list[str]:
             sweep_table(summary, targeted=False),
             "Untargeted FGSM / BIM: accuracy per ε",
             "ε in units of the standardised input (Fig. 3 units). "
-            "Paper, ε=0.1: CNN 0.57/0.52, capsules 0.86/0.84." + interval_note(summary),
+            + paper_note(False)
+            + interval_note(summary),
         ),
         (
             "targeted",
             sweep_table(summary, targeted=True),
             "Targeted FGSM / BIM: success rate per ε",
             "Success rate averaged over the wrong target classes. "
-            "Paper, ε=0.25: CNN 0.59/0.85, capsules 0.19/0.24." + interval_note(summary),
+            + paper_note(True)
+            + interval_note(summary),
         ),
         (
             "stronger",

@@ -19,29 +19,34 @@ from pathlib import Path
 
 import pandas as pd
 
+from robustcaps.errors import RobustcapsError
+from robustcaps.models import REGISTRY
 from robustcaps.paper_results import CLEAN_ERROR, TABLE2
+from robustcaps.report import columns as col
+from robustcaps.report.columns import COUNT_COLUMNS  # noqa: F401 (study.viewpoint reads it here)
 from robustcaps.uncertainty import wilson
 
 CLEAN_CSV = Path("clean") / "clean_error.csv"
 VIEWPOINT_DIR = Path("viewpoint")
 TRAINING_CSV = Path("training") / "metrics.csv"
-MODELS_DIR = Path("models")  # the full-split models, weights only (runs.export_run)
+MODELS_DIR = Path("models")  # the full-split models, weights only (training.checkpoints.export_run)
 ATTACKS_DIR = Path("attacks")
 PROVENANCE_JSON = Path("provenance.json")
 PAPER_ATTACKS = ("fgsm", "bim")
 
-
-# (part of a model or run name, family), first match wins: the registry's names start with their family
-FAMILY_NAMES = (("dynamic", "dynamic"), ("sr-caps", "self-routing"), ("caps", "capsnet"), ("cnn", "cnn"))
-CAPSULE_FAMILIES = ("capsnet", "dynamic", "self-routing")
-# viewpoint CSV: of the novel images, how many only the capsules / only the CNN of a matched pair got wrong
-COUNT_COLUMNS = ("novel_only_capsules_wrong", "novel_only_cnn_wrong")
+CAPSULE_FAMILIES = tuple(dict.fromkeys(cls.family for cls, _ in REGISTRY.values() if cls.family != "cnn"))
 
 
 def family_of(model: str) -> str:
-    """capsnet (EM), dynamic, self-routing or cnn, from a model or run name."""
-    name = str(model).lower()
-    return next((family for part, family in FAMILY_NAMES if part in name), name)
+    """capsnet (EM), dynamic, self-routing or cnn: the registered model's family ("" for no model)."""
+    if model == "":
+        return ""
+    if model not in REGISTRY:
+        raise RobustcapsError(
+            f"model {model!r} in the results is not a registered model ({', '.join(REGISTRY)}); "
+            "report results with the robustcaps version that made them"
+        )
+    return REGISTRY[model][0].family
 
 
 def csv_bool(column: pd.Series) -> pd.Series:
@@ -60,14 +65,14 @@ def load_results(results_dir: str | Path) -> dict[str, pd.DataFrame | dict]:
     root = Path(results_dir)
     summary = _read_csvs(list((root / ATTACKS_DIR).glob("*/summary.csv")))
     if not summary.empty:
-        summary["attack"] = summary["attack"].astype(str).str.lower()
-        summary["targeted"] = csv_bool(summary["targeted"])
-        source = summary["source"] if "source" in summary else pd.Series("", index=summary.index)
+        summary[col.ATTACK] = summary[col.ATTACK].astype(str).str.lower()
+        summary[col.TARGETED] = csv_bool(summary[col.TARGETED])
+        source = summary[col.SOURCE] if col.SOURCE in summary else pd.Series("", index=summary.index)
         # the attacks write "self" for a white-box attack; here an empty source means white-box.
-        summary["source"] = source.astype(object).where(source.notna(), "").astype(str).replace("self", "")
-        role = summary["role"] if "role" in summary else pd.Series("sweep", index=summary.index)
-        summary["role"] = role.fillna("sweep").astype(str)
-        summary["family"] = summary["model"].map(family_of)
+        summary[col.SOURCE] = source.astype(object).where(source.notna(), "").astype(str).replace("self", "")
+        role = summary[col.ROLE] if col.ROLE in summary else pd.Series("sweep", index=summary.index)
+        summary[col.ROLE] = role.fillna("sweep").astype(str)
+        summary[col.FAMILY] = summary[col.MODEL].map(family_of)
     provenance_path = root / PROVENANCE_JSON
     return {
         "outcomes": white_box_outcomes(root),
@@ -89,40 +94,41 @@ def white_box_outcomes(root: Path) -> pd.DataFrame:
     for path in sorted((root / ATTACKS_DIR).glob("*/per_example.csv")):
         if not path.with_name("summary.csv").is_file():  # which model these rows are about is not known
             continue
-        model = pd.read_csv(path.with_name("summary.csv"), usecols=["model"], nrows=1)["model"].iloc[0]
+        model = pd.read_csv(path.with_name("summary.csv"), usecols=[col.MODEL], nrows=1)[col.MODEL].iloc[0]
         rows = pd.read_csv(path)
-        rows = rows[(rows["source"] == "self") & (rows["role"] == "sweep")]
-        targeted = csv_bool(rows["targeted"])
-        hit = rows["prediction"] == rows["target"].where(targeted, rows["label"])
-        frames.append(pd.DataFrame({
-            "model": model, "family": family_of(model), "attack": rows["attack"].str.lower(),
-            "targeted": targeted, "eps_std": rows["eps_std"], "example": rows["example"], "score": hit,
-        }))  # fmt: skip
+        rows = rows[(rows[col.SOURCE] == col.SELF) & (rows[col.ROLE] == col.SWEEP)]
+        targeted = csv_bool(rows[col.TARGETED])
+        hit = rows[col.PREDICTION] == rows[col.TARGET].where(targeted, rows[col.LABEL])
+        frame = rows[[col.EPS_STD, col.EXAMPLE]].assign(**{
+            col.MODEL: model, col.FAMILY: family_of(model), col.ATTACK: rows[col.ATTACK].str.lower(),
+            col.TARGETED: targeted, col.SCORE: hit,
+        })  # fmt: skip
+        frames.append(frame[list(col.OUTCOMES)])
     if not frames:
         return pd.DataFrame()
-    keys = ["model", "family", "attack", "targeted", "eps_std", "example"]
-    return pd.concat(frames, ignore_index=True).groupby(keys, as_index=False, sort=False)["score"].mean()
+    keys = [key for key in col.OUTCOMES if key != col.SCORE]
+    return pd.concat(frames, ignore_index=True).groupby(keys, as_index=False, sort=False)[col.SCORE].mean()
 
 
 def with_protocol(viewpoint: pd.DataFrame) -> pd.DataFrame:
     """Viewpoint rows with their `protocol` ("paper" or "reverse", robustcaps.study.viewpoint); rows written
     before the reverse match existed are all "paper"."""
-    if viewpoint.empty or "protocol" in viewpoint:
+    if viewpoint.empty or col.PROTOCOL in viewpoint:
         return viewpoint
     return viewpoint.assign(protocol="paper")
 
 
 def full_test_rows(clean: pd.DataFrame) -> pd.DataFrame:
     """The clean-error rows of the full split's test part, centre crop: each model's headline error."""
-    return clean[(clean["split"] == "full") & (clean["part"] == "test") & (clean["crops"] == 1)]
+    return clean[(clean[col.SPLIT] == "full") & (clean[col.PART] == "test") & (clean[col.CROPS] == 1)]
 
 
 def matched_to(viewpoint: pd.DataFrame) -> pd.Series:
     """Each viewpoint row's `matched_to` (the model it was matched against); "" where the CSV predates the
     column (then every row belongs to the EM pair)."""
-    if "matched_to" not in viewpoint:
+    if col.MATCHED_TO not in viewpoint:
         return pd.Series("", index=viewpoint.index, dtype=str)
-    return viewpoint["matched_to"].fillna("").astype(str)
+    return viewpoint[col.MATCHED_TO].fillna("").astype(str)
 
 
 def em_pair(viewpoint: pd.DataFrame) -> pd.DataFrame:
@@ -131,7 +137,7 @@ def em_pair(viewpoint: pd.DataFrame) -> pd.DataFrame:
     if viewpoint.empty:
         return viewpoint
     against = matched_to(viewpoint)
-    family = viewpoint["model"].map(family_of)
+    family = viewpoint[col.MODEL].map(family_of)
     keep = family.isin(("capsnet", "cnn")) & (
         (against == "") | against.map(family_of).isin(("capsnet", "cnn"))
     )
@@ -144,7 +150,7 @@ def shown_rows(viewpoint: pd.DataFrame) -> pd.DataFrame:
     if viewpoint.empty:
         return viewpoint
     viewpoint = with_protocol(viewpoint)
-    return viewpoint[(viewpoint["protocol"] == "paper") | viewpoint.index.isin(em_pair(viewpoint).index)]
+    return viewpoint[(viewpoint[col.PROTOCOL] == "paper") | viewpoint.index.isin(em_pair(viewpoint).index)]
 
 
 def possessive(name: str) -> str:
@@ -152,7 +158,7 @@ def possessive(name: str) -> str:
 
 
 def step_of(checkpoint: str) -> str:
-    """ "step N" from a snapshot's name (runs.snapshot_name), else the name itself."""
+    """ "step N" from a snapshot's name (training.checkpoints.snapshot_name), else the name itself."""
     digits = re.search(r"\d+$", str(checkpoint))
     return f"step {int(digits.group())}" if digits else str(checkpoint)
 
@@ -187,11 +193,11 @@ def percent_interval(value: float, n: int) -> str:
 
 def interval_note(summary: pd.DataFrame) -> str:
     """How wide a 95% interval on one attack cell's rate can be, for the examples per cell in `summary`."""
-    if summary.empty or "n" not in summary:
+    if summary.empty or col.N not in summary:
         return ""
-    n = int(summary["n"].min())
+    n = int(summary[col.N].min())
     low, high = wilson(0.5, n)
-    fewest = f"{n} examples per cell" if n == summary["n"].max() else f"at least {n} examples per cell"
+    fewest = f"{n} examples per cell" if n == summary[col.N].max() else f"at least {n} examples per cell"
     return f" {fewest}: a 95% interval on a rate can be up to ±{(high - low) / 2:.2f} wide (Wilson, at 0.5)."
 
 
@@ -199,19 +205,21 @@ def clean_table(clean: pd.DataFrame) -> pd.DataFrame:
     """Clean error per model, split and part, one column per crop count (1 and 13), with the paper's."""
     if clean.empty:
         return clean
-    wide = clean.pivot_table(index=["model", "split", "part"], columns="crops", values="error").reset_index()
+    wide = clean.pivot_table(
+        index=[col.MODEL, col.SPLIT, col.PART], columns=col.CROPS, values=col.ERROR
+    ).reset_index()
     wide.columns = [
         f"error ({c} crop{'s' if c != 1 else ''})" if isinstance(c, int | float) else c for c in wide.columns
     ]
-    n = clean.groupby(["model", "split", "part"])["n"].max().reset_index()
-    wide = wide.merge(n, on=["model", "split", "part"])
+    n = clean.groupby([col.MODEL, col.SPLIT, col.PART])[col.N].max().reset_index()
+    wide = wide.merge(n, on=[col.MODEL, col.SPLIT, col.PART])
     paper = {1: [], 13: []}
     for row in wide.itertuples(index=False):
         for crops in paper:
             value = CLEAN_ERROR.get((family_of(row.model), crops)) if row.split == "full" else None
             paper[crops].append(percent(value) if value is not None and row.part == "test" else "")
     for column in [c for c in wide.columns if c.startswith("error")]:
-        wide[column] = [percent_interval(e, n) for e, n in zip(wide[column], wide["n"], strict=True)]
+        wide[column] = [percent_interval(e, n) for e, n in zip(wide[column], wide[col.N], strict=True)]
     wide["paper (1 crop)"], wide["paper (13 crops)"] = paper[1], paper[13]
     return wide
 
@@ -220,25 +228,27 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
     """The Table 2 analogue: familiar and novel error per split and model, next to the paper's."""
     if viewpoint.empty:
         return viewpoint
-    viewpoint = with_protocol(viewpoint).sort_values(["split", "protocol", "model"]).reset_index(drop=True)
-    paper = viewpoint["protocol"] == "paper"
+    viewpoint = (
+        with_protocol(viewpoint).sort_values([col.SPLIT, col.PROTOCOL, col.MODEL]).reset_index(drop=True)
+    )
+    paper = viewpoint[col.PROTOCOL] == "paper"
 
     def from_paper(column: str) -> list[str]:
         return [
             percent(TABLE2[(s, family_of(m))][column]) if is_paper and (s, family_of(m)) in TABLE2 else ""
-            for s, m, is_paper in zip(viewpoint["split"], viewpoint["model"], paper, strict=True)
+            for s, m, is_paper in zip(viewpoint[col.SPLIT], viewpoint[col.MODEL], paper, strict=True)
         ]
 
     return pd.DataFrame(
         {
-            "split": viewpoint["split"],
-            "model": viewpoint["model"],
+            "split": viewpoint[col.SPLIT],
+            "model": viewpoint[col.MODEL],
             "match": [
                 "capsules stopped at the CNN's"
                 if is_paper
                 else f"CNN stopped at {possessive(against or 'the capsules')} ({step_of(which)})"
                 for is_paper, which, against in zip(
-                    paper, viewpoint.get("checkpoint", paper), matched_to(viewpoint), strict=True
+                    paper, viewpoint.get(col.CHECKPOINT, paper), matched_to(viewpoint), strict=True
                 )
             ],
             **{
@@ -248,11 +258,11 @@ def table2(viewpoint: pd.DataFrame) -> pd.DataFrame:
                 ]
                 for part in ("familiar", "novel")
             },
-            "paper familiar": from_paper("familiar_error"),
-            "paper novel": from_paper("novel_error"),
-            "familiar gap (caps − CNN)": viewpoint["familiar_gap"].map(percent),
+            "paper familiar": from_paper(col.FAMILIAR_ERROR),
+            "paper novel": from_paper(col.NOVEL_ERROR),
+            "familiar gap (caps − CNN)": viewpoint[col.FAMILIAR_GAP].map(percent),
             "n familiar / novel": [
-                f"{a} / {b}" for a, b in zip(viewpoint["n_familiar"], viewpoint["n_novel"], strict=True)
+                f"{a} / {b}" for a, b in zip(viewpoint[col.N_FAMILIAR], viewpoint[col.N_NOVEL], strict=True)
             ],
         }
     )
@@ -263,14 +273,16 @@ def sweep_table(summary: pd.DataFrame, targeted: bool) -> pd.DataFrame:
     if summary.empty:
         return summary
     rows = summary[
-        summary["attack"].isin(PAPER_ATTACKS)
-        & (summary["targeted"] == targeted)
-        & (summary["source"] == "")
-        & (summary["role"] == "sweep")
+        summary[col.ATTACK].isin(PAPER_ATTACKS)
+        & (summary[col.TARGETED] == targeted)
+        & (summary[col.SOURCE] == "")
+        & (summary[col.ROLE] == "sweep")
     ]
     if rows.empty:
         return pd.DataFrame()
-    rows = rows.assign(eps=rows["eps_std"].round(3), column=rows["attack"].str.upper() + " " + rows["model"])
+    rows = rows.assign(
+        eps=rows[col.EPS_STD].round(3), column=rows[col.ATTACK].str.upper() + " " + rows[col.MODEL]
+    )
     wide = rows.pivot_table(index="eps", columns="column", values="value", aggfunc="mean")
     return wide.reset_index().rename(columns={"eps": "ε (std units)"})
 
@@ -279,16 +291,18 @@ def stronger_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Every other attack (PGD, APGD, transfer, vote, worst case): a row per attack/model, ε as columns."""
     if summary.empty:
         return summary
-    paper = summary["attack"].isin(PAPER_ATTACKS) & (summary["source"] == "") & (summary["role"] == "sweep")
-    rows = summary[~paper & (summary["attack"] != "clean")]
+    paper = (
+        summary[col.ATTACK].isin(PAPER_ATTACKS) & (summary[col.SOURCE] == "") & (summary[col.ROLE] == "sweep")
+    )
+    rows = summary[~paper & (summary[col.ATTACK] != "clean")]
     if rows.empty:
         return pd.DataFrame()
     rows = rows.assign(
-        eps=rows["eps_std"].round(3).map(lambda e: f"ε={e:g}"),
-        mode=rows["targeted"].map({True: "targeted", False: "untargeted"}),
+        eps=rows[col.EPS_STD].round(3).map(lambda e: f"ε={e:g}"),
+        mode=rows[col.TARGETED].map({True: "targeted", False: "untargeted"}),
     )
     # role "check": the extra cells of the integrity checks (PGD at ε_pixel 0.5, PGD with 4× the budget).
-    index = ["attack", "source", "model", "mode", "role", "metric"]
+    index = [col.ATTACK, col.SOURCE, col.MODEL, "mode", col.ROLE, col.METRIC]
     wide = rows.pivot_table(index=index, columns="eps", values="value", aggfunc="mean")
     ordered = sorted(wide.columns, key=lambda c: float(c[2:]))
     return wide[ordered].reset_index()
@@ -297,6 +311,6 @@ def stronger_table(summary: pd.DataFrame) -> pd.DataFrame:
 def checks_table(checks: pd.DataFrame) -> pd.DataFrame:
     if checks.empty:
         return checks
-    passed = csv_bool(checks["passed"])
+    passed = csv_bool(checks[col.PASSED])
     out = checks.assign(result=passed.map({True: "pass", False: "FAIL"}))
-    return out[["model", "check", "result", "detail"]].drop_duplicates().reset_index(drop=True)
+    return out[[col.MODEL, col.CHECK, "result", col.DETAIL]].drop_duplicates().reset_index(drop=True)

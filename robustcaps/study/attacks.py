@@ -22,8 +22,10 @@ from pathlib import Path
 from robustcaps.attacks.run import attack_model, identity_string
 from robustcaps.attacks.sweep import EvalSet, Victim, balanced_examples
 from robustcaps.data import transforms
+from robustcaps.data.norb import content_identity
 from robustcaps.io import atomic_write_bytes
 from robustcaps.models import has_vote_head
+from robustcaps.report.tables import MODELS_DIR
 from robustcaps.study.presets import Preset
 from robustcaps.training.checkpoints import load_run
 from robustcaps.training.config import load_split
@@ -50,7 +52,7 @@ def eval_set_for(loaded, config) -> object:
     part = getattr(data, config.part)
     index = balanced_examples(part.labels, config.n, config.seed)
     images = transforms.test_batch(part.images[index]).float()
-    return EvalSet(images, part.labels[index], index, identity_string(data.identity))
+    return EvalSet(images, part.labels[index], index, identity_string(content_identity(data.identity)))
 
 
 ATTACK_FILES = ("summary.csv", "checks.csv", "per_example.csv")
@@ -70,10 +72,14 @@ def attack_victim(
     the report pairs the two models' outcomes on the same examples)."""
     loaded = load_run(run_dir, which="best", device=device)
     source = load_run(source_dir, which="best", device=device) if source_dir is not None else None
+    # the results name the run by the exported copy of its best weights, relative to the results folder
+    exported = MODELS_DIR / f"{name}-full"
+    recorded = str(exported) if (results_out.parent / exported).is_dir() else Path(run_dir).name
     copied = []
     for suffix, config in attack_configs(preset, has_vote_head(loaded.model), device).items():
         crafted_on = source if suffix == "" else None  # transfer cells in the untargeted sweep only
         victim = Victim.of_runs(loaded, name, crafted_on, source.config.model if crafted_on else "")
+        victim.run_dir = recorded
         out = runs_out / f"{name}{suffix}"
         attack_model(victim, eval_set_for(loaded, config), config, out, progress=progress)
         for file in ATTACK_FILES:

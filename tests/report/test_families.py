@@ -42,11 +42,12 @@ def _results(dynamic_novel_only_wrong: int, dynamic_robust: int) -> dict:
                      for attack in ("fgsm", "pgd") for i in range(100)]  # fmt: skip
     checks = pd.DataFrame([{"model": m, "check": "gradients_finite", "passed": m != "sr-capsnet-small"}
                            for m in MODELS])  # fmt: skip
-    return {"clean": clean, "viewpoint": viewpoint, "outcomes": pd.DataFrame(outcomes), "checks": checks}
+    return {"clean": clean, "viewpoint": viewpoint, "outcomes": pd.DataFrame(outcomes), "checks": checks,
+            "summary": pd.DataFrame()}  # fmt: skip
 
 
 def test_a_family_that_is_better_everywhere_is_named_with_every_measure():
-    table, wins = family_rows(_results(dynamic_novel_only_wrong=20, dynamic_robust=90))
+    table, wins, _ = family_rows(_results(dynamic_novel_only_wrong=20, dynamic_robust=90))
     assert list(table["model"]) == ["capsnet-small", "dynamic-capsnet-small", "sr-capsnet-small"]
     assert wins["dynamic-capsnet-small"] == [
         "clean error",
@@ -70,7 +71,7 @@ def test_no_family_is_named_when_every_interval_reaches_zero():
 
 
 def test_the_em_networks_novel_error_is_paired_from_the_cnns_row():
-    table, _ = family_rows(_results(20, 90))
+    table, _, _ = family_rows(_results(20, 90))
     # 50 only-capsules-wrong against 50 only-CNN-wrong of 1,000: no difference, a symmetric paired interval
     em = table.set_index("model").loc["capsnet-small", "novel azimuth error vs CNN"]
     low, high = (float(x) for x in em.split("(")[1].rstrip(")").split(" to "))
@@ -84,6 +85,27 @@ def test_a_family_that_stayed_above_the_cnns_familiar_error_is_compared_with_the
                "n_familiar": 1000, "n_novel": 1000, "novel_only_capsules_wrong": 10,
                "novel_only_cnn_wrong": 290}  # fmt: skip
     results["viewpoint"] = pd.concat([results["viewpoint"], pd.DataFrame([reverse])], ignore_index=True)
-    table, _ = family_rows(results)
+    table, _, _ = family_rows(results)
     dynamic = table.set_index("model").loc["dynamic-capsnet-small", "novel azimuth error vs CNN"]
     assert dynamic.startswith("-28.0")  # 0.22 against the stopped CNN's 0.50, not the final CNN's 0.30
+
+
+def test_a_win_on_worst_case_accuracy_with_a_failed_masking_check_is_not_established():
+    results = _results(dynamic_novel_only_wrong=100, dynamic_robust=90)  # wins on robustness only
+    results["clean"].loc[results["clean"]["model"] == "dynamic-capsnet-small", "error"] = 0.10
+    failed = {"model": "dynamic-capsnet-small", "check": "targeted_large_eps_succeeds", "passed": False}
+    results["checks"] = pd.concat([results["checks"], pd.DataFrame([failed])], ignore_index=True)
+    _, wins, unproven = family_rows(results)
+    assert wins["dynamic-capsnet-small"] == []
+    sentence = families_sentence(results)
+    assert sentence.startswith("No capsule family beat the CNN")
+    assert (
+        "The win of dynamic (dynamic-capsnet-small) on worst-case accuracy at ε=0.1 is not established: "
+        "targeted_large_eps_succeeds failed" in sentence
+    )
+    # a failed check that says nothing about masked gradients leaves the win standing, named with it
+    results["checks"].loc[results["checks"]["check"] == "targeted_large_eps_succeeds", "check"] = (
+        "monotone_in_eps"
+    )
+    _, wins, _ = family_rows(results)
+    assert wins["dynamic-capsnet-small"] == ["worst-case accuracy at ε=0.1"]

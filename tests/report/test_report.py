@@ -8,6 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from matplotlib.collections import PathCollection
 
 from robustcaps.cli import cli
 from robustcaps.errors import RobustcapsError
@@ -304,7 +305,7 @@ def test_familiar_vs_novel_keeps_each_sources_marker_on_every_panel(results_dir,
     plots.plot_familiar_novel(pd.concat([azimuth, reverse, elevation]), results_dir / "f", "footer")
 
     def marker_at(ax, x, y):  # the marker path of the point drawn at (x, y)
-        (points,) = [c for c in ax.collections if len(c.get_offsets())]
+        (points,) = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
         at = [i for i, xy in enumerate(points.get_offsets()) if tuple(xy) == pytest.approx((x, y))]
         return points.get_paths()[at[0]].vertices.round(6).tolist()
 
@@ -315,6 +316,9 @@ def test_familiar_vs_novel_keeps_each_sources_marker_on_every_panel(results_dir,
     assert marker_at(panels["azimuth"], 0.05, 0.3) != paper["azimuth"]
     ours = marker_at(panels["elevation"], 0.0433, 0.1544)
     assert ours not in (paper["elevation"], marker_at(panels["azimuth"], 0.05, 0.3))
+    # our points carry 95% error bars (one bar per point and axis), the paper's carry none
+    bars = [c for c in panels["elevation"].collections if not isinstance(c, PathCollection)]
+    assert sum(len(c.get_segments()) for c in bars) == 2 * len(elevation)
 
 
 def test_attack_comparisons_are_paired_when_both_models_met_the_same_examples(results_dir):
@@ -330,7 +334,7 @@ def test_attack_comparisons_are_paired_when_both_models_met_the_same_examples(re
     per_example("cnn-small", capsules[:50] + [False] * 44 + [True] * 6)  # 56: the capsules' 31 more, 6 fewer
     paragraph = findings_sections(load_results(results_dir), "rendered")
     assert (
-        "Untargeted FGSM at ε=0.1: accuracy 0.81 for the capsules vs 0.56 for the CNN, difference +0.26 (95% "
+        "Untargeted FGSM at ε=0.1: accuracy 0.81 for the capsules vs 0.56 for the CNN, difference +0.25 (95% "
         "interval +0.14 to +0.36, paired on the same 100 examples, 31 of which only the capsules and 6 only "
         "the CNN withstood;" in paragraph
     )
@@ -370,30 +374,33 @@ def test_targeted_comparisons_pair_each_examples_success_over_its_four_targets(r
 
 
 def test_robustness_verdict_pairs_each_familys_weakest_attack_on_the_same_examples():
-    from robustcaps.report.findings import robustness_verdict
+    from robustcaps.report.robustness import robustness_verdict
 
-    # 50 examples at ε 0.1; each family withstood examples 0..k-1 of each attack (k below)
-    withstood = {("capsnet", "fgsm"): 30, ("capsnet", "bim"): 31, ("capsnet", "worst"): 29,
-                 ("cnn", "fgsm"): 25, ("cnn", "bim"): 23, ("cnn", "worst"): 22}  # fmt: skip
+    # 50 examples at ε 0.1; each model withstood examples 0..k-1 of each attack (k below)
+    withstood = {("capsnet-small", "fgsm"): 30, ("capsnet-small", "bim"): 31, ("capsnet-small", "worst"): 29,
+                 ("cnn-small", "fgsm"): 25, ("cnn-small", "bim"): 23, ("cnn-small", "worst"): 22}  # fmt: skip
     summary = pd.DataFrame([
-        {"family": family, "attack": attack, "targeted": False, "source": "", "role": "sweep", "eps_std": 0.1,
+        {"model": model, "attack": attack, "targeted": False, "source": "", "role": "sweep", "eps_std": 0.1,
          "metric": "accuracy", "value": k / 50, "n": 50}
-        for (family, attack), k in withstood.items()
+        for (model, attack), k in withstood.items()
     ])  # fmt: skip
     outcomes = pd.DataFrame([
-        {"family": family, "attack": attack, "targeted": False, "eps_std": 0.1, "example": i,
+        {"model": model, "attack": attack, "targeted": False, "eps_std": 0.1, "example": i,
          "score": float(i < k)}
-        for (family, attack), k in withstood.items() for i in range(50)
+        for (model, attack), k in withstood.items() for i in range(50)
     ])  # fmt: skip
     checks = pd.DataFrame(
         {"model": ["capsnet-small", "cnn-small"], "check": "monotone_in_eps", "passed": True}
     )
     # as independent samples of 50, 0.60 (capsules' FGSM) against 0.46 (the CNN's BIM) is within chance ...
-    assert "no clear robustness advantage under FGSM/BIM to begin with (+14.0 points, 95% interval -5.4" in (
-        robustness_verdict(summary, checks)
+    unpaired = robustness_verdict({"summary": summary, "checks": checks})
+    assert (
+        "no clear robustness advantage under FGSM/BIM to begin with (+14.0 points, 95% interval -5.4"
+        in unpaired
     )
+    assert "too wide to conclude either way: ±18.7 points on 50 examples" in unpaired
     # ... but on the same examples 7 withstood only on the capsules and none only on the CNN
-    paired = robustness_verdict(summary, checks, outcomes)
+    paired = robustness_verdict({"summary": summary, "checks": checks, "outcomes": outcomes})
     assert (
         "accuracy is 0.58 (capsules) vs 0.44 (CNN): +14.0 points, 95% interval +3.6 to +23.6, paired on the "
         "same 50 examples." in paired
@@ -401,6 +408,42 @@ def test_robustness_verdict_pairs_each_familys_weakest_attack_on_the_same_exampl
     assert (
         "FGSM/BIM advantage (+14.0 points, 95% interval +3.6 to +23.7, paired on the same 50 examples, at "
         "ε≈0.1) survives" in paired
+    )
+    # the same win with a check that points to masked gradients failed on the capsules: not established
+    masked = pd.concat([checks, pd.DataFrame([{"model": "capsnet-small", "check": "large_eps_to_chance",
+                                               "passed": False}])], ignore_index=True)  # fmt: skip
+    verdict = robustness_verdict({"summary": summary, "checks": masked, "outcomes": outcomes})
+    assert "is not established: large_eps_to_chance failed" in verdict and "survives" not in verdict
+
+
+def test_the_verdict_the_families_table_and_the_leaderboard_read_one_worst_case(results_dir):
+    from robustcaps.report.compare import leaderboard
+    from robustcaps.report.families import family_rows
+    from robustcaps.report.headline import worst_case, worst_case_difference
+    from robustcaps.report.robustness import robustness_verdict
+
+    for model, kept in (("capsnet-small", 31), ("cnn-small", 12)):  # withstood of 40 under every attack
+        rows = [{"example": i, "label": 1, "attack": attack, "targeted": False, "target": -1,
+                 "eps_pixel": 0.02, "eps_std": 0.1, "source": "self", "role": "sweep", "steps": 1,
+                 "restarts": 1, "prediction": 1 if i < kept + (attack == "fgsm") else 2}
+                for attack in ("fgsm", "bim", "worst") for i in range(40)]  # fmt: skip
+        pd.DataFrame(rows).to_csv(results_dir / "attacks" / model / "per_example.csv", index=False)
+    results = load_results(results_dir)
+    caps, cnn, gap = worst_case_difference(results, "capsnet-small", "cnn-small")
+    assert (caps.value, cnn.value, caps.n) == (31 / 40, 12 / 40, 40)
+    assert worst_case(results, "capsnet-small").attacks == "fgsm, bim, pgd, vote"  # the summary's attacks
+    assert worst_case(results, "capsnet-small", eps=0.5).value != caps.value  # another ε, another number
+    assert worst_case(results, "capsnet-small", eps=1.0) is None  # no ε within EPS_TOLERANCE of 1.0
+    assert worst_case({"summary": pd.DataFrame(), "outcomes": pd.DataFrame()}, "cnn-small") is None
+    board = leaderboard(results).set_index("model")["worst-case accuracy at ε 0.1"]
+    assert board["capsnet-small"].startswith("0.78 (") and board["cnn-small"].startswith("0.30 (")
+    table, _, _ = family_rows(results)
+    points = f"{100 * gap.gap:+.1f} ({100 * gap.low:+.1f} to {100 * gap.high:+.1f})"
+    assert table.set_index("model").loc["capsnet-small", "worst-case accuracy vs CNN at ε≈0.1"] == points
+    assert (
+        f"accuracy is 0.78 (capsules) vs 0.30 (CNN): {100 * gap.gap:+.1f} points, 95% interval "
+        f"{100 * gap.low:+.1f} to {100 * gap.high:+.1f}, paired on the same 40 examples"
+        in robustness_verdict(results)
     )
 
 
@@ -493,6 +536,6 @@ def test_the_readme_leads_with_the_verdict_then_a_bullet_per_comparison(results_
     attacks = shown.split("### Attacks\n\n")[1].split("\n\n")[0].splitlines()
     assert viewpoints and all(line.startswith("- ") for line in viewpoints + attacks)
     assert any("FGSM" in line for line in attacks) and any("azimuth" in line for line in viewpoints)
-    board = text.split("### Leaderboard\n\n")[1].split("\n\n")[0].splitlines()
+    board = text.split("### Leaderboard\n\n")[1].split("\n\n")[1].splitlines()
     assert board[0].startswith("| model | clean error | novel azimuth error")
     assert {line.split(" | ")[0] for line in board[2:]} == {"| capsnet-small", "| cnn-small"}
