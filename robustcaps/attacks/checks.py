@@ -13,6 +13,9 @@ gradients are masked (Athalye et al.) and the reported robustness is an artefact
   so a targeted attack that levels off below is held back by the gradients, not by the model;
 - more_steps_and_restarts: PGD with 4× steps and 2r+1 restarts loses no more accuracy than
   max(0.03, sampling slack) against the default PGD at the ε where that leaves half the clean accuracy;
+- worst_case_converged: the strongest white-box attack at the sweep ε nearest ε_std = 0.1, rerun with twice
+  its steps and restarts, lowers the worst-case accuracy there by at most 2 points (or one example; the
+  detail gives the change: attacks.worst);
 - blackbox_weaker_than_whitebox: Square and transfer attacks no stronger than the best white-box attack;
 - vote_surrogate_classifies: the vote head (`vote_logits`, routing bypassed) classifies the clean examples
   above chance; if it does not, a vote attack is no adaptive attack on this model (on a weakly trained
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 
 from robustcaps.attacks.adapters import NUM_CLASSES, AttackConfig, eps_pixel_and_std, predict_crops
 from robustcaps.attacks.sweep import SELF, Cell, EvalSet, Victim, cell_budget
+from robustcaps.attacks.worst import check_converged, converge_cell
 from robustcaps.models import has_vote_head
 
 CHANCE = 1 / NUM_CLASSES
@@ -59,9 +63,10 @@ def strong_restarts(config: AttackConfig) -> int:
 
 
 def check_cells(config: AttackConfig, victim: Victim, summary: pd.DataFrame, sigma_mean: float) -> list[Cell]:
-    """Extra cells the checks need: PGD at ε_pixel = 0.5, and PGD with a 4× budget at one sweep ε; in a
-    sweep with targeted attacks, also the targeted attack at ε_pixel = 0.5 (a targeted-only sweep gets that
-    one alone: its untargeted counterpart is another sweep's business)."""
+    """Extra cells the checks need: PGD at ε_pixel = 0.5, PGD with a 4× budget at one sweep ε and the
+    strongest attack at twice its budget near ε_std = 0.1 (worst.converge_cell); in a sweep with targeted
+    attacks, also the targeted attack at ε_pixel = 0.5 (a targeted-only sweep gets that one alone: its
+    untargeted counterpart is another sweep's business)."""
     targeted = _targeted_cells(config, sigma_mean)
     if False not in config.targeted:
         return targeted
@@ -74,7 +79,8 @@ def check_cells(config: AttackConfig, victim: Victim, summary: pd.DataFrame, sig
         cells.append(_pgd_cell("pgd", eps_pixel, sigma_mean, config.steps, config.restarts))
         steps = STRONG_STEPS_FACTOR * config.steps
         cells.append(_pgd_cell("pgd", eps_pixel, sigma_mean, steps, strong_restarts(config)))
-    return cells + targeted
+    doubled = converge_cell(config, summary) if "value" in summary else None
+    return cells + ([doubled] if doubled is not None else []) + targeted
 
 
 def _targeted_cells(config: AttackConfig, sigma_mean: float) -> list[Cell]:
@@ -304,9 +310,11 @@ def check_deterministic(victim: Victim, eval_set: EvalSet, config: AttackConfig)
 
 
 def run_checks(
-    summary: pd.DataFrame, victim: Victim, eval_set: EvalSet, config: AttackConfig
-) -> pd.DataFrame:
-    """Every applicable check as a (model, check, passed, detail) row; inapplicable checks are left out."""
+    summary: pd.DataFrame, victim: Victim, eval_set: EvalSet, config: AttackConfig,
+    per_example: pd.DataFrame | None = None,
+) -> pd.DataFrame:  # fmt: skip
+    """Every applicable check as a (model, check, passed, detail) row; inapplicable checks are left out.
+    `per_example` (the sweep's rows) is needed for worst_case_converged only."""
     surrogate = check_vote_surrogate(victim, eval_set, config)
     if surrogate is not None and not surrogate[0]:  # the vote rows measure nothing about robustness
         summary = summary[~summary["attack"].str.endswith("-vote")]
@@ -317,6 +325,7 @@ def run_checks(
         "large_eps_to_chance": check_large_eps(summary),
         "targeted_large_eps_succeeds": check_targeted_large_eps(summary),
         "more_steps_and_restarts": check_stronger_budget(summary),
+        "worst_case_converged": check_converged(per_example) if per_example is not None else None,
         "blackbox_weaker_than_whitebox": check_blackbox(summary),
         "vote_not_stronger_than_routed": check_vote(summary),
         "input_gradients": check_gradients(victim, eval_set, config),

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from robustcaps.attacks.adapters import AttackConfig, attack_loss
+from robustcaps.attacks.adapters import NUM_CLASSES, AttackConfig, attack_loss, base_attack
+from robustcaps.attacks.autoattack import ENSEMBLES, ensemble_budget, member_settings
 from robustcaps.attacks.checks import CHECK_COLUMNS, check_cells, run_checks
 from robustcaps.attacks.memory import fitting_batch
 from robustcaps.attacks.sweep import (
@@ -27,6 +28,7 @@ from robustcaps.attacks.sweep import (
     run_cells,
     sweep_cells,
 )
+from robustcaps.attacks.worst import worst_case, worst_of
 from robustcaps.data import transforms
 from robustcaps.data.norb import content_identity
 from robustcaps.errors import RobustcapsError
@@ -65,34 +67,12 @@ def clean_accuracy_rows(victim: Victim, eval_set: EvalSet, config: AttackConfig)
     return table[list(EXAMPLE_COLUMNS)]
 
 
-def worst_case(per_example: pd.DataFrame) -> pd.DataFrame:
-    """Per example and ε, robust only if every untargeted attack (and the clean image) is classified right.
-
-    The clean image lies in every ε-ball, so it joins every ε: worst-case accuracy never exceeds clean.
-    """
-    untargeted = per_example[~per_example["targeted"].astype(bool)]
-    clean = untargeted[untargeted["attack"] == "clean"]
-    rows = []
-    for eps_pixel, group in untargeted[untargeted["attack"] != "clean"].groupby("eps_pixel"):
-        group = pd.concat([group, clean])
-        wrong = group[group["prediction"] != group["label"]].drop_duplicates("example").set_index("example")
-        first = group.drop_duplicates("example").set_index("example")
-        first.loc[wrong.index, "prediction"] = wrong["prediction"]
-        attacked = group[group["attack"] != "clean"]
-        role = "sweep" if (attacked["role"] == "sweep").any() else "check"
-        eps_std = attacked["eps_std"].iloc[0]
-        first = first.reset_index().assign(attack="worst", eps_pixel=eps_pixel, eps_std=eps_std, role=role)
-        rows.append(first.assign(source=SELF, steps=0, restarts=0, target=-1))
-    if not rows:
-        return pd.DataFrame(columns=list(EXAMPLE_COLUMNS))
-    return pd.concat(rows, ignore_index=True)[list(EXAMPLE_COLUMNS)]
-
-
 def summarise(
     per_example: pd.DataFrame, config: AttackConfig, victim: Victim, eval_set: EvalSet
 ) -> pd.DataFrame:
-    """One row per cell: accuracy (untargeted) or success rate averaged over targets (targeted)."""
-    rows = []
+    """One row per cell: accuracy (untargeted) or success rate averaged over targets (targeted); a `worst`
+    row's `worst_of` names the attacks that entered it."""
+    rows, entered = [], worst_of(per_example)
     for key, group in per_example.groupby(CELL_COLUMNS, sort=False):
         row = dict(zip(CELL_COLUMNS, key, strict=True))
         hit = group["prediction"] == (group["target"] if row["targeted"] else group["label"])
@@ -100,6 +80,7 @@ def summarise(
         row["value"] = float(hit.mean())
         row["n"] = int(group["example"].nunique())
         row["loss"] = attack_loss(row["attack"], config) if row["attack"] not in ("clean", "worst") else ""
+        row["worst_of"] = entered.get(float(row["eps_pixel"]), "") if row["attack"] == "worst" else ""
         rows.append(row)
     summary = pd.DataFrame(rows)
     environment = environment_metadata(config.device)
@@ -144,7 +125,7 @@ def _attack_model(
         **asdict(config), "victim": victim.name, "run_dir": victim.run_dir,
         "checkpoint": victim.checkpoint, "checkpoint_step": victim.checkpoint_step,
         "source": victim.source_name, "source_checkpoint": victim.source_checkpoint,
-        "source_checkpoint_step": victim.source_checkpoint_step,
+        "source_checkpoint_step": victim.source_checkpoint_step, "ensembles": ensemble_settings(config),
     })  # fmt: skip
     sigma_mean = eval_set.sigma_mean
     rows = [clean_accuracy_rows(victim, eval_set, config)]
@@ -160,11 +141,22 @@ def _attack_model(
     per_example = pd.concat([per_example, worst_case(per_example)], ignore_index=True)
     summary = summarise(per_example, config, victim, eval_set)
     if config.checks:
-        checks = run_checks(summary, victim, eval_set, config)
+        checks = run_checks(summary, victim, eval_set, config, per_example)
     atomic_write_text(out_dir / "per_example.csv", per_example.to_csv(index=False))
     atomic_write_text(out_dir / "summary.csv", summary.to_csv(index=False))
     atomic_write_text(out_dir / "checks.csv", checks.to_csv(index=False))
     return AttackResults(per_example, summary, checks, out_dir)
+
+
+def ensemble_settings(config: AttackConfig) -> dict[str, dict]:
+    """Each AutoAttack variant of the sweep: its (steps, restarts) and every member's settings."""
+    settings = {}
+    for name in dict.fromkeys(base_attack(a) for a in config.attacks):
+        if name in ENSEMBLES:
+            steps, restarts = ensemble_budget(name, config.steps)
+            settings[name] = {"steps": steps, "restarts": restarts,
+                              "members": member_settings(steps, restarts, NUM_CLASSES)}  # fmt: skip
+    return settings
 
 
 def identity_string(identity: dict) -> str:

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustcaps.attacks.adapters import (
-    AUTOATTACK_STEPS,
     NUM_CLASSES,
     AttackConfig,
     attack_loss,
@@ -36,6 +35,7 @@ from robustcaps.attacks.adapters import (
     predict_crops,
     supports_targeted,
 )
+from robustcaps.attacks.autoattack import ENSEMBLES, ensemble_budget
 from robustcaps.data.norb import content_identity
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_text
@@ -78,7 +78,9 @@ class Cell:
     eps_std: float
     targeted: bool
     source: str = SELF
-    role: str = "sweep"  # "sweep", or "check" for cells the integrity checks add
+    # "sweep"; "check" for cells the integrity checks add; "converge" for the strongest attack rerun at twice
+    # its steps and restarts (checks.converge_cell)
+    role: str = "sweep"
     steps: int = 20
     restarts: int = 1
 
@@ -187,9 +189,12 @@ def sweep_cells(config: AttackConfig, victim: Victim, sigma_mean: float) -> list
 
 
 def cell_budget(attack: str, config: AttackConfig) -> tuple[int, int]:
-    """(steps, restarts) as recorded: FGSM is one step; FGSM, BIM and CW have no random start."""
+    """(steps, restarts) as recorded: FGSM is one step; FGSM, BIM and CW have no random start; AutoAttack
+    has its own budget (attacks.autoattack)."""
     kind = base_attack(attack)
-    steps = {"fgsm": 1, "square": config.queries, "autoattack": AUTOATTACK_STEPS}.get(kind, config.steps)
+    if kind in ENSEMBLES:
+        return ensemble_budget(kind, config.steps)
+    steps = {"fgsm": 1, "square": config.queries}.get(kind, config.steps)
     restarts = config.restarts if kind in ("pgd", "apgd-ce", "apgd-dlr", "square") else 1
     return steps, restarts
 

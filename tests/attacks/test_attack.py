@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcaps.attacks.adapters import (
-    ATTACKS,
     AttackConfig,
     craft,
     crafting_model,
@@ -282,22 +281,3 @@ def test_compiled_crafting_differentiates_a_fused_copy_and_leaves_the_rest_to_th
         attacked = images.clone().requires_grad_()
         torch.testing.assert_close(crafter(attacked, output=output), want)  # the fused copy
     assert calls == ["model", "model", "model", "fast"] * 2
-
-
-def test_autoattack_is_at_least_as_strong_as_its_first_member_apgd_ce(toy, tmp_path):
-    """torchattacks' standard AutoAttack runs APGD-CE first and counts an example robust only if APGD-T, FAB-T
-    and Square fail too: it can only lower APGD-CE's accuracy (same 10 steps, one restart)."""
-    config = AttackConfig(
-        attacks=("apgd-ce", "autoattack"), eps=(0.0, 0.03, 0.1), units="pixel", steps=10, checks=False
-    )
-    results = attack_model(Victim(toy, "toy"), eval_set(60), config, tmp_path, progress=False)
-    auto, apgd = accuracy(results.summary, "autoattack"), accuracy(results.summary, "apgd-ce")
-    assert auto.iloc[0] == accuracy(results.summary, "clean").iloc[0]  # ε = 0 changes nothing
-    assert auto.is_monotonic_decreasing and auto.iloc[-1] < auto.iloc[0]
-    assert (auto <= apgd).all(), (auto, apgd)
-    rows = results.summary[results.summary["attack"] == "autoattack"]
-    assert set(rows["steps"]) == {10} and set(rows["loss"]) == {"ce+dlr-targeted+fab+margin"}
-    assert "autoattack-vote" not in ATTACKS  # the ensemble is not split into vote variants
-    images, labels = toy_data(10, seed=7)
-    adversarial = craft("autoattack", toy, images, labels, 0.03, config)
-    assert (adversarial - images).abs().max() <= 0.03 + 1e-6
