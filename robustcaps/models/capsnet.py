@@ -29,12 +29,13 @@ from robustcaps.models.routing import (
     inverse_temperature_schedule,
     mass_scale,
 )
+from robustcaps.models import routing_cpu
 from robustcaps.models.routing_fused import fused_em_routing
 
 POSE = 16  # a 4×4 pose matrix, flattened
 OUTPUTS = ("logits", "activations", "vote_logits")
 ESTEPS = ("cross", "position")
-ROUTINGS = ("plain", "fused", "triton")
+ROUTINGS = ("plain", "fused", "triton", "cpu")
 RECOMPUTE = ("all", "first", "none")
 CALIBRATIONS = ("beta_u", "beta_a")
 INITS = ("default", "official")
@@ -235,7 +236,9 @@ def _route_vote_free(routing: str, recompute: bool, *args, **kwargs) -> Routed:
     at the same speed within the noise (0.19–0.20 vs 0.16–0.23 s per step at batch 32). In eager mode it
     replaces a dozen saved vote-sized temporaries with a recompute. Triton: it trades the responsibility-sized
     tensors that torch keeps (several per iteration) for a second forward."""
-    route = fused_em_routing if routing == "fused" else triton_routing()
+    if routing == "cpu" and routing_cpu.available():  # keeps only its inputs: nothing to recompute
+        return routing_cpu.cpu_em_routing(*args, **kwargs)
+    route = triton_routing() if routing == "triton" else fused_em_routing  # "cpu" without its kernel too
     if recompute and torch.is_grad_enabled():
         return Routed(*checkpoint(route, *args, use_reentrant=False, **kwargs))
     return route(*args, **kwargs)
