@@ -67,13 +67,19 @@ def main() -> None:
     for _ in range(args.steps):
         step(True)
     total = sum(parts.values())
-    print(f"{args.model} routing={args.routing} batch {args.batch} {overrides}: {args.batch / total:.1f} img/s")
+    print(
+        f"{args.model} routing={args.routing} batch {args.batch} {overrides}: {args.batch / total:.1f} img/s"
+    )
     for key, seconds in parts.items():
         print(f"  {key:10s} {1000 * seconds:8.1f} ms  {100 * seconds / total:5.1f} %")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         for _ in range(3):
             step(False)
-    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=70))
+    print(
+        profiler.key_averages().table(
+            sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=70
+        )
+    )
 
 
 if __name__ == "__main__":

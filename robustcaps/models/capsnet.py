@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from robustcaps.errors import RobustcapsError
+from robustcaps.models import routing_cpu
 from robustcaps.models.common import INPUT_SIZE, Standardize, check_images
 from robustcaps.models.routing import (
     Routed,
@@ -29,7 +30,6 @@ from robustcaps.models.routing import (
     inverse_temperature_schedule,
     mass_scale,
 )
-from robustcaps.models import routing_cpu
 from robustcaps.models.routing_fused import fused_em_routing
 
 POSE = 16  # a 4×4 pose matrix, flattened
