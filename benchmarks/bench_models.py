@@ -427,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
             "amp": args.amp,
             **result,
             **meta,
+            "load_average": os.getloadavg()[0],  # other processes on the machine while this row ran
         }
         row["model"], row["batch_size"] = row.pop("model_name"), row.pop("batch")
         if peak and "images_per_s" in result:
