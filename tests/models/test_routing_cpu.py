@@ -129,3 +129,21 @@ def test_without_its_kernel_cpu_routing_computes_the_fused_path(monkeypatch):
     assert not routing_cpu.available()
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-10, atol=1e-12)
+
+
+@needs_kernel
+def test_attacks_crafted_through_cpu_routing_match_the_plain_path():
+    import torchattacks
+
+    from robustcaps.attacks.adapters import AttackTarget
+
+    plain, fast = twin_models("cross", routing="cpu")
+    x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 4])
+    crafted = []
+    for model in (plain, fast):
+        torch.manual_seed(0)  # the same random start
+        attack = torchattacks.PGD(AttackTarget(model), eps=0.1, alpha=0.03, steps=4, random_start=True)
+        crafted.append(attack(x, y))
+    assert (crafted[1] - x).abs().max() > 0.05, "the attack moved the images"
+    torch.testing.assert_close(crafted[1], crafted[0], rtol=0, atol=1e-9)
