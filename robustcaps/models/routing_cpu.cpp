@@ -3,8 +3,9 @@
 // Procedure 1 (robustcaps/models/routing.py has the equations) for every image of the batch in turn, its
 // votes V_ij = M_i W_ij formed once into a buffer of that image alone (2.7 MB for capsnet-small's ConvCaps1,
 // which stays in cache) instead of the batch's (170 MB), and every M-step, E-step and their gradients
-// computed from it. The backward recomputes the image's forward, keeping each iteration's
-// responsibilities, then walks the iterations back (the derivation is in routing_cpu.py).
+// computed from it. With gradients the forward keeps each iteration's parents and responsibilities (the
+// state); backward forms the image's votes again and walks the iterations back (the derivation is in
+// routing_cpu.py), routing the image again only when given no state.
 // Layouts, per image: poses (L, I, 16), W (I, J, 16), votes and their gradient (L, J, I, 16),
 // responsibilities (L, J, I), parents (L, J, 16) and (L, J).
 #include <torch/extension.h>
@@ -67,6 +68,17 @@ struct Iteration {  // what one M-step leaves: the parents and what their backwa
   explicit Iteration(const Shape &s)
       : mean(s.L * s.J * H), variance(s.L * s.J * H), spread(s.L * s.J * H), mass(s.L * s.J),
         logit(s.L * s.J), r(s.L * s.J * s.I) {}
+  // the forward's copy for backward, which then forms the votes but routes no more: (6 vectors packed)
+  static int64_t packed_size(const Shape &s) { return s.L * s.J * (3 * H + 2 + s.I); }
+  void pack(T *out) const {
+    for (const auto *v : {&mean, &variance, &spread, &mass, &logit, &r}) out = std::copy(v->begin(), v->end(), out);
+  }
+  void unpack(const T *in) {
+    for (auto *v : {&mean, &variance, &spread, &mass, &logit, &r}) {
+      std::copy_n(in, v->size(), v->begin());
+      in += v->size();
+    }
+  }
 };
 
 // W_ij laid out for 16-wide products: row k of W_ij repeated over the 4 rows of the vote, so that
@@ -369,7 +381,8 @@ struct Inputs {  // the layer's tensors, as the operators receive them
 };
 
 template <typename T>
-void forward_images(const Shape &s, const Settings &set, const Inputs &x, T *mean, T *variance, T *logit) {
+void forward_images(const Shape &s, const Settings &set, const Inputs &x, T *mean, T *variance, T *logit,
+                    T *state) {
   const int64_t N = x.poses.size(0), P = s.L * s.J;
   const std::vector<T> tiled = tile_weight(s, x.weight.data_ptr<T>());
 #pragma omp parallel num_threads(at::get_num_threads())
@@ -381,6 +394,8 @@ void forward_images(const Shape &s, const Settings &set, const Inputs &x, T *mea
       const auto in = image<T>(s, n, x.poses, tiled.data(), x.offsets, x.activations, x.beta_u, x.beta_a, x.children);
       form_votes(s, in, votes.data());
       route(s, set, in, votes.data(), its);
+      const int64_t packed = Iteration<T>::packed_size(s), iterations = its.size();
+      for (int64_t t = 0; state && t < iterations; ++t) its[t].pack(state + (n * iterations + t) * packed);
       const auto &last = its.back();
       std::copy(last.mean.begin(), last.mean.end(), mean + n * P * H);
       std::copy(last.variance.begin(), last.variance.end(), variance + n * P * H);
@@ -390,7 +405,7 @@ void forward_images(const Shape &s, const Settings &set, const Inputs &x, T *mea
 }
 
 struct Gradients {  // what backward receives (g_*: float64) and returns (per image where summed later)
-  torch::Tensor g_mean, g_variance, g_logit, g_poses, g_weight, g_act, g_beta_u, g_beta_a;
+  torch::Tensor g_mean, g_variance, g_logit, g_poses, g_weight, g_act, g_beta_u, g_beta_a, state;
 };
 
 template <typename T>
@@ -406,7 +421,11 @@ void backward_images(const Shape &s, const Settings &set, const Inputs &x, Gradi
     for (int64_t n = 0; n < N; ++n) {
       const auto in = image<T>(s, n, x.poses, tiled.data(), x.offsets, x.activations, x.beta_u, x.beta_a, x.children);
       form_votes(s, in, votes.data());
-      route(s, set, in, votes.data(), its);
+      const int64_t packed = Iteration<T>::packed_size(s);
+      if (o.state.numel())
+        for (int64_t t = 0; t < iterations; ++t) its[t].unpack(o.state.data_ptr<T>() + (n * iterations + t) * packed);
+      else
+        route(s, set, in, votes.data(), its);
       std::copy_n(o.g_mean.data_ptr<double>() + n * P * H, P * H, g.mean.begin());
       std::copy_n(o.g_variance.data_ptr<double>() + n * P * H, P * H, g.variance.begin());
       std::copy_n(o.g_logit.data_ptr<double>() + n * P, P, g.logit.begin());
@@ -430,18 +449,21 @@ void backward_images(const Shape &s, const Settings &set, const Inputs &x, Gradi
 std::vector<torch::Tensor> em_forward(torch::Tensor poses, torch::Tensor weight, torch::Tensor offsets,
                                       torch::Tensor activations, torch::Tensor beta_u, torch::Tensor beta_a,
                                       std::vector<double> lambdas, torch::Tensor children, int64_t n_children,
-                                      double min_variance, double mass_scale, double temperature) {
+                                      double min_variance, double mass_scale, double temperature,
+                                      bool keep_state) {
   const Shape s = shape_of(poses, weight, children, n_children);
   const Settings set{lambdas, min_variance, mass_scale, temperature};
   const Inputs x{poses, weight, offsets, activations, beta_u, beta_a, children};
   const int64_t N = poses.size(0);
   auto mean = torch::empty({N, s.L, s.J, H}, poses.options());
   auto variance = torch::empty_like(mean), logit = torch::empty({N, s.L, s.J}, poses.options());
+  const int64_t iterations = lambdas.size(), packed = keep_state ? Iteration<float>::packed_size(s) : 0;
+  auto state = torch::empty({keep_state ? N : 0, iterations, packed}, poses.options());
   AT_DISPATCH_FLOATING_TYPES(poses.scalar_type(), "em_forward", [&] {
     forward_images<scalar_t>(s, set, x, mean.data_ptr<scalar_t>(), variance.data_ptr<scalar_t>(),
-                             logit.data_ptr<scalar_t>());
+                             logit.data_ptr<scalar_t>(), keep_state ? state.data_ptr<scalar_t>() : nullptr);
   });
-  return {mean, variance, logit};
+  return {mean, variance, logit, state};
 }
 
 // Gradients w.r.t. poses, W, activations, β_u, β_a; W's and the β's per image, summed here (no
@@ -450,7 +472,8 @@ std::vector<torch::Tensor> em_backward(torch::Tensor poses, torch::Tensor weight
                                        torch::Tensor activations, torch::Tensor beta_u, torch::Tensor beta_a,
                                        std::vector<double> lambdas, torch::Tensor children, int64_t n_children,
                                        double min_variance, double mass_scale, double temperature,
-                                       torch::Tensor g_mean, torch::Tensor g_variance, torch::Tensor g_logit) {
+                                       torch::Tensor g_mean, torch::Tensor g_variance, torch::Tensor g_logit,
+                                       torch::Tensor state) {
   const Shape s = shape_of(poses, weight, children, n_children);
   const Settings set{lambdas, min_variance, mass_scale, temperature};
   const Inputs x{poses, weight, offsets, activations, beta_u, beta_a, children};
@@ -458,12 +481,13 @@ std::vector<torch::Tensor> em_backward(torch::Tensor poses, torch::Tensor weight
   const auto as_double = [](const torch::Tensor &t) { return t.contiguous().to(torch::kDouble); };
   Gradients o{as_double(g_mean), as_double(g_variance), as_double(g_logit), torch::empty_like(poses),
               torch::zeros({N, s.I, s.J, H}, poses.options()), torch::zeros_like(activations),
-              torch::zeros({N, s.J}, poses.options()), torch::zeros({N, s.J}, poses.options())};
+              torch::zeros({N, s.J}, poses.options()), torch::zeros({N, s.J}, poses.options()),
+              state.contiguous()};
   AT_DISPATCH_FLOATING_TYPES(poses.scalar_type(), "em_backward", [&] { backward_images<scalar_t>(s, set, x, o); });
   return {o.g_poses, o.g_weight.sum(0), o.g_act, o.g_beta_u.sum(0), o.g_beta_a.sum(0)};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &em_forward, "EM routing of one layer, forward");
-  m.def("backward", &em_backward, "EM routing of one layer, backward (recomputes the forward)");
+  m.def("backward", &em_backward, "EM routing of one layer, backward");
 }

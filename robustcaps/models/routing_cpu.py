@@ -5,8 +5,9 @@ On a CPU the fused path under torch.compile is bound by passes over batch-sized 
 writes the votes once per pass: 170 MB per pass for capsnet-small's ConvCaps1 at batch 64) and by the
 dozens of responsibility-sized kernels around them (benchmarks/NOTES.md, the profile). `routing_cpu.cpp`
 instead routes one image at a time, OpenMP over the batch: its votes (2.7 MB) are formed once and stay in
-cache for every M-step and E-step, and nothing vote-sized is written to memory. Backward recomputes the
-image's forward, keeping each iteration's responsibilities R_t, and walks back:
+cache for every M-step and E-step, and nothing vote-sized is written to memory. With gradients, the forward
+also keeps each iteration's parents and responsibilities R_t (responsibility-sized); backward forms the
+image's votes again and walks the iterations back:
 
     M-step   g_s = Σ_h g1 V + g2 V²,  gV += s (g1 + 2 g2 V)   with g2 = g_σ² (where the spread ≥ 0),
              g1 = g_μ − 2 μ (2 − Σs) g2; s = R a/(m + ε) and the mass m pass their gradient to R and a
@@ -62,30 +63,34 @@ def _module():
 def em_routing_op(
     poses: Tensor, weight: Tensor, offsets: Tensor, activations: Tensor, beta_u: Tensor, beta_a: Tensor,
     lambdas: list[float], children: Tensor, n_children: int, min_variance: float, mass_scale: float,
-    temperature: float,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    mean, variance, logits = _module().forward(
-        poses, weight, offsets, activations, beta_u, beta_a, lambdas, children, n_children, min_variance,
-        mass_scale, temperature,
+    temperature: float, keep_state: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    return tuple(
+        _module().forward(
+            poses, weight, offsets, activations, beta_u, beta_a, lambdas, children, n_children, min_variance,
+            mass_scale, temperature, keep_state,
+        )
     )  # fmt: skip
-    return mean, variance, logits
 
 
 @em_routing_op.register_fake
 def _(poses, weight, offsets, activations, beta_u, beta_a, lambdas, children, n_children, *settings):
-    parents = poses.new_empty(poses.shape[0], poses.shape[1], weight.shape[1], 16)
-    return parents, torch.empty_like(parents), parents.new_empty(parents.shape[:3])
+    (n, positions, slots), parents = poses.shape[:3], weight.shape[1]
+    mean = poses.new_empty(n, positions, parents, 16)
+    packed = positions * parents * (3 * 16 + 2 + slots)  # Iteration::packed_size
+    state = poses.new_empty(n if settings[-1] else 0, len(lambdas), packed if settings[-1] else 0)
+    return mean, torch.empty_like(mean), mean.new_empty(mean.shape[:3]), state
 
 
 @torch.library.custom_op("robustcaps::em_routing_cpu_backward", mutates_args=())
 def em_routing_backward_op(
     poses: Tensor, weight: Tensor, offsets: Tensor, activations: Tensor, beta_u: Tensor, beta_a: Tensor,
     lambdas: list[float], children: Tensor, n_children: int, min_variance: float, mass_scale: float,
-    temperature: float, g_mean: Tensor, g_variance: Tensor, g_logits: Tensor,
+    temperature: float, g_mean: Tensor, g_variance: Tensor, g_logits: Tensor, state: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     grads = _module().backward(
         poses, weight, offsets, activations, beta_u, beta_a, lambdas, children, n_children, min_variance,
-        mass_scale, temperature, g_mean, g_variance, g_logits,
+        mass_scale, temperature, g_mean, g_variance, g_logits, state,
     )  # fmt: skip
     return tuple(grads)
 
@@ -96,19 +101,18 @@ def _(poses, weight, offsets, activations, beta_u, beta_a, *rest):
 
 
 def _save(ctx, inputs, output) -> None:
-    tensors = inputs[:6] + (inputs[7],)
-    ctx.save_for_backward(*tensors)
+    ctx.save_for_backward(*inputs[:6], inputs[7], output[3])  # the state: each iteration's parents and R
     ctx.settings = (inputs[6], inputs[8], inputs[9], inputs[10], inputs[11])
 
 
-def _backward(ctx, g_mean: Tensor, g_variance: Tensor, g_logits: Tensor):
-    poses, weight, offsets, activations, beta_u, beta_a, children = ctx.saved_tensors
+def _backward(ctx, g_mean: Tensor, g_variance: Tensor, g_logits: Tensor, _):
+    poses, weight, offsets, activations, beta_u, beta_a, children, state = ctx.saved_tensors
     lambdas, n_children, min_variance, mass_scale, temperature = ctx.settings
     g_poses, g_weight, g_act, g_beta_u, g_beta_a = em_routing_backward_op(
         poses, weight, offsets, activations, beta_u, beta_a, lambdas, children, n_children, min_variance,
-        mass_scale, temperature, g_mean, g_variance, g_logits,
+        mass_scale, temperature, g_mean, g_variance, g_logits, state,
     )  # fmt: skip
-    return g_poses, g_weight, None, g_act, g_beta_u, g_beta_a, None, None, None, None, None, None
+    return g_poses, g_weight, None, g_act, g_beta_u, g_beta_a, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("robustcaps::em_routing_cpu", _backward, setup_context=_save)
@@ -138,7 +142,9 @@ def cpu_em_routing(
     dtype = poses.dtype if offsets is None else torch.promote_types(poses.dtype, offsets.dtype)
     with torch.autocast("cpu", enabled=False):
         work = torch.promote_types(dtype, torch.float32)
-        mean, variance, logits = em_routing_op(
+        inputs = (poses, weight, activations, beta_u, beta_a)
+        keep_state = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        mean, variance, logits, _ = em_routing_op(
             poses.to(work).reshape(n, positions, slots, 16).contiguous(),
             weight.to(work).reshape(slots, weight.shape[1], 16).contiguous(),
             poses.new_empty(0, dtype=work) if offsets is None else offsets.to(work).contiguous(),
@@ -151,6 +157,7 @@ def cpu_em_routing(
             min_variance,
             mass_scale,
             estep_temperature,
+            keep_state,
         )
         out = Routed(mean, variance, torch.sigmoid(logits), logits)
     return Routed(*(t.to(dtype) for t in out))
