@@ -6,6 +6,7 @@
     python benchmarks/bench_models.py --models capsnet --routing plain,fused,triton --modes compile
     python benchmarks/bench_models.py --device cuda --models capsnet --routing fused --modes cudagraphs
     python benchmarks/bench_models.py --device cuda --configs capsnet:triton:64:eager:train --profile OUT
+    python benchmarks/bench_models.py --configs capsnet-small:cpu:64:compile:train --flop-rate
 
 Modes: eager; compile (torch.compile, default mode, as training compiles); cudagraphs (compile in
 torch.compile's "reduce-overhead" mode, which replays the compiled kernels as CUDA graphs: at batch 64 a
@@ -20,8 +21,10 @@ process instead (peak statistics reset between them), saving a CUDA start per co
 `--profile DIR`: after the timed steps, a few more under torch.profiler; the operators and kernels with
 the most self time on the device go to DIR/profile-<configuration>.txt (where a step's time goes, for a
 path slower than its estimate). `--deadline` (Unix seconds) skips what cannot start in time, for a GPU
-lease of fixed length. Prints a table and merges every row, as soon as it is measured, into
-benchmarks/results/<device-slug>.csv with the device name, torch version and commit.
+lease of fixed length. `--flop-rate`: the machine's demonstrated rate first (a large float32 matrix
+product), then each row's model FLOPs per second (`robustcaps models`' count per image, three times that
+for a training image) and their fraction of that rate. Prints a table and merges every row, as soon as
+it is measured, into benchmarks/results/<device-slug>.csv with the device name, torch version and commit.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import pandas as pd
 import torch
 
 from robustcaps.io import atomic_write_text
-from robustcaps.models import create_model, list_models
+from robustcaps.models import create_model, list_models, model_info
 from robustcaps.models.common import compile_model
 from robustcaps.provenance import device_description, git_commit
 
@@ -150,6 +153,17 @@ def measure(
     if check and routing != "-":
         result.update(float64_errors(model, run, model_name, x, y, phase == "train", autocast))
     return result
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """The float32 rate these threads demonstrate on a large matrix product (GFLOP/s, best of `repeats`)."""
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
 
 
 def profile_steps(step, device: torch.device, path: Path, steps: int = 3, rows: int = 40) -> None:
@@ -263,7 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--routing",
         default="plain",
-        help="capsnet EM routing paths, comma-separated: plain, fused, triton (cnn: '-')",
+        help="capsnet EM routing paths, comma-separated: plain, fused, triton, cpu (cnn: '-')",
     )
     parser.add_argument(
         "--malloc", default="default", help="CPU allocator settings: default, no-mmap or both"
@@ -322,6 +336,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="folder for a torch.profiler table of each configuration (profile-<configuration>.txt)",
     )
+    parser.add_argument(
+        "--flop-rate",
+        action="store_true",
+        help="measure the CPU's matrix-product GFLOP/s first; each row gets its model GFLOP/s and fraction",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -361,6 +380,12 @@ def main(argv: list[str] | None = None) -> None:
             for malloc in mallocs
         ]
     rows, out = [], args.out or RESULTS / f"{slug(name)}.csv"
+    peak = matmul_gflops() if args.flop_rate else None
+    if peak:
+        print(
+            f"float32 matrix product (2048²): {peak:.1f} GFLOP/s on {torch.get_num_threads()} threads",
+            flush=True,
+        )
     for (model, routing), batch, mode, phase, malloc in grid:
         config = dict(
             model_name=model,
@@ -369,7 +394,9 @@ def main(argv: list[str] | None = None) -> None:
             mode=mode,
             phase=phase,
             device=args.device,
-            recompute=args.recompute if routing in ("fused", "triton") else "-",
+            recompute=args.recompute
+            if routing in ("fused", "triton")
+            else "-",  # "cpu" keeps its inputs only
         )
         left = args.timeout if args.deadline is None else min(args.timeout, args.deadline - time.time())
         if left < EXPECTED_SECONDS[mode]:
@@ -400,8 +427,13 @@ def main(argv: list[str] | None = None) -> None:
             "amp": args.amp,
             **result,
             **meta,
+            "load_average": os.getloadavg()[0],  # other processes on the machine while this row ran
         }
         row["model"], row["batch_size"] = row.pop("model_name"), row.pop("batch")
+        if peak and "images_per_s" in result:
+            per_image = model_info(model)["flops_per_image"] * (3 if phase == "train" else 1)
+            row["gflop_per_s"] = result["images_per_s"] * per_image / 1e9
+            row["of_matmul_rate"] = row["gflop_per_s"] / peak
         print(
             ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()),
             f"<- {model} routing={routing} batch {batch} {mode} {phase} malloc={malloc}",
@@ -430,7 +462,7 @@ def write(table: pd.DataFrame, path: Path, show: bool = True) -> None:
     atomic_write_text(path, table.to_csv(index=False))
     if not show:
         return
-    columns = [c for c in KEY + ["images_per_s", "peak_memory_mb", "error"] if c in table]
+    columns = [c for c in KEY + ["images_per_s", "peak_memory_mb", "of_matmul_rate", "error"] if c in table]
     print(table[columns].to_string(index=False))
     print(f"wrote {path}")
 

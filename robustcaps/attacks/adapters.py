@@ -29,8 +29,9 @@ uses the margin loss with `queries` queries per restart (its `steps` column hold
 is the same ensemble at --steps, a cheaper variant under its own name.
 
 Crafting path (`crafting`, recorded per row). "plain": the attacks differentiate the model as loaded
-(plain EM routing, eager). "compiled": they differentiate a copy of it under torch.compile, a capsule
-network's routing computed the fused way (models/routing_fused.py): the same function to float32
+(eager; EM routing plain, on a CPU computed by the C++ kernel of models/routing_cpu.py). "compiled":
+they differentiate a copy of it under torch.compile, a capsule network's routing computed the fused way
+(models/routing_fused.py; on a CPU the C++ kernel again): the same function to float32
 rounding, trained 4.3× faster than plain eager on an H200 and 2.2× on 2 CPU cores, after a compile.
 Either way, adversarial images are judged by the plain model. Measured on 2 CPU cores (capsnet-small,
 BIM and PGD-vote, 100 examples, ε 0/0.1/0.25, 10 steps): 81 s plain; compiled 138 s with an empty
@@ -163,7 +164,7 @@ class CompiledCrafter(nn.Module):
         self.model = model
         self.fast = copy.deepcopy(model)
         if hasattr(self.fast, "use_routing"):
-            self.fast.use_routing("fused")
+            self.fast.use_routing("cpu" if self.fast.routing == "cpu" else "fused")  # "cpu": as loaded
         self.compiled = {"forward": torch.compile(self.fast)}  # a dict: not a second registered child
 
     def forward(self, images: torch.Tensor, output: str = "logits") -> torch.Tensor:

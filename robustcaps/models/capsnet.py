@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from robustcaps.choices import check_fields, choice
 from robustcaps.errors import RobustcapsError
+from robustcaps.models import routing_cpu
 from robustcaps.models.common import INPUT_SIZE, Standardize, check_images
 from robustcaps.models.routing import (
     Routed,
@@ -48,6 +49,7 @@ class Routing(StrEnum):
     PLAIN = "plain"
     FUSED = "fused"
     TRITON = "triton"
+    CPU = "cpu"  # one C++/OpenMP kernel per layer and direction (routing_cpu.py)
 
 
 class Recompute(StrEnum):
@@ -89,7 +91,9 @@ class CapsNetConfig:
     them in backward (routing_fused), written for torch.compile: same results, less memory traffic;
     "triton" computes the vote-sized sums in Triton kernels that never store a vote (routing_triton; a
     CUDA GPU, or Triton's interpreter in the tests): the fastest measured in training on an H100, with
-    recompute none under CUDA graphs (benchmarks/README.md).
+    recompute none under CUDA graphs (benchmarks/README.md); "cpu" routes each layer in one C++/OpenMP
+    kernel per direction, an image at a time with its votes in cache (routing_cpu; the CPU's fast path,
+    the fused one where no C++ compiler builds it).
     """
 
     in_channels: int = 1
@@ -268,14 +272,17 @@ def triton_routing():
 
 
 def _route_vote_free(routing: str, recompute: bool, *args, **kwargs) -> Routed:
-    """fused_em_routing (or triton_em_routing: same arguments), checkpointed when gradients
+    """cpu_em_routing (its backward recomputes from the inputs by itself), or fused_em_routing (or
+    triton_em_routing: same arguments), checkpointed when gradients
     are needed: the forward keeps only the layer's inputs and backward recomputes the routing. Fused,
     measured under torch.compile (ConvCaps1 of capsnet-small, batch 8 on the CPU): without the checkpoint
     the min-cut partitioner saves one vote-sized tensor per layer, (V − μ), for backward; with it, none,
     at the same speed within the noise (0.19–0.20 vs 0.16–0.23 s per step at batch 32). In eager mode it
     replaces a dozen saved vote-sized temporaries with a recompute. Triton: it trades the responsibility-sized
     tensors that torch keeps (several per iteration) for a second forward."""
-    route = fused_em_routing if routing == "fused" else triton_routing()
+    if routing == "cpu" and routing_cpu.available():  # keeps only its inputs: nothing to recompute
+        return routing_cpu.cpu_em_routing(*args, **kwargs)
+    route = triton_routing() if routing == "triton" else fused_em_routing  # "cpu" without its kernel too
     if recompute and torch.is_grad_enabled():
         return Routed(*checkpoint(route, *args, use_reentrant=False, **kwargs))
     return route(*args, **kwargs)
@@ -315,6 +322,8 @@ class CapsNet(nn.Module):
         self.conv_caps2 = ConvCaps(config.convcaps1_types, config.convcaps2_types, 3, 1, 6, config)
         centres = receptive_field_centres([(5, 2), (1, 1), (3, 2), (3, 1)], self.conv_caps2.out_size)
         self.class_caps = ClassCaps(config.convcaps2_types, config.n_classes, centres, config)
+        if config.routing == "cpu":
+            routing_cpu.available()  # built now (or found unbuildable), not inside a compiled forward
         if config.init == "official":
             self.official_init()
         self.calibrate_half_active()
@@ -339,13 +348,15 @@ class CapsNet(nn.Module):
 
     def use_routing(self, routing: str) -> None:
         """Compute routing the `routing` way from now on (a `Routing`): the same function of the same
-        weights (tests/models/test_routing_fused.py, test_routing_triton.py), so a model trained with one
-        path is evaluated with another.
+        weights (tests/models/test_routing_fused.py, test_routing_triton.py, test_routing_cpu.py), so a
+        model trained with one path is evaluated with another.
         The trainer trains with fused under torch.compile and evaluates with plain, which is faster than
         fused in eager mode; `config.routing` keeps what the model was built with."""
         routing = Routing(routing)
         if routing == "triton":
             triton_routing()  # a missing triton package is said now, not at the first forward
+        if routing == "cpu":
+            routing_cpu.available()  # built now (or found unbuildable), not inside a compiled forward
         for layer in (self.conv_caps1, self.conv_caps2, self.class_caps):
             layer.routing = routing
 

@@ -41,8 +41,8 @@ CAPSNET_SHORT_RUN = {**CAPSNET_INIT, "iterations": 2}
 
 
 def speed(name: Speed, **changes: object) -> dict[str, object]:
-    """The four settings a named speed stands for (with `changes`), as a preset's runs record them."""
-    return {**SPEED_SETTINGS[name], **changes}
+    """The four settings a named speed stands for, with `changes`, fixed whatever the device ("custom")."""
+    return {**SPEED_SETTINGS[name], **changes, "speed": Speed.CUSTOM}
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def quick() -> Preset:
             common,
             model="capsnet-small",
             steps=300,
-            **speed(Speed.COMPILED),
+            speed=Speed.COMPILED,  # the fastest compiled path on the device at hand (resolve_speed)
         ),
         attack=AttackConfig(eps=(0.0, 0.1, 0.25, 0.5), n=40, steps=3, batch_size=100),
         untargeted_attacks=("fgsm", "bim", "pgd"),
@@ -202,7 +202,7 @@ def converged() -> Preset:
     # 4,320 training images at batch 32: 135 steps per epoch of the full split
     common = TrainConfig(model="cnn", data_size="small", epochs=40, batch_size=32, lr_decay=0.9,
                          lr_decay_steps=135.0, val="instances", patience=4)  # fmt: skip
-    capsnet = dataclasses.replace(common, model="capsnet-small", **speed(Speed.COMPILED))
+    capsnet = dataclasses.replace(common, model="capsnet-small", speed=Speed.COMPILED)
     more = tuple(dataclasses.replace(common, model=m, **speed(Speed.REFERENCE, compile=True))
                  for m in CONVERGED_CAPSULES)  # fmt: skip
     return Preset(

@@ -26,6 +26,7 @@ from robustcaps.io import (
     atomic_write_text,
     read_json,
 )
+from robustcaps.models import routing_cpu
 from robustcaps.provenance import environment_metadata
 from robustcaps.training.config import TrainConfig, build_model
 
@@ -203,8 +204,10 @@ def load_run(
     path = checkpoint_path(run_dir, which)
     state = load_checkpoint(path, device)
     model = build_model(config)
-    if hasattr(model, "use_routing"):  # a loaded capsnet routes the plain way (same function, any device)
-        model.use_routing("plain")
+    if hasattr(model, "use_routing"):  # the plain way (any device), on a CPU in the C++ kernel: same function
+        model.use_routing(
+            "cpu" if torch.device(device).type == "cpu" and routing_cpu.available() else "plain"
+        )
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

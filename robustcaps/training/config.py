@@ -385,7 +385,10 @@ def resolve_speed(config: TrainConfig, device_type: str, train_images: int) -> T
             speed = "compiled"
         else:
             speed = "reference"
-    return dataclasses.replace(config, speed=speed, **SPEED_SETTINGS[Speed(speed)])
+    settings = SPEED_SETTINGS[Speed(speed)]
+    if speed == "compiled" and device_type == "cpu":  # the C++ kernel: models/routing_cpu.py
+        settings = {**settings, "routing": "cpu"}
+    return dataclasses.replace(config, speed=speed, **settings)
 
 
 def build_model(config: TrainConfig) -> torch.nn.Module:

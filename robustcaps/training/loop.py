@@ -377,7 +377,7 @@ def _snapshot(s: Session) -> None:
 def _error(s: Session, tensorset: Any) -> float:
     # in eager mode the plain routing path is faster than the fused one (which is for torch.compile); a run
     # trained with the Triton kernels has a GPU for them and evaluates with them (their speed: issue 8)
-    with routing_as(s.model, "triton" if s.config.routing == "triton" else "plain"):
+    with routing_as(s.model, s.config.routing if s.config.routing in ("triton", "cpu") else "plain"):
         return evaluate(s.model, tensorset, s.device, batch_size=s.config.eval_batch_size)["error"]
 
 

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from robustcaps.cli import cli
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import read_json
-from robustcaps.models import routing_kernels
+from robustcaps.models import routing_cpu, routing_kernels
 from robustcaps.training import checkpoints, fit, losses
 from robustcaps.training.config import TrainConfig, build_model, config_json, load_split, lr_factor
 from robustcaps.training.evaluation import evaluate
@@ -167,7 +167,8 @@ def test_training_with_fused_routing_gives_the_plain_weights_and_loads_as_plain(
     fit(_config(rendered_root, routing="fused", recompute="none", **common), tmp_path / "kept")
     names = ("plain", "fused", "kept")
     plain, fused, kept = (checkpoints.load_run(tmp_path / name, "last") for name in names)
-    assert fused.config.routing == "fused" and fused.model.routing == "plain"  # evaluation path
+    loaded_routing = "cpu" if routing_cpu.available() else "plain"  # the plain function, on a CPU in C++
+    assert fused.config.routing == "fused" and fused.model.routing == loaded_routing  # evaluation path
     assert kept.config.recompute == "none" and fused.config.recompute == "all"
     for other in (fused, kept):
         weights = zip(plain.model.state_dict().items(), other.model.state_dict().values(), strict=True)
@@ -190,9 +191,9 @@ def test_training_with_fused_routing_gives_the_plain_weights_and_loads_as_plain(
     with pytest.raises(RobustcapsError, match="needs a CUDA GPU"):
         fit(_config(rendered_root, **as_option), tmp_path / "triton-option")
     fit(_config(rendered_root, **dict(common, model_overrides=dict(tiny, routing="fused"))), tmp_path / "opt")
-    assert checkpoints.load_run(tmp_path / "opt", "last").model.routing == "plain", (
-        "loaded models route plainly"
-    )
+    assert checkpoints.load_run(tmp_path / "opt", "last").model.routing == (
+        "cpu" if routing_cpu.available() else "plain"
+    ), "loaded models route plainly, on a CPU in the C++ kernel"
 
 
 def test_patience_stops_at_a_plateau_and_a_raised_patience_trains_on(rendered_root, tmp_path):
@@ -465,13 +466,17 @@ def test_speed_auto_picks_the_fastest_path_for_the_device_and_the_run(monkeypatc
     short, long = dataclasses.replace(caps, steps=10), dataclasses.replace(caps, steps=AUTO_COMPILE_IMAGES)
     assert resolve_speed(short, "cpu", 4320).speed == "reference"  # compiling would not pay for itself
     fast = resolve_speed(long, "cpu", 4320)
-    assert (fast.speed, fast.compile, fast.routing, fast.recompute) == ("compiled", True, "fused", "none")
+    assert (fast.speed, fast.compile, fast.routing, fast.recompute) == ("compiled", True, "cpu", "none")
     assert resolve_speed(dataclasses.replace(caps, epochs=20), "cpu", 4320).speed == "compiled"  # 2,700 steps
     monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name == "triton" else None)
     gpu = resolve_speed(short, "cuda", 4320)
     assert (gpu.speed, gpu.routing, gpu.compile_mode) == ("triton", "triton", "reduce-overhead")
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    assert resolve_speed(short, "cuda", 4320).speed == "compiled"  # a GPU without triton
+    gpu = resolve_speed(short, "cuda", 4320)
+    assert (gpu.speed, gpu.routing) == (
+        "compiled",
+        "fused",
+    )  # a GPU without triton: the C++ kernel is the CPU's
     assert resolve_speed(TrainConfig(model="cnn", speed="auto"), "cuda", 4320).speed == "reference"
     custom = TrainConfig(model="capsnet-small", compile=True, routing="fused")
     assert resolve_speed(custom, "cpu", 4320) == custom  # the settings as given
