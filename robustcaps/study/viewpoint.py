@@ -37,6 +37,7 @@ from robustcaps.study.presets import Preset
 from robustcaps.training import fit, resolve_device
 from robustcaps.training.checkpoints import (
     CONFIG_FILE,
+    METADATA_FILE,
     METRICS_FILE,
     checkpoint_path,
     load_run,
@@ -101,9 +102,13 @@ def run_dir(runs_dir: Path, preset: Preset, model: str, split: str, **extra) -> 
 
 def train_or_resume(config, run_dir: Path) -> Path:
     """fit(), resuming a run that was interrupted with the same config instead of starting it over."""
-    resume = checkpoint_path(run_dir, "last").exists() and (run_dir / CONFIG_FILE).exists()
-    if resume and run_digest(TrainConfig.from_json(run_dir / CONFIG_FILE)) != run_digest(config):
+    started = (run_dir / CONFIG_FILE).exists()
+    if started and run_digest(TrainConfig.from_json(run_dir / CONFIG_FILE)) != run_digest(config):
         raise RobustcapsError(f"{run_dir}: holds a run with another config; delete it or use another --runs")
+    resume = started and checkpoint_path(run_dir, "last").exists()
+    if started and not resume:  # killed before its first checkpoint: nothing to keep, start it again
+        for name in (CONFIG_FILE, METRICS_FILE, METADATA_FILE):
+            (run_dir / name).unlink(missing_ok=True)
     return fit(config, run_dir, resume=resume)
 
 

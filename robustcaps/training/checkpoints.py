@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ def write_metadata(
     original and appends its own environment, after checking that the data is the same."""
     identity = json.loads(json.dumps(identity, sort_keys=True, default=str))  # as it reads back from JSON
     environment = environment_metadata(device) | (extra or {})
-    environment |= {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv}
+    environment |= {"utc": datetime.now(UTC).isoformat(timespec="seconds"), "argv": sys.argv}
     path = Path(run_dir) / METADATA_FILE
     if resumed_at_step is not None and path.exists():
         metadata = read_json(path, "run metadata")
