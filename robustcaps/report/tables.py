@@ -38,15 +38,17 @@ CAPSULE_FAMILIES = tuple(dict.fromkeys(cls.family for cls, _ in REGISTRY.values(
 
 
 def family_of(model: str) -> str:
-    """capsnet (EM), dynamic, self-routing or cnn: the registered model's family ("" for no model)."""
+    """capsnet (EM), dynamic, self-routing or cnn: the family of the registered model `model` names, or
+    that a run name starts with (`cnn-small-azimuth`: cnn-small's); "" for no model."""
     if model == "":
         return ""
-    if model not in REGISTRY:
+    registered = [name for name in REGISTRY if model == name or model.startswith(f"{name}-")]
+    if not registered:
         raise RobustcapsError(
             f"model {model!r} in the results is not a registered model ({', '.join(REGISTRY)}); "
             "report results with the robustcaps version that made them"
         )
-    return REGISTRY[model][0].family
+    return REGISTRY[max(registered, key=len)][0].family
 
 
 def csv_bool(column: pd.Series) -> pd.Series:
