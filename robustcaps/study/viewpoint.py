@@ -202,7 +202,7 @@ def table2_rows(split: str, cnn: Trained, caps: Trained, cnn_stopped: Trained | 
                 "target_familiar_error": target,
                 "n_familiar": trained.sizes["familiar"],
                 "n_novel": trained.sizes["novel"],
-                "run_dir": str(trained.run_dir),
+                "run_dir": trained.run_dir.name,  # the folder under --runs: no machine path in results
             }
         )
     return pd.DataFrame(rows)

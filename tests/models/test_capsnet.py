@@ -100,7 +100,7 @@ def test_batchnorm_after_conv1_is_an_option_that_old_weights_do_not_need():
     features = normed.train().features(images(16))
     pre_relu = normed.conv1_norm(normed.conv1(normed.standardize(images(16))))
     assert pre_relu.mean(dim=(0, 2, 3)).abs().max() < 1e-5 and torch.equal(features, F.relu(pre_relu))
-    with pytest.raises(RobustcapsError, match="init must be one of"):
+    with pytest.raises(RobustcapsError, match="init 'xavier': choose one of default, official"):
         create_model("capsnet-small", init="xavier")
 
 

@@ -160,7 +160,7 @@ def test_fused_capsnet_under_torch_compile_matches_eager_plain():
 
 
 def test_unknown_routing_names_the_setting():
-    with pytest.raises(RobustcapsError, match="routing must be one of plain, fused, triton"):
+    with pytest.raises(RobustcapsError, match="routing 'vectorised': choose one of plain, fused, triton"):
         create_model("capsnet-small", routing="vectorised")
     assert create_model("capsnet-small").config.routing == "plain", "the plain path stays the default"
 
@@ -178,7 +178,7 @@ def test_routing_can_be_switched_on_a_built_model_and_back():
         assert plain.routing == "plain" and plain.class_caps.routing == "plain"
     assert plain.routing == "fused", "the block restores the path it found"
     assert plain.config.routing == "plain", "the config keeps what the model was built with"
-    with pytest.raises(ValueError, match="routing must be one of"):
+    with pytest.raises(ValueError, match="not a valid Routing"):
         plain.use_routing("vectorised")
     cnn = create_model("cnn-small")
     with routing_as(cnn, "fused") as same:  # not a capsule network: nothing to switch
@@ -197,5 +197,5 @@ def test_what_fused_routing_recomputes_in_backward_changes_no_gradient(layers):
         torch.nn.functional.cross_entropy(model(x), torch.tensor([1, 2])).backward()
     for (name, p), q in zip(plain.named_parameters(), fused.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-8, atol=1e-12, msg=f"gradient of {name}")
-    with pytest.raises(ValueError, match="recompute must be one of"):
+    with pytest.raises(ValueError, match="not a valid Recompute"):
         fused.use_recompute("some")
