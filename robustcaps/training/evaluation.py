@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from robustcaps.data.norb import CLASSES
-from robustcaps.memory import PROBE, batch_within, bytes_per_example, memory_budget, release_freed_memory
+from robustcaps.memory import PROBE, batch_within, bytes_per_example, memory_budget
 from robustcaps.models.common import in_halves_on_oom
 
 # Of the memory budget, what an evaluation batch may take (the probe measures the whole forward); the rest
@@ -83,7 +83,8 @@ def fitting_eval_batch(
     that runs out instead (in_halves_on_oom)."""
     if device.type != "cpu" or len(images) == 0:
         return requested
-    release_freed_memory()
+    # the memory glibc keeps counts as used here (conservative): trimming it at every validation of a
+    # training run would make the next steps fault their pages in again
     budget = memory_budget()
     key = (multi_crop, tuple(images.shape[1:]))
     per_model = _measured.setdefault(model, {})
