@@ -2,6 +2,9 @@
 
     python benchmarks/attack_cost.py           # the four CPU models, every attack, 100 examples
     python benchmarks/attack_cost.py --models cnn-small --attacks fgsm,autoattack --n 40
+    python benchmarks/attack_cost.py --attacks autoattack-members --n 20 --square-queries 500
+
+`autoattack-members` times AutoAttack's four members one by one (where its time goes; Square capped).
 
 Each model is the committed run in results/families/models (trained by the `families` preset; the data
 are its rendered stand-in, remade into the cache if missing), attacked on `--n` test examples at one ε
