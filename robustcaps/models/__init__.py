@@ -111,7 +111,8 @@ def model_config(name: str, in_channels: int = 1, **overrides: Any) -> Any:
 
 def create_model(name: str, in_channels: int = 1, **overrides: Any) -> nn.Module:
     """The preset `name` built with `model_config(name, in_channels, **overrides)`."""
-    return REGISTRY[name][0](model_config(name, in_channels, **overrides), name=name)
+    config = model_config(name, in_channels, **overrides)  # checks the name first
+    return REGISTRY[name][0](config, name=name)
 
 
 def _check(name: str, config: Any) -> None:
