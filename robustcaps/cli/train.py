@@ -42,7 +42,7 @@ def _pairs(option: str, items: tuple[str, ...], keys: set[str] | None = None) ->
     return values
 
 
-def _config(ctx: click.Context, options: dict, config_class: type) -> TrainConfig:
+def _config(ctx: click.Context, options: dict, config_class: type = TrainConfig) -> TrainConfig:
     """From the options given; with --resume, from the run's config.json with only the options given."""
     settable = {f.name for f in dataclasses.fields(config_class)} - {"model_overrides"}
     settings = _pairs("--set", options["set"], settable)

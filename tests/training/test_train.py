@@ -125,7 +125,9 @@ def test_cnn_loss_falls_and_best_is_chosen_on_validation(rendered_root, tmp_path
 
 
 def test_calibrating_on_training_images_recentres_beta_and_is_recorded(rendered_root, tmp_path):
-    common = dict(model="capsnet-small", batch_size=4, steps=1, max_per_part=16, lr=1e-9, warmup_steps=0)
+    common = dict(
+        model="capsnet-small", recipe="paper", batch_size=4, steps=1, max_per_part=16, lr=1e-9, warmup_steps=0
+    )  # the paper recipe calibrates β_u
     fit(_config(rendered_root, **common), tmp_path / "noise")
     fit(_config(rendered_root, calibrate_images=8, **common), tmp_path / "images")
     noise, images = (checkpoints.load_run(tmp_path / name, "last") for name in ("noise", "images"))
