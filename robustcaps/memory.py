@@ -161,8 +161,9 @@ def bytes_per_example(step: Callable[[torch.Tensor], object], images: torch.Tens
     return max(peak - before, 1) * 1024 / len(probe)
 
 
-def batch_within(budget: Budget | None, per_example: float | None, requested: int, share: float,
-                 need: float, advice: str) -> int:  # fmt: skip
+def batch_within(
+    budget: Budget | None, per_example: float | None, requested: int, share: float, need: float, advice: str
+) -> int:
     """`requested`, or as many examples as fit in `share` of the budget if fewer; RobustcapsError (naming
     the budget, where it was found, and `advice`) where one example's `need` × `per_example` exceeds all of
     it. Unknown budget or measurement: `requested`."""

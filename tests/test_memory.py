@@ -46,21 +46,32 @@ def v2(path: str, limit: str | int, current: int, inactive_file: int = 0) -> dic
 
 
 def test_without_a_cgroup_limit_the_budget_is_memavailable(tmp_path):
-    root = write(tmp_path, {
-        **meminfo(20), "proc/self/cgroup": HYBRID.format(v1="/user.slice", v2="/user.slice"),
-        **v1("", V1_UNLIMITED, 5 * GiB), **v1("/user.slice", V1_UNLIMITED, GiB),
-        "sys/fs/cgroup/unified/cgroup.controllers": "hugetlb",
-    })  # fmt: skip
+    root = write(
+        tmp_path,
+        {
+            **meminfo(20),
+            "proc/self/cgroup": HYBRID.format(v1="/user.slice", v2="/user.slice"),
+            **v1("", V1_UNLIMITED, 5 * GiB),
+            **v1("/user.slice", V1_UNLIMITED, GiB),
+            "sys/fs/cgroup/unified/cgroup.controllers": "hugetlb",
+        },
+    )
     assert memory_budget(root) == Budget(20 * GiB, "MemAvailable of /proc/meminfo")
 
 
 def test_cgroup_v1_limit_less_its_use_in_a_nested_cgroup(tmp_path):
     own = "/process_api/6d32/robustcaps-8g"
-    root = write(tmp_path, {
-        **meminfo(20), "proc/self/cgroup": HYBRID.format(v1=own, v2="/"),
-        **v1("", V1_UNLIMITED, 9 * GiB), **v1("/process_api", V1_UNLIMITED, 3 * GiB),
-        **v1("/process_api/6d32", V1_UNLIMITED, 3 * GiB), **v1(own, 8 * GiB, 3 * GiB, inactive_file=GiB),
-    })  # fmt: skip
+    root = write(
+        tmp_path,
+        {
+            **meminfo(20),
+            "proc/self/cgroup": HYBRID.format(v1=own, v2="/"),
+            **v1("", V1_UNLIMITED, 9 * GiB),
+            **v1("/process_api", V1_UNLIMITED, 3 * GiB),
+            **v1("/process_api/6d32", V1_UNLIMITED, 3 * GiB),
+            **v1(own, 8 * GiB, 3 * GiB, inactive_file=GiB),
+        },
+    )
     budget = memory_budget(root)
     # the inactive file cache is reclaimed before the kernel kills: 8 − (3 − 1) GiB are left
     assert budget.bytes == 6 * GiB
@@ -71,20 +82,28 @@ def test_cgroup_v1_limit_less_its_use_in_a_nested_cgroup(tmp_path):
 def test_an_ancestors_limit_binds_a_process_in_an_unlimited_child(tmp_path):
     # SLURM: the job's cgroup holds --mem, the task's cgroup below it has no limit of its own
     job, task = "/slurm/uid_1000/job_42", "/slurm/uid_1000/job_42/step_0/task_0"
-    root = write(tmp_path, {
-        **meminfo(20), "proc/self/cgroup": f"4:memory:{task}\n",
-        **v1(task, V1_UNLIMITED, GiB), **v1(f"{job}/step_0", V1_UNLIMITED, GiB), **v1(job, 4 * GiB, GiB),
-    })  # fmt: skip
+    root = write(
+        tmp_path,
+        {
+            **meminfo(20),
+            "proc/self/cgroup": f"4:memory:{task}\n",
+            **v1(task, V1_UNLIMITED, GiB),
+            **v1(f"{job}/step_0", V1_UNLIMITED, GiB),
+            **v1(job, 4 * GiB, GiB),
+        },
+    )
     budget = memory_budget(root)
     assert budget.bytes == 3 * GiB and f"/sys/fs/cgroup/memory{job}:" in budget.source
 
 
 def test_cgroup_v2_max_less_current_and_max_means_no_limit(tmp_path):
     files = {
-        **meminfo(20), "proc/self/cgroup": "0::/system.slice/job.scope\n",
+        **meminfo(20),
+        "proc/self/cgroup": "0::/system.slice/job.scope\n",
         "sys/fs/cgroup/cgroup.controllers": "cpu memory pids",
-        **v2("/system.slice", "max", 3 * GiB), **v2("/system.slice/job.scope", 4 * GiB, GiB),
-    }  # fmt: skip
+        **v2("/system.slice", "max", 3 * GiB),
+        **v2("/system.slice/job.scope", 4 * GiB, GiB),
+    }
     budget = memory_budget(write(tmp_path, files))
     assert budget.bytes == 3 * GiB
     assert budget.source.startswith("cgroup v2 memory.max of /sys/fs/cgroup/system.slice/job.scope: ")
@@ -94,19 +113,29 @@ def test_cgroup_v2_max_less_current_and_max_means_no_limit(tmp_path):
 
 def test_inside_a_container_the_mount_is_the_containers_own_cgroup(tmp_path):
     # /proc/self/cgroup names the host's path, which does not exist inside the container's mount
-    root = write(tmp_path, {
-        **meminfo(60), "proc/self/cgroup": "0::/docker/0123abcd\n",
-        "sys/fs/cgroup/cgroup.controllers": "memory", **v2("", 2 * GiB, GiB // 2, inactive_file=GiB),
-    })  # fmt: skip
+    root = write(
+        tmp_path,
+        {
+            **meminfo(60),
+            "proc/self/cgroup": "0::/docker/0123abcd\n",
+            "sys/fs/cgroup/cgroup.controllers": "memory",
+            **v2("", 2 * GiB, GiB // 2, inactive_file=GiB),
+        },
+    )
     assert memory_budget(root).bytes == 2 * GiB  # more inactive cache than use: none in use
 
 
 def test_the_hybrid_layout_reads_v2_under_unified_and_the_smallest_budget_wins(tmp_path):
-    root = write(tmp_path, {
-        **meminfo(20), "proc/self/cgroup": HYBRID.format(v1="/a", v2="/b"),
-        **v1("/a", 6 * GiB, GiB), "sys/fs/cgroup/unified/b/memory.max": 5 * GiB,
-        "sys/fs/cgroup/unified/b/memory.current": 2 * GiB,
-    })  # fmt: skip
+    root = write(
+        tmp_path,
+        {
+            **meminfo(20),
+            "proc/self/cgroup": HYBRID.format(v1="/a", v2="/b"),
+            **v1("/a", 6 * GiB, GiB),
+            "sys/fs/cgroup/unified/b/memory.max": 5 * GiB,
+            "sys/fs/cgroup/unified/b/memory.current": 2 * GiB,
+        },
+    )
     budget = memory_budget(root)
     assert budget.bytes == 3 * GiB and "cgroup v2 memory.max of /sys/fs/cgroup/unified/b" in budget.source
     write(root, meminfo(2.5))
@@ -115,10 +144,14 @@ def test_the_hybrid_layout_reads_v2_under_unified_and_the_smallest_budget_wins(t
 
 def test_missing_or_unreadable_files_are_no_limit(tmp_path):
     assert memory_budget(tmp_path) is None  # not Linux: nothing to read
-    root = write(tmp_path, {
-        **meminfo(7), "proc/self/cgroup": "4:memory:/gone\n0::/also-gone\n",
-        "sys/fs/cgroup/memory/memory.limit_in_bytes": "garbage",
-    })  # fmt: skip
+    root = write(
+        tmp_path,
+        {
+            **meminfo(7),
+            "proc/self/cgroup": "4:memory:/gone\n0::/also-gone\n",
+            "sys/fs/cgroup/memory/memory.limit_in_bytes": "garbage",
+        },
+    )
     assert memory_budget(root).bytes == 7 * GiB
     # a limit already exceeded leaves nothing, not a negative budget
     write(root, {"proc/self/cgroup": "4:memory:/full\n", **v1("/full", GiB, 2 * GiB)})

@@ -32,11 +32,8 @@ Crafting path (`crafting`, recorded per row). "plain": the attacks differentiate
 (eager; EM routing plain, on a CPU computed by the C++ kernel of models/routing_cpu.py). "compiled":
 they differentiate a copy of it under torch.compile, a capsule network's routing computed the fused way
 (models/routing_fused.py; on a CPU the C++ kernel again): the same function to float32
-rounding, trained 4.3× faster than plain eager on an H200 and 2.2× on 2 CPU cores, after a compile.
-Either way, adversarial images are judged by the plain model. Measured on 2 CPU cores (capsnet-small,
-BIM and PGD-vote, 100 examples, ε 0/0.1/0.25, 10 steps): 81 s plain; compiled 138 s with an empty
-compile cache and 44-52 s with a warm one; none of the 1,000 predictions differed (both draw the same
-random starts). So it pays for long sweeps (the paper preset's take hours on a GPU), not short ones.
+rounding, faster after a compile, so it pays for long sweeps, not short ones (benchmarks/NOTES.md).
+Either way, adversarial images are judged by the plain model.
 """
 
 from __future__ import annotations
@@ -105,9 +102,10 @@ class AttackConfig:
             if name not in ATTACKS:
                 raise RobustcapsError(f"--attack {name}: unknown attack; choose from {', '.join(ATTACKS)}")
         for option, value, choices in (
-            ("units", self.units, UNITS), ("loss", self.loss, ATTACK_LOSSES),
+            ("units", self.units, UNITS),
+            ("loss", self.loss, ATTACK_LOSSES),
             ("crafting", self.crafting, CRAFTING),
-        ):  # fmt: skip
+        ):
             if value not in choices:
                 raise RobustcapsError(f"--{option} {value}: choose one of {', '.join(choices)}")
         if self.part not in ATTACK_PARTS:
@@ -228,9 +226,14 @@ def build_attack(name: str, target: AttackTarget, eps: float, config: AttackConf
         return torchattacks.PGD(target, eps=eps, alpha=alpha, steps=config.steps, random_start=True)
     if kind in ("apgd-ce", "apgd-dlr"):
         return torchattacks.APGD(
-            target, norm="Linf", eps=eps, steps=config.steps, n_restarts=config.restarts,
-            seed=config.seed, loss=kind.removeprefix("apgd-"),
-        )  # fmt: skip
+            target,
+            norm="Linf",
+            eps=eps,
+            steps=config.steps,
+            n_restarts=config.restarts,
+            seed=config.seed,
+            loss=kind.removeprefix("apgd-"),
+        )
     if kind in ENSEMBLES:  # the cell's budget: the standard one, or twice it in the convergence check
         return build_ensemble(target, eps, config.steps, config.restarts, NUM_CLASSES, config.seed)
     if kind == "cw":
@@ -238,13 +241,18 @@ def build_attack(name: str, target: AttackTarget, eps: float, config: AttackConf
         return torchattacks.CW(target, c=1.0, kappa=0.0, steps=config.steps, lr=0.01)
     assert kind == "square"
     return torchattacks.Square(
-        target, norm="Linf", eps=eps, n_queries=config.queries, n_restarts=config.restarts,
-        seed=config.seed, loss="margin",
-    )  # fmt: skip
+        target,
+        norm="Linf",
+        eps=eps,
+        n_queries=config.queries,
+        n_restarts=config.restarts,
+        seed=config.seed,
+        loss="margin",
+    )
 
 
 @torch.no_grad()
-def predict_crops(model: nn.Module, images: torch.Tensor, output: str = "logits") -> torch.Tensor:
+def predict(model: nn.Module, images: torch.Tensor, output: str = "logits") -> torch.Tensor:
     """Arg-max class of `model(images, output=...)`; (N,) int64 on the images' device."""
     return model(images, output=output).argmax(dim=1)
 
@@ -263,9 +271,14 @@ def attack_loss(name: str, config: AttackConfig) -> str:
 
 
 def craft(
-    name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
-    config: AttackConfig, targets: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
+    name: str,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    config: AttackConfig,
+    targets: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Adversarial images for one batch, crafted on `model`, inside the L∞ ball of radius `eps` (pixels).
 
     Restarts (PGD; APGD and Square restart internally) keep, per example, the first restart that fools
@@ -286,7 +299,7 @@ def craft(
     restarts = config.restarts if base_attack(name) == "pgd" else 1
     adversarial = attack(images, labels)
     for _ in range(restarts - 1):
-        done = succeeded(predict_crops(model, adversarial), labels, targets)
+        done = succeeded(predict(model, adversarial), labels, targets)
         if bool(done.all()):
             break
         adversarial = torch.where(done[:, None, None, None], adversarial, attack(images, labels))

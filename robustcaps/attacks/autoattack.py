@@ -41,12 +41,21 @@ def member_settings(steps: int, restarts: int, n_classes: int) -> dict[str, dict
     targets = n_classes - 1
     return {
         "apgd-ce": {"steps": steps, "restarts": restarts, "loss": "ce", "rho": RHO},
-        "apgd-t": {"steps": steps, "restarts_per_target": restarts, "targets": targets,
-                   "loss": "dlr-targeted", "rho": RHO},
+        "apgd-t": {
+            "steps": steps,
+            "restarts_per_target": restarts,
+            "targets": targets,
+            "loss": "dlr-targeted",
+            "rho": RHO,
+        },
         "fab-t": {"steps": steps, "restarts_per_target": restarts, "targets": targets},
-        "square": {"queries": QUERIES_PER_STEP * steps, "restarts": restarts, "p_init": SQUARE_P_INIT,
-                   "loss": "margin"},
-    }  # fmt: skip
+        "square": {
+            "queries": QUERIES_PER_STEP * steps,
+            "restarts": restarts,
+            "p_init": SQUARE_P_INIT,
+            "loss": "margin",
+        },
+    }
 
 
 def build_ensemble(
@@ -55,13 +64,39 @@ def build_ensemble(
     """APGD-CE → APGD-T → FAB-T → Square on `model` at L∞ radius `eps` (pixels), each on what is left."""
     square_queries = QUERIES_PER_STEP * steps
     members = [
-        torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, seed=seed, loss="ce",
-                          rho=RHO),
-        torchattacks.APGDT(model, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, seed=seed,
-                           rho=RHO, n_classes=n_classes),
-        torchattacks.FAB(model, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, seed=seed,
-                         multi_targeted=True, n_classes=n_classes),
-        torchattacks.Square(model, norm="Linf", eps=eps, n_queries=square_queries, n_restarts=restarts,
-                            seed=seed, p_init=SQUARE_P_INIT, loss="margin", resc_schedule=False),
-    ]  # fmt: skip
+        torchattacks.APGD(
+            model, norm="Linf", eps=eps, steps=steps, n_restarts=restarts, seed=seed, loss="ce", rho=RHO
+        ),
+        torchattacks.APGDT(
+            model,
+            norm="Linf",
+            eps=eps,
+            steps=steps,
+            n_restarts=restarts,
+            seed=seed,
+            rho=RHO,
+            n_classes=n_classes,
+        ),
+        torchattacks.FAB(
+            model,
+            norm="Linf",
+            eps=eps,
+            steps=steps,
+            n_restarts=restarts,
+            seed=seed,
+            multi_targeted=True,
+            n_classes=n_classes,
+        ),
+        torchattacks.Square(
+            model,
+            norm="Linf",
+            eps=eps,
+            n_queries=square_queries,
+            n_restarts=restarts,
+            seed=seed,
+            p_init=SQUARE_P_INIT,
+            loss="margin",
+            resc_schedule=False,
+        ),
+    ]
     return torchattacks.MultiAttack(members)

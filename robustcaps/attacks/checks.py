@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from robustcaps.attacks.adapters import NUM_CLASSES, AttackConfig, eps_pixel_and_std, predict_crops
+from robustcaps.attacks.adapters import NUM_CLASSES, AttackConfig, eps_pixel_and_std, predict
 from robustcaps.attacks.sweep import SELF, Cell, EvalSet, Victim, cell_budget
 from robustcaps.attacks.worst import check_converged, converge_cell
 from robustcaps.models import has_vote_head
@@ -255,9 +255,9 @@ def check_vote_surrogate(victim: Victim, eval_set: EvalSet, config: AttackConfig
         return None
     device, correct, agree = torch.device(config.device), 0, 0
     for _, images, labels in eval_set.batches(config.batch_size, device):
-        votes = predict_crops(victim.model, images, "vote_logits")
+        votes = predict(victim.model, images, "vote_logits")
         correct += int((votes == labels).sum())
-        agree += int((votes == predict_crops(victim.model, images)).sum())
+        agree += int((votes == predict(victim.model, images)).sum())
     n = len(eval_set.labels)
     accuracy = correct / n
     passed = accuracy > CHANCE + tolerance(CHANCE, n)
@@ -310,9 +310,12 @@ def check_deterministic(victim: Victim, eval_set: EvalSet, config: AttackConfig)
 
 
 def run_checks(
-    summary: pd.DataFrame, victim: Victim, eval_set: EvalSet, config: AttackConfig,
+    summary: pd.DataFrame,
+    victim: Victim,
+    eval_set: EvalSet,
+    config: AttackConfig,
     per_example: pd.DataFrame | None = None,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """Every applicable check as a (model, check, passed, detail) row; inapplicable checks are left out.
     `per_example` (the sweep's rows) is needed for worst_case_converged only."""
     surrogate = check_vote_surrogate(victim, eval_set, config)

@@ -59,11 +59,22 @@ def clean_accuracy_rows(victim: Victim, eval_set: EvalSet, config: AttackConfig)
     with torch.no_grad():
         batches = eval_set.batches(config.batch_size, device)
         predictions = torch.cat([victim.model(images).argmax(1).cpu() for _, images, _ in batches])
-    table = pd.DataFrame({
-        "example": eval_set.index.numpy(), "label": eval_set.labels.numpy(), "attack": "clean",
-        "targeted": False, "target": -1, "eps_pixel": 0.0, "eps_std": 0.0, "source": SELF, "role": "sweep",
-        "steps": 0, "restarts": 0, "prediction": predictions.numpy(),
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "example": eval_set.index.numpy(),
+            "label": eval_set.labels.numpy(),
+            "attack": "clean",
+            "targeted": False,
+            "target": -1,
+            "eps_pixel": 0.0,
+            "eps_std": 0.0,
+            "source": SELF,
+            "role": "sweep",
+            "steps": 0,
+            "restarts": 0,
+            "prediction": predictions.numpy(),
+        }
+    )
     return table[list(EXAMPLE_COLUMNS)]
 
 
@@ -121,12 +132,20 @@ def _attack_model(
     if config.fit_batch:
         fits = fitting_batch(victim.model, eval_set.images, config.batch_size, config.device, victim.crafter)
         config = replace(config, batch_size=fits, fit_batch=False)
-    atomic_write_json(out_dir / "attack_config.json", {
-        **asdict(config), "victim": victim.name, "run_dir": victim.run_dir,
-        "checkpoint": victim.checkpoint, "checkpoint_step": victim.checkpoint_step,
-        "source": victim.source_name, "source_checkpoint": victim.source_checkpoint,
-        "source_checkpoint_step": victim.source_checkpoint_step, "ensembles": ensemble_settings(config),
-    })  # fmt: skip
+    atomic_write_json(
+        out_dir / "attack_config.json",
+        {
+            **asdict(config),
+            "victim": victim.name,
+            "run_dir": victim.run_dir,
+            "checkpoint": victim.checkpoint,
+            "checkpoint_step": victim.checkpoint_step,
+            "source": victim.source_name,
+            "source_checkpoint": victim.source_checkpoint,
+            "source_checkpoint_step": victim.source_checkpoint_step,
+            "ensembles": ensemble_settings(config),
+        },
+    )
     sigma_mean = eval_set.sigma_mean
     rows = [clean_accuracy_rows(victim, eval_set, config)]
     rows.append(
@@ -154,8 +173,11 @@ def ensemble_settings(config: AttackConfig) -> dict[str, dict]:
     for name in dict.fromkeys(base_attack(a) for a in config.attacks):
         if name in ENSEMBLES:
             steps, restarts = ensemble_budget(name, config.steps)
-            settings[name] = {"steps": steps, "restarts": restarts,
-                              "members": member_settings(steps, restarts, NUM_CLASSES)}  # fmt: skip
+            settings[name] = {
+                "steps": steps,
+                "restarts": restarts,
+                "members": member_settings(steps, restarts, NUM_CLASSES),
+            }
     return settings
 
 
@@ -178,13 +200,18 @@ def load_eval_set(loaded, config: AttackConfig) -> EvalSet:
 
 
 def attack_run_dir(
-    run_dir: str | Path, config: AttackConfig, out_dir: str | Path | None = None,
-    source: str | Path | None = None, which: str = "best", progress: bool = True, data: str | None = None,
+    run_dir: str | Path,
+    config: AttackConfig,
+    out_dir: str | Path | None = None,
+    source: str | Path | None = None,
+    which: str = "best",
+    progress: bool = True,
+    data: str | None = None,
     source_which: str = "best",
-) -> AttackResults:  # fmt: skip
+) -> AttackResults:
     """`robustcaps attack`: load the run (and the transfer source), pick the examples, sweep, check.
     `which` / `source_which`: the checkpoint of each run (best, last or a familiar-stepN snapshot).
-    `data`: where the run's dataset is here, when not where it was trained (runs.load_run)."""
+    `data`: where the run's dataset is here, when not where it was trained (training.checkpoints.load_run)."""
     loaded = load_run(run_dir, which=which, device=config.device, data=data)
     crafted_on = None
     if source is not None:

@@ -32,7 +32,7 @@ from robustcaps.attacks.adapters import (
     eps_pixel_and_std,
     is_vote_attack,
     per_image_sigma,
-    predict_crops,
+    predict,
     supports_targeted,
 )
 from robustcaps.attacks.autoattack import ENSEMBLES, ensemble_budget
@@ -45,9 +45,19 @@ from robustcaps.models.common import in_halves_on_oom
 CELLS_DIR = "cells"
 SELF = "self"  # the `source` of a white-box cell
 EXAMPLE_COLUMNS = (
-    "example", "label", "attack", "targeted", "target", "eps_pixel", "eps_std", "source", "role",
-    "steps", "restarts", "prediction",
-)  # fmt: skip
+    "example",
+    "label",
+    "attack",
+    "targeted",
+    "target",
+    "eps_pixel",
+    "eps_std",
+    "source",
+    "role",
+    "steps",
+    "restarts",
+    "prediction",
+)
 
 
 @dataclass(frozen=True)
@@ -111,13 +121,19 @@ class Victim:
 
     @classmethod
     def of_runs(cls, loaded, name: str, source=None, source_name: str = "") -> Victim:
-        """From `runs.load_run` results: the attacked run and, for transfer cells, the run crafted on."""
-        victim = cls(loaded.model, name, str(loaded.run_dir), checkpoint=loaded.which,
-                     checkpoint_step=loaded.step)  # fmt: skip
+        """From `load_run` results: the attacked run and, for transfer cells, the run crafted on."""
+        victim = cls(
+            loaded.model, name, str(loaded.run_dir), checkpoint=loaded.which, checkpoint_step=loaded.step
+        )
         if source is None:
             return victim
-        return replace(victim, source=source.model, source_name=source_name or str(source.run_dir),
-                       source_checkpoint=source.which, source_checkpoint_step=source.step)  # fmt: skip
+        return replace(
+            victim,
+            source=source.model,
+            source_name=source_name or str(source.run_dir),
+            source_checkpoint=source.which,
+            source_checkpoint_step=source.step,
+        )
 
 
 def balanced_examples(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -153,10 +169,14 @@ def cell_key(cell: Cell, config: AttackConfig, models: tuple[str, str], eval_set
     same files elsewhere must draw the same starts.
     """
     settings = {
-        "cell": asdict(cell), "loss": attack_loss(cell.attack, config), "queries": config.queries,
-        "seed": config.seed, "models": models, "data": content_identity(json.loads(eval_set.identity)),
+        "cell": asdict(cell),
+        "loss": attack_loss(cell.attack, config),
+        "queries": config.queries,
+        "seed": config.seed,
+        "models": models,
+        "data": content_identity(json.loads(eval_set.identity)),
         "examples": hashlib.sha256(eval_set.index.numpy().tobytes()).hexdigest(),
-    }  # fmt: skip
+    }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     mode = "targeted" if cell.targeted else "untargeted"
     return f"{cell.attack}-{mode}-{cell.role}-eps{cell.eps_pixel:.5f}-{digest}"
@@ -218,14 +238,18 @@ def run_cell(cell: Cell, config: AttackConfig, victim: Victim, eval_set: EvalSet
             # a batch that runs out of device memory is crafted in halves
             adversarial = in_halves_on_oom(
                 lambda x, y, aimed: craft(cell.attack, crafting_on, x, y, cell.eps_pixel, settings, aimed),
-                images, labels, targets,
-            )  # fmt: skip
-            frame = pd.DataFrame({
-                "example": index.numpy(),
-                "label": labels.cpu().numpy(),
-                "target": targets.cpu().numpy() if targets is not None else -1,
-                "prediction": predict_crops(victim.model, adversarial).cpu().numpy(),
-            })  # fmt: skip
+                images,
+                labels,
+                targets,
+            )
+            frame = pd.DataFrame(
+                {
+                    "example": index.numpy(),
+                    "label": labels.cpu().numpy(),
+                    "target": targets.cpu().numpy() if targets is not None else -1,
+                    "prediction": predict(victim.model, adversarial).cpu().numpy(),
+                }
+            )
             frames.append(frame)
         bar.update(1)
     table = pd.concat(frames, ignore_index=True)

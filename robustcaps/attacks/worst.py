@@ -88,8 +88,17 @@ def converge_cell(config, summary: pd.DataFrame) -> Cell | None:
     )
     best = rows.iloc[0]
     eps = float(best["eps_std"] if config.units == "std" else best["eps_pixel"])
-    return Cell(best["attack"], eps, float(best["eps_pixel"]), float(best["eps_std"]), False, SELF, CONVERGE,
-                2 * int(best["steps"]), 2 * int(best["restarts"]))  # fmt: skip
+    return Cell(
+        best["attack"],
+        eps,
+        float(best["eps_pixel"]),
+        float(best["eps_std"]),
+        False,
+        SELF,
+        CONVERGE,
+        2 * int(best["steps"]),
+        2 * int(best["restarts"]),
+    )
 
 
 def check_converged(per_example: pd.DataFrame) -> tuple[bool, str] | None:

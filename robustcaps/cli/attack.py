@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -20,13 +21,20 @@ from robustcaps.cli import options as shared
 from robustcaps.cli.options import device_option, run_data_option
 from robustcaps.errors import RobustcapsError
 
+# AttackConfig's defaults, never restated here
+DEFAULT = {f.name: f.default for f in dataclasses.fields(AttackConfig)}
+
 MODES = {"untargeted": (False,), "targeted": (True,), "both": (False, True)}
 # Without RUN_DIR (options.BUNDLED): the defaults below where the user gave none, and an output folder in
 # the current directory.
 # Sized so that the full-size capsnet's sweep takes minutes, not hours, on a 2-core CPU.
 BUNDLED_DEFAULTS = {
-    "attacks": ("fgsm", "bim"), "n": 50, "steps": 5, "checks": False, "out_dir": "robustcaps-attack",
-}  # fmt: skip
+    "attacks": ("fgsm", "bim"),
+    "n": 50,
+    "steps": 5,
+    "checks": False,
+    "out_dir": "robustcaps-attack",
+}
 
 
 def parse_eps(values: tuple[str, ...]) -> tuple[float, ...]:
@@ -64,7 +72,7 @@ def attack_device(device: str) -> str:
     "attacks",
     multiple=True,
     type=click.Choice(ATTACKS),
-    default=("fgsm", "bim", "pgd"),
+    default=DEFAULT["attacks"],
     show_default=True,
     help="Repeatable. '-vote' variants attack a capsnet's routing-free vote logits.",
 )
@@ -79,7 +87,7 @@ def attack_device(device: str) -> str:
 @click.option(
     "--units",
     type=click.Choice(UNITS),
-    default="std",
+    default=DEFAULT["units"],
     show_default=True,
     help="ε in standardised-input units (HSF18 Fig. 3; ε_pixel = ε·mean per-image σ) or in pixels.",
 )
@@ -93,19 +101,35 @@ def attack_device(device: str) -> str:
 @click.option(
     "--loss",
     type=click.Choice(ATTACK_LOSSES),
-    default="ce",
+    default=DEFAULT["loss"],
     show_default=True,
     help="FGSM/BIM/PGD objective on logits: cross-entropy or the CW logit margin.",
 )
-@click.option("--steps", type=int, default=20, show_default=True, help="Iterations of BIM, PGD, APGD and CW.")
 @click.option(
-    "--restarts", type=int, default=1, show_default=True, help="Random restarts of PGD, APGD, Square."
+    "--steps",
+    type=int,
+    default=DEFAULT["steps"],
+    show_default=True,
+    help="Iterations of BIM, PGD, APGD and CW.",
 )
-@click.option("--queries", type=int, default=1000, show_default=True, help="Square attack query budget.")
 @click.option(
-    "--n", type=int, default=500, show_default=True, help="Examples: a seeded class-stratified subset."
+    "--restarts",
+    type=int,
+    default=DEFAULT["restarts"],
+    show_default=True,
+    help="Random restarts of PGD, APGD, Square.",
 )
-@click.option("--part", type=click.Choice(ATTACK_PARTS), default="test", show_default=True)
+@click.option(
+    "--queries", type=int, default=DEFAULT["queries"], show_default=True, help="Square attack query budget."
+)
+@click.option(
+    "--n",
+    type=int,
+    default=DEFAULT["n"],
+    show_default=True,
+    help="Examples: a seeded class-stratified subset.",
+)
+@click.option("--part", type=click.Choice(ATTACK_PARTS), default=DEFAULT["part"], show_default=True)
 @click.option(
     "--source",
     type=click.Path(exists=True, file_okay=False),
@@ -135,7 +159,7 @@ def attack_device(device: str) -> str:
     "it is used as it is (a GPU still halves it if it runs out).",
 )
 @device_option
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=DEFAULT["seed"], show_default=True)
 @click.option(
     "--checks/--no-checks",
     default=True,
@@ -154,9 +178,21 @@ def attack_device(device: str) -> str:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @run_data_option
 @click.pass_context
-def attack(ctx: click.Context, run_dir: str | None, attacks: tuple[str, ...], eps: tuple[str, ...], mode: str,
-           out_dir: str | None, source: str | None, which: str, source_which: str, device: str,
-           progress: bool, data: str | None, **options) -> None:  # fmt: skip
+def attack(
+    ctx: click.Context,
+    run_dir: str | None,
+    attacks: tuple[str, ...],
+    eps: tuple[str, ...],
+    mode: str,
+    out_dir: str | None,
+    source: str | None,
+    which: str,
+    source_which: str,
+    device: str,
+    progress: bool,
+    data: str | None,
+    **options,
+) -> None:
     """White-box (and transfer, vote, Square) attacks on RUN_DIR's model across ε, via torchattacks.
 
     Writes per_example.csv, summary.csv and checks.csv; an interrupted sweep resumes where it stopped.
@@ -174,8 +210,13 @@ def attack(ctx: click.Context, run_dir: str | None, attacks: tuple[str, ...], ep
         options |= defaults
     if options["batch_size"] is None:  # not chosen by the user: the largest that fits, up to the default
         options |= {"batch_size": AttackConfig.batch_size, "fit_batch": True}
-    config = AttackConfig(attacks=tuple(dict.fromkeys(attacks)), eps=parse_eps(eps), targeted=MODES[mode],
-                          device=attack_device(device), **options)  # fmt: skip
+    config = AttackConfig(
+        attacks=tuple(dict.fromkeys(attacks)),
+        eps=parse_eps(eps),
+        targeted=MODES[mode],
+        device=attack_device(device),
+        **options,
+    )
     if True in config.targeted:
         for name in config.attacks:
             if not supports_targeted(name):
@@ -185,8 +226,9 @@ def attack(ctx: click.Context, run_dir: str | None, attacks: tuple[str, ...], ep
     if bundled:
         _compare_bundled(config, Path(out_dir), which, progress, data)
         return
-    results = attack_run_dir(run_dir, config, out_dir, source, which=which, progress=progress, data=data,
-                             source_which=source_which)  # fmt: skip
+    results = attack_run_dir(
+        run_dir, config, out_dir, source, which=which, progress=progress, data=data, source_which=source_which
+    )
     table = results.summary[results.summary["role"] == "sweep"]
     table = table.pivot_table(
         index=["source", "attack", "targeted", "metric"], columns="eps_std", values="value"

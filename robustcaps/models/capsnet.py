@@ -80,12 +80,12 @@ class CapsNetConfig:
     data_mass: Gritzman's normalisation of the data mass Σ_i R_ij a_i reaching a parent (the average
     parent receives this many units; None keeps the raw paper cost). With it one λ suits layers whose
     parents have 72 or 512 children; without it, it is a number-of-children-dependent inverse temperature.
-    Default 100 (Gritzman's value), measured at init on capsnet-small: raw mass leaves the ConvCaps logits
-    almost input-independent (std 0.004, every activation 0.50 ± 0.002); with 100 their std is 0.18, and
-    with β_u = 0 a third to four fifths of the ConvCaps capsules would saturate — hence calibrate_half_active.
-    estep_temperature: T in every E-step, R_ij ∝ a_j p_ij^T. 1 is Procedure 1 (the default, and every
-    preset). Not in the paper: T < 1 keeps the assignments softer, which docs/LEARNING.md measured to make
-    3 iterations learn much better in short runs.
+    Default 100 (Gritzman's value): at init the raw mass leaves the ConvCaps logits almost input-independent,
+    and with 100 and β_u = 0 many ConvCaps capsules would saturate, hence calibrate_half_active
+    (docs/LEARNING.md).
+    estep_temperature: T in every E-step, R_ij ∝ a_j p_ij^T. 1 is Procedure 1 (the model default; the
+    training recipe "converged" sets 0.25). Not in the paper: T < 1 keeps the assignments softer, which
+    made capsule networks learn much faster in short runs (docs/LEARNING.md).
     routing: how the same routing is computed. "plain" (the reference) casts the votes as a tensor and
     routes them (routing.em_routing); "fused" forms each vote inside the routing's sums and recomputes
     them in backward (routing_fused), written for torch.compile: same results, less memory traffic;
@@ -247,8 +247,8 @@ def cast_votes(poses: Tensor, weight: Tensor) -> Tensor:
 
     Per child slot i one matrix product (N·L × 16) @ (16 × J·16) with the weight expanded to I₄ ⊗ W_ij,
     which writes whole 16-entry votes: the copy into the routing layout then moves 64-byte rows, not
-    4-float pieces. Four times the multiply-adds of the 4×4 products, but this step is memory-bound:
-    2.2× faster forward, 1.5× forward+backward on the CPU than einsum (measured, ConvCaps1 of capsnet-small).
+    4-float pieces. Four times the multiply-adds of the 4×4 products, but this step is memory-bound, and
+    it ran faster than einsum on the CPU (benchmarks/NOTES.md).
     """
     n, positions, slots = poses.shape[:3]
     parents = weight.shape[1]
@@ -274,10 +274,9 @@ def triton_routing():
 def _route_vote_free(routing: str, recompute: bool, *args, **kwargs) -> Routed:
     """cpu_em_routing (its backward recomputes from the inputs by itself), or fused_em_routing (or
     triton_em_routing: same arguments), checkpointed when gradients
-    are needed: the forward keeps only the layer's inputs and backward recomputes the routing. Fused,
-    measured under torch.compile (ConvCaps1 of capsnet-small, batch 8 on the CPU): without the checkpoint
-    the min-cut partitioner saves one vote-sized tensor per layer, (V − μ), for backward; with it, none,
-    at the same speed within the noise (0.19–0.20 vs 0.16–0.23 s per step at batch 32). In eager mode it
+    are needed: the forward keeps only the layer's inputs and backward recomputes the routing. Fused under
+    torch.compile: without the checkpoint the min-cut partitioner saves one vote-sized tensor per layer,
+    (V − μ), for backward; with it, none, at the same speed (benchmarks/NOTES.md). In eager mode it
     replaces a dozen saved vote-sized temporaries with a recompute. Triton: it trades the responsibility-sized
     tensors that torch keeps (several per iteration) for a second forward."""
     if routing == "cpu" and routing_cpu.available():  # keeps only its inputs: nothing to recompute

@@ -127,9 +127,13 @@ class Decoder(nn.Module):
         super().__init__()
         self.shape = (in_channels, INPUT_SIZE, INPUT_SIZE)
         self.layers = nn.Sequential(
-            nn.Linear(n_classes * dim, 512), nn.ReLU(), nn.Linear(512, 1024), nn.ReLU(),
-            nn.Linear(1024, in_channels * INPUT_SIZE * INPUT_SIZE), nn.Sigmoid(),
-        )  # fmt: skip
+            nn.Linear(n_classes * dim, 512),
+            nn.ReLU(),
+            nn.Linear(512, 1024),
+            nn.ReLU(),
+            nn.Linear(1024, in_channels * INPUT_SIZE * INPUT_SIZE),
+            nn.Sigmoid(),
+        )
 
     def forward(self, capsules: Tensor, classes: Tensor) -> Tensor:
         mask = F.one_hot(classes, capsules.shape[1]).to(capsules.dtype)[..., None]

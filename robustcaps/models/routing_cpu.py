@@ -61,16 +61,37 @@ def _module():
 # The kernel as torch custom operators: opaque to torch.compile, which compiles the layers around them.
 @torch.library.custom_op("robustcaps::em_routing_cpu", mutates_args=())
 def em_routing_op(
-    poses: Tensor, weight: Tensor, offsets: Tensor, activations: Tensor, beta_u: Tensor, beta_a: Tensor,
-    lambdas: list[float], children: Tensor, n_children: int, min_variance: float, mass_scale: float,
-    temperature: float, keep_state: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    poses: Tensor,
+    weight: Tensor,
+    offsets: Tensor,
+    activations: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    lambdas: list[float],
+    children: Tensor,
+    n_children: int,
+    min_variance: float,
+    mass_scale: float,
+    temperature: float,
+    keep_state: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return tuple(
         _module().forward(
-            poses, weight, offsets, activations, beta_u, beta_a, lambdas, children, n_children, min_variance,
-            mass_scale, temperature, keep_state,
+            poses,
+            weight,
+            offsets,
+            activations,
+            beta_u,
+            beta_a,
+            lambdas,
+            children,
+            n_children,
+            min_variance,
+            mass_scale,
+            temperature,
+            keep_state,
         )
-    )  # fmt: skip
+    )
 
 
 @em_routing_op.register_fake
@@ -84,14 +105,41 @@ def _(poses, weight, offsets, activations, beta_u, beta_a, lambdas, children, n_
 
 @torch.library.custom_op("robustcaps::em_routing_cpu_backward", mutates_args=())
 def em_routing_backward_op(
-    poses: Tensor, weight: Tensor, offsets: Tensor, activations: Tensor, beta_u: Tensor, beta_a: Tensor,
-    lambdas: list[float], children: Tensor, n_children: int, min_variance: float, mass_scale: float,
-    temperature: float, g_mean: Tensor, g_variance: Tensor, g_logits: Tensor, state: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    poses: Tensor,
+    weight: Tensor,
+    offsets: Tensor,
+    activations: Tensor,
+    beta_u: Tensor,
+    beta_a: Tensor,
+    lambdas: list[float],
+    children: Tensor,
+    n_children: int,
+    min_variance: float,
+    mass_scale: float,
+    temperature: float,
+    g_mean: Tensor,
+    g_variance: Tensor,
+    g_logits: Tensor,
+    state: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     grads = _module().backward(
-        poses, weight, offsets, activations, beta_u, beta_a, lambdas, children, n_children, min_variance,
-        mass_scale, temperature, g_mean, g_variance, g_logits, state,
-    )  # fmt: skip
+        poses,
+        weight,
+        offsets,
+        activations,
+        beta_u,
+        beta_a,
+        lambdas,
+        children,
+        n_children,
+        min_variance,
+        mass_scale,
+        temperature,
+        g_mean,
+        g_variance,
+        g_logits,
+        state,
+    )
     return tuple(grads)
 
 
@@ -109,9 +157,23 @@ def _backward(ctx, g_mean: Tensor, g_variance: Tensor, g_logits: Tensor, _):
     poses, weight, offsets, activations, beta_u, beta_a, children, state = ctx.saved_tensors
     lambdas, n_children, min_variance, mass_scale, temperature = ctx.settings
     g_poses, g_weight, g_act, g_beta_u, g_beta_a = em_routing_backward_op(
-        poses, weight, offsets, activations, beta_u, beta_a, lambdas, children, n_children, min_variance,
-        mass_scale, temperature, g_mean, g_variance, g_logits, state,
-    )  # fmt: skip
+        poses,
+        weight,
+        offsets,
+        activations,
+        beta_u,
+        beta_a,
+        lambdas,
+        children,
+        n_children,
+        min_variance,
+        mass_scale,
+        temperature,
+        g_mean,
+        g_variance,
+        g_logits,
+        state,
+    )
     return g_poses, g_weight, None, g_act, g_beta_u, g_beta_a, None, None, None, None, None, None, None
 
 

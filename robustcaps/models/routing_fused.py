@@ -96,10 +96,18 @@ def fused_em_routing(
         offsets = None if offsets is None else offsets.to(work)
         moments, distance = fused_sums(poses, weight, offsets)
         out = em_iterations(
-            moments, distance, activations, beta_u, beta_a, inverse_temperatures, min_variance=min_variance,
-            mass_scale=mass_scale, children=children, n_children=n_children,
+            moments,
+            distance,
+            activations,
+            beta_u,
+            beta_a,
+            inverse_temperatures,
+            min_variance=min_variance,
+            mass_scale=mass_scale,
+            children=children,
+            n_children=n_children,
             estep_temperature=estep_temperature,
-        )  # fmt: skip
+        )
     return Routed(*(t.to(dtype) for t in out))
 
 

@@ -110,9 +110,25 @@ def _vote_gradient(c, u, w, v):
 
 @triton.jit
 def _moments_kernel(
-    c_ptr, c_nl, c_j, c_i, m_ptr, wt_ptr, off_ptr, mu_ptr, s1_ptr, s2_ptr, NL, I, J, PER_PROGRAM,
-    HAS_OFFSETS: tl.constexpr, HAS_MEAN: tl.constexpr, WARPS: tl.constexpr, LANES: tl.constexpr,
-):  # fmt: skip
+    c_ptr,
+    c_nl,
+    c_j,
+    c_i,
+    m_ptr,
+    wt_ptr,
+    off_ptr,
+    mu_ptr,
+    s1_ptr,
+    s2_ptr,
+    NL,
+    I,
+    J,
+    PER_PROGRAM,
+    HAS_OFFSETS: tl.constexpr,
+    HAS_MEAN: tl.constexpr,
+    WARPS: tl.constexpr,
+    LANES: tl.constexpr,
+):
     """A warp per row nl, a thread per parent j (spare threads repeat the last of each: stores masked)."""
     part = tl.program_id(1)
     rows = tl.program_id(0) * WARPS + tl.arange(0, WARPS)[:, None]  # (WARPS, 1)
@@ -143,10 +159,23 @@ def _moments_kernel(
 
 @triton.jit
 def _quadratic_kernel(
-    m_ptr, wt_ptr, off_ptr, a_ptr, mu_ptr, b_ptr, q_ptr, NL, I, J, PER_PROGRAM,
-    HAS_OFFSETS: tl.constexpr, HAS_MEAN: tl.constexpr, HAS_LINEAR: tl.constexpr, WARPS: tl.constexpr,
+    m_ptr,
+    wt_ptr,
+    off_ptr,
+    a_ptr,
+    mu_ptr,
+    b_ptr,
+    q_ptr,
+    NL,
+    I,
+    J,
+    PER_PROGRAM,
+    HAS_OFFSETS: tl.constexpr,
+    HAS_MEAN: tl.constexpr,
+    HAS_LINEAR: tl.constexpr,
+    WARPS: tl.constexpr,
     LANES: tl.constexpr,
-):  # fmt: skip
+):
     """A warp per row nl, a thread per parent j."""
     part = tl.program_id(1)
     rows = tl.program_id(0) * WARPS + tl.arange(0, WARPS)[:, None]
@@ -174,9 +203,23 @@ def _quadratic_kernel(
 
 @triton.jit
 def _grad_poses_kernel(
-    c_ptr, c_nl, c_j, c_i, u_ptr, w_ptr, m_ptr, wp_ptr, off_ptr, gm_ptr, NL, I, J,
-    HAS_OFFSETS: tl.constexpr, WARPS: tl.constexpr, LANES: tl.constexpr,
-):  # fmt: skip
+    c_ptr,
+    c_nl,
+    c_j,
+    c_i,
+    u_ptr,
+    w_ptr,
+    m_ptr,
+    wp_ptr,
+    off_ptr,
+    gm_ptr,
+    NL,
+    I,
+    J,
+    HAS_OFFSETS: tl.constexpr,
+    WARPS: tl.constexpr,
+    LANES: tl.constexpr,
+):
     """A warp per row nl, a thread per child i."""
     rows = tl.program_id(0) * WARPS + tl.arange(0, WARPS)[:, None]
     lanes = tl.program_id(1) * LANES + tl.arange(0, LANES)[None, :]
@@ -197,9 +240,24 @@ def _grad_poses_kernel(
 
 @triton.jit
 def _grad_weight_kernel(
-    c_ptr, c_nl, c_j, c_i, ut_ptr, wt_coef_ptr, m_ptr, wt_ptr, off_ptr, gw_ptr, NL, I, J, PER_PROGRAM,
-    HAS_OFFSETS: tl.constexpr, WARPS: tl.constexpr, LANES: tl.constexpr,
-):  # fmt: skip
+    c_ptr,
+    c_nl,
+    c_j,
+    c_i,
+    ut_ptr,
+    wt_coef_ptr,
+    m_ptr,
+    wt_ptr,
+    off_ptr,
+    gw_ptr,
+    NL,
+    I,
+    J,
+    PER_PROGRAM,
+    HAS_OFFSETS: tl.constexpr,
+    WARPS: tl.constexpr,
+    LANES: tl.constexpr,
+):
     """A warp per child i, a thread per parent j; each program sums over a part of the rows."""
     part = tl.program_id(1)
     children = tl.program_id(0) * WARPS + tl.arange(0, WARPS)[:, None]
@@ -253,10 +311,24 @@ def moments(
     parts, per_part = split_loop(children, triton.cdiv(rows, WARPS))
     first, second = (c.new_empty(parts, rows, parents, 16) for _ in range(2))
     _moments_kernel[(triton.cdiv(rows, WARPS), parts)](
-        c, *c.stride(), poses, weight.permute(0, 2, 1).contiguous(), off, poses if mean is None else mean,
-        first, second, rows, children, parents, per_part,
-        HAS_OFFSETS=has_off, HAS_MEAN=mean is not None, WARPS=WARPS, LANES=LANES, num_warps=WARPS,
-    )  # fmt: skip
+        c,
+        *c.stride(),
+        poses,
+        weight.permute(0, 2, 1).contiguous(),
+        off,
+        poses if mean is None else mean,
+        first,
+        second,
+        rows,
+        children,
+        parents,
+        per_part,
+        HAS_OFFSETS=has_off,
+        HAS_MEAN=mean is not None,
+        WARPS=WARPS,
+        LANES=LANES,
+        num_warps=WARPS,
+    )
     return first.sum(0), second.sum(0)
 
 
@@ -276,10 +348,24 @@ def quadratic(
     parts, per_part = split_loop(children, triton.cdiv(rows, WARPS))
     out = quadratic_layout(a.new_empty, rows, parents, children)
     _quadratic_kernel[(triton.cdiv(rows, WARPS), parts)](
-        poses, weight.permute(0, 2, 1).contiguous(), off, a, a if mean is None else mean,
-        a if b is None else b, out, rows, children, parents, per_part, HAS_OFFSETS=has_off,
-        HAS_MEAN=mean is not None, HAS_LINEAR=b is not None, WARPS=WARPS, LANES=LANES, num_warps=WARPS,
-    )  # fmt: skip
+        poses,
+        weight.permute(0, 2, 1).contiguous(),
+        off,
+        a,
+        a if mean is None else mean,
+        a if b is None else b,
+        out,
+        rows,
+        children,
+        parents,
+        per_part,
+        HAS_OFFSETS=has_off,
+        HAS_MEAN=mean is not None,
+        HAS_LINEAR=b is not None,
+        WARPS=WARPS,
+        LANES=LANES,
+        num_warps=WARPS,
+    )
     return out
 
 
@@ -299,16 +385,42 @@ def vote_gradients(
     off, has_off = _offsets_arg(offsets, poses)
     g_poses = torch.empty_like(poses)
     _grad_poses_kernel[(triton.cdiv(rows, WARPS), triton.cdiv(children, LANES))](
-        c, *c.stride(), u, w, poses, weight.permute(1, 2, 0).contiguous(), off, g_poses, rows, children,
-        parents, HAS_OFFSETS=has_off, WARPS=WARPS, LANES=LANES, num_warps=WARPS,
-    )  # fmt: skip
+        c,
+        *c.stride(),
+        u,
+        w,
+        poses,
+        weight.permute(1, 2, 0).contiguous(),
+        off,
+        g_poses,
+        rows,
+        children,
+        parents,
+        HAS_OFFSETS=has_off,
+        WARPS=WARPS,
+        LANES=LANES,
+        num_warps=WARPS,
+    )
     chunks, per_chunk = chunked(rows, chunks)
     partial = weight.new_empty(chunks, children, 16, parents)
     by_column = [t.transpose(1, 2).contiguous() for t in (u, w)]  # (NL, 16, J)
     _grad_weight_kernel[(triton.cdiv(children, WARPS), chunks)](
-        c, *c.stride(), *by_column, poses, weight.permute(0, 2, 1).contiguous(), off, partial, rows,
-        children, parents, per_chunk, HAS_OFFSETS=has_off, WARPS=WARPS, LANES=LANES, num_warps=WARPS,
-    )  # fmt: skip
+        c,
+        *c.stride(),
+        *by_column,
+        poses,
+        weight.permute(0, 2, 1).contiguous(),
+        off,
+        partial,
+        rows,
+        children,
+        parents,
+        per_chunk,
+        HAS_OFFSETS=has_off,
+        WARPS=WARPS,
+        LANES=LANES,
+        num_warps=WARPS,
+    )
     return g_poses, partial.sum(0).transpose(1, 2).contiguous()
 
 

@@ -153,8 +153,16 @@ def triton_em_routing(
             return out.view(n, positions, parents, slots)
 
         out = em_iterations(
-            moments, distance, activations.to(work), beta_u.to(work), beta_a.to(work), inverse_temperatures,
-            min_variance=min_variance, mass_scale=mass_scale, children=children, n_children=n_children,
+            moments,
+            distance,
+            activations.to(work),
+            beta_u.to(work),
+            beta_a.to(work),
+            inverse_temperatures,
+            min_variance=min_variance,
+            mass_scale=mass_scale,
+            children=children,
+            n_children=n_children,
             estep_temperature=estep_temperature,
-        )  # fmt: skip
+        )
     return Routed(*(t.to(dtype) for t in out))

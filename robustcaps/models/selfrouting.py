@@ -111,9 +111,12 @@ class SelfRoutingCaps(nn.Module):
     def forward(self, activations: Tensor, poses: Tensor) -> tuple[Tensor, Tensor | None]:
         side = (poses.shape[-1] + 2 * self.padding - self.kernel) // self.stride + 1
         routed = self_routing(
-            self.receptive_children(poses, self.dim), self.receptive_children(activations, 1).squeeze(-1),
-            self.route_weight, self.route_bias, self.pose_weight,
-        )  # fmt: skip
+            self.receptive_children(poses, self.dim),
+            self.receptive_children(activations, 1).squeeze(-1),
+            self.route_weight,
+            self.route_bias,
+            self.pose_weight,
+        )
         n, types = poses.shape[0], routed.activations.shape[-1]
         out_activations = routed.activations.transpose(1, 2).reshape(n, types, side, side)
         if routed.poses is None:

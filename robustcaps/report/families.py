@@ -87,8 +87,12 @@ def family_rows(results: dict) -> tuple[pd.DataFrame, dict[str, list[str]], dict
         family, won = family_of(model), []
         (error, n), (base, n_base) = clean[model], clean[cnn]
         gap = Difference(error - base, *difference(error, n, base, n_base))
-        row = {"family": family, "paper": PAPERS[family], "model": model,
-               "clean error vs CNN, points (95% CI)": _points(gap)}  # fmt: skip
+        row = {
+            "family": family,
+            "paper": PAPERS[family],
+            "model": model,
+            "clean error vs CNN, points (95% CI)": _points(gap),
+        }
         won += ["clean error"] if gap.high < 0 else []
         for split, frame in viewpoint.groupby(col.SPLIT) if not viewpoint.empty else ():
             novel = _novel(frame, model, cnn)

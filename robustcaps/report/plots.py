@@ -111,8 +111,14 @@ def plot_fig3(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
             legend |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
             if ax.get_legend() is not None:
                 ax.get_legend().remove()
-    fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
-               frameon=False)  # fmt: skip
+    fig.legend(
+        legend.values(),
+        legend.keys(),
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=8,
+        frameon=False,
+    )
     fig.suptitle("White-box attacks (cf. HSF18 Fig. 3; 95% intervals as bands)")
     return save_figure(fig, stem, footer)
 
@@ -209,8 +215,14 @@ def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> lis
         legend |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
         ax.get_legend().remove()
     # one legend beside the panels: inside an axes it covers points wherever "best" puts it
-    fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
-               frameon=False)  # fmt: skip
+    fig.legend(
+        legend.values(),
+        legend.keys(),
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=8,
+        frameon=False,
+    )
     fig.suptitle("Viewpoint generalisation at matched familiar error (cf. HSF18 Table 2)")
     return save_figure(fig, stem, footer)
 
@@ -224,9 +236,20 @@ def plot_training(training: pd.DataFrame, stem: Path, footer: str) -> list[Path]
     ids = [col.RUN, col.STEP] + ([col.FAMILY] if col.FAMILY in training else [])
     long = training.melt(id_vars=ids, value_vars=metrics, var_name=col.METRIC).dropna(subset=[col.VALUE])
     # One row per family: the capsules' spread loss and the CNN's cross-entropy are not on one scale.
-    grid = sns.relplot(data=long, x=col.STEP, y=col.VALUE, hue=col.RUN, col=col.METRIC,
-                       row=col.FAMILY if col.FAMILY in long else None, kind="line", marker="o", markersize=4,
-                       height=3.0, aspect=1.1, facet_kws={"sharey": False, "sharex": False})  # fmt: skip
+    grid = sns.relplot(
+        data=long,
+        x=col.STEP,
+        y=col.VALUE,
+        hue=col.RUN,
+        col=col.METRIC,
+        row=col.FAMILY if col.FAMILY in long else None,
+        kind="line",
+        marker="o",
+        markersize=4,
+        height=3.0,
+        aspect=1.1,
+        facet_kws={"sharey": False, "sharex": False},
+    )
     grid.set_titles("{row_name}: {col_name}" if col.FAMILY in long else "{col_name}")
     for ax in grid.axes.flat:  # an empty panel: e.g. familiar error, recorded only with a target to reach
         if not ax.lines:

@@ -57,9 +57,11 @@ def dataset_text(identity: dict) -> str:
     """One line that pins the data: the renderer's version, seed, size and a file hash, or the MD5 verdict."""
     if identity.get("kind") == "rendered":
         sha = next((v for k, v in sorted(identity.get("sha256", {}).items()) if "training-dat" in k), "")
-        return (f"rendered stand-in (generator {identity.get('generator_version', '?')}, seed "
-                f"{identity.get('seed')}, size {identity.get('options', {}).get('size', '?')}, "
-                f"training-dat sha256 {sha[:12]})")  # fmt: skip
+        return (
+            f"rendered stand-in (generator {identity.get('generator_version', '?')}, seed "
+            f"{identity.get('seed')}, size {identity.get('options', {}).get('size', '?')}, "
+            f"training-dat sha256 {sha[:12]})"
+        )
     verified = "official MD5s verified" if identity.get("md5_verified") else "MD5s NOT the official ones"
     return f"smallNORB ({verified})"
 
@@ -95,8 +97,10 @@ def timing_text(provenance: dict) -> str:
     total = sum(step["seconds"] for step in steps)
     parts = ", ".join(f"{step['step']} {step['seconds']:.0f} s" for step in steps)
     wall = provenance.get("wall_seconds", 0) / 60
-    return (f"Compute time of all steps: {total / 60:.1f} min on {provenance.get('device_name', '?')} "
-            f"(this invocation: {wall:.1f} min wall; steps: {parts}).\n")  # fmt: skip
+    return (
+        f"Compute time of all steps: {total / 60:.1f} min on {provenance.get('device_name', '?')} "
+        f"(this invocation: {wall:.1f} min wall; steps: {parts}).\n"
+    )
 
 
 def notes_text(provenance: dict) -> str:

@@ -81,9 +81,13 @@ def _checks_sentences(checks: pd.DataFrame) -> list[str]:
     # with other capsule families in the run, the sentences are about the EM one (families.py: the rest)
     others = not checks.empty and checks[col.MODEL].map(family_of).isin(("dynamic", "self-routing")).any()
     em = "EM capsule" if others else "capsule"
-    parts = ["No integrity checks were run, so robustness claims are unverified." if checks.empty else
-             f"Integrity checks failed on the {em} model: {', '.join(caps_failed)}." if caps_failed else
-             f"Every integrity check passed on the {em} model."]  # fmt: skip
+    parts = [
+        "No integrity checks were run, so robustness claims are unverified."
+        if checks.empty
+        else f"Integrity checks failed on the {em} model: {', '.join(caps_failed)}."
+        if caps_failed
+        else f"Every integrity check passed on the {em} model."
+    ]
     return parts + ([f"On the CNN these failed: {', '.join(cnn_failed)}."] if cnn_failed else [])
 
 
@@ -98,8 +102,10 @@ def robustness_verdict(results: dict) -> str:
     if apparent is None or worst is None:
         return " ".join(parts)
     caps, cnn, survived = worst
-    parts.append(f"Under the worst attack at ε={caps.eps:g}, accuracy is {caps.value:.2f} (capsules) vs "
-                 f"{cnn.value:.2f} (CNN): {_points(survived)}.")  # fmt: skip
+    parts.append(
+        f"Under the worst attack at ε={caps.eps:g}, accuracy is {caps.value:.2f} (capsules) vs "
+        f"{cnn.value:.2f} (CNN): {_points(survived)}."
+    )
     parts += [too_wide_sentence(survived, survived.paired or min(caps.n, cnn.n))] if survived.too_wide else []
     seen, masking = f"{_points(apparent)}, at ε≈{EPS:g}", masking_failures(checks, pair[0])
     if apparent.low <= 0:
@@ -113,8 +119,11 @@ def robustness_verdict(results: dict) -> str:
             "sign of masked gradients, not of robustness."
         )
     elif failed_checks(checks, "capsnet") or checks.empty or survived.low <= 0:
-        reason = "failed checks point to masked gradients" if failed_checks(checks, "capsnet") else (
-            "the advantage is no longer clear")  # fmt: skip
+        reason = (
+            "failed checks point to masked gradients"
+            if failed_checks(checks, "capsnet")
+            else ("the advantage is no longer clear")
+        )
         parts.append(
             f"So the capsules' apparent FGSM/BIM advantage ({seen}) does not survive the integrity checks "
             f"and the stronger attacks ({reason})."
@@ -170,8 +179,13 @@ def _targeted_sentence(results: dict, attack: str) -> str | None:
     """Success rates averaged over the wrong target classes: each example's success over its targets is
     paired by example (a t interval) where the per-example outcomes are there."""
     summary = results["summary"]
-    rows = summary[(summary[col.ATTACK] == attack) & summary[col.TARGETED] & (summary[col.SOURCE] == "")
-                   & (summary[col.ROLE] == col.SWEEP) & (summary[col.EPS_STD] > 0)]  # fmt: skip
+    rows = summary[
+        (summary[col.ATTACK] == attack)
+        & summary[col.TARGETED]
+        & (summary[col.SOURCE] == "")
+        & (summary[col.ROLE] == col.SWEEP)
+        & (summary[col.EPS_STD] > 0)
+    ]
     at = nearest_eps(rows[col.EPS_STD], TARGETED_EPS)
     if at is None:
         return None

@@ -101,10 +101,15 @@ def white_box_outcomes(root: Path) -> pd.DataFrame:
         rows = rows[(rows[col.SOURCE] == col.SELF) & (rows[col.ROLE] == col.SWEEP)]
         targeted = csv_bool(rows[col.TARGETED])
         hit = rows[col.PREDICTION] == rows[col.TARGET].where(targeted, rows[col.LABEL])
-        frame = rows[[col.EPS_STD, col.EXAMPLE]].assign(**{
-            col.MODEL: model, col.FAMILY: family_of(model), col.ATTACK: rows[col.ATTACK].str.lower(),
-            col.TARGETED: targeted, col.SCORE: hit,
-        })  # fmt: skip
+        frame = rows[[col.EPS_STD, col.EXAMPLE]].assign(
+            **{
+                col.MODEL: model,
+                col.FAMILY: family_of(model),
+                col.ATTACK: rows[col.ATTACK].str.lower(),
+                col.TARGETED: targeted,
+                col.SCORE: hit,
+            }
+        )
         frames.append(frame[list(col.OUTCOMES)])
     if not frames:
         return pd.DataFrame()

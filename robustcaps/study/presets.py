@@ -200,17 +200,30 @@ def converged() -> Preset:
     after every epoch, stopped after `patience` epochs without a new best, the learning rate decayed
     ×0.9 per epoch of the full split so that each run settles; the val-chosen checkpoint is the model."""
     # 4,320 training images at batch 32: 135 steps per epoch of the full split
-    common = TrainConfig(model="cnn", data_size="small", epochs=40, batch_size=32, lr_decay=0.9,
-                         lr_decay_steps=135.0, val="instances", patience=4)  # fmt: skip
+    common = TrainConfig(
+        model="cnn",
+        data_size="small",
+        epochs=40,
+        batch_size=32,
+        lr_decay=0.9,
+        lr_decay_steps=135.0,
+        val="instances",
+        patience=4,
+    )
     capsnet = dataclasses.replace(common, model="capsnet-small", speed=Speed.COMPILED)
-    more = tuple(dataclasses.replace(common, model=m, **speed(Speed.REFERENCE, compile=True))
-                 for m in CONVERGED_CAPSULES)  # fmt: skip
+    more = tuple(
+        dataclasses.replace(common, model=m, **speed(Speed.REFERENCE, compile=True))
+        for m in CONVERGED_CAPSULES
+    )
     return Preset(
-        name="converged", demo=False, cnn=common, capsnet=capsnet,
+        name="converged",
+        demo=False,
+        cnn=common,
+        capsnet=capsnet,
         more_capsules=more,
         attack=AttackConfig(eps=(0.0, 0.05, 0.1, 0.25, 0.5), n=300, steps=20, batch_size=100),
         untargeted_attacks=("fgsm", "bim", "pgd", "apgd-ce", "autoattack"),
-    )  # fmt: skip
+    )
 
 
 def tiny() -> Preset:

@@ -86,8 +86,12 @@ class Pipeline:
         seconds = time.perf_counter() - start
         missing = [str(p) for p in step.outputs if not Path(p).exists()]
         assert not missing, f"step {step.name} did not write {missing}"
-        record = {"config": config, "outputs": [str(p) for p in step.outputs], "seconds": seconds,
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+        record = {
+            "config": config,
+            "outputs": [str(p) for p in step.outputs],
+            "seconds": seconds,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         atomic_write_json(self.marker(step.name), json.loads(canonical(record)))
         self.echo(f"[done] {step.name} in {seconds:.0f} s")
         self.log.add(step.name, "ran", seconds)

@@ -146,10 +146,13 @@ class TrainConfig:
     model: str = setting("capsnet-small", shown=True, help="Registered model (robustcaps models).")
     model_overrides: dict[str, Any] = setting(factory=dict, help="Model config changes (--model-option).")
     recipe: Recipe = setting(
-        Recipe.CONVERGED, shown=True, kind=Recipe, legacy="paper",
+        Recipe.CONVERGED,
+        shown=True,
+        kind=Recipe,
+        legacy="paper",
         help="Capsule routing while learning: converged (2 EM iterations, E-step T 0.25, β_a calibration; "
         "what converged on the CPU) or paper (HSF18: 3 iterations, T 1). --model-option wins.",
-    )  # fmt: skip
+    )
     data: str | None = setting(
         None,
         shown=True,

@@ -103,8 +103,10 @@ class Session:
             raise RobustcapsError(
                 f"--batch-size {config.batch_size} exceeds the {len(data.train)} training images"
             )
-        for option, used in (("--target-familiar-error", config.target_familiar_error is not None),
-                             ("--familiar-snapshots", config.familiar_snapshots)):  # fmt: skip
+        for option, used in (
+            ("--target-familiar-error", config.target_familiar_error is not None),
+            ("--familiar-snapshots", config.familiar_snapshots),
+        ):
             if used and len(data.familiar) == 0:
                 raise RobustcapsError(f"{option}: split {config.split!r} has no familiar images")
         model = build_model(config).to(device)
@@ -135,14 +137,21 @@ class Session:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         lr_at = lr_factor(config, _total_steps(config, data))
         session = cls(
-            config, run_dir, world, device, data,
-            images=data.train.images.to(device), labels=data.train.labels.to(device),
-            model=model, net=net, optimizer=optimizer,
+            config,
+            run_dir,
+            world,
+            device,
+            data,
+            images=data.train.images.to(device),
+            labels=data.train.labels.to(device),
+            model=model,
+            net=net,
+            optimizer=optimizer,
             scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at),
             augment=torch.Generator(device=device).manual_seed(config.seed + 1),
             progress=Progress(torch.Generator().manual_seed(config.seed).get_state()),
             loss_name=losses.resolve_loss(config.loss, model.family),
-        )  # fmt: skip
+        )
         session.pending = torch.zeros(3, dtype=torch.float64, device=device)
         last = checkpoints.checkpoint_path(run_dir, "last")
         for leftover in last.parent.glob(".*.tmp") if resume and world.is_main else ():
@@ -247,9 +256,13 @@ def _write_run_files(s: Session, resume: bool) -> None:
 def run_session(s: Session) -> None:
     p = s.progress
     s.bar = tqdm(
-        total=s.total_steps, initial=p.step, disable=not s.world.is_main, unit="step",
-        desc=f"{s.config.model} {s.config.split}", dynamic_ncols=True,
-    )  # fmt: skip
+        total=s.total_steps,
+        initial=p.step,
+        disable=not s.world.is_main,
+        unit="step",
+        desc=f"{s.config.model} {s.config.split}",
+        dynamic_ncols=True,
+    )
     try:
         with full_float32_convolutions(s.model.family == "capsnet"):
             while not p.stop_reason and p.step < s.total_steps:

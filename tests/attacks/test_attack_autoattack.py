@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from robustcaps.attacks.adapters import ATTACKS, AttackConfig, AttackTarget, attack_loss, craft, predict_crops
+from robustcaps.attacks.adapters import ATTACKS, AttackConfig, AttackTarget, attack_loss, craft, predict
 from robustcaps.attacks.autoattack import STANDARD_STEPS, build_ensemble
 from robustcaps.attacks.run import attack_model
 from robustcaps.attacks.sweep import Victim
@@ -28,7 +28,7 @@ def one_thread():
 
 
 def correct(model, adversarial: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return predict_crops(model, adversarial) == labels
+    return predict(model, adversarial) == labels
 
 
 def test_the_full_budget_ensemble_is_at_least_as_strong_as_each_member_and_pgd_100(toy):
@@ -95,11 +95,22 @@ def test_the_cheaper_variant_has_its_own_name_and_the_sweeps_steps(toy, tmp_path
 
 def per_example_rows(attack: str, role: str, predictions: list[int], steps: int = 10) -> pd.DataFrame:
     n = len(predictions)
-    return pd.DataFrame({
-        "example": range(n), "label": [0] * n, "attack": attack, "targeted": False, "target": -1,
-        "eps_pixel": 0.0 if attack == "clean" else 0.02, "eps_std": 0.0 if attack == "clean" else 0.1,
-        "source": "self", "role": role, "steps": steps, "restarts": 1, "prediction": predictions,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "example": range(n),
+            "label": [0] * n,
+            "attack": attack,
+            "targeted": False,
+            "target": -1,
+            "eps_pixel": 0.0 if attack == "clean" else 0.02,
+            "eps_std": 0.0 if attack == "clean" else 0.1,
+            "source": "self",
+            "role": role,
+            "steps": steps,
+            "restarts": 1,
+            "prediction": predictions,
+        }
+    )
 
 
 def test_convergence_check_fails_when_doubling_the_budget_breaks_more_than_two_points():
@@ -117,8 +128,13 @@ def test_convergence_check_fails_when_doubling_the_budget_breaks_more_than_two_p
 
 
 def test_convergence_doubles_the_strongest_attack_nearest_eps_0_1():
-    rows = [("fgsm", 0.1, 0.2, 1, 1), ("pgd", 0.1, 0.4, 10, 1), ("autoattack", 0.1, 0.3, 100, 1),
-            ("pgd", 0.25, 0.1, 10, 1), ("fgsm", 0.1, 0.2, 1, 1)]  # fmt: skip
+    rows = [
+        ("fgsm", 0.1, 0.2, 1, 1),
+        ("pgd", 0.1, 0.4, 10, 1),
+        ("autoattack", 0.1, 0.3, 100, 1),
+        ("pgd", 0.25, 0.1, 10, 1),
+        ("fgsm", 0.1, 0.2, 1, 1),
+    ]
     summary = pd.DataFrame(rows, columns=["attack", "eps_std", "value", "steps", "restarts"]).assign(
         eps_pixel=lambda t: t["eps_std"] / 10, role="sweep", source="self", targeted=False
     )

@@ -177,10 +177,19 @@ def test_cli_warns_on_stderr_naming_every_failed_check(toy, tmp_path, monkeypatc
 
 def test_monotonicity_tolerates_noise_but_not_a_real_rise():
     def summary(values: list[float], n: int) -> pd.DataFrame:
-        return pd.DataFrame({
-            "attack": "fgsm", "targeted": False, "source": "self", "role": "sweep", "metric": "accuracy",
-            "eps_pixel": [0.0, 0.1, 0.2], "eps_std": [0.0, 0.1, 0.2], "value": values, "n": n,
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "attack": "fgsm",
+                "targeted": False,
+                "source": "self",
+                "role": "sweep",
+                "metric": "accuracy",
+                "eps_pixel": [0.0, 0.1, 0.2],
+                "eps_std": [0.0, 0.1, 0.2],
+                "value": values,
+                "n": n,
+            }
+        )
 
     assert check_monotone(summary([0.9, 0.5, 0.51], 1000))[0]  # one example's worth of noise
     passed, detail = check_monotone(summary([0.9, 0.5, 0.7], 1000))
@@ -190,10 +199,19 @@ def test_monotonicity_tolerates_noise_but_not_a_real_rise():
 
 def test_iterative_attacks_must_beat_fgsm_white_box_but_may_transfer_worse():
     def summary(source: str, pgd: float) -> pd.DataFrame:
-        return pd.DataFrame({
-            "attack": ["fgsm", "pgd"], "targeted": False, "source": source, "role": "sweep",
-            "metric": "accuracy", "eps_pixel": 0.1, "eps_std": 0.5, "value": [0.375, pgd], "n": 1000,
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "attack": ["fgsm", "pgd"],
+                "targeted": False,
+                "source": source,
+                "role": "sweep",
+                "metric": "accuracy",
+                "eps_pixel": 0.1,
+                "eps_std": 0.5,
+                "value": [0.375, pgd],
+                "n": 1000,
+            }
+        )
 
     passed, detail = check_iterative(summary("self", 0.55))
     assert not passed and "pgd" in detail and "0.375" in detail

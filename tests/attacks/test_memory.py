@@ -22,8 +22,9 @@ from tests.attacks.test_attack import eval_set, toy_data
 def test_a_batch_that_runs_out_of_memory_is_crafted_in_halves_with_the_same_results(
     toy, tmp_path, monkeypatch
 ):
-    config = AttackConfig(attacks=("fgsm", "bim"), eps=(0.0, 0.05), units="pixel", steps=3, checks=False,
-                          batch_size=10)  # fmt: skip
+    config = AttackConfig(
+        attacks=("fgsm", "bim"), eps=(0.0, 0.05), units="pixel", steps=3, checks=False, batch_size=10
+    )
     whole = attack_model(Victim(toy, "toy"), eval_set(30), config, tmp_path / "whole", progress=False)
     real, sizes = sweep.craft, []
 

@@ -14,8 +14,7 @@ from robustcaps.cli.attack import parse_eps
 def run_dir(rendered_root, tmp_path_factory):
     from robustcaps.training import TrainConfig, fit
 
-    config = TrainConfig(model="cnn-small", data=str(rendered_root), steps=60, batch_size=32,
-                         device="cpu")  # fmt: skip
+    config = TrainConfig(model="cnn-small", data=str(rendered_root), steps=60, batch_size=32, device="cpu")
     return fit(config, tmp_path_factory.mktemp("runs") / "cnn")
 
 
@@ -25,8 +24,21 @@ def invoke(*args: str):
 
 def test_attack_cli_writes_results_and_resumes(run_dir, tmp_path):
     out = tmp_path / "attacks"
-    args = (str(run_dir), "--attack", "fgsm", "--attack", "pgd", "--eps", "0:0.4:0.2", "--n", "30",
-            "--steps", "5", "--out", str(out))  # fmt: skip
+    args = (
+        str(run_dir),
+        "--attack",
+        "fgsm",
+        "--attack",
+        "pgd",
+        "--eps",
+        "0:0.4:0.2",
+        "--n",
+        "30",
+        "--steps",
+        "5",
+        "--out",
+        str(out),
+    )
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     summary = pd.read_csv(out / "summary.csv")
@@ -74,8 +86,24 @@ def test_attack_records_the_checkpoints_of_victim_and_source(run_dir, tmp_path):
     from robustcaps.training.checkpoints import checkpoint_path, load_checkpoint
 
     out = tmp_path / "transfer"
-    args = (str(run_dir), "--attack", "fgsm", "--eps", "0.2", "--n", "10", "--no-checks", "--out", str(out),
-            "--source", str(run_dir), "--which", "last", "--source-which", "best")  # fmt: skip
+    args = (
+        str(run_dir),
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.2",
+        "--n",
+        "10",
+        "--no-checks",
+        "--out",
+        str(out),
+        "--source",
+        str(run_dir),
+        "--which",
+        "last",
+        "--source-which",
+        "best",
+    )
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     steps = {which: load_checkpoint(checkpoint_path(run_dir, which))["step"] for which in ("best", "last")}
@@ -100,8 +128,14 @@ def bundled(run_dir, rendered_root, tmp_path_factory):
     from robustcaps.training import TrainConfig, fit
 
     bundled = tmp_path_factory.mktemp("bundled")
-    caps = TrainConfig(model="capsnet-small", data=str(rendered_root), steps=4, batch_size=8, device="cpu",
-                       model_overrides={"conv1_channels": 8, "primary_types": 4})  # fmt: skip
+    caps = TrainConfig(
+        model="capsnet-small",
+        data=str(rendered_root),
+        steps=4,
+        batch_size=8,
+        device="cpu",
+        model_overrides={"conv1_channels": 8, "primary_types": 4},
+    )
     fit(caps, bundled / "capsnet-full")
     (bundled / "cnn-full").symlink_to(run_dir, target_is_directory=True)
     return bundled

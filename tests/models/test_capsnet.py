@@ -32,8 +32,16 @@ def parameters(model):
 
 
 def test_registry_lists_every_family_each_with_its_paper():
-    assert list_models() == ["capsnet", "capsnet-small", "cnn", "cnn-small", "dynamic-capsnet",
-                             "dynamic-capsnet-small", "sr-capsnet", "sr-capsnet-small"]  # fmt: skip
+    assert list_models() == [
+        "capsnet",
+        "capsnet-small",
+        "cnn",
+        "cnn-small",
+        "dynamic-capsnet",
+        "dynamic-capsnet-small",
+        "sr-capsnet",
+        "sr-capsnet-small",
+    ]
     families = {name: model_info(name)["family"] for name in list_models()}
     assert set(families.values()) == {"capsnet", "cnn", "dynamic", "self-routing"}
     assert all(family_of(name) == family for name, family in families.items())  # the reports' reading

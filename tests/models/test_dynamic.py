@@ -103,8 +103,11 @@ def test_degenerate_votes_give_finite_outputs_and_gradients(case):
 @pytest.mark.parametrize("image", ["flat", "black", "noise"])
 def test_network_outputs_are_finite_on_degenerate_images_with_finite_input_gradients(image):
     model = create_model("dynamic-capsnet-small", in_channels=2).eval()
-    x = {"flat": torch.full((2, 2, 32, 32), 0.5), "black": torch.zeros(2, 2, 32, 32),
-         "noise": torch.rand(2, 2, 32, 32)}[image].requires_grad_()  # fmt: skip
+    x = {
+        "flat": torch.full((2, 2, 32, 32), 0.5),
+        "black": torch.zeros(2, 2, 32, 32),
+        "noise": torch.rand(2, 2, 32, 32),
+    }[image].requires_grad_()
     for output in ("logits", "activations", "vote_logits"):
         scores = model(x, output=output)
         assert scores.shape == (2, 5) and torch.isfinite(scores).all()

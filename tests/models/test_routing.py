@@ -111,9 +111,16 @@ def route(
 ):
     index = children if cross else None
     return em_routing(
-        votes, activations, beta_u, beta_a, lambdas, mass_scale=scale, children=index, n_children=n_children,
+        votes,
+        activations,
+        beta_u,
+        beta_a,
+        lambdas,
+        mass_scale=scale,
+        children=index,
+        n_children=n_children,
         estep_temperature=temperature,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("cross", [True, False], ids=["cross", "position"])
@@ -126,9 +133,17 @@ def test_vectorised_routing_matches_the_plain_loop_oracle(cross, geometry, tempe
     votes, activations, beta_u, beta_a, children, n_children = problem(*geometry)
     routed = route(votes, activations, beta_u, beta_a, children, n_children, cross, temperature=temperature)
     expected = oracle(
-        votes, activations, beta_u.tolist(), beta_a.tolist(), (0.05, 0.1, 0.2), children, cross, 5e-4, 0.3,
+        votes,
+        activations,
+        beta_u.tolist(),
+        beta_a.tolist(),
+        (0.05, 0.1, 0.2),
+        children,
+        cross,
+        5e-4,
+        0.3,
         temperature,
-    )  # fmt: skip
+    )
     for n, positions in enumerate(expected):
         for l, types in enumerate(positions):
             for j, (mu, var, act, logit) in enumerate(types):

@@ -30,9 +30,11 @@ def route_both(problem, cross, iterations, temperature, offsets=None):
         leaves = [t.clone().requires_grad_() for t in problem[:5]]
         poses, weight, activations, beta_u, beta_a = leaves
         settings = dict(
-            mass_scale=SCALE, children=children if cross else None, n_children=n_children,
+            mass_scale=SCALE,
+            children=children if cross else None,
+            n_children=n_children,
             estep_temperature=temperature,
-        )  # fmt: skip
+        )
         if path == "cpu":
             routed = cpu_em_routing(*leaves, SCHEDULES[iterations], offsets=offsets, **settings)
         else:
@@ -74,9 +76,13 @@ def test_cpu_routing_passes_gradcheck():
 
     def route(*args):
         out = cpu_em_routing(
-            *args, SCHEDULES[3], mass_scale=SCALE, children=children, n_children=n_children,
+            *args,
+            SCHEDULES[3],
+            mass_scale=SCALE,
+            children=children,
+            n_children=n_children,
             estep_temperature=0.5,
-        )  # fmt: skip
+        )
         return tuple(out[:3])
 
     assert torch.autograd.gradcheck(route, inputs, eps=1e-6, atol=1e-5, fast_mode=True)

@@ -37,9 +37,16 @@ def reference_votes(poses, weight):
 def route_fused(poses, weight, activations, beta_u, beta_a, children, n_children, cross):
     index = children if cross else None
     return fused_em_routing(
-        poses, weight, activations, beta_u, beta_a, LAMBDAS, mass_scale=SCALE, children=index,
+        poses,
+        weight,
+        activations,
+        beta_u,
+        beta_a,
+        LAMBDAS,
+        mass_scale=SCALE,
+        children=index,
         n_children=n_children,
-    )  # fmt: skip
+    )
 
 
 def test_fused_votes_are_the_matrix_products_plus_offsets():
@@ -55,14 +62,23 @@ def test_fused_routing_matches_the_plain_loop_oracle(cross, geometry):
     poses, weight, activations, beta_u, beta_a, children, n_children = pose_problem(*geometry)
     routed = route_fused(poses, weight, activations, beta_u, beta_a, children, n_children, cross)
     expected = oracle(
-        reference_votes(poses, weight), activations, beta_u.tolist(), beta_a.tolist(), LAMBDAS, children,
-        cross, 5e-4, SCALE,
-    )  # fmt: skip
+        reference_votes(poses, weight),
+        activations,
+        beta_u.tolist(),
+        beta_a.tolist(),
+        LAMBDAS,
+        children,
+        cross,
+        5e-4,
+        SCALE,
+    )
     mu, var, act, logit = (
-        torch.tensor([[[parent[k] for parent in types] for types in positions] for positions in expected],
-                     dtype=torch.float64)
+        torch.tensor(
+            [[[parent[k] for parent in types] for types in positions] for positions in expected],
+            dtype=torch.float64,
+        )
         for k in range(4)
-    )  # fmt: skip
+    )
     # float64 throughout: only summation order differs from the oracle
     torch.testing.assert_close(routed.poses, mu, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(routed.variances, var, rtol=1e-9, atol=1e-12)
@@ -90,9 +106,15 @@ def test_fused_gradients_match_finite_differences_and_the_plain_path(cross):
             routed = route_fused(*leaves, children=problem[5], n_children=problem[6], cross=cross)
         else:
             routed = em_routing(
-                reference_votes(poses, weight), activations, beta_u, beta_a, LAMBDAS, mass_scale=SCALE,
-                children=problem[5] if cross else None, n_children=problem[6],
-            )  # fmt: skip
+                reference_votes(poses, weight),
+                activations,
+                beta_u,
+                beta_a,
+                LAMBDAS,
+                mass_scale=SCALE,
+                children=problem[5] if cross else None,
+                n_children=problem[6],
+            )
         loss = (routed.logits.sin().sum() + routed.poses.square().sum() + routed.variances.log().sum()) / 7
         grads = torch.autograd.grad(loss, leaves)
         if path == "fused":

@@ -89,9 +89,14 @@ def route_triton(
     """triton_em_routing on DEVICE (the GPU where there is one), the results back on the CPU."""
     inputs = [t.to(DEVICE) for t in (poses, weight, activations, beta_u, beta_a)]
     routed = triton_em_routing(
-        *inputs, LAMBDAS, offsets=None if offsets is None else offsets.to(DEVICE), mass_scale=SCALE,
-        children=children.to(DEVICE) if cross else None, n_children=n_children, estep_temperature=temperature,
-    )  # fmt: skip
+        *inputs,
+        LAMBDAS,
+        offsets=None if offsets is None else offsets.to(DEVICE),
+        mass_scale=SCALE,
+        children=children.to(DEVICE) if cross else None,
+        n_children=n_children,
+        estep_temperature=temperature,
+    )
     return Routed(*(t.cpu() for t in routed))
 
 
@@ -106,9 +111,17 @@ def test_triton_routing_matches_the_plain_loop_oracle(cross, temperature):
         poses, weight, activations, beta_u, beta_a, children, n_children, cross, temperature=temperature
     )
     expected = oracle(
-        reference_votes(poses, weight), activations, beta_u.tolist(), beta_a.tolist(), LAMBDAS, children,
-        cross, 5e-4, SCALE, temperature,
-    )  # fmt: skip
+        reference_votes(poses, weight),
+        activations,
+        beta_u.tolist(),
+        beta_a.tolist(),
+        LAMBDAS,
+        children,
+        cross,
+        5e-4,
+        SCALE,
+        temperature,
+    )
     for k, got in enumerate((routed.poses, routed.variances, routed.activations, routed.logits)):
         want = [[[parent[k] for parent in types] for types in positions] for positions in expected]
         torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-9, atol=1e-12)
@@ -128,9 +141,13 @@ def test_triton_gradients_match_the_plain_path(cross):
             routed = route_triton(*leaves, children, n_children, cross, offsets)
         else:
             routed = em_routing(
-                reference_votes(*leaves[:2]) + offsets, *leaves[2:], LAMBDAS, mass_scale=SCALE,
-                children=children if cross else None, n_children=n_children,
-            )  # fmt: skip
+                reference_votes(*leaves[:2]) + offsets,
+                *leaves[2:],
+                LAMBDAS,
+                mass_scale=SCALE,
+                children=children if cross else None,
+                n_children=n_children,
+            )
         loss = (routed.logits.sin().sum() + routed.poses.square().sum() + routed.variances.log().sum()) / 7
         grads.append(torch.autograd.grad(loss, leaves))
     for name, got, want in zip(("poses", "W", "activations", "β_u", "β_a"), *grads, strict=True):
@@ -153,10 +170,14 @@ def test_triton_routing_compiles_whole_with_the_kernels_as_opaque_operators():
     compiled = run(torch.compile(lambda *x: route_triton(*x, children, n_children, True), fullgraph=True))
     plain = run(
         lambda poses, weight, *rest: em_routing(
-            reference_votes(poses, weight), *rest, LAMBDAS, mass_scale=SCALE, children=children,
+            reference_votes(poses, weight),
+            *rest,
+            LAMBDAS,
+            mass_scale=SCALE,
+            children=children,
             n_children=n_children,
         )
-    )  # fmt: skip
+    )
     names = ("logits", "poses", "W", "activations", "β_u", "β_a")
     for name, got, want in zip(names, compiled, plain, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11, msg=name)

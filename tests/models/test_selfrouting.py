@@ -79,8 +79,13 @@ def test_convolutional_layer_matches_the_plain_loop_oracle(poses, geometry):
 
 def test_routing_starts_uniform_and_parent_activations_are_a_distribution_without_padding():
     layer = SelfRoutingCaps(2, 3, 4, kernel=3, stride=1, padding=0, poses=True)
-    routed = self_routing(torch.randn(2, 4, 18, 4), torch.rand(2, 4, 18), layer.route_weight,
-                          layer.route_bias, layer.pose_weight)  # fmt: skip
+    routed = self_routing(
+        torch.randn(2, 4, 18, 4),
+        torch.rand(2, 4, 18),
+        layer.route_weight,
+        layer.route_bias,
+        layer.pose_weight,
+    )
     torch.testing.assert_close(routed.coupling, torch.full((2, 4, 18, 3), 1 / 3))
     torch.testing.assert_close(routed.activations.sum(-1), torch.ones(2, 4))
 
@@ -97,8 +102,10 @@ def test_a_child_routes_where_its_subordinate_network_sends_it():
 
 def test_gradcheck_through_self_routing():
     generator = torch.Generator().manual_seed(5)
-    args = [torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_()
-            for shape in ((2, 3, 6, 4), (2, 3, 6), (6, 5, 4), (6, 5), (6, 5, 3, 4))]  # fmt: skip
+    args = [
+        torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_()
+        for shape in ((2, 3, 6, 4), (2, 3, 6), (6, 5, 4), (6, 5), (6, 5, 3, 4))
+    ]
     args[1] = args[1].detach().sigmoid().requires_grad_()
     assert torch.autograd.gradcheck(lambda *a: self_routing(*a).activations, args)
     assert torch.autograd.gradcheck(lambda *a: self_routing(*a).poses, args)
@@ -128,8 +135,11 @@ def test_network_gives_finite_class_probabilities_and_input_gradients_on_degener
     with torch.no_grad():  # trained-like routing weights rather than the uniform start
         for layer in (model.conv_caps, model.class_caps):
             layer.route_weight.normal_(0.0, 0.5)
-    x = {"flat": torch.full((2, 2, 32, 32), 0.5), "black": torch.zeros(2, 2, 32, 32),
-         "noise": torch.rand(2, 2, 32, 32)}[image].requires_grad_()  # fmt: skip
+    x = {
+        "flat": torch.full((2, 2, 32, 32), 0.5),
+        "black": torch.zeros(2, 2, 32, 32),
+        "noise": torch.rand(2, 2, 32, 32),
+    }[image].requires_grad_()
     activations = model(x, output="activations")
     assert activations.shape == (2, 5) and torch.isfinite(activations).all()
     torch.testing.assert_close(activations.sum(1), torch.ones(2), atol=1e-5, rtol=0)

@@ -8,8 +8,12 @@ import pandas as pd
 
 from robustcaps.report.families import families_sentence, family_rows
 
-MODELS = {"cnn-small": "cnn", "capsnet-small": "capsnet", "dynamic-capsnet-small": "dynamic",
-          "sr-capsnet-small": "self-routing"}  # fmt: skip
+MODELS = {
+    "cnn-small": "cnn",
+    "capsnet-small": "capsnet",
+    "dynamic-capsnet-small": "dynamic",
+    "sr-capsnet-small": "self-routing",
+}
 
 
 def _results(dynamic_novel_only_wrong: int, dynamic_robust: int) -> dict:
@@ -20,30 +24,69 @@ def _results(dynamic_novel_only_wrong: int, dynamic_robust: int) -> dict:
         "dynamic-capsnet-small": 0.02,
         "sr-capsnet-small": 0.10,
     }
-    clean = pd.DataFrame([{"model": m, "family": f, "split": "full", "part": "test", "crops": 1,
-                           "error": errors[m], "n": n} for m, f in MODELS.items()])  # fmt: skip
+    clean = pd.DataFrame(
+        [
+            {"model": m, "family": f, "split": "full", "part": "test", "crops": 1, "error": errors[m], "n": n}
+            for m, f in MODELS.items()
+        ]
+    )
     nan = math.nan
     rows = [  # the EM network's paired counts on the CNN's row, the others' on their own (study.viewpoint)
         ("cnn-small", "", 0.30, 50, 50),
         ("capsnet-small", "cnn-small", 0.30, nan, nan),
-        ("dynamic-capsnet-small", "cnn-small", 0.30 + (dynamic_novel_only_wrong - 100) / n,
-         dynamic_novel_only_wrong, 100),
+        (
+            "dynamic-capsnet-small",
+            "cnn-small",
+            0.30 + (dynamic_novel_only_wrong - 100) / n,
+            dynamic_novel_only_wrong,
+            100,
+        ),
         ("sr-capsnet-small", "cnn-small", 0.30, 40, 40),
-    ]  # fmt: skip
-    viewpoint = pd.DataFrame([{"split": "azimuth", "protocol": "paper", "model": m, "family": MODELS[m],
-                               "matched_to": to, "familiar_error": 0.1, "novel_error": e, "n_familiar": n,
-                               "n_novel": n, "novel_only_capsules_wrong": a, "novel_only_cnn_wrong": b}
-                              for m, to, e, a, b in rows])  # fmt: skip
+    ]
+    viewpoint = pd.DataFrame(
+        [
+            {
+                "split": "azimuth",
+                "protocol": "paper",
+                "model": m,
+                "family": MODELS[m],
+                "matched_to": to,
+                "familiar_error": 0.1,
+                "novel_error": e,
+                "n_familiar": n,
+                "n_novel": n,
+                "novel_only_capsules_wrong": a,
+                "novel_only_cnn_wrong": b,
+            }
+            for m, to, e, a, b in rows
+        ]
+    )
     outcomes = []
     for model in MODELS:  # 100 examples; the CNN withstands 50, dynamic routing `dynamic_robust`
         kept = dynamic_robust if model == "dynamic-capsnet-small" else 50
-        outcomes += [{"model": model, "family": MODELS[model], "attack": attack, "targeted": False,
-                      "eps_std": 0.1, "example": i, "score": float(i < kept)}
-                     for attack in ("fgsm", "pgd") for i in range(100)]  # fmt: skip
-    checks = pd.DataFrame([{"model": m, "check": "gradients_finite", "passed": m != "sr-capsnet-small"}
-                           for m in MODELS])  # fmt: skip
-    return {"clean": clean, "viewpoint": viewpoint, "outcomes": pd.DataFrame(outcomes), "checks": checks,
-            "summary": pd.DataFrame()}  # fmt: skip
+        outcomes += [
+            {
+                "model": model,
+                "family": MODELS[model],
+                "attack": attack,
+                "targeted": False,
+                "eps_std": 0.1,
+                "example": i,
+                "score": float(i < kept),
+            }
+            for attack in ("fgsm", "pgd")
+            for i in range(100)
+        ]
+    checks = pd.DataFrame(
+        [{"model": m, "check": "gradients_finite", "passed": m != "sr-capsnet-small"} for m in MODELS]
+    )
+    return {
+        "clean": clean,
+        "viewpoint": viewpoint,
+        "outcomes": pd.DataFrame(outcomes),
+        "checks": checks,
+        "summary": pd.DataFrame(),
+    }
 
 
 def test_a_family_that_is_better_everywhere_is_named_with_every_measure():
@@ -80,10 +123,19 @@ def test_the_em_networks_novel_error_is_paired_from_the_cnns_row():
 
 def test_a_family_that_stayed_above_the_cnns_familiar_error_is_compared_with_the_cnn_stopped_there():
     results = _results(dynamic_novel_only_wrong=20, dynamic_robust=90)
-    reverse = {"split": "azimuth", "protocol": "reverse", "model": "cnn-small", "family": "cnn",
-               "matched_to": "dynamic-capsnet-small", "familiar_error": 0.2, "novel_error": 0.5,
-               "n_familiar": 1000, "n_novel": 1000, "novel_only_capsules_wrong": 10,
-               "novel_only_cnn_wrong": 290}  # fmt: skip
+    reverse = {
+        "split": "azimuth",
+        "protocol": "reverse",
+        "model": "cnn-small",
+        "family": "cnn",
+        "matched_to": "dynamic-capsnet-small",
+        "familiar_error": 0.2,
+        "novel_error": 0.5,
+        "n_familiar": 1000,
+        "n_novel": 1000,
+        "novel_only_capsules_wrong": 10,
+        "novel_only_cnn_wrong": 290,
+    }
     results["viewpoint"] = pd.concat([results["viewpoint"], pd.DataFrame([reverse])], ignore_index=True)
     table, _, _ = family_rows(results)
     dynamic = table.set_index("model").loc["dynamic-capsnet-small", "novel azimuth error vs CNN"]

@@ -259,9 +259,14 @@ def test_a_reverse_match_is_tabled_plotted_and_worded_apart_from_the_papers_rows
     path = results_dir / "viewpoint" / "azimuth.csv"
     paper = pd.read_csv(path).assign(protocol="paper", checkpoint=["best", "last"])
     reverse = paper.iloc[[0]].assign(
-        protocol="reverse", checkpoint="familiar-step0000150", familiar_error=0.0431, novel_error=0.2511,
-        familiar_gap=0.0002, paper_familiar_error=float("nan"), paper_novel_error=float("nan"),
-    )  # fmt: skip
+        protocol="reverse",
+        checkpoint="familiar-step0000150",
+        familiar_error=0.0431,
+        novel_error=0.2511,
+        familiar_gap=0.0002,
+        paper_familiar_error=float("nan"),
+        paper_novel_error=float("nan"),
+    )
     pd.concat([paper, reverse]).to_csv(path, index=False)
     text = write_report(results_dir).read_text()
     table = (results_dir / "tables" / "table2.md").read_text().splitlines()
@@ -323,11 +328,22 @@ def test_familiar_vs_novel_keeps_each_sources_marker_on_every_panel(results_dir,
 
 def test_attack_comparisons_are_paired_when_both_models_met_the_same_examples(results_dir):
     def per_example(model, correct):  # untargeted FGSM at ε 0.1 on examples 0..n-1, as attack_run writes it
-        return pd.DataFrame({
-            "example": range(len(correct)), "label": 1, "attack": "fgsm", "targeted": False, "target": -1,
-            "eps_pixel": 0.02, "eps_std": 0.1, "source": "self", "role": "sweep", "steps": 1, "restarts": 1,
-            "prediction": [1 if ok else 2 for ok in correct],
-        }).to_csv(results_dir / "attacks" / model / "per_example.csv", index=False)  # fmt: skip
+        return pd.DataFrame(
+            {
+                "example": range(len(correct)),
+                "label": 1,
+                "attack": "fgsm",
+                "targeted": False,
+                "target": -1,
+                "eps_pixel": 0.02,
+                "eps_std": 0.1,
+                "source": "self",
+                "role": "sweep",
+                "steps": 1,
+                "restarts": 1,
+                "prediction": [1 if ok else 2 for ok in correct],
+            }
+        ).to_csv(results_dir / "attacks" / model / "per_example.csv", index=False)
 
     capsules = [True] * 81 + [False] * 19  # 81 of 100 withstood
     per_example("capsnet-small", capsules)
@@ -359,11 +375,22 @@ def test_targeted_comparisons_pair_each_examples_success_over_its_four_targets(r
     for model, hit in hits.items():  # targeted FGSM at ε 0.25, one row per example and wrong class
         example, offset = np.divmod(np.arange(400), 4)
         target = (1 + offset + 1) % 5
-        pd.DataFrame({
-            "example": example, "label": 1, "attack": "fgsm", "targeted": True, "target": target,
-            "eps_pixel": 0.05, "eps_std": 0.25, "source": "self", "role": "sweep", "steps": 1, "restarts": 1,
-            "prediction": np.where(hit.ravel(), target, 1),
-        }).to_csv(results_dir / "attacks" / model / "per_example.csv", index=False)  # fmt: skip
+        pd.DataFrame(
+            {
+                "example": example,
+                "label": 1,
+                "attack": "fgsm",
+                "targeted": True,
+                "target": target,
+                "eps_pixel": 0.05,
+                "eps_std": 0.25,
+                "source": "self",
+                "role": "sweep",
+                "steps": 1,
+                "restarts": 1,
+                "prediction": np.where(hit.ravel(), target, 1),
+            }
+        ).to_csv(results_dir / "attacks" / model / "per_example.csv", index=False)
     low, high = paired_mean_difference(hits["capsnet-small"].mean(1), hits["cnn-small"].mean(1))
     paragraph = findings_sections(load_results(results_dir), "rendered")
     assert (
@@ -377,18 +404,44 @@ def test_robustness_verdict_pairs_each_familys_weakest_attack_on_the_same_exampl
     from robustcaps.report.robustness import robustness_verdict
 
     # 50 examples at ε 0.1; each model withstood examples 0..k-1 of each attack (k below)
-    withstood = {("capsnet-small", "fgsm"): 30, ("capsnet-small", "bim"): 31, ("capsnet-small", "worst"): 29,
-                 ("cnn-small", "fgsm"): 25, ("cnn-small", "bim"): 23, ("cnn-small", "worst"): 22}  # fmt: skip
-    summary = pd.DataFrame([
-        {"model": model, "attack": attack, "targeted": False, "source": "", "role": "sweep", "eps_std": 0.1,
-         "metric": "accuracy", "value": k / 50, "n": 50}
-        for (model, attack), k in withstood.items()
-    ])  # fmt: skip
-    outcomes = pd.DataFrame([
-        {"model": model, "attack": attack, "targeted": False, "eps_std": 0.1, "example": i,
-         "score": float(i < k)}
-        for (model, attack), k in withstood.items() for i in range(50)
-    ])  # fmt: skip
+    withstood = {
+        ("capsnet-small", "fgsm"): 30,
+        ("capsnet-small", "bim"): 31,
+        ("capsnet-small", "worst"): 29,
+        ("cnn-small", "fgsm"): 25,
+        ("cnn-small", "bim"): 23,
+        ("cnn-small", "worst"): 22,
+    }
+    summary = pd.DataFrame(
+        [
+            {
+                "model": model,
+                "attack": attack,
+                "targeted": False,
+                "source": "",
+                "role": "sweep",
+                "eps_std": 0.1,
+                "metric": "accuracy",
+                "value": k / 50,
+                "n": 50,
+            }
+            for (model, attack), k in withstood.items()
+        ]
+    )
+    outcomes = pd.DataFrame(
+        [
+            {
+                "model": model,
+                "attack": attack,
+                "targeted": False,
+                "eps_std": 0.1,
+                "example": i,
+                "score": float(i < k),
+            }
+            for (model, attack), k in withstood.items()
+            for i in range(50)
+        ]
+    )
     checks = pd.DataFrame(
         {"model": ["capsnet-small", "cnn-small"], "check": "monotone_in_eps", "passed": True}
     )
@@ -410,8 +463,10 @@ def test_robustness_verdict_pairs_each_familys_weakest_attack_on_the_same_exampl
         "ε≈0.1) survives" in paired
     )
     # the same win with a check that points to masked gradients failed on the capsules: not established
-    masked = pd.concat([checks, pd.DataFrame([{"model": "capsnet-small", "check": "large_eps_to_chance",
-                                               "passed": False}])], ignore_index=True)  # fmt: skip
+    masked = pd.concat(
+        [checks, pd.DataFrame([{"model": "capsnet-small", "check": "large_eps_to_chance", "passed": False}])],
+        ignore_index=True,
+    )
     verdict = robustness_verdict({"summary": summary, "checks": masked, "outcomes": outcomes})
     assert "is not established: large_eps_to_chance failed" in verdict and "survives" not in verdict
 
@@ -423,10 +478,24 @@ def test_the_verdict_the_families_table_and_the_leaderboard_read_one_worst_case(
     from robustcaps.report.robustness import robustness_verdict
 
     for model, kept in (("capsnet-small", 31), ("cnn-small", 12)):  # withstood of 40 under every attack
-        rows = [{"example": i, "label": 1, "attack": attack, "targeted": False, "target": -1,
-                 "eps_pixel": 0.02, "eps_std": 0.1, "source": "self", "role": "sweep", "steps": 1,
-                 "restarts": 1, "prediction": 1 if i < kept + (attack == "fgsm") else 2}
-                for attack in ("fgsm", "bim", "worst") for i in range(40)]  # fmt: skip
+        rows = [
+            {
+                "example": i,
+                "label": 1,
+                "attack": attack,
+                "targeted": False,
+                "target": -1,
+                "eps_pixel": 0.02,
+                "eps_std": 0.1,
+                "source": "self",
+                "role": "sweep",
+                "steps": 1,
+                "restarts": 1,
+                "prediction": 1 if i < kept + (attack == "fgsm") else 2,
+            }
+            for attack in ("fgsm", "bim", "worst")
+            for i in range(40)
+        ]
         pd.DataFrame(rows).to_csv(results_dir / "attacks" / model / "per_example.csv", index=False)
     results = load_results(results_dir)
     caps, cnn, gap = worst_case_difference(results, "capsnet-small", "cnn-small")

@@ -185,8 +185,9 @@ def test_tiny_reproduce_end_to_end_then_resume(data_root, tmp_path):
     results, runs, log = tmp_path / "results", tmp_path / "runs", []
     preset = tiny().replace_runs(steps=2, max_per_part=20)
     preset = preset.replace(attack=dataclasses.replace(preset.attack, n=5))
-    readme = reproduce(preset, data=str(data_root), results_dir=results, runs_dir=runs, device="cpu",
-                       echo=log.append)  # fmt: skip
+    readme = reproduce(
+        preset, data=str(data_root), results_dir=results, runs_dir=runs, device="cpu", echo=log.append
+    )
     text = readme.read_text()
     assert "demo" in text and "rendered stand-in" in text
     for name in ("fig3_fgsm_bim", "all_attacks", "familiar_vs_novel", "training_curves"):
@@ -265,8 +266,14 @@ def test_every_capsule_family_goes_through_the_same_protocol(data_root, tmp_path
     base = tiny().replace_runs(steps=2, max_per_part=20)
     runs = tuple(dataclasses.replace(base.capsnet, model=m, model_overrides={}) for m in more)
     preset = base.replace(more_capsules=runs, attack=dataclasses.replace(base.attack, n=5))
-    readme = reproduce(preset, data=str(data_root), results_dir=results, runs_dir=tmp_path / "runs",
-                       device="cpu", echo=lambda _: None)  # fmt: skip
+    readme = reproduce(
+        preset,
+        data=str(data_root),
+        results_dir=results,
+        runs_dir=tmp_path / "runs",
+        device="cpu",
+        echo=lambda _: None,
+    )
     clean = pd.read_csv(results / "clean" / "clean_error.csv")
     assert set(clean["family"]) == {"capsnet", "cnn", "dynamic", "self-routing"}
     for split in ("azimuth", "elevation"):

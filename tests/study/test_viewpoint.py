@@ -45,8 +45,13 @@ def recorded(monkeypatch):
         calls["evaluate"].append((Path(run_dir).name, which, parts))
         family = "capsnet" if "caps" in Path(run_dir).name else "cnn"
         errors = calls["errors"][(family, which)]
-        return Trained(Path(run_dir), Path(run_dir).name.rsplit("-", 1)[0], which,
-                       {p: errors[p] for p in parts}, {p: 40 for p in parts})  # fmt: skip
+        return Trained(
+            Path(run_dir),
+            Path(run_dir).name.rsplit("-", 1)[0],
+            which,
+            {p: errors[p] for p in parts},
+            {p: 40 for p in parts},
+        )
 
     monkeypatch.setattr(viewpoint, "train_or_resume", fake_train)
     monkeypatch.setattr(viewpoint, "evaluate_run", fake_evaluate)
@@ -55,8 +60,16 @@ def recorded(monkeypatch):
 
 def test_capsules_are_stopped_at_the_cnns_familiar_error(recorded, tmp_path):
     preset = tiny()
-    rows = run_viewpoint("azimuth", preset, tmp_path / "data", tmp_path / "runs", tmp_path / "out", "cpu",
-                         note="test note", echo=lambda _: None)  # fmt: skip
+    rows = run_viewpoint(
+        "azimuth",
+        preset,
+        tmp_path / "data",
+        tmp_path / "runs",
+        tmp_path / "out",
+        "cpu",
+        note="test note",
+        echo=lambda _: None,
+    )
     (cnn_config, cnn_dir), (caps_config, caps_dir) = recorded["train"]
     # The CNN first, with no target (keeping familiar snapshots); then the capsules with the CNN's familiar
     # error as their target.
@@ -70,8 +83,11 @@ def test_capsules_are_stopped_at_the_cnns_familiar_error(recorded, tmp_path):
     # stopped at its first epoch at or below 14%: step 40 (13%), not the later, lower step 50. Each is
     # evaluated once, on familiar and novel: nothing is chosen on novel data.
     both = ("familiar", "novel")
-    assert recorded["evaluate"] == [(cnn_dir.name, "best", both), (caps_dir.name, "last", both),
-                                    (cnn_dir.name, checkpoints.snapshot_name(40), both)]  # fmt: skip
+    assert recorded["evaluate"] == [
+        (cnn_dir.name, "best", both),
+        (caps_dir.name, "last", both),
+        (cnn_dir.name, checkpoints.snapshot_name(40), both),
+    ]
     paper = rows[rows["protocol"] == "paper"].set_index("family")
     assert paper.loc["capsnet", "familiar_gap"] == pytest.approx(0.015)
     assert paper.loc["cnn", "paper_novel_error"] == 0.200
@@ -89,8 +105,15 @@ def test_capsules_are_stopped_at_the_cnns_familiar_error(recorded, tmp_path):
 
 def test_no_reverse_match_when_the_capsules_reach_the_cnn(recorded, tmp_path):
     recorded["errors"][("capsnet", "last")] = {"familiar": 0.12, "novel": 0.2}
-    rows = run_viewpoint("elevation", tiny(), tmp_path / "data", tmp_path / "runs", tmp_path / "out", "cpu",
-                         echo=lambda _: None)  # fmt: skip
+    rows = run_viewpoint(
+        "elevation",
+        tiny(),
+        tmp_path / "data",
+        tmp_path / "runs",
+        tmp_path / "out",
+        "cpu",
+        echo=lambda _: None,
+    )
     assert list(rows["protocol"]) == ["paper", "paper"] and len(recorded["evaluate"]) == 2
 
 
@@ -104,8 +127,15 @@ def test_reverse_match_names_a_cnn_run_without_snapshots(recorded, tmp_path, mon
 
     monkeypatch.setattr(viewpoint, "train_or_resume", train_then_lose_snapshots)
     with pytest.raises(RobustcapsError, match=r"step0000040\.pt: missing; .* without familiar snapshots"):
-        run_viewpoint("azimuth", tiny(), tmp_path / "data", tmp_path / "runs", tmp_path / "out", "cpu",
-                      echo=lambda _: None)  # fmt: skip
+        run_viewpoint(
+            "azimuth",
+            tiny(),
+            tmp_path / "data",
+            tmp_path / "runs",
+            tmp_path / "out",
+            "cpu",
+            echo=lambda _: None,
+        )
     assert not (tmp_path / "out").exists()
 
 

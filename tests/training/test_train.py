@@ -304,9 +304,16 @@ def test_resume_refuses_a_different_run_and_fresh_training_refuses_an_old_one(re
 
 def test_config_json_round_trip_and_bad_values(tmp_path):
     config = TrainConfig(
-        model="capsnet", model_overrides={"iterations": 2, "estep": "position"}, split="azimuth",
-        stereo="samples", steps=123, lr=1e-3, margin_step_scale=500.0, target_familiar_error=0.04, amp="bf16",
-    )  # fmt: skip
+        model="capsnet",
+        model_overrides={"iterations": 2, "estep": "position"},
+        split="azimuth",
+        stereo="samples",
+        steps=123,
+        lr=1e-3,
+        margin_step_scale=500.0,
+        target_familiar_error=0.04,
+        amp="bf16",
+    )
     (tmp_path / "config.json").write_text(config_json(config))
     assert TrainConfig.from_json(tmp_path / "config.json") == config
     for option, value in [("--split", "diagonal"), ("--batch-size", 0), ("--amp", "fp8")]:
@@ -564,10 +571,15 @@ def test_every_bad_choice_is_one_error_line_before_any_data_is_loaded(tmp_path, 
     monkeypatch.setattr("robustcaps.training.loop.load_split", no_data)
     base = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--device", "cpu"]
     for bad in (
-        ["--model", "nope"], ["--split", "sideways"], ["--val", "novel"], ["--speed", "warp"],
-        ["--set", "routing=gathered"], ["--set", "loss=hinge"], ["--set", "lr_schedule=linear"],
+        ["--model", "nope"],
+        ["--split", "sideways"],
+        ["--val", "novel"],
+        ["--speed", "warp"],
+        ["--set", "routing=gathered"],
+        ["--set", "loss=hinge"],
+        ["--set", "lr_schedule=linear"],
         ["--model-option", "estep=wide"],
-    ):  # fmt: skip
+    ):
         result = CliRunner().invoke(cli, [*base, *bad])
         errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
         assert result.exit_code in (1, 2) and len(errors) == 1, (bad, result.output)

@@ -228,9 +228,13 @@ def remade_data_root(identity: dict, progress: bool = True) -> Path | None:
     size = options["size"]
     try:
         config = make_config(
-            seed, size, options.get("elevations"), options.get("azimuths"), options.get("lightings"),
+            seed,
+            size,
+            options.get("elevations"),
+            options.get("azimuths"),
+            options.get("lightings"),
             options.get("supersample", 2),
-        )  # fmt: skip
+        )
     except (RobustcapsError, TypeError, ValueError):
         return None
     if _options(config, size) != options:  # a renderer constant (focal, distance, ...) it no longer has
@@ -248,9 +252,15 @@ def _cached_render(root: Path, config: RenderConfig, size: str, progress: bool) 
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         render_dataset(
-            tmp, seed=config.seed, size=size, elevations=config.elevations, azimuths=config.azimuths,
-            lightings=config.lightings, progress=progress, supersample=config.supersample,
-        )  # fmt: skip
+            tmp,
+            seed=config.seed,
+            size=size,
+            elevations=config.elevations,
+            azimuths=config.azimuths,
+            lightings=config.lightings,
+            progress=progress,
+            supersample=config.supersample,
+        )
         if root.exists() and not _complete(root, config, size):  # an incomplete leftover
             shutil.rmtree(root, ignore_errors=True)
         try:
