@@ -96,6 +96,9 @@ class AttackConfig:
     device: str = "cpu"
     checks: bool = True
     crafting: str = "plain"  # which computation the attacks differentiate: one of CRAFTING (see above)
+    # AutoAttack (either budget) only at these ε, in `units`; None: at every ε. The full ensemble costs
+    # hundreds of PGD cells, so a CPU preset runs it where the headline is read (benchmarks/README.md).
+    ensemble_eps: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in self.attacks:

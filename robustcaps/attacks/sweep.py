@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -201,11 +202,20 @@ def sweep_cells(config: AttackConfig, victim: Victim, sigma_mean: float) -> list
                 if targeted and not supports_targeted(attack):
                     continue
                 for eps in config.eps:
+                    if not runs_at(attack, eps, config):
+                        continue
                     pixel, std = eps_pixel_and_std(eps, config.units, sigma_mean)
                     cells.append(
                         Cell(attack, eps, pixel, std, targeted, source, "sweep", *cell_budget(attack, config))
                     )
     return cells
+
+
+def runs_at(attack: str, eps: float, config: AttackConfig) -> bool:
+    """Whether `attack` has a cell at `eps`: every attack does, except AutoAttack outside `ensemble_eps`."""
+    if base_attack(attack) not in ENSEMBLES or config.ensemble_eps is None:
+        return True
+    return any(math.isclose(eps, kept) for kept in config.ensemble_eps)
 
 
 def cell_budget(attack: str, config: AttackConfig) -> tuple[int, int]:

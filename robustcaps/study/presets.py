@@ -221,7 +221,10 @@ def converged() -> Preset:
         cnn=common,
         capsnet=capsnet,
         more_capsules=more,
-        attack=AttackConfig(eps=(0.0, 0.05, 0.1, 0.25, 0.5), n=300, steps=20, batch_size=100),
+        # AutoAttack at ε 0.1 only, where the headline's worst case is read: at every ε it would cost hours
+        attack=AttackConfig(
+            eps=(0.0, 0.05, 0.1, 0.25, 0.5), n=300, steps=20, batch_size=100, ensemble_eps=(0.1,)
+        ),
         untargeted_attacks=("fgsm", "bim", "pgd", "apgd-ce", "autoattack"),
     )
 

@@ -160,3 +160,17 @@ def test_a_checked_sweep_reports_whether_its_worst_case_converged(toy, tmp_path)
     assert "twice its budget" in check["detail"]
     worst = results.summary[results.summary["attack"] == "worst"].set_index("eps_pixel")
     assert "bim(20x2)" in worst.loc[doubled.iloc[0]["eps_pixel"], "worst_of"]
+
+
+def test_autoattack_runs_only_at_the_ensemble_eps_when_they_are_given():
+    from robustcaps.attacks.adapters import AttackConfig
+    from robustcaps.attacks.sweep import Victim, sweep_cells
+    from robustcaps.models import create_model
+
+    victim = Victim(create_model("cnn-small"), "cnn-small")
+    config = AttackConfig(attacks=("pgd", "autoattack"), eps=(0.0, 0.1, 0.5), ensemble_eps=(0.1,))
+    cells = sweep_cells(config, victim, sigma_mean=0.2)
+    assert sorted(c.eps for c in cells if c.attack == "pgd") == [0.0, 0.1, 0.5]
+    assert [c.eps for c in cells if c.attack == "autoattack"] == [0.1]
+    every = sweep_cells(AttackConfig(attacks=("autoattack",), eps=(0.0, 0.1)), victim, sigma_mean=0.2)
+    assert len(every) == 2  # without ensemble_eps, at every ε as before
