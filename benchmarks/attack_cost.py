@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from robustcaps.attacks.adapters import NUM_CLASSES, AttackConfig, AttackTarget, is_vote_attack, predict_crops
+from robustcaps.attacks.adapters import NUM_CLASSES, AttackConfig, AttackTarget, is_vote_attack, predict
 from robustcaps.attacks.autoattack import STANDARD_STEPS, build_ensemble
 from robustcaps.attacks.memory import fitting_batch
 from robustcaps.attacks.run import load_eval_set
@@ -79,14 +79,14 @@ def time_members(
     members = build_ensemble(target, eps_pixel, STANDARD_STEPS, 1, NUM_CLASSES, config.seed).attacks
     members[-1].n_queries = queries
     images, labels = eval_set.images, eval_set.labels
-    left = predict_crops(victim.model, images) == labels
+    left = predict(victim.model, images) == labels
     rows = []
     for name, member in zip(MEMBERS, members, strict=True):
         attacked, before = int(left.sum()), load_average()
         start = time.perf_counter()
         if attacked:
             index = left.nonzero().flatten()
-            still = predict_crops(victim.model, member(images[index], labels[index])) == labels[index]
+            still = predict(victim.model, member(images[index], labels[index])) == labels[index]
             left[index[~still]] = False
         seconds = time.perf_counter() - start
         steps = queries if name == "square" else STANDARD_STEPS
