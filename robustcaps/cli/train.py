@@ -16,7 +16,7 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_text
 from robustcaps.training import checkpoints, evaluation
 from robustcaps.training import train as training
-from robustcaps.training.config import Device, TrainConfig, fields_where, load_split
+from robustcaps.training.config import SPEED_SETTINGS, Device, Speed, TrainConfig, load_split
 
 # Options of `train` that are not training settings: every other option is a TrainConfig field.
 RUN_OPTIONS = ("model_option", "set", "out", "resume")
@@ -49,12 +49,7 @@ def _config(ctx: click.Context, options: dict, config_class: type = TrainConfig)
     values = {k: v for k, v in options.items() if k in settable} | settings
     values["model_overrides"] = _pairs("--model-option", options["model_option"])
     given = {k for k in values if shared.given_on_command_line(ctx, k)} | set(settings)
-    speed_fields = fields_where("computation", config_class) & {
-        "compile",
-        "compile_mode",
-        "routing",
-        "recompute",
-    }
+    speed_fields = set(SPEED_SETTINGS[Speed.REFERENCE])  # what each named speed stands for
     by_hand = sorted(given & speed_fields)
     if by_hand:  # the four settings given one by one: the run's speed is what they say
         if "speed" in given and values["speed"] != "custom":

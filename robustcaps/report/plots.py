@@ -111,14 +111,7 @@ def plot_fig3(summary: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
             legend |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
             if ax.get_legend() is not None:
                 ax.get_legend().remove()
-    fig.legend(
-        legend.values(),
-        legend.keys(),
-        loc="center left",
-        bbox_to_anchor=(1.0, 0.5),
-        fontsize=8,
-        frameon=False,
-    )
+    legend_beside(fig, legend)
     fig.suptitle("White-box attacks (cf. HSF18 Fig. 3; 95% intervals as bands)")
     return save_figure(fig, stem, footer)
 
@@ -214,7 +207,13 @@ def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> lis
         )
         legend |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
         ax.get_legend().remove()
-    # one legend beside the panels: inside an axes it covers points wherever "best" puts it
+    legend_beside(fig, legend)
+    fig.suptitle("Viewpoint generalisation at matched familiar error (cf. HSF18 Table 2)")
+    return save_figure(fig, stem, footer)
+
+
+def legend_beside(fig, legend: dict) -> None:
+    """One legend for every panel, right of them: inside an axes it covers points wherever "best" puts it."""
     fig.legend(
         legend.values(),
         legend.keys(),
@@ -223,8 +222,6 @@ def plot_familiar_novel(viewpoint: pd.DataFrame, stem: Path, footer: str) -> lis
         fontsize=8,
         frameon=False,
     )
-    fig.suptitle("Viewpoint generalisation at matched familiar error (cf. HSF18 Table 2)")
-    return save_figure(fig, stem, footer)
 
 
 def plot_training(training: pd.DataFrame, stem: Path, footer: str) -> list[Path]:

@@ -229,14 +229,6 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
     return steps
 
 
-def preset_settings(preset: Preset) -> dict:
-    """The preset as provenance.json records it: every run's TrainConfig (by role) and the attack settings."""
-    settings = asdict(preset)
-    settings["cnn"], settings["capsnet"] = preset.cnn.to_dict(), preset.capsnet.to_dict()
-    settings["more_capsules"] = [config.to_dict() for config in preset.more_capsules]
-    return settings
-
-
 def device_type(device: str) -> str:
     """The device for `auto`, `cuda` or `cpu` (an error for cuda without a GPU), spelt as TrainConfig
     accepts it: the device type, not "cuda:0" (each process picks its GPU from its local rank)."""
@@ -266,7 +258,7 @@ def reproduce(
     provenance = {
         "preset": preset.name,
         "demo": preset.demo,
-        "preset_settings": preset_settings(preset),
+        "preset_settings": asdict(preset),
         "command": "robustcaps " + shlex.join(sys.argv[1:])
         if "reproduce" in sys.argv
         else f"robustcaps reproduce --preset {preset.name}",

@@ -67,13 +67,8 @@ class Preset:
 
     def replace_runs(self, **changes) -> Preset:
         """The same preset with `changes` made to every run's TrainConfig."""
-        return self.replace(
-            **{role: dataclasses.replace(config, **changes) for role, config in self.roles()},
-            more_capsules=tuple(dataclasses.replace(c, **changes) for c in self.more_capsules),
-        )
-
-    def roles(self) -> tuple[tuple[str, TrainConfig], ...]:
-        return (("cnn", self.cnn), ("capsnet", self.capsnet))
+        cnn, capsnet, *more = (dataclasses.replace(config, **changes) for config in self.runs)
+        return self.replace(cnn=cnn, capsnet=capsnet, more_capsules=tuple(more))
 
     @property
     def data_size(self) -> str:
