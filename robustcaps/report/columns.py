@@ -96,7 +96,9 @@ VIEWPOINT = (
 # training/metrics.csv: run, model, family, split + the trainer's metrics
 RUN = "run"
 STEP = "step"
-TRAINING_METRICS = ("train_loss", "train_error", "val_error", "familiar_error")
+EPOCH = "epoch"
+SECONDS = "seconds"  # wall seconds since the run started
+TRAIN_ERROR, VAL_ERROR = "train_error", "val_error"
 
 # values the report tests for
 CLEAN, WORST = "clean", "worst"  # the pseudo-attacks: ε = 0, and the per-example worst case

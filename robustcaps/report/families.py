@@ -19,6 +19,7 @@ from robustcaps.report.headline import (
     masking_failures,
     not_established,
     novel_difference,
+    reverse_match,
     worst_case_difference,
 )
 from robustcaps.report.tables import (
@@ -26,7 +27,6 @@ from robustcaps.report.tables import (
     csv_bool,
     family_of,
     full_test_rows,
-    matched_to,
     with_protocol,
 )
 from robustcaps.uncertainty import difference
@@ -47,15 +47,12 @@ def _novel(viewpoint: pd.DataFrame, model: str, cnn: str) -> Difference | None:
     if model not in paper.index or cnn not in paper.index:
         return None
     caps, base = paper.loc[model], paper.loc[cnn]
-    against = matched_to(viewpoint)
-    # a reverse row written before the column existed belongs to the EM network
-    mine = (against == model) | ((against == "") & (family_of(model) == "capsnet"))
-    reverse = viewpoint[(viewpoint[col.PROTOCOL] == col.REVERSE) & mine]
-    if not reverse.empty:
-        base = reverse.iloc[0]
+    reverse = reverse_match(viewpoint, model)
+    if reverse is not None:
+        base = reverse
     # the counts sit on the CNN's row (study.viewpoint.table2_rows), except for the other families' match
     # to the CNN's own stopping point, where they moved onto the capsules' row (study.viewpoint.split_rows)
-    holder = caps if family_of(model) != "capsnet" and reverse.empty else base
+    holder = caps if family_of(model) != "capsnet" and reverse is None else base
     return novel_difference(caps, base, holder)
 
 

@@ -1,8 +1,7 @@
 """The README's plain-words paragraph, generated from the numbers (no conclusion is written in advance).
 
 Thresholds that turn numbers into words are stated here, once:
-- familiar errors "match" when they differ by at most MATCH_TOLERANCE (HSF18 compares at equal
-  familiar error);
+- familiar errors "match" when they differ by at most headline.MATCH_TOLERANCE;
 - two models' errors (or accuracies) differ when the 95% interval of the difference excludes 0
   (robustcaps.uncertainty: Newcombe's interval for paired data where both met the same images, else his
   interval for independent samples on the two test sets' sizes), and are "not distinguishable" otherwise;
@@ -17,11 +16,10 @@ import pandas as pd
 from robustcaps.paper_results import TABLE2
 from robustcaps.report import columns as col
 from robustcaps.report.families import families_sentence
-from robustcaps.report.headline import Difference, novel_difference
+from robustcaps.report.headline import MATCH_TOLERANCE, Difference, novel_difference
 from robustcaps.report.robustness import attack_sentences, clean_start_sentences, robustness_verdict
 from robustcaps.report.tables import em_pair, family_of, full_test_rows, step_of, with_protocol
 
-MATCH_TOLERANCE = 0.01
 USABLE_ERROR = 0.5  # chance is 80% on 5 classes; above this a model is too weak to compare robustness
 
 

@@ -7,7 +7,8 @@ leaderboard cannot disagree:
 - `accuracy_difference`: two such accuracies' difference with its 95% interval, paired on the examples
   both models met when the per-example outcomes are there (Newcombe, robustcaps.uncertainty), else as
   independent samples;
-- `novel_difference`: the novel-viewpoint error difference of a pair matched at familiar error;
+- `novel_difference`: the novel-viewpoint error difference of a pair matched at familiar error, and
+  `reverse_match`: which CNN row a capsule network is matched to (the closer in familiar error);
 - `masking_failures`: the failed integrity checks that point to masked gradients, which turn a win on
   robustness into "not established".
 """
@@ -21,11 +22,13 @@ from dataclasses import dataclass
 import pandas as pd
 
 from robustcaps.report import columns as col
-from robustcaps.report.tables import csv_bool
+from robustcaps.report.tables import csv_bool, family_of, matched_to
 from robustcaps.uncertainty import difference, paired_difference, wilson
 
 EPS = 0.1  # the ε (standardised units) of HSF18's Fig. 3 comparison, and of every headline number
 EPS_TOLERANCE = 0.05  # a sweep without an ε this close to the one asked for has no number there
+# familiar errors "match" when they differ by at most this (HSF18 compares at equal familiar error)
+MATCH_TOLERANCE = 0.01
 INTERVAL_GOAL = 0.06  # the half-width a paired interval needs to answer (issue 35: ±6 points)
 # the integrity checks whose failure points to masked gradients (Carlini et al. 2019; Athalye et al. 2018)
 MASKING_CHECKS = (
@@ -195,3 +198,19 @@ def masking_failures(checks: pd.DataFrame, model: str) -> list[str]:
 
 def not_established(failures: list[str]) -> str:
     return f"not established: {', '.join(failures)} failed"
+
+
+def reverse_match(viewpoint: pd.DataFrame, model: str) -> pd.Series | None:
+    """On one split's rows: the CNN stopped at `model`'s familiar error (protocol "reverse"), when that
+    match was made and lies closer in familiar error than the CNN `model` was stopped at; else None."""
+    against = matched_to(viewpoint)
+    # a reverse row written before the column existed belongs to the EM network
+    mine = (against == model) | ((against == "") & (family_of(model) == "capsnet"))
+    reverse = viewpoint[(viewpoint[col.PROTOCOL] == col.REVERSE) & mine]
+    forward = viewpoint[(viewpoint[col.PROTOCOL] == col.PAPER) & (viewpoint[col.MODEL] == model)]
+    if reverse.empty:
+        return None
+    if forward.empty or col.FAMILIAR_GAP not in viewpoint:
+        return reverse.iloc[0]
+    closer = abs(forward[col.FAMILIAR_GAP].iloc[0]) <= abs(reverse[col.FAMILIAR_GAP].iloc[0])
+    return None if closer else reverse.iloc[0]

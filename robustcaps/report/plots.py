@@ -225,34 +225,26 @@ def legend_beside(fig, legend: dict) -> None:
 
 
 def plot_training(training: pd.DataFrame, stem: Path, footer: str) -> list[Path]:
-    """Training loss and errors against step, one line per run, one row per family."""
-    metrics = [m for m in col.TRAINING_METRICS if m in training]
-    training = (
-        training.assign(family=training[col.MODEL].map(family_of)) if col.MODEL in training else training
-    )
-    ids = [col.RUN, col.STEP] + ([col.FAMILY] if col.FAMILY in training else [])
-    long = training.melt(id_vars=ids, value_vars=metrics, var_name=col.METRIC).dropna(subset=[col.VALUE])
-    # One row per family: the capsules' spread loss and the CNN's cross-entropy are not on one scale.
-    grid = sns.relplot(
-        data=long,
-        x=col.STEP,
-        y=col.VALUE,
-        hue=col.RUN,
-        col=col.METRIC,
-        row=col.FAMILY if col.FAMILY in long else None,
-        kind="line",
-        marker="o",
-        markersize=4,
-        height=3.0,
-        aspect=1.1,
-        facet_kws={"sharey": False, "sharex": False},
-    )
-    grid.set_titles("{row_name}: {col_name}" if col.FAMILY in long else "{col_name}")
-    for ax in grid.axes.flat:  # an empty panel: e.g. familiar error, recorded only with a target to reach
-        if not ax.lines:
-            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    grid.figure.suptitle("Training curves", y=1.0)
-    sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.9))
-    return save_figure(grid.figure, stem, footer)
+    """Every run's validation error against epoch and against wall seconds (where a plateau shows), and its
+    training error against epoch: one row per split, one line per model."""
+    x_axes = ((col.EPOCH, col.VAL_ERROR), (col.SECONDS, col.VAL_ERROR), (col.EPOCH, col.TRAIN_ERROR))
+    splits = list(dict.fromkeys(training[col.SPLIT])) if col.SPLIT in training else [None]
+    fig, axes = plt.subplots(len(splits), len(x_axes), figsize=(4.2 * len(x_axes), 3.0 * len(splits)))
+    axes = [axes] if len(splits) == 1 else axes
+    for row, split in zip(axes, splits, strict=True):
+        runs = training if split is None else training[training[col.SPLIT] == split]
+        for ax, (x, y) in zip(row, x_axes, strict=True):
+            recorded = runs.dropna(subset=[y]) if {x, y} <= set(runs) else runs.iloc[:0]
+            for model, line in recorded.groupby(col.MODEL, sort=False):
+                ax.plot(line[x], line[y], marker="o", markersize=3, color=_colour(model), label=model)
+                if y == col.VAL_ERROR:  # the val-chosen checkpoint: the epochs after it show the plateau
+                    best = line.loc[line[y].idxmin()]
+                    ax.plot(best[x], best[y], marker="*", markersize=11, color=_colour(model))
+            if not ax.lines:  # e.g. no validation part, or a CSV from before wall seconds were logged
+                ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+            title = y.replace("_", " ") + (f", {split} split" if split else "")
+            ax.set(title=title, xlabel="wall seconds" if x == col.SECONDS else x, ylabel="error")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    fig.suptitle("Training curves", y=1.0)
+    return save_figure(fig, stem, footer)

@@ -140,15 +140,21 @@ def test_convergence_doubles_the_strongest_attack_nearest_eps_0_1():
     )
     config = AttackConfig(attacks=("fgsm", "pgd", "autoattack"), eps=(0.1, 0.25))
     cell = converge_cell(config, summary)  # FGSM (one step) has no budget to double
+    # AutoAttack is strongest: its lead member APGD-CE reruns at twice the ensemble's 100 steps, 1 restart
     assert (cell.attack, cell.eps, cell.steps, cell.restarts, cell.role) == (
-        "autoattack",
+        "apgd-ce",
         0.1,
         200,
         2,
         CONVERGE,
     )
     tied = summary.assign(value=lambda t: t["value"].where(t["attack"] != "pgd", 0.3))
-    assert converge_cell(config, tied).attack == "autoattack"  # a tie goes to the attack listed last
+    assert converge_cell(config, tied).steps == 200  # a tie goes to the attack listed last: AutoAttack
+    pgd_strongest = summary.assign(value=lambda t: t["value"].where(t["attack"] != "pgd", 0.25))
+    assert (converge_cell(config, pgd_strongest).attack, converge_cell(config, pgd_strongest).steps) == (
+        "pgd",
+        20,
+    )
 
 
 def test_a_checked_sweep_reports_whether_its_worst_case_converged(toy, tmp_path):

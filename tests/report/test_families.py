@@ -161,3 +161,21 @@ def test_a_win_on_worst_case_accuracy_with_a_failed_masking_check_is_not_establi
     )
     _, wins, _ = family_rows(results)
     assert wins["dynamic-capsnet-small"] == ["worst-case accuracy at ε=0.1"]
+
+
+def test_the_reverse_match_counts_only_where_it_lands_closer_in_familiar_error():
+    import pandas as pd
+
+    from robustcaps.report.headline import reverse_match
+
+    def split(forward_gap, reverse_gap):
+        rows = [
+            ("paper", "cnn", "", 0.0),
+            ("paper", "capsnet-small", "cnn", forward_gap),
+            ("reverse", "cnn", "capsnet-small", reverse_gap),
+        ]
+        return pd.DataFrame(rows, columns=["protocol", "model", "matched_to", "familiar_gap"])
+
+    assert reverse_match(split(0.03, 0.002), "capsnet-small")["familiar_gap"] == 0.002  # closer
+    assert reverse_match(split(-0.015, 0.02), "capsnet-small") is None  # the forward match was closer
+    assert reverse_match(split(0.03, 0.002).iloc[:2], "capsnet-small") is None  # no reverse match made
