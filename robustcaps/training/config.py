@@ -278,6 +278,13 @@ class TrainConfig:
         False,
         help="Keep the weights at each new lowest familiar-viewpoint error (checkpoints/familiar-step*.pt).",
     )
+    # an epoch can move the familiar error by several points; checks inside it let the reverse match stop
+    # this run within a point of another model's familiar error
+    familiar_checks_per_epoch: int = setting(
+        1,
+        check=POSITIVE,
+        help="With familiar snapshots: familiar-error checks (and snapshots) per epoch, evenly spaced.",
+    )
     checkpoint_every: int = setting(0, check=NON_NEGATIVE, help="Steps; 0: each epoch.")
     # on a 300k-step viewpoint run, evaluating 8,100 familiar images after every epoch of 7,290 training
     # images costs a capsule network as much time as the training itself

@@ -298,6 +298,8 @@ def _train_epoch(s: Session) -> None:
         y = s.labels[index][local]
         _step(s, x, y, losses.spread_margin(p.step, s.config.margin_step_scale))
         p.step, p.batch_in_epoch = p.step + 1, batch + 1
+        if _familiar_check_due(s, batch + 1):
+            _check_familiar(s)
         every = s.config.checkpoint_every
         checkpoint_now = every and p.step % every == 0 and batch + 1 < s.steps_per_epoch
         if p.step % LOG_EVERY == 0 or checkpoint_now:
@@ -377,6 +379,32 @@ def _end_epoch(s: Session) -> None:
         p.best_familiar_error = familiar_error
         _snapshot(s)
     s.checkpoint(best=improved)
+
+
+def _familiar_check_due(s: Session, batches_done: int) -> bool:
+    """Whether `familiar_checks_per_epoch` puts a check after this many batches of the epoch (the epoch's
+    end has its own, in _end_epoch)."""
+    checks = s.config.familiar_checks_per_epoch
+    if not s.config.familiar_snapshots or checks <= 1 or batches_done >= s.steps_per_epoch:
+        return False
+    return batches_done % max(1, s.steps_per_epoch // checks) == 0
+
+
+def _check_familiar(s: Session) -> None:
+    """A familiar-error check inside an epoch: a metrics row (no validation, no training averages) and a
+    snapshot at a new lowest familiar error. Evaluation only: the training that follows is unchanged."""
+    p = s.progress
+    _sync(s)
+    familiar_error = _error(s, s.data.familiar)
+    now = time.perf_counter()
+    p.seconds, s.clock = p.seconds + now - s.clock, now
+    p.history.append(
+        _metrics_row(s, math.nan, familiar_error)
+        | {"train_loss": math.nan, "train_error": math.nan, "train_images": 0, "img_per_s": math.nan}
+    )
+    if distributed.broadcast_flag(familiar_error < p.best_familiar_error, s.world):
+        p.best_familiar_error = familiar_error
+        _snapshot(s)
 
 
 def _snapshot(s: Session) -> None:

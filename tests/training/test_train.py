@@ -603,3 +603,26 @@ def test_the_default_recipe_is_the_converged_one_and_the_papers_is_one_option_aw
     assert '"recipe": "converged"' in config_json(default)
     help_text = CliRunner().invoke(cli, ["train", "--help"]).output
     assert "--recipe [converged|paper]" in help_text
+
+
+def test_familiar_checks_inside_an_epoch_add_snapshots_and_change_no_weight(rendered_root, tmp_path):
+    config = _config(rendered_root, split="azimuth", batch_size=8, steps=60, familiar_snapshots=True)
+    fit(config, tmp_path / "epochs")
+    fit(dataclasses.replace(config, familiar_checks_per_epoch=3), tmp_path / "thirds")
+    epochs, thirds = (pd.read_csv(tmp_path / d / checkpoints.METRICS_FILE) for d in ("epochs", "thirds"))
+    inside = thirds[thirds["val_error"].isna()]
+    assert len(inside) >= 2 * len(epochs) - 2 and inside["familiar_error"].notna().all()
+    assert inside["train_loss"].isna().all()  # no half-epoch training averages on those rows
+    # the epoch-end rows are the same as without the checks: evaluation draws no random numbers
+    ends = thirds[thirds["val_error"].notna()].reset_index(drop=True)
+    columns = ["step", "train_loss", "val_error", "familiar_error"]
+    pd.testing.assert_frame_equal(ends[columns], epochs[columns])
+    # a snapshot at each new low, inside epochs too, holding the weights that gave that familiar error
+    familiar = thirds.set_index("step")["familiar_error"]
+    lows = list(familiar.index[familiar < familiar.cummin().shift(fill_value=math.inf)])
+    snapshots = (tmp_path / "thirds" / "checkpoints").glob(f"{checkpoints.SNAPSHOT_PREFIX}*.pt")
+    assert sorted(int(p.stem.removeprefix(checkpoints.SNAPSHOT_PREFIX)) for p in snapshots) == lows
+    assert set(lows) - set(epochs["step"]), "no snapshot from inside an epoch"
+    snapshot = checkpoints.load_run(tmp_path / "thirds", checkpoints.snapshot_name(lows[-1]))
+    familiar_part = load_split(snapshot.config).familiar
+    assert evaluate(snapshot.model, familiar_part, "cpu")["error"] == familiar[lows[-1]]
