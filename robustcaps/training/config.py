@@ -97,6 +97,7 @@ def setting(
     shown: bool = False,
     resumable: bool = False,
     computation: bool = False,
+    named_if_changed: bool = False,
     legacy: Any = MISSING,
     check: tuple | None = None,
     kind: type | None = None,
@@ -108,7 +109,9 @@ def setting(
     help/shown: its `train` option's help and whether `train --help` lists it (every field is an option,
     and `--set KEY=VALUE` sets any); resumable: a resumed run may change it; computation: it changes how
     the same function is computed (rounding only), so it is not part of the run's identity (run_digest);
-    legacy: its value for a config.json written before it existed; check: (predicate, what is allowed);
+    named_if_changed: part of the identity only where it differs from its default (a setting added after
+    runs were named: at its default, existing run folders keep their names and resume); legacy: its value
+    for a config.json written before it existed; check: (predicate, what is allowed);
     kind: a StrEnum of allowed values, or the option's type where the default is None; cli_default: the
     option's default where it differs from the field's.
     """
@@ -117,6 +120,7 @@ def setting(
         "shown": shown,
         "resumable": resumable,
         "computation": computation,
+        "named_if_changed": named_if_changed,
         "check": check,
         "cli_default": cli_default,
     }
@@ -282,6 +286,7 @@ class TrainConfig:
     # this run within a point of another model's familiar error
     familiar_checks_per_epoch: int = setting(
         1,
+        named_if_changed=True,
         check=POSITIVE,
         help="With familiar snapshots: familiar-error checks (and snapshots) per epoch, evenly spaced.",
     )
@@ -361,8 +366,16 @@ def legacy_defaults(config_class: type = TrainConfig) -> dict[str, Any]:
 
 def identity(config: TrainConfig) -> dict[str, Any]:
     """What a run trains: every setting except those that only change how the same function is computed
-    or where the data lives (the data's own identity is checked against metadata.json on resume)."""
-    return {k: v for k, v in config.to_dict().items() if k not in fields_where("computation", type(config))}
+    or where the data lives (the data's own identity is checked against metadata.json on resume), and those
+    added later while they keep their default (`named_if_changed`)."""
+    computation = fields_where("computation", type(config))
+    later = fields_where("named_if_changed", type(config))
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.name in later}
+    return {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in computation and not (k in later and v == defaults[k])
+    }
 
 
 def run_digest(config: TrainConfig) -> str:

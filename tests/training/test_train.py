@@ -563,6 +563,18 @@ def test_a_new_training_setting_is_one_field_that_reaches_the_cli_the_run_digest
     assert [c.new_knob for c in fitted] == [7, 7] and '"new_knob": 7' in config_json(fitted[0])
 
 
+def test_a_setting_added_later_keeps_existing_run_folders_at_its_default():
+    """named_if_changed: at its default the new field leaves every digest as it was, so runs resume."""
+    from robustcaps.training.config import run_digest, setting
+
+    later = dataclasses.make_dataclass(
+        "Later", [("late_knob", int, setting(1, named_if_changed=True))], bases=(TrainConfig,), frozen=True
+    )
+    base = TrainConfig(model="capsnet-small", epochs=3)
+    assert run_digest(later(model="capsnet-small", epochs=3)) == run_digest(base)
+    assert run_digest(later(model="capsnet-small", epochs=3, late_knob=10)) != run_digest(base)
+
+
 def test_every_bad_choice_is_one_error_line_before_any_data_is_loaded(tmp_path, monkeypatch):
     def no_data(*args, **kwargs):
         raise AssertionError("data loaded before the options were checked")
