@@ -63,7 +63,16 @@ def demo_sentence(provenance: dict, dataset_kind: str) -> str:
             f"**These numbers are a {where}demo (preset `{preset}`) on the rendered "
             "stand-in dataset, not the paper's setting** (real smallNORB, full-size models trained to "
             "convergence); read them as a test that the pipeline works and as a small-scale indication, "
-            "not as a replication."
+            "not as a replication. The suite's converged comparison is in `results/converged/`."
+        )
+    patience = capsnet_setting(provenance, "patience", "")
+    if dataset_kind == "rendered" and patience:
+        return (
+            f"**These numbers come from preset `{preset}` on the rendered stand-in dataset, not the paper's "
+            f"setting** (real smallNORB, full-size models): every model trained to its plateau (stopped "
+            f"after {patience} epochs without a lower error on a held-out instance per category, the "
+            "val-chosen checkpoint kept), so they answer the question for these models on this data, "
+            "not as a replication of the paper's numbers."
         )
     if dataset_kind == "rendered":
         steps = capsnet_setting(provenance, "steps", "capsnet_steps") or "?"
