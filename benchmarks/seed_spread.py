@@ -48,13 +48,11 @@ def seed_rows(seed: int, root: Path, runs: Path, device: str) -> list[dict]:
     for split in VIEWPOINT_SPLITS:
         table = split_rows(split, *matched_runs(preset, split, root, runs, device))
         for row in table.itertuples():
-            measure = f"{split}: novel error" + (
-                " (CNN stopped at the capsules')" if row.protocol == "reverse" else ""
-            )
+            reverse = " (CNN stopped at the capsules')" if row.protocol == "reverse" else ""
+            measure = f"{split}: novel error{reverse}"
             rows.append(dict(seed=seed, model=row.model, measure=measure, value=row.novel_error))
-            rows.append(
-                dict(seed=seed, model=row.model, measure=f"{split}: familiar error", value=row.familiar_error)
-            )
+            familiar = f"{split}: familiar error{reverse}"
+            rows.append(dict(seed=seed, model=row.model, measure=familiar, value=row.familiar_error))
     return rows
 
 
