@@ -357,8 +357,7 @@ def _end_epoch(s: Session) -> None:
     val_error = _error(s, s.data.val) if validate else math.nan
     familiar = validate and (matched or config.familiar_snapshots)
     familiar_error = _error(s, s.data.familiar) if familiar else math.nan
-    now = time.perf_counter()
-    p.seconds, s.clock = p.seconds + now - s.clock, now
+    _add_elapsed(s)
     p.history.append(_metrics_row(s, val_error, familiar_error))
     improved = distributed.broadcast_flag(val_error < p.best_val_error, s.world)
     if improved:
@@ -374,10 +373,7 @@ def _end_epoch(s: Session) -> None:
     if p.batch_in_epoch == s.steps_per_epoch:
         p.epoch, p.batch_in_epoch, p.order_epoch_start = p.epoch + 1, 0, s.next_order_state
         p.loss_sum, p.wrong, p.seen, p.train_seconds = 0.0, 0, 0, 0.0
-    lower = config.familiar_snapshots and familiar_error < p.best_familiar_error
-    if distributed.broadcast_flag(lower, s.world):
-        p.best_familiar_error = familiar_error
-        _snapshot(s)
+    _snapshot_if_lowest(s, familiar_error)
     s.checkpoint(best=improved)
 
 
@@ -396,13 +392,25 @@ def _check_familiar(s: Session) -> None:
     p = s.progress
     _sync(s)
     familiar_error = _error(s, s.data.familiar)
-    now = time.perf_counter()
-    p.seconds, s.clock = p.seconds + now - s.clock, now
+    _add_elapsed(s)
     p.history.append(
         _metrics_row(s, math.nan, familiar_error)
         | {"train_loss": math.nan, "train_error": math.nan, "train_images": 0, "img_per_s": math.nan}
     )
-    if distributed.broadcast_flag(familiar_error < p.best_familiar_error, s.world):
+    _snapshot_if_lowest(s, familiar_error)
+
+
+def _add_elapsed(s: Session) -> None:
+    """Count the time since the clock last moved (evaluation, outside training) into the run's seconds."""
+    now = time.perf_counter()
+    s.progress.seconds, s.clock = s.progress.seconds + now - s.clock, now
+
+
+def _snapshot_if_lowest(s: Session, familiar_error: float) -> None:
+    """With familiar snapshots: keep the weights at a new lowest familiar error (NaN never is one)."""
+    p = s.progress
+    lower = s.config.familiar_snapshots and familiar_error < p.best_familiar_error
+    if distributed.broadcast_flag(lower, s.world):
         p.best_familiar_error = familiar_error
         _snapshot(s)
 
