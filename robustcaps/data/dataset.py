@@ -36,6 +36,7 @@ class Split(StrEnum):
 class Validation(StrEnum):
     INSTANCES = "instances"  # one whole training instance per category
     PAIRS = "pairs"  # a random fraction of the training pairs
+    NONE = "none"  # none: every training pair trains (a final run whose epoch count was chosen on another)
 
 
 def check_stereo(stereo: str) -> None:

@@ -10,7 +10,8 @@ validation set is drawn from the training images only, so no checkpoint is ever 
 Validation (`val`): "instances" (the default) holds out one whole training instance per category, every
 image of it, so that val error measures what test error measures, generalisation to unseen objects;
 "pairs" holds out a random fraction of stereo pairs, whose own instance and viewpoint (under another
-lighting) stay in training, so it measures interpolation and reads far lower than test error.
+lighting) stay in training, so it measures interpolation and reads far lower than test error; "none"
+holds out nothing, for a final run trained on every instance for an epoch count chosen on another run.
 
 The 96×96 images are downsampled to 48×48 once and cached (keyed by the dataset's identity and the files'
 sizes and mtimes): the full set is 48,600 stereo pairs and the resize costs seconds each time.
@@ -152,8 +153,10 @@ def held_out_instances(pool: TensorSet, generator: torch.Generator) -> dict[int,
 
 
 def _validation_mask(pool: TensorSet, val: str, val_fraction: float, generator: torch.Generator):
-    """True for the pool's validation pairs, and the held-out instances ({} for `pairs`)."""
+    """True for the pool's validation pairs, and the held-out instances ({} for `pairs` and `none`)."""
     is_val = torch.zeros(len(pool), dtype=torch.bool)
+    if val == "none":
+        return is_val, {}
     if val == "pairs":
         is_val[stratified_subset(pool.labels, round(val_fraction * len(pool)), generator)] = True
         return is_val, {}
@@ -190,8 +193,8 @@ def make_split(
     """The train / val / test / familiar / novel sets of one split, uint8 (N, C, 48, 48), C = 2 or 1.
 
     val: with `val="instances"` every image of one seeded training instance per category; with "pairs" a
-    class-stratified `val_fraction` of the training pairs (seeded). Either way it is split before the
-    cameras are separated, so both views of a pair stay on the same side. `max_per_part` caps every part
+    class-stratified `val_fraction` of the training pairs (seeded); with "none" no pair. It is split before
+    the cameras are separated, so both views of a pair stay on the same side. `max_per_part` caps every part
     at that many samples (seeded, class-stratified) for quick runs.
     """
     _check_options(split, stereo, val, val_fraction, max_per_part)

@@ -67,12 +67,18 @@ def demo_sentence(provenance: dict, dataset_kind: str) -> str:
         )
     patience = capsnet_setting(provenance, "patience", "")
     if dataset_kind == "rendered" and patience:
+        kept = (
+            "the full-split models then trained again on all five instances for the epoch count validation "
+            "chose, `clean/held_out.csv`"
+            if provenance.get("preset_settings", {}).get("refit")
+            else "the val-chosen checkpoint kept"
+        )
         return (
             f"**These numbers come from preset `{preset}` on the rendered stand-in dataset, not the paper's "
             f"setting** (real smallNORB, full-size models): every model trained to its plateau (stopped "
-            f"after {patience} epochs without a lower error on a held-out instance per category, the "
-            "val-chosen checkpoint kept), so they answer the question for these models on this data, "
-            "not as a replication of the paper's numbers."
+            f"after {patience} epochs without a lower error on a held-out instance per category, {kept}), "
+            "so they answer the question for these models on this data, not as a replication of the "
+            "paper's numbers."
         )
     if dataset_kind == "rendered":
         steps = capsnet_setting(provenance, "steps", "capsnet_steps") or "?"

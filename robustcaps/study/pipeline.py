@@ -8,6 +8,7 @@ report reads go to the results directory (default `results/`).
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 import time
@@ -48,11 +49,52 @@ from robustcaps.study.viewpoint import (
     train_or_resume,
 )
 from robustcaps.training import resolve_device as trainer_device
-from robustcaps.training.checkpoints import export_run
+from robustcaps.training.checkpoints import CONFIG_FILE, METRICS_FILE, export_run
+from robustcaps.training.config import TrainConfig, load_split, run_digest
 from robustcaps.training.config import identity as train_identity
 from robustcaps.training.distributed import World
 
 CHECKPOINT_FILES = ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv")
+HELD_OUT_CSV = (
+    Path("clean") / "held_out.csv"
+)  # refit presets: what each held-out run chose, and its test error
+
+
+def refit_dir(runs_dir: Path, preset: Preset, model: str) -> Path:
+    """Where a refit preset retrains `model` on every instance: named by its held-out run's digest."""
+    return Path(runs_dir) / f"{model}-refit-{run_digest(train_config(preset, model, 'full', None))}"
+
+
+def final_dir(runs_dir: Path, preset: Preset, model: str) -> Path:
+    """The run whose model the preset reports on the full split (clean error, attacks, exported weights)."""
+    return refit_dir(runs_dir, preset, model) if preset.refit else run_dir(runs_dir, preset, model, "full")
+
+
+def chosen_epoch(held_out: Path) -> tuple[int, float]:
+    """The epoch of a run's lowest val error (the first, as best.pt keeps it) and that error."""
+    metrics = pd.read_csv(held_out / METRICS_FILE).dropna(subset=["val_error"])
+    if metrics.empty:
+        raise RobustcapsError(f"{held_out / METRICS_FILE}: no validated epoch to choose an epoch count from")
+    best = metrics.loc[metrics["val_error"].idxmin()]
+    return int(best["epoch"]), float(best["val_error"])
+
+
+def refit_config(held_out: Path) -> TrainConfig:
+    """The held-out run's config on every training instance (no validation) for its val-chosen epoch
+    count; the schedules counted in steps are stretched so that each epoch decays them as much as there."""
+    config = TrainConfig.from_json(held_out / CONFIG_FILE)
+    epochs, _ = chosen_epoch(held_out)
+    refit = dataclasses.replace(config, val="none", epochs=epochs, steps=None, patience=0)
+    stretch = len(load_split(refit).train) / len(load_split(config).train)
+    return dataclasses.replace(
+        refit,
+        lr_decay_steps=config.lr_decay_steps * stretch,
+        margin_step_scale=config.margin_step_scale * stretch,
+    )
+
+
+def refit_run(held_out: Path, out: Path) -> Path:
+    return train_or_resume(refit_config(held_out), out)
 
 
 def prepare_data(data: str | None, preset: Preset, results: Path, echo: Callable[[str], None]) -> Path:
@@ -84,7 +126,7 @@ def clean_error_rows(preset: Preset, runs_dir: Path, results: Path, device: str)
     errors are read from its CSV rather than computed a second time."""
     rows = []
     for model in preset.models:
-        directory = run_dir(runs_dir, preset, model, "full")
+        directory = final_dir(runs_dir, preset, model)
         for multi_crop in (False, True) if preset.multi_crop else (False,):
             trained = evaluate_run(directory, "best", ("test",), device, multi_crop=multi_crop)
             rows.append(
@@ -115,6 +157,24 @@ def clean_error_rows(preset: Preset, runs_dir: Path, results: Path, device: str)
                 }
                 for part in ("familiar", "novel")
             ]
+    return pd.DataFrame(rows)
+
+
+def held_out_rows(preset: Preset, runs_dir: Path, device: str) -> pd.DataFrame:
+    """Refit presets: each held-out run's chosen epoch, its val error there and its best.pt's test error
+    (centre crop), beside the refit model's, so that the cost of holding an instance out is on record."""
+    rows = []
+    for model in preset.models:
+        held_out, refit = run_dir(runs_dir, preset, model, "full"), final_dir(runs_dir, preset, model)
+        epoch, val_error = chosen_epoch(held_out)
+        row = {"model": model, "family": family_of(model), "epochs": epoch, "val_error": val_error}
+        for name, directory in (("held_out", held_out), ("refit", refit)):
+            tested = evaluate_run(directory, "best", ("test",), device)
+            row[f"{name}_test_error"] = tested.errors["test"]
+            row[f"{name}_train_images"] = len(
+                load_split(TrainConfig.from_json(directory / CONFIG_FILE)).train
+            )
+        rows.append(row | {"n": tested.sizes["test"]})
     return pd.DataFrame(rows)
 
 
@@ -162,6 +222,17 @@ def training_steps(
                 partial(train_or_resume, config, directory),
             )
         )
+        if preset.refit:
+            out = refit_dir(runs_dir, preset, model)
+            steps.append(
+                Step(
+                    f"refit-{model}-full",
+                    {"refit": train_identity(config), "data": identity},
+                    tuple(out / f for f in CHECKPOINT_FILES),
+                    partial(refit_run, directory, out),
+                    (f"train-{model}-full",),
+                )
+            )
     # the preset's own stand-in needs no --data (its cache path differs between machines)
     data = "" if Path(root) == default_data_path(preset.data_size) else f" --data {root}"
     for split in VIEWPOINT_SPLITS:
@@ -182,13 +253,20 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
     steps = training_steps(preset, root, results, runs_dir, device, echo)
     trained = tuple(step.name for step in steps)
     models = preset.models
-    full_runs = trained[: len(models)]
+    final = "refit" if preset.refit else "train"
+    full_runs = tuple(f"{final}-{m}-full" for m in models)
+
+    def clean_error() -> None:
+        _write_csv(clean_error_rows(preset, runs_dir, results, device), results / CLEAN_CSV)
+        if preset.refit:
+            _write_csv(held_out_rows(preset, runs_dir, device), results / HELD_OUT_CSV)
+
     steps.append(
         Step(
             "clean-error",
-            {"multi_crop": preset.multi_crop},
-            (results / CLEAN_CSV,),
-            lambda: _write_csv(clean_error_rows(preset, runs_dir, results, device), results / CLEAN_CSV),
+            {"multi_crop": preset.multi_crop, **({"refit": True} if preset.refit else {})},
+            (results / CLEAN_CSV, *((results / HELD_OUT_CSV,) if preset.refit else ())),
+            clean_error,
             trained,
         )
     )
@@ -201,7 +279,7 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
             trained,
         )
     )
-    exported = {run_dir(runs_dir, preset, m, "full"): results / MODELS_DIR / f"{m}-full" for m in models}
+    exported = {final_dir(runs_dir, preset, m): results / MODELS_DIR / f"{m}-full" for m in models}
     steps.append(
         Step(
             "export-models",
@@ -216,16 +294,18 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
         "untargeted": preset.untargeted_attacks,
         "vote": preset.vote_attacks,
     }
-    cnn_run = run_dir(runs_dir, preset, preset.cnn.model, "full")
+    cnn_run = final_dir(runs_dir, preset, preset.cnn.model)
     for model, source in [(preset.cnn.model, None)] + [(m, cnn_run) for m in preset.capsule_models]:
         outputs = tuple(
             results / "attacks" / f"{model}{suffix}" / f for suffix in ("", "-targeted") for f in ATTACK_FILES
         )
-        victim = run_dir(runs_dir, preset, model, "full")
+        victim = final_dir(runs_dir, preset, model)
         run = partial(
             attack_victim, victim, model, source, preset, device, runs_dir / "attacks", results / "attacks"
         )
-        steps.append(Step(f"attack-{model}", config, outputs, run, full_runs))
+        # retraining another capsule family does not redo these attacks: only the victim and the CNN count
+        victims = tuple(dict.fromkeys(f"{final}-{m}-full" for m in (preset.cnn.model, model)))
+        steps.append(Step(f"attack-{model}", config, outputs, run, victims))
     return steps
 
 

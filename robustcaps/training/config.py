@@ -179,7 +179,8 @@ class TrainConfig:
         legacy="pairs",
         help="Validation data, held out from training: one whole instance per category (measures "
         "generalisation to unseen objects, like the test set) or random pairs (val_fraction; their "
-        "instances and viewpoints stay in training, so it reads lower than test error).",
+        "instances and viewpoints stay in training, so it reads lower than test error), or none (every "
+        "training pair trains and best.pt is the last epoch: for a run whose length another run chose).",
     )
     val_fraction: float = setting(
         0.1, check=(lambda v: 0 < v < 1, "a fraction in (0, 1)"), help="Pairs held out with --val pairs."
@@ -316,6 +317,10 @@ class TrainConfig:
             if check is not None and not check[0](getattr(self, spec.name)):
                 option = "--" + spec.name.replace("_", "-")
                 raise RobustcapsError(f"{option} {getattr(self, spec.name)!r}: expected {check[1]}")
+        if self.val == Validation.NONE and self.patience:
+            raise RobustcapsError(
+                f"--set patience={self.patience}: needs validation data, and --val none has none"
+            )
         if self.compile_mode != "default" and not self.compile:
             raise RobustcapsError(f"--compile-mode {self.compile_mode.value!r}: only with --compile")
 

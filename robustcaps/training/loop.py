@@ -354,13 +354,15 @@ def _end_epoch(s: Session) -> None:
     _sync(s)
     matched = config.target_familiar_error is not None
     validate = (p.epoch + 1) % config.eval_every == 0 or p.step >= s.total_steps  # p.epoch: epochs completed
-    val_error = _error(s, s.data.val) if validate else math.nan
+    has_val = len(s.data.val) > 0
+    val_error = _error(s, s.data.val) if validate and has_val else math.nan
     familiar = validate and (matched or config.familiar_snapshots)
     familiar_error = _error(s, s.data.familiar) if familiar else math.nan
     _add_elapsed(s)
     p.history.append(_metrics_row(s, val_error, familiar_error))
-    improved = distributed.broadcast_flag(val_error < p.best_val_error, s.world)
-    if improved:
+    # without validation data (--val none) the run's model is its latest: best.pt follows last.pt
+    improved = distributed.broadcast_flag(val_error < p.best_val_error if has_val else validate, s.world)
+    if improved and has_val:
         p.best_val_error = val_error
     if validate:
         p.stale_validations = 0 if improved else p.stale_validations + 1

@@ -165,6 +165,14 @@ def test_instance_validation_holds_out_one_whole_instance_per_category(two_insta
     assert data.identity["sizes"]["val"] == len(data.val)
 
 
+@pytest.mark.parametrize("split", ["full", "azimuth"])
+def test_no_validation_trains_every_pair_the_split_trains_on(two_instances, split):
+    held_out, every = (splits.make_split(two_instances, split=split, val=v) for v in ("instances", "none"))
+    assert len(every.val) == 0 and every.identity["val"] == "none" and every.identity["val_instances"] == {}
+    assert len(every.train) == len(held_out.train) + len(held_out.val)
+    assert torch.equal(every.test.images, held_out.test.images)  # the test data does not depend on it
+
+
 def test_instance_validation_is_seeded(two_instances):
     draws = [splits.make_split(two_instances, seed=seed).identity["val_instances"] for seed in range(6)]
     assert draws[0] == splits.make_split(two_instances, seed=0).identity["val_instances"]

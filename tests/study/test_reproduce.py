@@ -15,6 +15,7 @@ from robustcaps.errors import RobustcapsError
 from robustcaps.study.presets import PRESETS, get_preset, tiny
 from robustcaps.study.steps import Pipeline, Step
 from robustcaps.training.checkpoints import load_run
+from robustcaps.training.config import TrainConfig
 
 
 def _counting_step(tmp_path, name, config, counter, depends=()):
@@ -258,12 +259,59 @@ def test_the_resolved_device_is_a_spelling_train_config_accepts(monkeypatch):
     assert device == "cuda" and TrainConfig(model="capsnet", device=device).device == "cuda"
 
 
+def test_refit_trains_every_instance_for_the_epochs_validation_chose(rendered_root, tmp_path):
+    from robustcaps.study.pipeline import chosen_epoch, refit_config, refit_run
+    from robustcaps.training import fit
+    from robustcaps.training.config import load_split
+
+    held_out = TrainConfig(
+        model="cnn-small", data=str(rendered_root), epochs=4, batch_size=16, lr_decay_steps=15.0, device="cpu"
+    )
+    fit(held_out, tmp_path / "held-out")
+    metrics = pd.read_csv(tmp_path / "held-out" / "metrics.csv")
+    epoch, val_error = chosen_epoch(tmp_path / "held-out")
+    assert (epoch, val_error) == (
+        int(metrics["epoch"][metrics["val_error"].idxmin()]),
+        metrics["val_error"].min(),
+    )
+    config = refit_config(tmp_path / "held-out")
+    assert (config.val, config.epochs, config.patience) == ("none", epoch, 0)
+    refit_data, held_out_data = load_split(config), load_split(held_out)
+    # every instance trains, none validates, and the lr decays as much per epoch as in the held-out run
+    assert len(refit_data.val) == 0 and len(refit_data.train) == len(held_out_data.train) + len(
+        held_out_data.val
+    )
+    assert config.lr_decay_steps == pytest.approx(15.0 * len(refit_data.train) / len(held_out_data.train))
+    refit_run(tmp_path / "held-out", tmp_path / "refit")
+    refit_metrics = pd.read_csv(tmp_path / "refit" / "metrics.csv")
+    assert (
+        list(refit_metrics["epoch"]) == list(range(1, epoch + 1)) and refit_metrics["val_error"].isna().all()
+    )
+    best, last = (load_run(tmp_path / "refit", which) for which in ("best", "last"))
+    assert best.step == last.step  # with nothing to validate on, the run's model is its last epoch
+    with pytest.raises(RobustcapsError, match="patience=2: needs validation data"):
+        dataclasses.replace(config, patience=2)
+
+
+def test_a_refit_preset_reports_and_attacks_the_refit_runs_each_after_its_own(rendered_root, tmp_path):
+    from robustcaps.study.pipeline import build_steps
+
+    preset = tiny().replace(refit=True)
+    steps = {s.name: s for s in build_steps(preset, rendered_root, tmp_path, tmp_path, "cpu", print)}
+    assert steps["refit-capsnet-small-full"].depends == ("train-capsnet-small-full",)
+    # an attack waits for (and reruns after) its victim's refit and the transfer source's, nothing else
+    assert steps["attack-capsnet-small"].depends == ("refit-cnn-small-full", "refit-capsnet-small-full")
+    assert steps["attack-cnn-small"].depends == ("refit-cnn-small-full",)
+    assert set(steps["export-models"].depends) == {"refit-cnn-small-full", "refit-capsnet-small-full"}
+
+
 def test_every_capsule_family_goes_through_the_same_protocol(data_root, tmp_path):
     from robustcaps.study.pipeline import reproduce
 
     results = tmp_path / "results"
     more = ("dynamic-capsnet-small", "sr-capsnet-small")
-    base = tiny().replace_runs(steps=2, max_per_part=20)
+    # the converged preset's protocol: epochs chosen on a held-out instance, then a refit on all of them
+    base = tiny().replace_runs(steps=None, epochs=2, max_per_part=20).replace(refit=True)
     runs = tuple(dataclasses.replace(base.capsnet, model=m, model_overrides={}) for m in more)
     preset = base.replace(more_capsules=runs, attack=dataclasses.replace(base.attack, n=5))
     readme = reproduce(
@@ -297,3 +345,14 @@ def test_every_capsule_family_goes_through_the_same_protocol(data_root, tmp_path
     text = readme.read_text()
     assert "Every capsule family against the CNN" in text and "beat the CNN" in text
     assert (results / "models" / "sr-capsnet-small-full" / "checkpoints" / "best.pt").exists()
+    held_out = pd.read_csv(results / "clean" / "held_out.csv").set_index("model")
+    assert set(held_out.index) == {"cnn-small", "capsnet-small", *more}
+    assert held_out["epochs"].between(1, 2).all() and held_out["refit_test_error"].between(0, 1).all()
+    for model in held_out.index:  # the refit model is the one reported, exported and attacked
+        (refit,) = (tmp_path / "runs").glob(f"{model}-refit-*")
+        assert json.loads((refit / "config.json").read_text())["val"] == "none"
+        exported = load_run(results / "models" / f"{model}-full", data=data_root).model.state_dict()
+        for name, weight in load_run(refit).model.state_dict().items():
+            assert torch.equal(exported[name], weight), name
+        test = clean[(clean["model"] == model) & (clean["split"] == "full") & (clean["crops"] == 1)]
+        assert test["error"].item() == pytest.approx(held_out.loc[model, "refit_test_error"])
