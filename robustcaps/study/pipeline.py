@@ -79,13 +79,17 @@ def chosen_epoch(held_out: Path) -> tuple[int, float]:
     return int(best["epoch"]), float(best["val_error"])
 
 
+def _steps_per_epoch(config: TrainConfig) -> int:
+    return len(load_split(config).train) // config.batch_size
+
+
 def refit_config(held_out: Path) -> TrainConfig:
     """The held-out run's config on every training instance (no validation) for its val-chosen epoch
     count; the schedules counted in steps are stretched so that each epoch decays them as much as there."""
     config = TrainConfig.from_json(held_out / CONFIG_FILE)
     epochs, _ = chosen_epoch(held_out)
     refit = dataclasses.replace(config, val="none", epochs=epochs, steps=None, patience=0)
-    stretch = len(load_split(refit).train) / len(load_split(config).train)
+    stretch = _steps_per_epoch(refit) / _steps_per_epoch(config)
     return dataclasses.replace(
         refit,
         lr_decay_steps=config.lr_decay_steps * stretch,

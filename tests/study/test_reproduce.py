@@ -281,7 +281,8 @@ def test_refit_trains_every_instance_for_the_epochs_validation_chose(rendered_ro
     assert len(refit_data.val) == 0 and len(refit_data.train) == len(held_out_data.train) + len(
         held_out_data.val
     )
-    assert config.lr_decay_steps == pytest.approx(15.0 * len(refit_data.train) / len(held_out_data.train))
+    per_epoch = len(refit_data.train) // 16 / (len(held_out_data.train) // 16)
+    assert config.lr_decay_steps == pytest.approx(15.0 * per_epoch) and per_epoch > 1
     refit_run(tmp_path / "held-out", tmp_path / "refit")
     refit_metrics = pd.read_csv(tmp_path / "refit" / "metrics.csv")
     assert (
