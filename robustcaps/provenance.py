@@ -18,6 +18,13 @@ LIBRARIES = ("robustcaps", "torch", "torchvision", "torchattacks", "numpy", "pan
 GENERATED_PATHS = ("results", "benchmarks/results")
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """`path` as a committed record shows it: under the home directory as `~/...`, so that no user name
+    or machine layout lands in results/."""
+    path, home = Path(path), Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
+
+
 def git_commit(repo: str | os.PathLike | None = None) -> str:
     """The current commit, with `+dirty` when tracked code has uncommitted changes; 'unknown' outside git.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from robustcaps.provenance import git_commit
 
@@ -30,3 +31,11 @@ def test_git_commit_is_dirty_for_code_changes_but_not_for_generated_results(tmp_
     assert git_commit(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == clean + "+dirty"
+
+
+def test_committed_records_show_the_home_directory_as_a_tilde(monkeypatch, tmp_path):
+    from robustcaps.provenance import shown_path
+
+    monkeypatch.setattr(Path, "home", lambda: tmp_path / "someone")
+    assert shown_path(tmp_path / "someone" / ".cache" / "robustcaps" / "x") == "~/.cache/robustcaps/x"
+    assert shown_path(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")

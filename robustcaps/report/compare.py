@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from robustcaps.report import columns as col
-from robustcaps.report.headline import EPS, masking_failures, not_established, worst_case
-from robustcaps.report.tables import full_test_rows, percent, percent_interval, shown_rows
+from robustcaps.report.headline import EPS, masking_failures, not_established, reverse_match, worst_case
+from robustcaps.report.tables import family_of, full_test_rows, percent, percent_interval, shown_rows
 from robustcaps.uncertainty import paired_difference, wilson
 
 
@@ -45,24 +45,26 @@ def side_by_side(first: pd.DataFrame, second: pd.DataFrame, names: tuple[str, st
 
 def leaderboard(results: dict, eps: float = EPS) -> pd.DataFrame:
     """One row per model: clean test error (full split, centre crop), novel-viewpoint error per split at
-    the matched familiar error (the CNN stopped at the capsules' familiar error where that match was
+    the matched familiar error (the CNN stopped at the EM network's familiar error where that match was
     made), and the worst-case accuracy at ε ≈ `eps` (headline.worst_case) with its 95% interval and the
     attacks it took, marked where a check that points to masked gradients failed. Empty cells: not
     measured."""
     clean, viewpoint = results["clean"], shown_rows(results["viewpoint"])
     if clean.empty:
         return pd.DataFrame()
-    rows = []
-    for row in full_test_rows(clean).itertuples():
+    rows, tested = [], full_test_rows(clean)
+    # the CNN's novel error is the one matched to the EM network's familiar error (the headline pair)
+    em = next((m for m in tested[col.MODEL] if family_of(m) == "capsnet"), None)
+    for row in tested.itertuples():
         entry = {"model": row.model, "clean error": percent_interval(row.error, row.n)}
         for split, frame in viewpoint.groupby(col.SPLIT) if not viewpoint.empty else ():
-            mine = frame[frame[col.MODEL] == row.model]
-            reverse = mine[mine[col.PROTOCOL] == col.REVERSE]
-            chosen = reverse if len(reverse) else mine[mine[col.PROTOCOL] == col.PAPER]
-            note = " (stopped at the capsules' familiar error)" if len(reverse) else ""
-            entry[f"novel {split} error"] = (
-                percent(chosen[col.NOVEL_ERROR].iloc[0]) + note if len(chosen) else ""
-            )
+            reverse = reverse_match(frame, em) if em and family_of(row.model) == "cnn" else None
+            paper = frame[(frame[col.MODEL] == row.model) & (frame[col.PROTOCOL] == col.PAPER)]
+            if reverse is not None:
+                cell = f"{percent(reverse[col.NOVEL_ERROR])} (stopped at {em}'s familiar error)"
+            else:
+                cell = percent(paper[col.NOVEL_ERROR].iloc[0]) if len(paper) else ""
+            entry[f"novel {split} error"] = cell
         entry |= _worst_case_cells(results, row.model, eps)
         rows.append(entry)
     return pd.DataFrame(rows).fillna("")

@@ -24,7 +24,7 @@ from robustcaps.data.norb_verify import verify
 from robustcaps.data.standin.render import default_data_path
 from robustcaps.errors import RobustcapsError
 from robustcaps.io import atomic_write_json, atomic_write_text
-from robustcaps.provenance import environment_metadata
+from robustcaps.provenance import environment_metadata, shown_path
 from robustcaps.report.readme import write_report
 from robustcaps.report.tables import (
     CLEAN_CSV,
@@ -105,13 +105,14 @@ def prepare_data(data: str | None, preset: Preset, results: Path, echo: Callable
     """The dataset root: --data as given, else the preset's rendered stand-in (rendered once, cached)."""
     root = resolve_data_root(data, preset.data_size)
     report = verify(root)
-    lines = report.lines()
+    lines = [line.replace(str(root), shown_path(root)) for line in report.lines()]
     if getattr(report, "mismatch", ()):
         raise RobustcapsError(
             f"--data {root}: files differ from its manifest.json ({', '.join(report.mismatch)})"
         )
     atomic_write_text(
-        results / "data_verify.txt", f"$ robustcaps data verify {root}\n" + "\n".join(lines) + "\n"
+        results / "data_verify.txt",
+        f"$ robustcaps data verify {shown_path(root)}\n" + "\n".join(lines) + "\n",
     )
     echo("\n".join(lines))
     return root
@@ -348,7 +349,7 @@ def reproduce(
         else f"robustcaps reproduce --preset {preset.name}",
         **environment_metadata(device),
         "dataset_identity": dataset_identity(root),
-        "data_root": str(root),
+        "data_root": shown_path(root),
         "steps": pipeline.log.records,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }

@@ -298,6 +298,25 @@ def test_a_reverse_match_is_tabled_plotted_and_worded_apart_from_the_papers_rows
     assert "figures/familiar_vs_novel.png" in text
 
 
+def test_the_leaderboards_cnn_cell_is_the_cnn_matched_to_the_em_network(results_dir):
+    from robustcaps.report.compare import leaderboard
+
+    path = results_dir / "viewpoint" / "azimuth.csv"
+    paper = pd.read_csv(path).assign(protocol="paper", matched_to=["", "cnn-small"])
+    cnn = paper[paper["family"] == "cnn"]
+    reverse = [  # the dynamic network's match comes first in the file; the EM network's lies closer
+        cnn.assign(protocol="reverse", matched_to=m, novel_error=e, familiar_gap=0.0)
+        for m, e in (("dynamic-capsnet-small", 0.3333), ("capsnet-small", 0.2511))
+    ]
+    pd.concat([paper, *reverse]).to_csv(path, index=False)
+    board = leaderboard(load_results(results_dir)).set_index("model")["novel azimuth error"]
+    assert board["cnn-small"] == "25.1% (stopped at capsnet-small's familiar error)"
+    assert (
+        board["capsnet-small"]
+        == f"{100 * paper.loc[paper['family'] == 'capsnet', 'novel_error'].item():.1f}%"
+    )
+
+
 def test_familiar_vs_novel_keeps_each_sources_marker_on_every_panel(results_dir, monkeypatch):
     from robustcaps.paper_results import TABLE2
     from robustcaps.report import plots
