@@ -24,7 +24,17 @@ from robustcaps.cli.options import data_option, device_option, preset_option, ru
 )
 @runs_option("Checkpoints and per-example attack results [default: runs/reproduce-<preset>].")
 @device_option
-def reproduce(preset: str, data: str | None, results_dir: str, runs_dir: str | None, device: str) -> None:
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes that work through the steps side by side, each with its share of the cores; a step "
+    "waits for the steps it needs (2 on a 2-core machine finishes the converged preset sooner).",
+)
+def reproduce(
+    preset: str, data: str | None, results_dir: str, runs_dir: str | None, device: str, jobs: int
+) -> None:
     """Render/verify data, train capsnet and CNN on the full, azimuth and elevation splits, attack them,
     check the attacks, and write the report. Finished steps (same config, outputs present) are skipped."""
     from robustcaps.study.pipeline import reproduce as run
@@ -37,4 +47,5 @@ def reproduce(preset: str, data: str | None, results_dir: str, runs_dir: str | N
         runs_dir=runs_dir,
         device=device,
         echo=click.echo,
+        jobs=jobs,
     )

@@ -8,7 +8,10 @@ report reads go to the results directory (default `results/`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import multiprocessing
+import os
 import shlex
 import sys
 import time
@@ -284,16 +287,10 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
             trained,
         )
     )
-    exported = {final_dir(runs_dir, preset, m): results / MODELS_DIR / f"{m}-full" for m in models}
-    steps.append(
-        Step(
-            "export-models",
-            {},
-            tuple(out / "checkpoints" / "best.pt" for out in exported.values()),
-            lambda: [export_run(run, out) for run, out in exported.items()],
-            full_runs,
-        )
-    )
+    for model, run in zip(models, full_runs, strict=True):  # each model's reported weights, committable
+        out = results / MODELS_DIR / f"{model}-full"
+        export = partial(export_run, final_dir(runs_dir, preset, model), out)
+        steps.append(Step(f"export-{model}", {}, (out / "checkpoints" / "best.pt",), export, (run,)))
     config = {
         "attack": asdict(preset.attack),
         "untargeted": preset.untargeted_attacks,
@@ -308,8 +305,9 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
         run = partial(
             attack_victim, victim, model, source, preset, device, runs_dir / "attacks", results / "attacks"
         )
-        # retraining another capsule family does not redo these attacks: only the victim and the CNN count
-        victims = tuple(dict.fromkeys(f"{final}-{m}-full" for m in (preset.cnn.model, model)))
+        # retraining another capsule family does not redo these attacks: only the victim (its exported
+        # weights, which the results name) and the CNN (the transfer source) count
+        victims = tuple(dict.fromkeys((f"{final}-{preset.cnn.model}-full", f"export-{model}")))
         steps.append(Step(f"attack-{model}", config, outputs, run, victims))
     return steps
 
@@ -320,6 +318,62 @@ def device_type(device: str) -> str:
     return trainer_device(device, World()).type
 
 
+def _job(preset: Preset, root: Path, results: Path, runs: Path, device: str, jobs: int, log: Path) -> None:
+    """One extra process of `reproduce --jobs`: works through the same steps, logging to `log`."""
+    import torch
+
+    torch.set_num_threads(threads_per_job(jobs))
+    with open(log, "a") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+
+        def echo(line: str) -> None:
+            print(time.strftime("%H:%M:%S"), line, flush=True)
+
+        steps = build_steps(preset, root, results, runs, device, echo)
+        Pipeline(runs / "steps", echo).run_shared(steps, jobs)
+
+
+def threads_per_job(jobs: int) -> int:
+    return max(1, len(os.sched_getaffinity(0)) // jobs)
+
+
+def run_steps(
+    pipeline: Pipeline,
+    steps: list[Step],
+    jobs: int,
+    preset: Preset,
+    root: Path,
+    results: Path,
+    runs: Path,
+    device: str,
+) -> None:
+    """The steps in this process, or shared with `jobs` − 1 more (spawned, each with its share of the
+    cores: small capsule batches use two threads poorly, so two one-thread processes finish sooner)."""
+    if jobs == 1:
+        pipeline.run_all(steps)
+        return
+    import torch
+
+    context, threads = multiprocessing.get_context("spawn"), torch.get_num_threads()
+    logs = [runs / f"job{index}.log" for index in range(2, jobs + 1)]
+    helpers = [
+        context.Process(target=_job, args=(preset, root, results, runs, device, jobs, log)) for log in logs
+    ]
+    for helper in helpers:
+        helper.start()
+    pipeline.echo(f"{jobs} jobs share the steps; the others log to {', '.join(map(str, logs))}")
+    torch.set_num_threads(threads_per_job(jobs))
+    try:
+        pipeline.run_shared(steps, jobs)
+    except BaseException:
+        for helper in helpers:  # their claims die with them; a rerun resumes their steps
+            helper.terminate()
+        raise
+    finally:
+        for helper in helpers:
+            helper.join()
+        torch.set_num_threads(threads)
+
+
 def reproduce(
     preset: Preset,
     data: str | None = None,
@@ -327,8 +381,11 @@ def reproduce(
     runs_dir: str | Path | None = None,
     device: str = "auto",
     echo: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> Path:
-    """Run (or resume) the whole pipeline for a preset; returns the results/README.md it writes."""
+    """Run (or resume) the whole pipeline for a preset, in `jobs` processes; returns the README it writes."""
+    if jobs < 1:
+        raise RobustcapsError(f"--jobs {jobs}: expected at least 1")
     start = time.perf_counter()
     results = Path(results_dir)
     runs = Path(runs_dir) if runs_dir else Path("runs") / f"reproduce-{preset.name}"
@@ -339,7 +396,8 @@ def reproduce(
     pipeline.run(
         Step("contact-sheet", {"data": dataset_identity(root)}, (sheet,), partial(contact_sheet, root, sheet))
     )
-    pipeline.run_all(build_steps(preset, root, results, runs, device, echo))
+    steps = build_steps(preset, root, results, runs, device, echo)
+    run_steps(pipeline, steps, jobs, preset, root, results, runs, device)
     provenance = {
         "preset": preset.name,
         "demo": preset.demo,
@@ -351,6 +409,7 @@ def reproduce(
         "dataset_identity": dataset_identity(root),
         "data_root": shown_path(root),
         "steps": pipeline.log.records,
+        "jobs": jobs,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
     atomic_write_json(results / PROVENANCE_JSON, provenance)

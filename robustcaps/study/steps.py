@@ -4,13 +4,19 @@ Each finished step leaves `<state_dir>/<name>.json` = {config, outputs, seconds,
 the same config and every output still on disk is skipped; anything else (a changed setting, a deleted
 output, a crash half-way) runs the step again. A step's config includes the digests of the steps it
 depends on, so retraining a model also redoes the attacks on it.
+
+Several processes can share one state directory (`run_shared`, `reproduce --jobs`): each takes the next
+step whose dependencies are finished, claiming it with `<name>.claim` (created exclusively, holding the
+claimant's pid); a claim whose process has died is taken over, so a killed job's step is run again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +52,16 @@ class StepLog:
         self.records.append({"step": name, "status": status, "seconds": round(seconds, 1)})
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 class Pipeline:
     """Runs steps in order, skipping the finished ones; `digests` lets later steps depend on earlier ones."""
 
@@ -54,6 +70,7 @@ class Pipeline:
         self.echo = echo
         self.digests: dict[str, str] = {}
         self.log = StepLog()
+        self.owner = f"{os.getpid()} {uuid.uuid4().hex}"  # whose claims are whose, with `run_shared`
 
     def marker(self, name: str) -> Path:
         return self.state_dir / f"{name}.json"
@@ -97,16 +114,79 @@ class Pipeline:
         self.log.add(step.name, "ran", seconds)
         return result
 
+    def claim(self, step: Step) -> bool:
+        """Take `step` for this pipeline, unless a live process holds it; a dead one's claim is taken over."""
+        path = self.state_dir / f"{step.name}.claim"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder, age = path.read_text(), time.time() - path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if holder == self.owner:
+                    return True
+                if not holder and age < 60:  # created an instant ago; its holder is writing its name
+                    return False
+                if holder and _alive(int(holder.split()[0])):
+                    return False
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as out:
+                out.write(self.owner)
+            return True
+        return False
+
+    def release(self, step: Step) -> None:
+        path = self.state_dir / f"{step.name}.claim"
+        if path.exists() and path.read_text() == self.owner:
+            path.unlink(missing_ok=True)
+
+    def run_shared(self, steps: list[Step], jobs: int, poll: float = 5.0) -> None:
+        """Like `run_all`, with other processes working through the same steps: each pass runs (or skips)
+        every step whose dependencies are finished and that no live process holds, and waits `poll`
+        seconds when none is left to take. Steps another process ran are logged with its seconds. `jobs`:
+        how many processes share the steps (for the ETA)."""
+        start, pending = time.perf_counter(), list(steps)
+        began = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        while pending:
+            taken = False
+            for step in list(pending):
+                if not all(name in self.digests for name in step.depends):
+                    continue  # waits for what it depends on
+                record = json.loads(self.marker(step.name).read_text()) if self.is_finished(step) else None
+                if record is not None and record.get("finished", "") >= began:
+                    self.digests[step.name] = digest(self.full_config(step))
+                    self.echo(f"[done] {step.name}: by another job ({record['seconds']:.0f} s)")
+                    self.log.add(step.name, "ran by another job", record["seconds"])
+                elif record is not None or self.claim(step):
+                    try:
+                        self.run(step)
+                    finally:
+                        self.release(step)
+                else:
+                    continue
+                pending.remove(step)
+                taken = True
+                self.progress(len(steps) - len(pending), len(steps), step.name, start, jobs)
+            if pending and not taken:
+                time.sleep(poll)
+
     def run_all(self, steps: list[Step]) -> None:
-        """Every step in order, with a progress line after each: how many are done, the time so far, and
-        an ETA at the mean pace of the steps that ran (a rough guide: steps differ in size)."""
+        """Every step in order, with a progress line after each (`progress`)."""
         start = time.perf_counter()
         for index, step in enumerate(steps, 1):
             self.run(step)
-            ran = [r["seconds"] for r in self.log.records if r["status"] == "ran"]
-            left = len(steps) - index
-            eta = (
-                f"; about {left * sum(ran) / len(ran) / 60:.0f} min left at this pace" if ran and left else ""
-            )
-            elapsed = (time.perf_counter() - start) / 60
-            self.echo(f"[{index}/{len(steps)}] {step.name}: {elapsed:.1f} min so far{eta}")
+            self.progress(index, len(steps), step.name, start)
+
+    def progress(self, done: int, total: int, name: str, start: float, jobs: int = 1) -> None:
+        """How many steps are done, the time so far, and an ETA at the mean pace of the steps that ran (a
+        rough guide: steps differ in size), shared among `jobs` processes."""
+        ran = [r["seconds"] for r in self.log.records if r["status"].startswith("ran")]
+        left = total - done
+        pace = sum(ran) / len(ran) / 60 / jobs if ran else 0.0
+        eta = f"; about {left * pace:.0f} min left at this pace" if ran and left else ""
+        elapsed = (time.perf_counter() - start) / 60
+        self.echo(f"[{done}/{total}] {name}: {elapsed:.1f} min so far{eta}")

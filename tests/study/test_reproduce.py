@@ -56,6 +56,64 @@ def test_finished_steps_are_skipped_and_changed_ones_rerun(tmp_path):
     assert counter == {"a": 2, "b": 2, "c": 2}
 
 
+def test_pipelines_sharing_the_steps_run_each_once_and_after_what_it_needs(tmp_path):
+    import threading
+    import time
+
+    events, lock = [], threading.Lock()
+
+    def step(name, depends=(), seconds=0.2):
+        out = tmp_path / f"{name}.txt"
+
+        def run():
+            with lock:
+                events.append(("start", name, threading.current_thread().name))
+            time.sleep(seconds)
+            out.write_text(name)
+            with lock:
+                events.append(("end", name, threading.current_thread().name))
+
+        return Step(name, {}, (out,), run, depends)
+
+    steps = [step("a"), step("b", ("a",)), step("c"), step("d", ("b", "c"))]
+    logs = {name: [] for name in ("one", "two")}
+    pipelines = {name: Pipeline(tmp_path / "state", logs[name].append) for name in logs}
+    threads = [
+        threading.Thread(target=pipelines[n].run_shared, args=(steps, 2), kwargs={"poll": 0.05}, name=n)
+        for n in logs
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    started = [name for kind, name, _ in events if kind == "start"]
+    assert sorted(started) == ["a", "b", "c", "d"], "every step ran exactly once"
+    assert len({who for *_, who in events}) == 2, "both pipelines took steps"
+    order = [(kind, name) for kind, name, _ in events]
+    for name, needs in (("b", "a"), ("d", "b"), ("d", "c")):
+        assert order.index(("end", needs)) < order.index(("start", name))
+    for name, log in logs.items():  # each logs every step, its own as run and the other's as done there
+        ran = {line.split()[2] for line in log if line.startswith("[run ]")}
+        elsewhere = {line.split()[1].rstrip(":") for line in log if "by another job" in line}
+        assert ran | elsewhere == {"a", "b", "c", "d"} and not ran & elsewhere, name
+    assert not list((tmp_path / "state").glob("*.claim")), "no claim is left behind"
+
+
+def test_a_dead_jobs_claim_is_taken_over_and_a_live_ones_is_not(tmp_path):
+    import subprocess
+    import sys
+
+    step = Step("s", {}, (tmp_path / "s.txt",), lambda: None)
+    pipeline = Pipeline(tmp_path / "state", lambda _: None)
+    (tmp_path / "state").mkdir()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    (tmp_path / "state" / "s.claim").write_text(f"{int(finished.stdout)} gone")
+    assert pipeline.claim(step)  # its process has exited
+    assert not Pipeline(tmp_path / "state", lambda _: None).claim(step)  # this one holds it, alive
+    pipeline.release(step)
+    assert not (tmp_path / "state" / "s.claim").exists()
+
+
 def test_a_crashed_step_is_not_marked_finished(tmp_path):
     def crash():
         (tmp_path / "half.txt").write_text("half")
@@ -301,9 +359,9 @@ def test_a_refit_preset_reports_and_attacks_the_refit_runs_each_after_its_own(re
     steps = {s.name: s for s in build_steps(preset, rendered_root, tmp_path, tmp_path, "cpu", print)}
     assert steps["refit-capsnet-small-full"].depends == ("train-capsnet-small-full",)
     # an attack waits for (and reruns after) its victim's refit and the transfer source's, nothing else
-    assert steps["attack-capsnet-small"].depends == ("refit-cnn-small-full", "refit-capsnet-small-full")
-    assert steps["attack-cnn-small"].depends == ("refit-cnn-small-full",)
-    assert set(steps["export-models"].depends) == {"refit-cnn-small-full", "refit-capsnet-small-full"}
+    assert steps["attack-capsnet-small"].depends == ("refit-cnn-small-full", "export-capsnet-small")
+    assert steps["attack-cnn-small"].depends == ("refit-cnn-small-full", "export-cnn-small")
+    assert steps["export-capsnet-small"].depends == ("refit-capsnet-small-full",)
 
 
 def test_every_capsule_family_goes_through_the_same_protocol(data_root, tmp_path):
@@ -315,13 +373,14 @@ def test_every_capsule_family_goes_through_the_same_protocol(data_root, tmp_path
     base = tiny().replace_runs(steps=None, epochs=2, max_per_part=20).replace(refit=True)
     runs = tuple(dataclasses.replace(base.capsnet, model=m, model_overrides={}) for m in more)
     preset = base.replace(more_capsules=runs, attack=dataclasses.replace(base.attack, n=5))
-    readme = reproduce(
+    readme = reproduce(  # in two processes, as `reproduce --jobs 2`
         preset,
         data=str(data_root),
         results_dir=results,
         runs_dir=tmp_path / "runs",
         device="cpu",
         echo=lambda _: None,
+        jobs=2,
     )
     clean = pd.read_csv(results / "clean" / "clean_error.csv")
     assert set(clean["family"]) == {"capsnet", "cnn", "dynamic", "self-routing"}
@@ -346,6 +405,10 @@ def test_every_capsule_family_goes_through_the_same_protocol(data_root, tmp_path
     text = readme.read_text()
     assert "Every capsule family against the CNN" in text and "beat the CNN" in text
     assert (results / "models" / "sr-capsnet-small-full" / "checkpoints" / "best.pt").exists()
+    steps = json.loads((results / "provenance.json").read_text())["steps"]
+    assert any(s["status"] == "ran by another job" for s in steps) and any(
+        s["status"] == "ran" for s in steps
+    )
     held_out = pd.read_csv(results / "clean" / "held_out.csv").set_index("model")
     assert set(held_out.index) == {"cnn-small", "capsnet-small", *more}
     assert held_out["epochs"].between(1, 2).all() and held_out["refit_test_error"].between(0, 1).all()
