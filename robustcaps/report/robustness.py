@@ -108,7 +108,12 @@ def robustness_verdict(results: dict) -> str:
     )
     parts += [too_wide_sentence(survived, survived.paired or min(caps.n, cnn.n))] if survived.too_wide else []
     seen, masking = f"{_points(apparent)}, at ε≈{EPS:g}", masking_failures(checks, pair[0])
-    if apparent.low <= 0:
+    if apparent.low <= 0 and survived.low > 0:  # an advantage, but not under the paper's attacks
+        parts.append(
+            f"That advantage is not the paper's: under FGSM/BIM alone it is not clear ({seen})"
+            + (f"; and it is {not_established(masking)}." if masking else ".")
+        )
+    elif apparent.low <= 0:
         parts.append(
             f"The capsules show no clear robustness advantage under FGSM/BIM to begin with ({seen}), so "
             "there is nothing for the checks to confirm."

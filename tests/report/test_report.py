@@ -488,6 +488,17 @@ def test_robustness_verdict_pairs_each_familys_weakest_attack_on_the_same_exampl
     )
     verdict = robustness_verdict({"summary": summary, "checks": masked, "outcomes": outcomes})
     assert "is not established: large_eps_to_chance failed" in verdict and "survives" not in verdict
+    # a clear worst-case advantage where FGSM/BIM show none is said as such, not as nothing to confirm
+    paper = ~summary["attack"].eq("worst")  # both models withstand examples 0..29 of FGSM and BIM
+    even = summary.assign(value=summary["value"].where(~paper, 0.6))
+    even_outcomes = outcomes.assign(
+        score=outcomes["score"].where(
+            outcomes["attack"].eq("worst"), (outcomes["example"] < 30).astype(float)
+        )
+    )
+    mixed = robustness_verdict({"summary": even, "checks": checks, "outcomes": even_outcomes})
+    assert "+14.0 points, 95% interval +3.6 to +23.6" in mixed and "nothing for the checks" not in mixed
+    assert "That advantage is not the paper's: under FGSM/BIM alone it is not clear (+0.0 points" in mixed
 
 
 def test_the_verdict_the_families_table_and_the_leaderboard_read_one_worst_case(results_dir):
