@@ -58,9 +58,8 @@ from robustcaps.training.config import identity as train_identity
 from robustcaps.training.distributed import World
 
 CHECKPOINT_FILES = ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.csv")
-HELD_OUT_CSV = (
-    Path("clean") / "held_out.csv"
-)  # refit presets: what each held-out run chose, and its test error
+# refit presets: what each held-out run chose, and its test error beside the refit model's
+HELD_OUT_CSV = Path("clean") / "held_out.csv"
 
 
 def refit_dir(runs_dir: Path, preset: Preset, model: str) -> Path:
@@ -307,8 +306,8 @@ def build_steps(preset: Preset, root: Path, results: Path, runs_dir: Path, devic
         )
         # retraining another capsule family does not redo these attacks: only the victim (its exported
         # weights, which the results name) and the CNN (the transfer source) count
-        victims = tuple(dict.fromkeys((f"{final}-{preset.cnn.model}-full", f"export-{model}")))
-        steps.append(Step(f"attack-{model}", config, outputs, run, victims))
+        depends = (f"{final}-{preset.cnn.model}-full", f"export-{model}")
+        steps.append(Step(f"attack-{model}", config, outputs, run, depends))
     return steps
 
 
