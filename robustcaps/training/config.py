@@ -313,6 +313,10 @@ class TrainConfig:
         check_fields(self)
         model_config(self.model, self.in_channels, **self.model_settings)  # --model-option, checked now
         for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            # `--set lr_decay_steps=607` parses as an int: the same run as 607.0, so the same run digest
+            if spec.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, spec.name, float(value))
             check = spec.metadata.get("check")
             if check is not None and not check[0](getattr(self, spec.name)):
                 option = "--" + spec.name.replace("_", "-")

@@ -168,6 +168,7 @@ def test_presets():
     assert {c.val for c in converged.runs} == {"instances"} and min(c.patience for c in converged.runs) > 0
     assert converged.capsnet.model_settings["estep_temperature"] == 0.25 and not converged.demo
     assert converged.attack.n >= 300 and "autoattack" in converged.untargeted_attacks
+    assert converged.data_size == "full"  # the small stand-in left capsnet-small underfitted
     with pytest.raises(RobustcapsError, match="--preset"):
         get_preset("huge")
 

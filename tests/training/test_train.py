@@ -575,6 +575,17 @@ def test_a_setting_added_later_keeps_existing_run_folders_at_its_default():
     assert run_digest(later(model="capsnet-small", epochs=3, late_knob=10)) != run_digest(base)
 
 
+def test_a_whole_number_given_for_a_float_setting_names_the_same_run(tmp_path):
+    """`--set lr_decay_steps=607` (JSON int) and a preset's 607.0 train the same function: one folder."""
+    from robustcaps.training.config import run_digest
+
+    as_int = TrainConfig(model="capsnet-small", lr_decay_steps=607, margin_step_scale=50_000)
+    as_float = TrainConfig(model="capsnet-small", lr_decay_steps=607.0, margin_step_scale=50_000.0)
+    assert run_digest(as_int) == run_digest(as_float) and isinstance(as_int.lr_decay_steps, float)
+    assert run_digest(as_int) != run_digest(TrainConfig(model="capsnet-small", lr_decay_steps=608))
+    assert TrainConfig(model="capsnet-small", epochs=3).epochs == 3  # int settings stay ints
+
+
 def test_every_bad_choice_is_one_error_line_before_any_data_is_loaded(tmp_path, monkeypatch):
     def no_data(*args, **kwargs):
         raise AssertionError("data loaded before the options were checked")
