@@ -405,8 +405,7 @@ def reproduce(
         if "reproduce" in sys.argv
         else f"robustcaps reproduce --preset {preset.name}",
         **environment_metadata(device),
-        "dataset_identity": dataset_identity(root),
-        "data_root": shown_path(root),
+        "dataset_identity": {**dataset_identity(root), "root": shown_path(root)},
         "steps": pipeline.log.records,
         "jobs": jobs,
         "wall_seconds": round(time.perf_counter() - start, 1),

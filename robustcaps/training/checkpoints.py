@@ -27,7 +27,7 @@ from robustcaps.io import (
     read_json,
 )
 from robustcaps.models import routing_cpu
-from robustcaps.provenance import environment_metadata
+from robustcaps.provenance import environment_metadata, shown_path
 from robustcaps.training.config import TrainConfig, build_model
 
 # ---- run directories: config, metadata, metrics, checkpoints ------------------------------------------
@@ -195,9 +195,13 @@ def load_run(
     config = TrainConfig.from_json(run_dir / CONFIG_FILE)
     metadata = read_json(run_dir / METADATA_FILE, "run metadata")
     named = "--data"
-    if data is None and config.data is not None and not Path(config.data).is_dir():
-        data = _remade_dataset(run_dir, config.data, metadata)  # None: fails when the data are read
-        named = "the stand-in rendered again at"
+    if data is None and config.data is not None:
+        trained_on = Path(config.data).expanduser()  # an exported run names its data under ~/
+        if trained_on.is_dir():
+            config = replace(config, data=str(trained_on))
+        else:
+            data = _remade_dataset(run_dir, config.data, metadata)  # None: fails when the data are read
+            named = "the stand-in rendered again at"
     if data is not None:
         check_same_dataset(metadata, data, named)
         config = replace(config, data=str(data))
@@ -250,9 +254,18 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, which: st
     state: it cannot resume, but `load_run`, `robustcaps eval` and `robustcaps attack` read it)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     state = load_checkpoint(checkpoint_path(run_dir, which))
-    for name in (CONFIG_FILE, METADATA_FILE, METRICS_FILE, EVAL_FILE):
+    for name in (METRICS_FILE, EVAL_FILE):
         if (run_dir / name).is_file():
             atomic_write_bytes(out_dir / name, (run_dir / name).read_bytes())
+    # the data directory as a committed record shows it (`~/...`): no user name or machine layout
+    config = read_json(run_dir / CONFIG_FILE, "run config")
+    metadata = read_json(run_dir / METADATA_FILE, "run metadata")
+    if config.get("data"):
+        config["data"] = shown_path(config["data"])
+    if metadata.get("dataset", {}).get("root"):
+        metadata["dataset"] = {**metadata["dataset"], "root": shown_path(metadata["dataset"]["root"])}
+    atomic_write_json(out_dir / CONFIG_FILE, config)
+    atomic_write_json(out_dir / METADATA_FILE, metadata)
     save_weights(checkpoint_path(out_dir, which), state["model"], state["step"], state.get("stop_reason", ""))
     return out_dir
 

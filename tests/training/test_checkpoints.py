@@ -3,6 +3,7 @@ and every damaged file is one RobustcapsError line naming it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -132,6 +133,24 @@ def test_exported_run_loads_with_the_same_weights_and_drops_the_optimiser(tmp_pa
     assert loaded.config == config and loaded.step == 7
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], tensor)
+
+
+def test_an_exported_run_shows_its_data_under_home_and_still_finds_it(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    data = home / ".cache" / "stand-in"
+    data.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    config, _ = _make_run(tmp_path / "run")
+    config = dataclasses.replace(config, data=str(data))
+    atomic_write_text(tmp_path / "run" / checkpoints.CONFIG_FILE, config_json(config))
+    metadata = environment_metadata("cpu") | {"dataset": {"kind": "rendered", "root": str(data), "seed": 0}}
+    atomic_write_json(tmp_path / "run" / checkpoints.METADATA_FILE, metadata)
+    out = checkpoints.export_run(tmp_path / "run", tmp_path / "export")
+    for name in (checkpoints.CONFIG_FILE, checkpoints.METADATA_FILE):
+        text = (out / name).read_text()
+        assert str(home) not in text and '"~/.cache/stand-in"' in text
+    assert json.loads((out / checkpoints.METADATA_FILE).read_text())["dataset"]["seed"] == 0
+    assert checkpoints.load_run(out).config == config  # `~` is this machine's home again
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "missing"])
