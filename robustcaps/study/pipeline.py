@@ -26,7 +26,7 @@ from robustcaps.data.norb import dataset_identity
 from robustcaps.data.norb_verify import verify
 from robustcaps.data.standin.render import default_data_path
 from robustcaps.errors import RobustcapsError
-from robustcaps.io import atomic_write_json, atomic_write_text
+from robustcaps.io import atomic_write_json, atomic_write_text, read_json
 from robustcaps.provenance import environment_metadata, shown_path
 from robustcaps.report.readme import write_report
 from robustcaps.report.tables import (
@@ -52,7 +52,7 @@ from robustcaps.study.viewpoint import (
     train_or_resume,
 )
 from robustcaps.training import resolve_device as trainer_device
-from robustcaps.training.checkpoints import CONFIG_FILE, METRICS_FILE, export_run
+from robustcaps.training.checkpoints import CONFIG_FILE, METADATA_FILE, METRICS_FILE, export_run
 from robustcaps.training.config import TrainConfig, load_split, run_digest
 from robustcaps.training.config import identity as train_identity
 from robustcaps.training.distributed import World
@@ -178,9 +178,8 @@ def held_out_rows(preset: Preset, runs_dir: Path, device: str) -> pd.DataFrame:
         for name, directory in (("held_out", held_out), ("refit", refit)):
             tested = evaluate_run(directory, "best", ("test",), device)
             row[f"{name}_test_error"] = tested.errors["test"]
-            row[f"{name}_train_images"] = len(
-                load_split(TrainConfig.from_json(directory / CONFIG_FILE)).train
-            )
+            sizes = read_json(directory / METADATA_FILE, "run metadata")["dataset"]["sizes"]
+            row[f"{name}_train_images"] = sizes["train"]
         rows.append(row | {"n": tested.sizes["test"]})
     return pd.DataFrame(rows)
 
