@@ -575,7 +575,7 @@ def test_a_setting_added_later_keeps_existing_run_folders_at_its_default():
     assert run_digest(later(model="capsnet-small", epochs=3, late_knob=10)) != run_digest(base)
 
 
-def test_a_whole_number_given_for_a_float_setting_names_the_same_run(tmp_path):
+def test_a_whole_number_given_for_a_float_setting_names_the_same_run():
     """`--set lr_decay_steps=607` (JSON int) and a preset's 607.0 train the same function: one folder."""
     from robustcaps.training.config import run_digest
 
