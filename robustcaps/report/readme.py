@@ -36,6 +36,7 @@ from robustcaps.report.tables import (
 
 TABLES_DIR = Path("tables")
 FIGURES_DIR = Path("figures")
+HEADLINE_RUN = "converged"  # the subfolder `reproduce --preset converged` writes: the suite's answer
 
 
 def paper_note(targeted: bool) -> str:
@@ -125,6 +126,8 @@ def other_runs_text(root: Path) -> str:
     larger runs show without repeating their README."""
     sections = []
     for sub in sorted(path.parent for path in root.glob(f"*/{PROVENANCE_JSON}")):
+        if sub.name == HEADLINE_RUN:
+            continue  # it leads the README instead (headline_text)
         results = load_results(sub)
         lines = provenance_lines(results, sub)
         preset = results["provenance"].get("preset", "?")
@@ -134,6 +137,24 @@ def other_runs_text(root: Path) -> str:
             f"{_verdict(results)}\n\n_{made_by}_\n"
         )
     return "## Other runs in this folder\n\n" + "\n".join(sections) if sections else ""
+
+
+def headline_text(root: Path) -> str:
+    """When this folder holds the converged run, its verdict and leaderboard lead the README, above this
+    folder's own run (the demo `make demo` writes), which is a pipeline check and not the answer."""
+    sub = root / HEADLINE_RUN
+    if not (sub / PROVENANCE_JSON).exists():
+        return ""
+    results = load_results(sub)
+    link = f"[{HEADLINE_RUN}/README.md]({HEADLINE_RUN}/README.md)"
+    return "\n".join(
+        [
+            f"## Headline: the converged run ({link})\n",
+            f"{_verdict(results)}\n",
+            *_leaderboard_text(results),
+            f"_{caption(provenance_lines(results, sub), 'its README, tables and figures')}_\n",
+        ]
+    )
 
 
 def _leaderboard_text(results: dict) -> list[str]:
@@ -293,12 +314,16 @@ def write_report(results_dir: str | Path) -> Path:
         )
     lines = provenance_lines(results, root)
     tables, figures = _tables(results, root, lines), _figures(results, root, lines)
+    headline = headline_text(root)
+    preset = results["provenance"].get("preset", "?")
+    own = f"## This folder's run (preset `{preset}`)\n" if headline else "## What the numbers show\n"
     text = "\n".join(
         [
             "# robustcaps results\n",
             "Do matrix capsules with EM routing (HSF18) beat CNNs on novel viewpoints "
             "and under white-box attack?\n",
-            "## What the numbers show\n",
+            *([headline] if headline else []),
+            own,
             findings_sections(results, lines["kind"]) + "\n",
             *_leaderboard_text(results),
             f"_{caption(lines)}_\n",

@@ -234,6 +234,24 @@ def test_a_run_kept_in_a_subfolder_is_summarised_in_the_top_readme(results_dir, 
     assert "Other runs" not in gpu_text
 
 
+def test_the_converged_run_leads_the_top_readme_above_the_demo(results_dir, tmp_path):
+    converged = results_dir / "converged"
+    shutil.copytree(results_dir, tmp_path / "copy")
+    shutil.move(tmp_path / "copy", converged)
+    provenance = json.loads((converged / "provenance.json").read_text())
+    provenance.update(preset="converged", demo=False, git_commit="c0ffee")
+    (converged / "provenance.json").write_text(json.dumps(provenance))
+    summary = converged / "attacks" / "capsnet-small" / "summary.csv"
+    pd.read_csv(summary).assign(value=lambda f: (f["value"] * 0.5).round(4)).to_csv(summary, index=False)
+    text = write_report(results_dir).read_text()
+    headline = text.split("## Headline: the converged run ([converged/README.md](converged/README.md))\n")[1]
+    headline, demo = headline.split("## This folder's run (preset `quick`)\n")
+    verdict = findings_sections(load_results(converged), "rendered").split("\n\n")[0]
+    assert verdict in headline and "### Leaderboard" in headline and "Commit: c0ffee." in headline
+    assert verdict not in demo and "**Verdict.**" in demo  # the demo keeps its own findings, below
+    assert "Other runs" not in text  # the converged run is not summarised twice
+
+
 def test_a_full_size_run_on_rendered_data_is_not_called_a_demo(results_dir):
     provenance = json.loads((results_dir / "provenance.json").read_text())
     provenance.update(preset="gpu", demo=False, device="cuda", preset_settings={"capsnet_steps": 600})
