@@ -170,7 +170,7 @@ class Pipeline:
                     continue
                 pending.remove(step)
                 taken = True
-                self.progress(len(steps) - len(pending), len(steps), step.name, start, jobs)
+                self.progress(len(steps) - len(pending), len(steps), step.name, start, jobs, pending)
             if pending and not taken:
                 time.sleep(poll)
 
@@ -179,14 +179,26 @@ class Pipeline:
         start = time.perf_counter()
         for index, step in enumerate(steps, 1):
             self.run(step)
-            self.progress(index, len(steps), step.name, start)
+            self.progress(index, len(steps), step.name, start, pending=steps[index:])
 
-    def progress(self, done: int, total: int, name: str, start: float, jobs: int = 1) -> None:
-        """How many steps are done, the time so far, and an ETA at the mean pace of the steps that ran (a
-        rough guide: steps differ in size), shared among `jobs` processes."""
+    def progress(
+        self, done: int, total: int, name: str, start: float, jobs: int = 1, pending: list[Step] = ()
+    ) -> None:
+        """How many steps are done, the time so far, and an ETA for the `pending` steps shared among `jobs`
+        processes: each at the seconds it took when it last ran under another config (its marker), else at
+        the mean pace of the steps that ran here (a rough guide: steps differ in size)."""
         ran = [r["seconds"] for r in self.log.records if r["status"].startswith("ran")]
-        left = total - done
-        pace = sum(ran) / len(ran) / 60 / jobs if ran else 0.0
-        eta = f"; about {left * pace:.0f} min left at this pace" if ran and left else ""
+        mean = sum(ran) / len(ran) if ran else None
+        earlier = [self.earlier_seconds(step.name) for step in pending]
+        guesses = [seconds if seconds is not None else mean for seconds in earlier]
+        known = pending and all(g is not None for g in guesses)
+        eta = f"; about {sum(guesses) / 60 / jobs:.0f} min left" if known else ""
         elapsed = (time.perf_counter() - start) / 60
         self.echo(f"[{done}/{total}] {name}: {elapsed:.1f} min so far{eta}")
+
+    def earlier_seconds(self, name: str) -> float | None:
+        """How long step `name` took when it last finished (its marker's record), if it ever did."""
+        try:
+            return float(json.loads(self.marker(name).read_text())["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None

@@ -37,6 +37,19 @@ def test_run_all_says_how_far_it_is_after_every_step(tmp_path):
     assert "min left" in progress[0] and "min left" not in progress[-1] and counter == dict(a=1, b=1, c=1)
 
 
+def test_the_eta_counts_each_step_at_the_time_it_took_when_it_last_ran(tmp_path):
+    counter, log = {}, []
+    state = tmp_path / "state"
+    state.mkdir()
+    for name, seconds in (("b", 600.0), ("c", 1200.0)):  # finished earlier, under another config
+        (state / f"{name}.json").write_text(json.dumps({"config": {"old": 1}, "seconds": seconds}))
+    steps = [_counting_step(tmp_path, name, {"new": 1}, counter) for name in ("a", "b", "c")]
+    Pipeline(state, log.append).run_all(steps)
+    progress = [line for line in log if line.startswith("[") and "/3]" in line]
+    assert progress[0].endswith("about 30 min left")  # not 2 × the instant step a's pace
+    assert counter == dict(a=1, b=1, c=1)  # the old records only informed the ETA
+
+
 def test_finished_steps_are_skipped_and_changed_ones_rerun(tmp_path):
     counter, log = {}, []
 
