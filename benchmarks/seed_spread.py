@@ -5,8 +5,8 @@ checkpoint, centre crop) and novel-viewpoint error at matched familiar error (HS
     python benchmarks/seed_spread.py --seeds 0,1,2          # seed 0 reuses the preset's own runs
 
 Runs go to runs/reproduce-converged (named by their config, so seed 0 is the run `reproduce` trained and
-a killed study resumes); writes results/converged/seeds/seeds.csv (one row per seed, model and
-measurement) and seeds.md (mean and spread per model), atomically.
+a killed study resumes); writes benchmarks/results/seed-spread-<data>-standin.csv (one row per seed, model
+and measurement) and .md (mean and spread per model), atomically.
 """
 
 from __future__ import annotations
@@ -60,26 +60,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     parser.add_argument("--runs", default="runs/reproduce-converged", type=Path)
-    parser.add_argument("--out", default="results/converged/seeds", type=Path)
+    parser.add_argument("--out", default=None, type=Path, help="file stem (default: by the preset's data)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     preset = get_preset("converged")
     root = resolve_data_root(None, preset.data_size)
+    out = args.out or Path(f"benchmarks/results/seed-spread-{preset.data_size}-standin")
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         rows += seed_rows(seed, root, args.runs, args.device)
         print(pd.DataFrame(rows).tail(12).to_string(index=False), flush=True)
     frame = pd.DataFrame(rows).assign(commit=git_commit(), device=device_description(args.device))
-    atomic_write_text(args.out / "seeds.csv", frame.to_csv(index=False))
+    atomic_write_text(out.with_suffix(".csv"), frame.to_csv(index=False))
     stats = frame.groupby(["measure", "model"], sort=False)["value"].agg(
         ["mean", "std", "min", "max", "count"]
     )
     shown = (100 * stats[["mean", "std", "min", "max"]]).round(1).assign(seeds=stats["count"]).reset_index()
     text = (
-        "## Seed spread of the converged EM pair (errors in %)\n\n"
+        f"## Seed spread of the converged EM pair, {preset.data_size} stand-in (errors in %)\n\n"
         f"{markdown_table(shown)}\n_Regenerate: python benchmarks/seed_spread.py --seeds {args.seeds}_\n"
     )
-    atomic_write_text(args.out / "seeds.md", text)
+    atomic_write_text(out.with_suffix(".md"), text)
     print(text)
 
 
