@@ -17,7 +17,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,21 +78,25 @@ class Pipeline:
     def full_config(self, step: Step) -> dict[str, Any]:
         return {**step.config, "_depends": {d: self.digests[d] for d in step.depends}}
 
-    def is_finished(self, step: Step) -> bool:
-        path = self.marker(step.name)
-        if not path.exists() or not all(Path(p).exists() for p in step.outputs):
-            return False
+    def record(self, name: str) -> dict[str, Any] | None:
+        """What step `name`'s marker says of its last finished run; None when it has none or it is garbled."""
         try:
-            recorded = json.loads(path.read_text())["config"]
-        except (json.JSONDecodeError, KeyError):
+            record = json.loads(self.marker(name).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def is_finished(self, step: Step) -> bool:
+        record = self.record(step.name)
+        if record is None or "config" not in record or not all(Path(p).exists() for p in step.outputs):
             return False
-        return canonical(recorded) == canonical(self.full_config(step))
+        return canonical(record["config"]) == canonical(self.full_config(step))
 
     def run(self, step: Step) -> Any:
         config = self.full_config(step)
         self.digests[step.name] = digest(config)
         if self.is_finished(step):
-            seconds = json.loads(self.marker(step.name).read_text()).get("seconds", 0.0)
+            seconds = self.record(step.name).get("seconds", 0.0)
             self.echo(f"[skip] {step.name}: finished earlier ({seconds:.0f} s), same config")
             self.log.add(step.name, "skipped", seconds)
             return None
@@ -156,7 +160,7 @@ class Pipeline:
             for step in list(pending):
                 if not all(name in self.digests for name in step.depends):
                     continue  # waits for what it depends on
-                record = json.loads(self.marker(step.name).read_text()) if self.is_finished(step) else None
+                record = self.record(step.name) if self.is_finished(step) else None
                 if record is not None and record.get("finished", "") >= began:
                     self.digests[step.name] = digest(self.full_config(step))
                     self.echo(f"[done] {step.name}: by another job ({record['seconds']:.0f} s)")
@@ -182,7 +186,7 @@ class Pipeline:
             self.progress(index, len(steps), step.name, start, pending=steps[index:])
 
     def progress(
-        self, done: int, total: int, name: str, start: float, jobs: int = 1, pending: list[Step] = ()
+        self, done: int, total: int, name: str, start: float, jobs: int = 1, pending: Sequence[Step] = ()
     ) -> None:
         """How many steps are done, the time so far, and an ETA for the `pending` steps shared among `jobs`
         processes: each at the seconds it took when it last ran under another config (its marker), else at
@@ -198,7 +202,5 @@ class Pipeline:
 
     def earlier_seconds(self, name: str) -> float | None:
         """How long step `name` took when it last finished (its marker's record), if it ever did."""
-        try:
-            return float(json.loads(self.marker(name).read_text())["seconds"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        seconds = (self.record(name) or {}).get("seconds")
+        return float(seconds) if isinstance(seconds, int | float) else None
